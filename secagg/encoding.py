@@ -118,8 +118,9 @@ class FixedPoint:
 
     @property
     def max_level(self) -> int:
-        """Largest encoded magnitude of one contribution: n * max_level <= 2^(k-1) - 1."""
-        return ((1 << (self.ring_bits - 1)) - 1) // self.n_clients
+        """Largest encoded magnitude of one contribution: n * max_level <= 2^(k-1) - 1, and <= 2^52 so that
+        float64 scaling stays exact."""
+        return min(((1 << (self.ring_bits - 1)) - 1) // self.n_clients, 1 << 52)
 
     @property
     def precision_bits(self) -> float:

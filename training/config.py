@@ -1,0 +1,144 @@
+"""Run configuration: dataclasses with defaults (the demo) and TOML loading via ``tomllib``.
+
+A TOML file has the sections ``[data]``, ``[model]``, ``[train]``, ``[federation]``, ``[dp]``, an optional
+``[aggregator_options]`` table passed to the strategy, and optional ``[[platforms]]`` entries
+(``name``, ``speed``, ``up_mbps``, ``down_mbps``, ``latency_ms``). Unknown keys are refused (ConfigError).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.errors import ConfigError
+from training.platforms import PlatformProfile
+
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "FederationConfig", "DPConfig", "RunConfig", "load_config"]
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "shakespeare"          # "shakespeare" (embedded) | "wikitext" (local directory)
+    wikitext_dir: str | None = None
+    plays: list[str] | None = None       # None: the first ``n_documents`` plays in name order
+    n_documents: int = 6
+    max_articles: int = 600              # WikiText: articles read from the train split
+    vocab_size: int = 2048
+    block_size: int = 64
+    partition: str = "by-document"       # by-document | iid | dirichlet | capacity
+    dirichlet_alpha: float = 0.5
+    max_blocks_per_client: int | None = 256
+    val_fraction: float = 0.1
+    max_val_blocks: int = 96
+    cache_dir: str | None = None
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 2
+    lora: bool = False
+    lora_rank: int = 8
+
+
+@dataclass
+class TrainConfig:
+    rounds: int = 6
+    local_steps: int = 8
+    batch_size: int = 16
+    lr: float = 3e-3
+    optimizer: str = "adamw"
+    seed: int = 0
+
+
+@dataclass
+class FederationConfig:
+    clients: int = 3
+    scheme: str = "ckks"                 # ckks | masking
+    aggregator: str = "fedavg"           # fedavg | loss-weighted | gradient | async
+    update_clip: float | None = 1.0      # L2 clip of every contribution (the masking value bound)
+    noise_multiplier: float = 0.0        # distributed DP on the update (z; shares summing to N(0, (zC)^2))
+    ckks_params: str = "default"
+    min_contributors: int = 2
+    ring_bits: int = 32
+    threshold: int | None = None
+    neighbors: int | None = None
+    dropouts: dict[str, list[int]] = field(default_factory=dict)   # round (as string) -> clients that drop
+
+
+@dataclass
+class DPConfig:
+    enabled: bool = True
+    noise_multiplier: float = 0.8
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "prv"
+    epsilon_budget: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.enabled and not (self.noise_multiplier >= 0 and self.max_grad_norm > 0 and 0 < self.delta < 1):
+            raise ConfigError("DP needs noise_multiplier >= 0, max_grad_norm > 0 and 0 < delta < 1")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
+    aggregator_options: dict = field(default_factory=dict)
+    platforms: list[PlatformProfile] | None = None
+
+    def validate(self) -> RunConfig:
+        f = self.federation
+        if f.scheme not in ("ckks", "masking"):
+            raise ConfigError(f"unknown scheme {f.scheme!r}")
+        if f.aggregator not in ("fedavg", "loss-weighted", "gradient", "async"):
+            raise ConfigError(f"unknown aggregator {f.aggregator!r}")
+        if self.data.partition not in ("by-document", "iid", "dirichlet", "capacity"):
+            raise ConfigError(f"unknown partition {self.data.partition!r}")
+        if self.data.corpus not in ("shakespeare", "wikitext"):
+            raise ConfigError(f"unknown corpus {self.data.corpus!r}")
+        if self.data.corpus == "wikitext" and not self.data.wikitext_dir:
+            raise ConfigError("corpus 'wikitext' needs data.wikitext_dir (a local directory)")
+        if f.clients < 2 or self.train.rounds < 1:
+            raise ConfigError("need at least 2 clients and 1 round")
+        if self.platforms is not None and len(self.platforms) != f.clients:
+            raise ConfigError(f"{len(self.platforms)} [[platforms]] for {f.clients} clients")
+        return self
+
+
+def _build(cls, table: dict, section: str):
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}] must be a table")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - names)
+    if unknown:
+        raise ConfigError(f"unknown keys in [{section}]: {unknown}")
+    try:
+        return cls(**table)
+    except TypeError as e:
+        raise ConfigError(f"[{section}]: {e}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Parse a TOML run file into a validated :class:`RunConfig`."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from None
+    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "federation": FederationConfig,
+                "dp": DPConfig}
+    unknown = sorted(set(raw) - set(sections) - {"aggregator_options", "platforms"})
+    if unknown:
+        raise ConfigError(f"unknown sections in {path}: {unknown}")
+    cfg = RunConfig(**{k: _build(cls, raw.get(k, {}), k) for k, cls in sections.items()},
+                    aggregator_options=dict(raw.get("aggregator_options", {})),
+                    platforms=[_build(PlatformProfile, p, "platforms") for p in raw["platforms"]]
+                    if "platforms" in raw else None)
+    return cfg.validate()

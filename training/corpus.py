@@ -1,0 +1,80 @@
+"""From a :class:`~training.config.DataConfig` to per-client LM blocks and the server's validation blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from training import data as D
+from training import partition as P
+from training.config import DataConfig
+from training.errors import DataError
+
+__all__ = ["Prepared", "prepare"]
+
+
+@dataclass
+class Prepared:
+    """``clients[i]`` are client i's training blocks; ``val`` the held-out blocks the server evaluates on."""
+
+    clients: list[np.ndarray]
+    val: np.ndarray
+    pool: np.ndarray
+    vocab_size: int
+    assignment: list[list[str]]
+
+
+def _documents(cfg: DataConfig) -> dict[str, str]:
+    if cfg.corpus == "shakespeare":
+        names = cfg.plays if cfg.plays is not None else sorted(D.shakespeare_files())[: cfg.n_documents]
+        return D.load_shakespeare(names)
+    arts = D.load_wikitext(cfg.wikitext_dir, "train")[: cfg.max_articles]
+    return {f"article-{i:05d}": a for i, a in enumerate(arts)}
+
+
+def prepare(cfg: DataConfig, n_clients: int, rng: np.random.Generator, shares: list[float] | None = None) -> Prepared:
+    """Tokenize (cached BPE), cut into blocks, hold out the last ``val_fraction`` of every document for the
+    server, and partition the rest among clients per ``cfg.partition`` (``shares``: capacity partition)."""
+    docs = _documents(cfg)
+    tok = D.train_tokenizer(list(docs.values()), cfg.vocab_size, cfg.cache_dir)
+    ids = D.encode_documents(tok, docs)
+    train_blocks: dict[str, np.ndarray] = {}
+    val_parts = []
+    for name, t in ids.items():
+        b = D.lm_blocks(t, cfg.block_size)
+        if len(b) == 0:
+            continue
+        n_val = int(round(len(b) * cfg.val_fraction))
+        train_blocks[name], tail = b[: len(b) - n_val], b[len(b) - n_val:]
+        val_parts.append(tail)
+    if not train_blocks:
+        raise DataError("no document is long enough for one block")
+    val = np.concatenate(val_parts) if val_parts else np.zeros((0, cfg.block_size), np.int64)
+    if len(val) > cfg.max_val_blocks:
+        val = val[np.sort(rng.choice(len(val), cfg.max_val_blocks, replace=False))]
+    names = list(train_blocks)
+    if cfg.partition == "by-document":
+        groups = P.by_document({n: len(train_blocks[n]) for n in names}, n_clients)
+        clients = [np.concatenate([train_blocks[n] for n in g]) for g in groups]
+        assignment = groups
+    else:
+        allb = np.concatenate([train_blocks[n] for n in names])
+        labels = np.concatenate([np.full(len(train_blocks[n]), k) for k, n in enumerate(names)])
+        if cfg.partition == "capacity" and cfg.max_blocks_per_client is not None:
+            keep = np.sort(rng.permutation(len(allb))[: cfg.max_blocks_per_client * n_clients])
+            allb, labels = allb[keep], labels[keep]
+        if cfg.partition == "iid":
+            parts = P.iid(len(allb), n_clients, rng)
+        elif cfg.partition == "dirichlet":
+            parts = P.dirichlet(labels, n_clients, cfg.dirichlet_alpha, rng)
+        else:
+            parts = P.proportional(len(allb), shares or [1.0] * n_clients, rng)
+        clients = [allb[p] for p in parts]
+        assignment = [sorted({names[k] for k in labels[p]}) for p in parts]
+    if cfg.max_blocks_per_client is not None and cfg.partition != "capacity":
+        clients = [c[: cfg.max_blocks_per_client] for c in clients]
+    if any(len(c) == 0 for c in clients):
+        raise DataError("a client received no training blocks; use fewer clients or more data")
+    pool = np.concatenate(clients)
+    return Prepared(clients, val, pool, tok.get_vocab_size(), assignment)

@@ -1,0 +1,191 @@
+"""Local training on one client: a Hugging Face causal LM, E local steps, optional DP-SGD -> ClientUpdate.
+
+The model is a tiny GPT-2 built from a config by default (offline, no weights downloaded); any local model
+directory works (``from_pretrained(path, local_files_only=True)``); ``lora=True`` trains LoRA adapters only
+(needs ``peft``). Only trainable parameters travel: :func:`get_flat` / :func:`set_flat` map them to one float
+vector in ``named_parameters`` order, which is the vector the federation aggregates.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from training.errors import ConfigError
+from training.update import ClientUpdate
+
+__all__ = ["ModelSpec", "build_model", "get_flat", "set_flat", "evaluate", "LocalTrainer", "ClientUpdate"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build the model: ``path`` (a local HF model directory) or a tiny GPT-2 of the given shape."""
+
+    path: str | None = None
+    vocab_size: int = 2048
+    block_size: int = 64
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 2
+    lora: bool = False
+    lora_rank: int = 8
+    seed: int = 0
+
+
+def build_model(spec: ModelSpec) -> torch.nn.Module:
+    """The spec's model in train mode; identical weights for identical specs (seeded init). Never downloads."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(spec.seed)
+    if spec.path is not None:
+        model = AutoModelForCausalLM.from_pretrained(spec.path, local_files_only=True)
+    else:
+        cfg = GPT2Config(vocab_size=spec.vocab_size, n_positions=spec.block_size, n_embd=spec.n_embd,
+                         n_layer=spec.n_layer, n_head=spec.n_head, bos_token_id=0, eos_token_id=0,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model = GPT2LMHeadModel(cfg)
+    if spec.lora:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as e:
+            raise ConfigError("lora=True needs the 'peft' package (pip install -e '.[lora]')") from e
+        targets = ["c_attn", "c_proj"] if spec.path is None else None
+        model = get_peft_model(model, LoraConfig(r=spec.lora_rank, lora_alpha=2 * spec.lora_rank,
+                                                 target_modules=targets, lora_dropout=0.0))
+    model.train()
+    return model
+
+
+def _trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def get_flat(model: torch.nn.Module) -> np.ndarray:
+    """All trainable parameters as one float64 vector (``named_parameters`` order; tied weights once)."""
+    with torch.no_grad():
+        return torch.cat([p.detach().reshape(-1).to(torch.float64) for _, p in _trainable(model)]).numpy()
+
+
+def set_flat(model: torch.nn.Module, vec: np.ndarray) -> None:
+    """Load a vector produced by :func:`get_flat` (same architecture) into the trainable parameters."""
+    params = _trainable(model)
+    total = sum(p.numel() for _, p in params)
+    if vec.ndim != 1 or vec.size != total:
+        raise ConfigError(f"parameter vector of size {vec.size} does not match the model ({total} trainable)")
+    pos = 0
+    with torch.no_grad():
+        for _, p in params:
+            n = p.numel()
+            p.copy_(torch.from_numpy(np.ascontiguousarray(vec[pos:pos + n])).reshape(p.shape).to(p.dtype))
+            pos += n
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, blocks: np.ndarray, batch_size: int = 16) -> float:
+    """Mean next-token cross-entropy of ``model`` over LM ``blocks`` (n, L) (token-weighted)."""
+    if len(blocks) == 0:
+        raise ConfigError("no evaluation blocks")
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(blocks), batch_size):
+        x = torch.from_numpy(np.asarray(blocks[i:i + batch_size], dtype=np.int64))
+        loss = model(input_ids=x, labels=x).loss
+        k = x.shape[0] * (x.shape[1] - 1)
+        total += float(loss) * k
+        count += k
+    model.train(was_training)
+    return total / count
+
+
+class LocalTrainer:
+    """One client's trainer for the life of the federation (model, optimizer and DP engine persist).
+
+    ``train(global_vec, version)`` loads the global weights, runs ``local_steps`` minibatch steps on the client's
+    blocks, and returns Δ = local − global with the client's sample count and mean training loss. With
+    ``dp`` (a :class:`training.dp.DPConfig`), steps are DP-SGD through :mod:`privacy.dpsgd` and the update carries
+    the privacy events; ``epsilon()`` reports the client's spent budget.
+    """
+
+    def __init__(self, client_id: int, spec: ModelSpec, blocks: np.ndarray, *, batch_size: int = 8,
+                 lr: float = 1e-3, local_steps: int = 4, optimizer: str = "adamw", dp=None, seed: int = 0,
+                 model_factory: Callable[[ModelSpec], torch.nn.Module] = build_model) -> None:
+        if len(blocks) == 0:
+            raise ConfigError(f"client {client_id} has no training data")
+        if local_steps < 1 or batch_size < 1 or not lr > 0:
+            raise ConfigError("local_steps and batch_size must be >= 1 and lr > 0")
+        self.client_id, self.spec = client_id, spec
+        self.blocks = np.asarray(blocks, dtype=np.int64)
+        self.batch_size, self.lr, self.local_steps = batch_size, lr, local_steps
+        self.model = model_factory(spec)
+        params = [p for _, p in _trainable(self.model)]
+        if optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        elif optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=lr)
+        else:
+            raise ConfigError(f"unknown local optimizer {optimizer!r}; expected 'adamw' or 'sgd'")
+        self._gen = torch.Generator().manual_seed(seed * 7919 + client_id)
+        self.dp = None
+        if dp is not None and dp.enabled:
+            from training.dp import PrivateTraining
+
+            self.dp = PrivateTraining(self.model, self.optimizer, self.blocks, batch_size=batch_size, config=dp,
+                                      generator=self._gen)
+            self.model, self.optimizer = self.dp.model, self.dp.optimizer
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.blocks)
+
+    def set_data(self, blocks: np.ndarray) -> None:
+        """Replace this client's training blocks (capacity-aware re-partitioning between rounds)."""
+        if len(blocks) == 0:
+            raise ConfigError(f"client {self.client_id} would have no training data")
+        self.blocks = np.asarray(blocks, dtype=np.int64)
+        if self.dp is not None:
+            self.dp.set_data(self.blocks)
+
+    def _batches(self):
+        """Endless minibatches: Poisson-sampled under DP, else shuffled epochs of ``batch_size`` blocks."""
+        if self.dp is not None:
+            yield from self.dp.batches()
+            return
+        bs = min(self.batch_size, len(self.blocks))
+        while True:
+            order = torch.randperm(len(self.blocks), generator=self._gen).numpy()
+            for i in range(0, len(order) - bs + 1, bs):
+                yield torch.from_numpy(self.blocks[order[i:i + bs]])
+
+    def train(self, global_vec: np.ndarray, version: int = 0) -> ClientUpdate:
+        """E local steps from ``global_vec``; returns the delta and the mean training loss (client-private)."""
+        set_flat(self.model, global_vec)
+        start = time.perf_counter()
+        losses: list[float] = []
+        batches = self._batches()
+        self.model.train()
+        for _ in range(self.local_steps):
+            x = next(batches)
+            self.optimizer.zero_grad(set_to_none=True)
+            if x.shape[0] == 0:  # Poisson sampling may draw an empty batch: a step with only noise
+                self.optimizer.step()
+                continue
+            loss = self.model(input_ids=x, labels=x).loss
+            loss.backward()
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+        seconds = time.perf_counter() - start
+        delta = get_flat(self.model) - global_vec
+        mean_loss = float(np.mean(losses)) if losses else math.log(self.spec.vocab_size)
+        events = self.dp.record_round(self.local_steps) if self.dp is not None else ()
+        return ClientUpdate(self.client_id, delta, self.num_samples, mean_loss, base_version=version,
+                            seconds=seconds, steps=self.local_steps, privacy=events)
+
+    def epsilon(self) -> float | None:
+        """The client's privacy spent so far (None without DP)."""
+        return None if self.dp is None else self.dp.epsilon()

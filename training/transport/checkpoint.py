@@ -1,0 +1,70 @@
+"""The aggregator's durable state, written atomically after every round.
+
+Invariant: the file on disk always holds a model together with the number of rounds already applied to it
+(``round``), never one without the other, because it is replaced in a single ``os.replace`` of a fully written
+and fsynced temporary file. ``next_round_id`` is written ahead of every attempt, so a restarted aggregator never
+reuses a round id (replays of any earlier attempt stay rejectable) and never applies a round twice.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from training.errors import TrainingError
+
+__all__ = ["ServerState", "save", "load"]
+
+
+@dataclass
+class ServerState:
+    """Global model, rounds applied so far, the next unused round id, and JSON privacy ledgers by name."""
+
+    model: np.ndarray
+    round: int = 0
+    next_round_id: int = 1
+    ledgers: dict[str, Any] = field(default_factory=dict)
+
+
+def save(path: str | os.PathLike, state: ServerState) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``, fsync of the directory)."""
+    p = pathlib.Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"round": state.round, "next_round_id": state.next_round_id, "ledgers": state.ledgers}
+    buf = io.BytesIO()
+    np.savez(buf, model=np.asarray(state.model, dtype=np.float64),
+             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(buf.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, p)
+    dfd = os.open(p.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def load(path: str | os.PathLike) -> ServerState | None:
+    """The state saved at ``path``, or None when there is none; a damaged file raises TrainingError."""
+    p = pathlib.Path(path)
+    if not p.exists():
+        return None
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            model = np.array(z["model"], dtype=np.float64)
+            meta = json.loads(bytes(z["meta"]).decode())
+        state = ServerState(model, int(meta["round"]), int(meta["next_round_id"]), dict(meta["ledgers"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"checkpoint {p} is damaged: {exc}") from exc
+    if model.ndim != 1 or not np.isfinite(model).all() or state.round < 0 or state.next_round_id <= state.round:
+        raise TrainingError(f"checkpoint {p} is inconsistent")
+    return state

@@ -1,0 +1,175 @@
+"""The client agent: checks in with the aggregator, trains on the global model, runs its secagg role over gRPC.
+
+One agent is one client identity (its certificate). Per round it (1) checks in with its public weight, (2) gets the
+task (round parameters and the global model), (3) computes its update with its :class:`UpdateSource`, (4) builds
+its own role from the public parameters and exchanges messages until its role is done or the round ends.
+Every inbound payload is checked before use: the model must be a finite vector of the announced size, the round
+id must be the task's, and the client must be in the announced cohort. A refusal from the aggregator ends this
+client's part in the round (it rejoins at the next); a crash of the agent is, to the others, a dropout.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from secagg.encoding import validate_update
+from secagg.errors import MalformedMessageError, SecAggError
+from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
+from training.transport.aggregator import POLL_SECONDS
+from training.transport.certs import Credentials
+from training.transport.rpc import Stub, open_channel
+from training.transport.schemes import Scheme
+from training.transport.wire import TransportError, field, pack, unpack
+
+__all__ = ["UpdateSource", "ClientAgent", "SyntheticSource"]
+
+log = logging.getLogger("training.transport.client")
+
+
+class UpdateSource(Protocol):
+    """Where a client's update comes from: ``weight`` is public (announced at check-in)."""
+
+    weight: float
+
+    def compute(self, model: np.ndarray, round_no: int) -> np.ndarray: ...
+
+
+class SyntheticSource:
+    """A stand-in local trainer: each client pulls the model halfway toward its own fixed target vector.
+
+    The target is test data drawn from a seeded numpy Generator (nothing secret). Values stay in ``[-clip, clip]``.
+    """
+
+    def __init__(self, client_id: int, dim: int, *, seed: int = 0, clip: float = 1.0) -> None:
+        rng = np.random.default_rng([seed, client_id])
+        self.target = rng.uniform(-0.5, 0.5, dim) * clip
+        self.weight = float(1 + client_id % 3)
+        self.clip = clip
+
+    def compute(self, model: np.ndarray, round_no: int) -> np.ndarray:
+        return np.clip(0.5 * (self.target - model), -self.clip, self.clip)
+
+
+class ClientAgent:
+    """Runs client ``creds.identity`` against the aggregator at ``address`` (and the key holder, for CKKS)."""
+
+    def __init__(self, creds: Credentials, address: str, scheme: Scheme, source: UpdateSource, *,
+                 keyholder_address: str | None = None, max_message_bytes: int = 256 << 20,
+                 poll_seconds: float = POLL_SECONDS, patience: float = 60.0, claim: int | None = None) -> None:
+        self.creds, self.scheme, self.source = creds, scheme, source
+        self.client_id = creds.identity if claim is None else claim
+        self.channel = open_channel(creds, address, AGGREGATOR)
+        self.stub = Stub(self.channel, "secagg.Aggregator", max_message_bytes)
+        self.kh_address, self.limit, self.poll = keyholder_address, max_message_bytes, poll_seconds
+        self.patience = patience
+        self._context: bytes | None = None
+        self.rounds_done = 0
+        self.bytes_up = self.bytes_down = 0
+        self.stop = threading.Event()
+        self.on_task: Callable[[dict], None] | None = None  # test hook: sees each task header before training
+
+    def _rpc_timeout(self) -> float:
+        return self.poll + 30.0
+
+    def context(self) -> bytes:
+        """The key holder's public context, fetched once over an mTLS channel that verifies the key holder."""
+        if self._context is None:
+            if self.kh_address is None:
+                raise TransportError("this scheme needs the key holder's address")
+            channel = open_channel(self.creds, self.kh_address, KEYHOLDER)
+            try:
+                _, self._context = unpack(Stub(channel, "secagg.KeyHolder", self.limit)
+                                          .unary_stream("Context", pack({}), 60.0))
+            finally:
+                channel.close()
+        return self._context
+
+    def run(self, max_rounds: int | None = None) -> int:
+        """Take part in rounds until the federation finishes, ``max_rounds`` completed, or :attr:`stop` is set."""
+        unreachable_since: float | None = None
+        while not self.stop.is_set() and (max_rounds is None or self.rounds_done < max_rounds):
+            try:
+                env = self.stub.unary_stream("Checkin", pack({"client_id": self.client_id,
+                                                              "weight": float(self.source.weight)}),
+                                             self._rpc_timeout())
+            except TransportError:  # aggregator down or restarting: retry within the patience window
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since > self.patience:
+                    raise
+                self.stop.wait(0.5)
+                continue
+            unreachable_since = None
+            self.bytes_down += len(env)
+            header, body = unpack(env)
+            kind = field(header, "type", str)
+            if kind == "finished":
+                break
+            if kind == "task":
+                try:
+                    if self.participate(header, body):
+                        self.rounds_done += 1
+                except SecAggError as exc:
+                    log.warning("client %d left round %s: %s: %s", self.client_id, header.get("round_id"),
+                                type(exc).__name__, exc)
+        return self.rounds_done
+
+    def participate(self, header: dict, body: bytes) -> bool:
+        """One round from its task envelope; True when this client's role finished."""
+        round_id = field(header, "round_id", int)
+        params = field(header, "params", dict)
+        if field(params, "round_id", int) != round_id or self.client_id not in field(params, "cohort", list):
+            raise MalformedMessageError("task does not match its round or does not include this client")
+        dim = field(params, "dim", int)
+        if len(body) != 8 * dim:
+            raise MalformedMessageError(f"global model of {len(body)} bytes is not {dim} float64 values")
+        model = validate_update(np.frombuffer(body, dtype="<f8"), dim)
+        if self.on_task is not None:
+            self.on_task(header)
+        update = validate_update(np.asarray(self.source.compute(model.copy(), field(header, "round", int))), dim)
+        ctx = self.context() if self.scheme.needs_keyholder else None
+        role = self.scheme.client_role(self.client_id, params, ctx)
+        self._send(round_id, role.start(update, float(self.source.weight)))
+        while not role.done and not self.stop.is_set():
+            env = self.stub.unary_stream("Receive", pack({"client_id": self.client_id, "round_id": round_id}),
+                                         self._rpc_timeout())
+            self.bytes_down += len(env)
+            head, payload = unpack(env)
+            kind = field(head, "type", str)
+            if kind == "end":
+                log.info("client %d: round %d ended (%s)", self.client_id, round_id, head.get("status"))
+                return False
+            if kind == "message":
+                try:
+                    outs = role.receive(payload)
+                except SecAggError as exc:  # a bad message from the aggregator: refuse it, keep going
+                    log.warning("client %d refused a message: %s: %s", self.client_id, type(exc).__name__, exc)
+                    continue
+                self._send(round_id, outs)
+        return role.done
+
+    def _send(self, round_id: int, outs: list[Outbound]) -> None:
+        for out in outs:
+            if out.to != AGGREGATOR:
+                raise MalformedMessageError(f"client roles only talk to the aggregator, not {out.to}")
+            env = pack({"client_id": self.client_id, "round_id": round_id}, out.payload)
+            self.bytes_up += len(env)
+            self.stub.stream_unary("Send", env, self._rpc_timeout())
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        import grpc
+
+        deadline = time.monotonic() + timeout
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=max(0.1, deadline - time.monotonic()))
+        except grpc.FutureTimeoutError as exc:
+            raise TransportError("aggregator not reachable") from exc
+
+    def close(self) -> None:
+        self.stop.set()
+        self.channel.close()

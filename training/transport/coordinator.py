@@ -1,0 +1,342 @@
+"""The aggregator's round engine, free of gRPC: check-in, cohort choice, routing, stage deadlines, apply, checkpoint.
+
+Threads: gRPC handlers call :meth:`Coordinator.checkin`, :meth:`send` and :meth:`receive`; one driver thread runs
+:meth:`run`. All state sits behind one condition variable, so the (not thread-safe) secagg role sees one call at
+a time. Invariants:
+
+* a message reaches the role only if its round id is the open round's and its sender (the certificate identity)
+  is in that round's cohort; anything else raises a named ``SecAggError`` and changes nothing;
+* a stage that makes no progress for ``stage_timeout`` seconds is closed (``close_stage``): silent or crashed
+  clients become dropouts; if too few survive the round is aborted and retried with a fresh cohort and round id;
+* the global model changes only after a round's result is validated, and the new model and round counter are
+  checkpointed together before any client is told the round ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from secagg.errors import MalformedMessageError, SecAggError, StageError, UnknownClientError, WrongRoundError
+from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, AggregatorRole, Outbound
+from training.transport import checkpoint
+from training.transport.checkpoint import ServerState
+from training.transport.schemes import Scheme
+from training.transport.wire import pack
+
+__all__ = ["RoundPolicy", "Coordinator", "RoundRecord"]
+
+log = logging.getLogger("training.transport.aggregator")
+Finalize = Callable[[int, bytes], list[Outbound]]
+Apply = Callable[[np.ndarray, AggregateResult, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class RoundPolicy:
+    """When rounds open and how long each stage may wait. ``min_clients`` is the smallest cohort ever opened."""
+
+    rounds: int
+    cohort_size: int
+    min_clients: int
+    checkin_timeout: float = 5.0
+    stage_timeout: float = 5.0
+    max_closes: int = 4
+
+
+@dataclass
+class RoundRecord:
+    """What one finished (or aborted) attempt did; passed to the ``on_round`` callback."""
+
+    round: int
+    round_id: int
+    cohort: tuple[int, ...]
+    status: str
+    seconds: float
+    bytes_up: int
+    bytes_down: int
+    result: AggregateResult | None = None
+    reason: str = ""
+
+
+@dataclass
+class _Round:
+    round_id: int
+    round: int
+    cohort: frozenset[int]
+    role: AggregatorRole
+    task: bytes
+    mail: dict[int, deque[bytes]]
+    started: float = field(default_factory=time.monotonic)
+    status: str = "open"
+    reason: str = ""
+    to_keyholder: deque[bytes] = field(default_factory=deque)
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+def _as_secagg(exc: Exception) -> SecAggError:
+    if isinstance(exc, SecAggError):
+        return exc
+    log.error("round failed on an unexpected error", exc_info=exc)
+    return StageError(f"internal error: {type(exc).__name__}: {exc}")
+
+
+def default_apply(model: np.ndarray, result: AggregateResult, round_no: int) -> np.ndarray:
+    """FedAvg of deltas with server learning rate 1: model + Σ w_i Δ_i / Σ w_i."""
+    return model + result.mean
+
+
+class Coordinator:
+    """Runs ``policy.rounds`` rounds of ``scheme`` over whoever checks in; see the module invariants."""
+
+    def __init__(self, scheme: Scheme, state: ServerState, policy: RoundPolicy, *,
+                 checkpoint_path: str | None = None, context: bytes | None = None,
+                 finalize: Finalize | None = None, apply: Apply = default_apply,
+                 on_round: Callable[[RoundRecord], None] | None = None) -> None:
+        if scheme.needs_keyholder and (finalize is None or context is None):
+            raise ValueError(f"scheme {scheme.name} needs a key holder (context and finalize)")
+        self.scheme, self.state, self.policy = scheme, state, policy
+        self.checkpoint_path, self.context, self.finalize = checkpoint_path, context, finalize
+        self.apply, self.on_round = apply, on_round
+        self.cond = threading.Condition()
+        self.waiting: dict[int, float] = {}
+        self.waiting_since: float | None = None
+        self.assigned: dict[int, int] = {}
+        self.current: _Round | None = None
+        self.outcomes: dict[int, str] = {}
+        self.stopping = False
+        self.rejections: dict[str, int] = {}
+
+    @property
+    def finished(self) -> bool:
+        return self.state.round >= self.policy.rounds or self.stopping
+
+    # ---- handler side -------------------------------------------------------------------------------------
+    def checkin(self, cid: int, weight: float, timeout: float, alive: Callable[[], bool] = lambda: True) -> bytes:
+        """Wait up to ``timeout`` s to be put in a cohort; the task envelope, or ``idle`` / ``finished``."""
+        if not (np.isfinite(weight) and weight > 0):
+            raise MalformedMessageError(f"weight must be positive and finite, got {weight!r}")
+        end = time.monotonic() + timeout
+        with self.cond:
+            self.assigned.pop(cid, None)
+            self.waiting[cid] = float(weight)
+            if self.waiting_since is None:
+                self.waiting_since = time.monotonic()
+            self.cond.notify_all()
+            while True:
+                if self.finished:
+                    self.waiting.pop(cid, None)
+                    return pack({"type": "finished", "round": self.state.round})
+                rnd = self.current
+                if rnd is not None and rnd.status == "open" and self.assigned.get(cid) == rnd.round_id:
+                    del self.assigned[cid]
+                    rnd.bytes_down += len(rnd.task)
+                    return rnd.task
+                left = end - time.monotonic()
+                if left <= 0 or not alive():
+                    self.waiting.pop(cid, None)
+                    return pack({"type": "idle"})
+                self.cond.wait(min(left, 0.5))
+
+    def _round_for(self, cid: int, round_id: int) -> _Round | None:
+        rnd = self.current
+        if rnd is not None and rnd.round_id == round_id:
+            if cid not in rnd.cohort:
+                raise UnknownClientError(f"client {cid} is not in the cohort of round {round_id}")
+            return rnd
+        if round_id in self.outcomes:
+            return None
+        raise WrongRoundError(f"round {round_id} is not open (current: "
+                              f"{rnd.round_id if rnd else 'none'}, next: {self.state.next_round_id})")
+
+    def send(self, cid: int, round_id: int, payload: bytes) -> None:
+        """Deliver one message from client ``cid`` to the open round's role (raises a named error to refuse)."""
+        with self.cond:
+            rnd = self._round_for(cid, round_id)
+            if rnd is None or rnd.status != "open":
+                raise WrongRoundError(f"round {round_id} is already closed")
+            try:
+                outs = rnd.role.receive(cid, payload)
+            except SecAggError as exc:
+                self._reject(cid, exc)
+                raise
+            except Exception as exc:  # a role must never be crashed by bytes: report it as malformed input
+                log.exception("role raised on input from client %d", cid)
+                err = MalformedMessageError(f"message rejected: {type(exc).__name__}: {exc}")
+                self._reject(cid, err)
+                raise err from exc
+            rnd.bytes_up += len(payload)
+            self._route(rnd, AGGREGATOR, outs)
+            self.cond.notify_all()
+
+    def receive(self, cid: int, round_id: int, timeout: float, alive: Callable[[], bool] = lambda: True) -> bytes:
+        """The next message for ``cid`` in round ``round_id``, or ``end`` once the round closed, or ``idle``."""
+        end = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                rnd = self._round_for(cid, round_id)
+                if rnd is None:
+                    return pack({"type": "end", "status": self.outcomes[round_id]})
+                if rnd.mail[cid]:
+                    payload = rnd.mail[cid].popleft()
+                    return pack({"type": "message", "round_id": round_id}, payload)
+                if rnd.status != "open":
+                    return pack({"type": "end", "status": rnd.status, "reason": rnd.reason})
+                left = end - time.monotonic()
+                if left <= 0 or not alive():
+                    return pack({"type": "idle"})
+                self.cond.wait(min(left, 0.5))
+
+    def _reject(self, cid: int, exc: SecAggError) -> None:
+        name = type(exc).__name__
+        self.rejections[name] = self.rejections.get(name, 0) + 1
+        log.warning("rejected message from client %d: %s: %s", cid, name, exc)
+
+    def _route(self, rnd: _Round, sender: int, outs: list[Outbound]) -> None:
+        for out in outs:
+            if out.to == KEYHOLDER:
+                rnd.to_keyholder.append(out.payload)
+            elif out.to in rnd.cohort:
+                rnd.mail[out.to].append(out.payload)
+                rnd.bytes_down += len(out.payload)
+            else:
+                log.error("role %d addressed a message to %d, outside round %d", sender, out.to, rnd.round_id)
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    # ---- driver side --------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run rounds until ``policy.rounds`` are applied (or :meth:`stop`); aborted attempts are retried."""
+        while True:
+            with self.cond:
+                cohort = self._gather()
+                if cohort is None:
+                    self.cond.notify_all()
+                    return
+                rnd = self._open(cohort)
+            record = self._drive(rnd)
+            if self.on_round is not None:
+                self.on_round(record)
+
+    def _gather(self) -> dict[int, float] | None:
+        p = self.policy
+        while not self.finished:
+            n = len(self.waiting)
+            waited = time.monotonic() - (self.waiting_since or time.monotonic())
+            if n >= p.cohort_size or (n >= p.min_clients and waited >= p.checkin_timeout):
+                chosen = secrets.SystemRandom().sample(sorted(self.waiting), min(n, p.cohort_size))
+                cohort = {c: self.waiting.pop(c) for c in chosen}
+                self.waiting_since = time.monotonic() if self.waiting else None
+                return cohort
+            self.cond.wait(0.2)
+        return None
+
+    def _open(self, cohort: dict[int, float]) -> _Round:
+        round_id = self.state.next_round_id
+        self.state.next_round_id += 1
+        self._save()  # write-ahead: this round id is never handed out again, even after a crash
+        ids = sorted(cohort)
+        params, role = self.scheme.plan(round_id, ids, cohort, int(self.state.model.size), self.context)
+        header = {"type": "task", "round_id": round_id, "round": self.state.round, "scheme": self.scheme.name,
+                  "params": params}
+        task = pack(header, np.ascontiguousarray(self.state.model, dtype="<f8").tobytes())
+        rnd = _Round(round_id, self.state.round, frozenset(ids), role, task, {c: deque() for c in ids})
+        self.current = rnd
+        for c in ids:
+            self.assigned[c] = round_id
+        log.info("round %d (id %d) opened with cohort %s", rnd.round, round_id, ids)
+        self.cond.notify_all()
+        return rnd
+
+    def _drive(self, rnd: _Round) -> RoundRecord:
+        result, error = None, None
+        try:
+            result = self._pump(rnd)
+        except Exception as exc:
+            error = _as_secagg(exc)
+        with self.cond:
+            if result is not None:
+                try:
+                    self._commit(rnd, result)
+                except Exception as exc:
+                    error = _as_secagg(exc)
+            rnd.status = "done" if error is None else "aborted"
+            rnd.reason = "" if error is None else f"{type(error).__name__}: {error}"
+            self.outcomes[rnd.round_id] = rnd.status
+            if len(self.outcomes) > 256:
+                self.outcomes.pop(min(self.outcomes))
+            self.current = None
+            self.cond.notify_all()
+        if error is not None:
+            log.warning("round %d (id %d) aborted: %s", rnd.round, rnd.round_id, rnd.reason)
+        return RoundRecord(rnd.round, rnd.round_id, tuple(sorted(rnd.cohort)), rnd.status,
+                           time.monotonic() - rnd.started, rnd.bytes_up, rnd.bytes_down,
+                           result if error is None else None, rnd.reason)
+
+    def _pump(self, rnd: _Round) -> AggregateResult:
+        """Advance ``rnd`` until its role is done: forward to the key holder, close overdue stages."""
+        closes = 0
+        with self.cond:
+            stage, since = rnd.role.stage, time.monotonic()
+            while not rnd.role.done:
+                if self.stopping:
+                    raise StageError("aggregator is shutting down")
+                if rnd.to_keyholder:
+                    payload = rnd.to_keyholder.popleft()
+                    self.cond.release()
+                    try:
+                        outs = self.finalize(rnd.round_id, payload)  # type: ignore[misc]
+                    finally:
+                        self.cond.acquire()
+                    for out in outs:
+                        if out.to == AGGREGATOR:
+                            self._route(rnd, KEYHOLDER, rnd.role.receive(KEYHOLDER, out.payload))
+                    continue
+                if rnd.role.stage != stage:
+                    stage, since, closes = rnd.role.stage, time.monotonic(), 0
+                    continue
+                left = since + self.policy.stage_timeout - time.monotonic()
+                if left <= 0:
+                    closes += 1
+                    if closes > self.policy.max_closes:
+                        raise StageError(f"stage {stage!r} made no progress after {closes - 1} deadlines")
+                    log.info("round id %d: deadline of stage %r passed; closing it", rnd.round_id, stage)
+                    self._route(rnd, AGGREGATOR, rnd.role.close_stage())
+                    since = time.monotonic()
+                    continue
+                self.cond.wait(min(left, 0.5))
+            return rnd.role.result()
+
+    def _commit(self, rnd: _Round, result: AggregateResult) -> None:
+        mean = np.asarray(result.mean, dtype=np.float64)
+        if mean.shape != self.state.model.shape or not np.isfinite(mean).all():
+            raise MalformedMessageError(f"aggregate of shape {mean.shape} is not a finite model-sized vector")
+        new = np.asarray(self.apply(self.state.model, result, rnd.round), dtype=np.float64)
+        if new.shape != self.state.model.shape or not np.isfinite(new).all():
+            raise MalformedMessageError("the updated model is not finite")
+        self.state.model = new
+        self.state.round = rnd.round + 1
+        self._save()
+        log.info("round %d (id %d) applied: %d contributors, %d dropped", rnd.round, rnd.round_id,
+                 len(result.contributors), len(result.dropped))
+
+    def _save(self) -> None:
+        if self.checkpoint_path is not None:
+            checkpoint.save(self.checkpoint_path, self.state)
+
+    def status(self) -> dict[str, Any]:
+        with self.cond:
+            return {"round": self.state.round, "next_round_id": self.state.next_round_id,
+                    "waiting": len(self.waiting), "rejections": dict(self.rejections),
+                    "open": None if self.current is None else self.current.round_id}

@@ -1,0 +1,70 @@
+"""The CKKS key holder's gRPC service (``secagg.KeyHolder``): public context to anyone, decryption to one caller.
+
+* ``Context``  (unary→stream)  → the public context (no secret key), to any authenticated role;
+* ``Finalize`` (stream→stream) ``{"round_id"}`` + an aggregate → the finalizer's outbound messages.
+
+Invariants: ``Finalize`` is served only to the peer whose certificate names the aggregator; round ids must
+strictly increase, so an aggregate from any earlier round (a replay) is refused as ``WrongRoundError``; a refused
+request changes nothing, so the genuine aggregate of the same round is still accepted afterwards. Calls are
+serialized: the secret-key object sees one request at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from secagg.errors import AuthenticationError, WrongRoundError
+from secagg.roles import AGGREGATOR, KEYHOLDER, FinalizerRole
+from training.transport.aggregator import encode_outbounds
+from training.transport.certs import Credentials, peer_identity
+from training.transport.rpc import guarded_stream, start_server
+from training.transport.wire import field, join, pack, split, unpack
+
+__all__ = ["KeyHolderService", "serve_keyholder"]
+
+SERVICE = "secagg.KeyHolder"
+
+
+class KeyHolderService:
+    """Serves ``keyholder`` (a FinalizerRole with ``public_context()``); ``max_message_bytes`` bounds requests."""
+
+    def __init__(self, keyholder: FinalizerRole, max_message_bytes: int) -> None:
+        self.kh, self.limit = keyholder, int(max_message_bytes)
+        self.context_bytes: bytes = keyholder.public_context()  # type: ignore[attr-defined]
+        self.last_round = 0
+        self.lock = threading.Lock()
+
+    @guarded_stream
+    def Context(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        peer_identity(context)
+        yield from split(pack({"type": "context"}, self.context_bytes))
+
+    @guarded_stream
+    def Finalize(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        if peer_identity(context) != AGGREGATOR:
+            raise AuthenticationError("only the aggregator may submit aggregates to the key holder")
+        header, payload = unpack(join(request_iterator, self.limit))
+        round_id = field(header, "round_id", int)
+        with self.lock:
+            if round_id <= self.last_round:
+                raise WrongRoundError(f"round {round_id} is not after the last finalized round {self.last_round}")
+            outs = self.kh.receive(AGGREGATOR, payload)
+            self.last_round = round_id
+        yield from split(encode_outbounds(outs))
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "Context": grpc.unary_stream_rpc_method_handler(self.Context),
+            "Finalize": grpc.stream_stream_rpc_method_handler(self.Finalize),
+        })
+
+
+def serve_keyholder(keyholder: FinalizerRole, creds: Credentials, host: str, port: int, *,
+                    max_message_bytes: int, workers: int = 8) -> tuple[grpc.Server, int]:
+    """Start the key holder's mTLS server; ``creds`` must be the key holder's own certificate."""
+    if creds.identity != KEYHOLDER:
+        raise AuthenticationError("the key holder must serve with the keyholder certificate")
+    return start_server(creds, [KeyHolderService(keyholder, max_message_bytes).handler()], host, port, workers)

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pathlib
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +64,7 @@ def load(path: str | os.PathLike) -> ServerState | None:
             model = np.array(z["model"], dtype=np.float64)
             meta = json.loads(bytes(z["meta"]).decode())
         state = ServerState(model, int(meta["round"]), int(meta["next_round_id"]), dict(meta["ledgers"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise TrainingError(f"checkpoint {p} is damaged: {exc}") from exc
     if model.ndim != 1 or not np.isfinite(model).all() or state.round < 0 or state.next_round_id <= state.round:
         raise TrainingError(f"checkpoint {p} is inconsistent")

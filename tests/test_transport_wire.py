@@ -1,0 +1,182 @@
+"""Transport building blocks: chunked framing, envelopes, error <-> status mapping, certificates, checkpoints,
+configuration. No network."""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+import numpy as np
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from hypothesis import given, settings, strategies as st
+
+from secagg import errors as E
+from secagg.roles import AGGREGATOR, KEYHOLDER
+from training.errors import ConfigError, TrainingError
+from training.transport import checkpoint, wire
+from training.transport.certs import Credentials, init_certs, parse_identity, role_name
+from training.transport.config import load_transport_config
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(max_size=3000), st.integers(1, 5))
+def test_split_join_round_trip_and_chunk_bound(data, scale):
+    # shrink the chunk so small examples span several chunks; restore afterwards
+    old = wire.CHUNK
+    wire.CHUNK = 97 * scale
+    try:
+        chunks = list(wire.split(data))
+        assert all(1 <= len(c) <= wire.CHUNK for c in chunks) or data == b""
+        assert b"".join(chunks) == data
+        assert len(chunks) == max(1, -(-len(data) // wire.CHUNK))
+    finally:
+        wire.CHUNK = old
+
+
+def test_real_chunks_are_one_mebibyte_and_join_enforces_limit():
+    data = os.urandom((1 << 20) * 2 + 5)
+    chunks = list(wire.split(data))
+    assert [len(c) for c in chunks] == [1 << 20, 1 << 20, 5]
+    assert wire.join(iter(chunks), len(data)) == data
+    with pytest.raises(wire.OversizeMessageError):
+        wire.join(iter(chunks), len(data) - 1)
+    with pytest.raises(E.MalformedMessageError):
+        wire.join(iter([b"x" * (wire.CHUNK + 1)]), 10 * wire.CHUNK)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), st.one_of(st.integers(-2**53, 2**53), st.text(max_size=20),
+                                                      st.booleans(), st.none()), max_size=6),
+       st.binary(max_size=200))
+def test_envelope_round_trip(header, body):
+    assert wire.unpack(wire.pack(header, body)) == (header, body)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=120))
+def test_unpack_never_raises_anything_but_malformed(data):
+    try:
+        header, body = wire.unpack(data)
+    except E.MalformedMessageError:
+        return
+    assert isinstance(header, dict) and isinstance(body, bytes)
+
+
+def test_unpack_rejects_non_object_nan_and_bad_lengths():
+    for bad in [b"ST" + (5).to_bytes(4, "little") + b"[1,2]", b"ST" + (3).to_bytes(4, "little") + b"NaN",
+                b"ST" + (99).to_bytes(4, "little") + b"{}", b"XX" + (2).to_bytes(4, "little") + b"{}"]:
+        with pytest.raises(E.MalformedMessageError):
+            wire.unpack(bad)
+
+
+def test_field_type_checks():
+    h = {"a": 1, "b": True, "c": "x", "d": 1.5}
+    assert wire.field(h, "a", int) == 1
+    assert wire.field(h, "d", (int, float)) == 1.5
+    assert wire.field(h, "zz", int, 7) == 7
+    for key, kind in [("b", int), ("c", int), ("zz", int), ("b", (int, float))]:
+        with pytest.raises(E.MalformedMessageError):
+            wire.field(h, key, kind)
+
+
+class _FakeRpcError(grpc.RpcError):
+    def __init__(self, code, details):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+@pytest.mark.parametrize("cls", [getattr(E, n) for n in E.__all__] + [wire.OversizeMessageError])
+def test_every_named_error_survives_the_wire(cls):
+    exc = cls("something specific")
+    code = wire.status_code(exc)
+    assert code not in (grpc.StatusCode.OK, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+    with pytest.raises(cls) as info:
+        wire.raise_rpc_error(_FakeRpcError(code, f"{cls.__name__}: something specific"))
+    assert type(info.value) is cls and str(info.value) == "something specific"
+    assert info.value.code == code
+
+
+def test_unnamed_status_becomes_transport_error():
+    with pytest.raises(wire.TransportError, match="UNAVAILABLE"):
+        wire.raise_rpc_error(_FakeRpcError(grpc.StatusCode.UNAVAILABLE, "failed to connect"))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(-2, 999_999_999))
+def test_role_names_round_trip(identity):
+    assert parse_identity(role_name(identity)) == identity
+
+
+@pytest.mark.parametrize("name", ["client-01", "client--1", "client-", "Aggregator", "client-1 ", "root"])
+def test_foreign_names_are_not_identities(name):
+    with pytest.raises(E.AuthenticationError):
+        parse_identity(name)
+
+
+def test_init_certs_names_every_role(tmp_path):
+    init_certs(tmp_path, 2)
+    for ident in (AGGREGATOR, KEYHOLDER, 0, 1):
+        creds = Credentials.load(tmp_path, ident)
+        assert creds.identity == ident
+        cert = x509.load_pem_x509_certificate(creds.cert)
+        ca = x509.load_pem_x509_certificate(creds.ca)
+        cert.verify_directly_issued_by(ca)  # raises if not signed by the CA
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert role_name(ident) in sans.get_values_for_type(x509.DNSName)
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == role_name(ident)
+    assert oct(os.stat(tmp_path / "client-0.key").st_mode & 0o777) == "0o600"
+    # a second init keeps the CA, so earlier certificates stay valid
+    ca_before = (tmp_path / "ca.pem").read_bytes()
+    init_certs(tmp_path, 3)
+    assert (tmp_path / "ca.pem").read_bytes() == ca_before and (tmp_path / "client-2.pem").exists()
+
+
+def test_checkpoint_round_trip_and_atomic_replace(tmp_path, monkeypatch):
+    path = tmp_path / "agg.ckpt"
+    assert checkpoint.load(path) is None
+    rng = np.random.default_rng(1)
+    s1 = checkpoint.ServerState(rng.normal(size=17), 3, 5, {"client-0": {"events": [[1.0, 0.1, 4]]}})
+    checkpoint.save(path, s1)
+    got = checkpoint.load(path)
+    assert np.array_equal(got.model, s1.model) and (got.round, got.next_round_id, got.ledgers) == (3, 5, s1.ledgers)
+    # a crash while writing the next checkpoint leaves the previous one intact
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("power cut")))
+    with pytest.raises(OSError):
+        checkpoint.save(path, checkpoint.ServerState(np.zeros(17), 4, 6))
+    monkeypatch.undo()
+    assert checkpoint.load(path).round == 3
+
+
+def test_damaged_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "agg.ckpt"
+    checkpoint.save(path, checkpoint.ServerState(np.ones(4), 1, 2))
+    data = bytearray(path.read_bytes())
+    path.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(TrainingError):
+        checkpoint.load(path)
+    checkpoint.save(path, checkpoint.ServerState(np.array([1.0, np.nan]), 1, 2))
+    with pytest.raises(TrainingError):
+        checkpoint.load(path)
+
+
+def test_config_reads_run_file_sections_and_transport_table(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text('[federation]\nclients = 5\nscheme = "ckks"\n[train]\nrounds = 4\n'
+                 '[transport]\nstage_timeout = 2.5\ndim = 64\n')
+    cfg = load_transport_config(f, rounds=7)
+    assert (cfg.clients, cfg.scheme, cfg.rounds, cfg.stage_timeout, cfg.dim) == (5, "ckks", 7, 2.5, 64)
+    assert cfg.cohort_size == 5 and cfg.min_cohort == 4
+    f.write_text("[transport]\nstage_timout = 1\n")
+    with pytest.raises(ConfigError, match="stage_timout"):
+        load_transport_config(f)
+    with pytest.raises(ConfigError):
+        load_transport_config(None, scheme="rot13")
+    with pytest.raises(ConfigError):
+        load_transport_config(None, clients=3, cohort=4)

@@ -1,0 +1,132 @@
+"""``secagg`` sub-commands for the networked deployment (mounted by :mod:`training.cli`; also
+``python -m training.transport.cli``)::
+
+    certs init DIR --clients N          CA + aggregator, keyholder, client-0..N-1 certificates
+    keyholder serve                     CKKS key holder (decrypts aggregates from the aggregator only)
+    aggregator serve [--keyholder H:P]  runs the rounds, checkpoints after each, resumes after a restart
+    client run --id N --aggregator H:P  one client (its identity comes from certs/client-N.pem)
+    up --clients N --rounds R           every role as its own process on 127.0.0.1, end to end
+
+Every command takes ``--config run.toml`` (the ``secagg run`` file; deployment settings in ``[transport]``) and
+flags that override it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from training.errors import TrainingError
+from training.transport.config import TransportConfig, load_transport_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Networked deployment over gRPC with mTLS.")
+certs_app = typer.Typer(no_args_is_help=True, help="Certificates for mutual TLS.")
+keyholder_app = typer.Typer(no_args_is_help=True, help="The CKKS key holder.")
+aggregator_app = typer.Typer(no_args_is_help=True, help="The aggregator.")
+client_app = typer.Typer(no_args_is_help=True, help="A client.")
+app.add_typer(certs_app, name="certs")
+app.add_typer(keyholder_app, name="keyholder")
+app.add_typer(aggregator_app, name="aggregator")
+app.add_typer(client_app, name="client")
+
+ConfigOpt = typer.Option(None, "--config", help="TOML run file ([federation], [train], [transport])")
+ResolvedOpt = typer.Option(None, "--resolved", hidden=True, help="JSON of a resolved TransportConfig (from `up`)")
+
+
+def _cfg(config: Optional[Path], resolved: Optional[Path] = None, **overrides) -> TransportConfig:
+    try:
+        if resolved is not None:
+            cfg = TransportConfig(**json.loads(resolved.read_text())).validate()
+            return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None}).validate()
+        return load_transport_config(config, **overrides)
+    except (TrainingError, TypeError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _logging(role: str, verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format=f"%(asctime)s {role} %(levelname)s %(message)s")
+
+
+@certs_app.command("init")
+def certs_init(directory: Path = typer.Argument(..., help="output directory"),
+               clients: int = typer.Option(3, "--clients", help="client certificates to issue")) -> None:
+    """Create a CA (reused if present) and per-role certificates."""
+    from training.transport.certs import init_certs
+
+    init_certs(directory, clients)
+    typer.echo(f"wrote CA, aggregator, keyholder and client-0..{clients - 1} certificates to {directory}")
+
+
+@keyholder_app.command("serve")
+def keyholder_serve(config: Optional[Path] = ConfigOpt, resolved: Optional[Path] = ResolvedOpt,
+                    certs: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None),
+                    port_file: Optional[str] = typer.Option(None), verbose: bool = typer.Option(True)) -> None:
+    """Serve the public context and decrypt aggregates (only from the aggregator's certificate)."""
+    from training.transport.node import run_keyholder
+
+    _logging("keyholder", verbose)
+    run_keyholder(_cfg(config, resolved, certs=certs, keyholder_port=port), port_file=port_file)
+
+
+@aggregator_app.command("serve")
+def aggregator_serve(config: Optional[Path] = ConfigOpt, resolved: Optional[Path] = ResolvedOpt,
+                     certs: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None),
+                     port_file: Optional[str] = typer.Option(None),
+                     keyholder: Optional[str] = typer.Option(None, help="HOST:PORT of the key holder (ckks)"),
+                     checkpoint: Optional[str] = typer.Option(None, help="default: OUT/aggregator.ckpt"),
+                     scheme: Optional[str] = typer.Option(None), rounds: Optional[int] = typer.Option(None),
+                     clients: Optional[int] = typer.Option(None), out: Optional[str] = typer.Option(None),
+                     verbose: bool = typer.Option(True)) -> None:
+    """Run the federation's rounds; resumes from the checkpoint if one exists."""
+    from training.transport.node import run_aggregator
+
+    _logging("aggregator", verbose)
+    cfg = _cfg(config, resolved, certs=certs, aggregator_port=port, scheme=scheme, rounds=rounds, clients=clients,
+               out=out)
+    state = run_aggregator(cfg, checkpoint=checkpoint or str(Path(cfg.out) / "aggregator.ckpt"),
+                           keyholder=keyholder, port_file=port_file)
+    typer.echo(f"aggregator: {state.round} rounds applied")
+
+
+@client_app.command("run")
+def client_run(client_id: int = typer.Option(..., "--id", help="this client's id (its certificate client-ID)"),
+               aggregator: str = typer.Option(..., help="HOST:PORT of the aggregator"),
+               keyholder: Optional[str] = typer.Option(None, help="HOST:PORT of the key holder (ckks)"),
+               config: Optional[Path] = ConfigOpt, resolved: Optional[Path] = ResolvedOpt,
+               certs: Optional[str] = typer.Option(None), scheme: Optional[str] = typer.Option(None),
+               verbose: bool = typer.Option(False)) -> None:
+    """Join the federation as client ``--id`` and take part until it finishes."""
+    from training.transport.node import run_client
+
+    _logging(f"client-{client_id}", verbose)
+    done = run_client(_cfg(config, resolved, certs=certs, scheme=scheme), client_id, aggregator=aggregator,
+                      keyholder=keyholder)
+    typer.echo(f"client-{client_id}: {done} rounds")
+
+
+@app.command("up")
+def up(clients: int = typer.Option(3, "--clients"), rounds: int = typer.Option(3, "--rounds"),
+       config: Optional[Path] = ConfigOpt, scheme: Optional[str] = typer.Option(None),
+       trainer: Optional[str] = typer.Option(None, help="synthetic | local"),
+       dim: Optional[int] = typer.Option(None, help="model size of the synthetic trainer"),
+       out: Path = typer.Option(Path("runs/transport"), "--out"),
+       timeout: float = typer.Option(600.0, help="give up (and stop every process) after this many seconds")) -> None:
+    """Start the key holder (ckks), the aggregator and N clients as separate processes and run R rounds."""
+    from training.transport.launcher import launch
+
+    cfg = _cfg(config, None, clients=clients, rounds=rounds, scheme=scheme, trainer=trainer, dim=dim,
+               out=str(out), certs=str(out / "certs"))
+    rows = launch(cfg, timeout=timeout, echo=typer.echo)
+    if not any(r.get("status") == "done" for r in rows):
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,114 @@
+"""Settings of a networked deployment, read from the same TOML file as ``secagg run --config``.
+
+The run file's ``[federation]`` (clients, scheme, update_clip, ckks_params, min_contributors, ring_bits,
+threshold, neighbors) and ``[train]`` (rounds, seed) sections are honoured; deployment-only settings live in an
+optional ``[transport]`` table (keys: the fields of :class:`TransportConfig`). Unknown ``[transport]`` keys are
+refused (ConfigError). CLI flags override the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.errors import ConfigError
+
+__all__ = ["TransportConfig", "load_transport_config"]
+
+
+@dataclass
+class TransportConfig:
+    """Everything the processes of one deployment agree on (ports 0 = ephemeral, published via port files)."""
+
+    host: str = "127.0.0.1"
+    aggregator_port: int = 0
+    keyholder_port: int = 0
+    certs: str = "certs"
+    out: str = "runs/transport"
+    scheme: str = "masking"
+    clients: int = 3
+    rounds: int = 3
+    cohort: int | None = None             # clients per round (default: all)
+    min_clients: int | None = None        # smallest cohort a round opens with (default: 2/3 of the cohort)
+    trainer: str = "synthetic"            # synthetic (a model-sized vector) | local (training.local on the corpus)
+    dim: int = 1000                       # model size for the synthetic trainer
+    seed: int = 0
+    checkin_timeout: float = 5.0
+    stage_timeout: float = 10.0
+    poll_seconds: float = 10.0
+    max_message_bytes: int = 256 << 20
+    clip: float = 1.0                     # masking: public value bound
+    ring_bits: int = 32
+    threshold: int | None = None
+    neighbors: int | None = None
+    rounding: str = "stochastic"
+    weight_bound: float | None = None
+    ckks_params: str = "default"
+    min_contributors: int = 2
+
+    def validate(self) -> "TransportConfig":
+        if self.scheme not in ("masking", "ckks"):
+            raise ConfigError(f"unknown scheme {self.scheme!r}; expected 'masking' or 'ckks'")
+        if self.trainer not in ("synthetic", "local"):
+            raise ConfigError(f"unknown trainer {self.trainer!r}; expected 'synthetic' or 'local'")
+        if self.clients < 1 or self.rounds < 1 or self.dim < 1:
+            raise ConfigError("clients, rounds and dim must be positive")
+        if not (self.stage_timeout > 0 and self.checkin_timeout >= 0 and self.poll_seconds > 0):
+            raise ConfigError("timeouts must be positive")
+        if not 1 <= self.cohort_size <= self.clients or not 1 <= self.min_cohort <= self.cohort_size:
+            raise ConfigError("need 1 <= min_clients <= cohort <= clients")
+        return self
+
+    @property
+    def cohort_size(self) -> int:
+        return self.cohort or self.clients
+
+    @property
+    def min_cohort(self) -> int:
+        if self.min_clients is not None:
+            return self.min_clients
+        return max(1, min(self.cohort_size, math.ceil(2 * self.cohort_size / 3)))
+
+    def scheme_options(self) -> dict[str, Any]:
+        if self.scheme == "ckks":
+            return {"params": self.ckks_params, "min_contributors": self.min_contributors}
+        return {"clip": self.clip, "ring_bits": self.ring_bits, "threshold": self.threshold,
+                "neighbors": self.neighbors, "rounding": self.rounding, "weight_bound": self.weight_bound}
+
+
+_FROM_RUN = {("federation", "clients"): "clients", ("federation", "scheme"): "scheme",
+             ("federation", "update_clip"): "clip", ("federation", "ckks_params"): "ckks_params",
+             ("federation", "min_contributors"): "min_contributors", ("federation", "ring_bits"): "ring_bits",
+             ("federation", "threshold"): "threshold", ("federation", "neighbors"): "neighbors",
+             ("train", "rounds"): "rounds", ("train", "seed"): "seed"}
+
+
+def load_transport_config(path: str | Path | None = None, **overrides: Any) -> TransportConfig:
+    """Defaults, then the run file (``[federation]``/``[train]``, then ``[transport]``), then non-None overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from None
+        for (section, key), name in _FROM_RUN.items():
+            table = raw.get(section, {})
+            if isinstance(table, dict) and key in table and table[key] is not None:
+                values[name] = table[key]
+        transport = raw.get("transport", {})
+        if not isinstance(transport, dict):
+            raise ConfigError("[transport] must be a table")
+        names = {f.name for f in dataclasses.fields(TransportConfig)}
+        unknown = sorted(set(transport) - names)
+        if unknown:
+            raise ConfigError(f"unknown keys in [transport]: {unknown}")
+        values |= transport
+    values |= {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return TransportConfig(**values).validate()
+    except TypeError as e:
+        raise ConfigError(f"[transport]: {e}") from None

@@ -1,0 +1,128 @@
+"""``secagg up``: every role as its own OS process on loopback, a fresh federation run end to end.
+
+Each child runs in its own process group (``start_new_session``) and logs to ``OUT/logs/<role>.log``; whatever
+happens (success, failure, timeout, Ctrl-C) every group is terminated, then killed, before :func:`launch` returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from training.transport.certs import init_certs
+from training.transport.config import TransportConfig
+from training.transport.node import read_port_file
+
+__all__ = ["launch", "Procs"]
+
+
+class Procs:
+    """Child processes in their own sessions; :meth:`close` ends them all (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.children: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "ab")
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "training.transport.cli", *args], stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    cwd=Path(__file__).resolve().parents[2])
+        finally:
+            log.close()
+        self.children[name] = proc
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.children[name]
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        proc.wait(10)
+
+    def close(self) -> None:
+        for proc in self.children.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        end = time.monotonic() + 5
+        for proc in self.children.values():
+            try:
+                proc.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(5)
+
+
+def launch(cfg: TransportConfig, *, timeout: float = 600.0, echo: Callable[[str], None] = print) -> list[dict]:
+    """Run a fresh federation of ``cfg.clients`` client processes; return the aggregator's metrics rows."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("aggregator.ckpt", "metrics.jsonl", "aggregator.port", "keyholder.port"):
+        (out / stale).unlink(missing_ok=True)
+    init_certs(cfg.certs, cfg.clients)
+    resolved = out / "transport.json"
+    resolved.write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    base = ["--resolved", str(resolved)]
+    procs = Procs(out / "logs")
+    t0 = time.monotonic()
+    try:
+        kh_args: list[str] = []
+        if cfg.scheme == "ckks":
+            kh = procs.start("keyholder", ["keyholder", "serve", *base, "--port-file", str(out / "keyholder.port")])
+            kh_port = read_port_file(out / "keyholder.port", 120, lambda: kh.poll() is None)
+            kh_args = ["--keyholder", f"{cfg.host}:{kh_port}"]
+        agg = procs.start("aggregator", ["aggregator", "serve", *base, "--port-file", str(out / "aggregator.port"),
+                                         "--checkpoint", str(out / "aggregator.ckpt"), *kh_args])
+        port = read_port_file(out / "aggregator.port", 120, lambda: agg.poll() is None)
+        echo(f"up: aggregator on {cfg.host}:{port}, scheme {cfg.scheme}, {cfg.clients} client processes")
+        for i in range(cfg.clients):
+            procs.start(f"client-{i}", ["client", "run", "--id", str(i), *base, "--aggregator",
+                                        f"{cfg.host}:{port}", *kh_args])
+        seen = 0
+        while agg.poll() is None and time.monotonic() - t0 < timeout:
+            time.sleep(0.2)
+            seen = _echo_new(out / "metrics.jsonl", seen, echo)
+        _echo_new(out / "metrics.jsonl", seen, echo)
+        if agg.poll() is None:
+            echo(f"up: timed out after {timeout:.0f} s")
+        elif agg.returncode != 0:
+            echo(f"up: aggregator exited with {agg.returncode}; see {out / 'logs' / 'aggregator.log'}")
+    finally:
+        procs.close()
+    rows = _rows(out / "metrics.jsonl")
+    echo(f"up: {sum(r['status'] == 'done' for r in rows)} rounds in {time.monotonic() - t0:.1f} s; "
+         f"metrics in {out / 'metrics.jsonl'}")
+    return rows
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _echo_new(path: Path, seen: int, echo: Callable[[str], None]) -> int:
+    rows = _rows(path)
+    for r in rows[seen:]:
+        loss = f" loss {r['loss']:.5f}" if "loss" in r else ""
+        echo(f"round {r['round']:>3} (id {r['round_id']}): {r['status']:<7} {r['seconds']:6.2f} s "
+             f"up {r['bytes_up']:>10,} B down {r['bytes_down']:>10,} B{loss} "
+             f"contributors {r.get('contributors', [])} {r['reason']}")
+    return len(rows)

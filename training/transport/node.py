@@ -1,0 +1,139 @@
+"""One process per role: the key holder, the aggregator and a client, each serving until its work is done.
+
+Each ``run_*`` function blocks. Bound ports are published through ``port_file`` (written atomically), so
+launchers and tests can use ephemeral ports. The aggregator writes ``metrics.jsonl`` (one JSON object per
+attempt) into ``cfg.out`` and checkpoints to ``checkpoint`` after every applied round, resuming from it on start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from secagg.roles import AGGREGATOR, KEYHOLDER
+from training.transport import checkpoint as ckpt
+from training.transport.aggregator import KeyHolderLink, serve_aggregator
+from training.transport.certs import Credentials
+from training.transport.client import ClientAgent
+from training.transport.config import TransportConfig
+from training.transport.coordinator import Coordinator, RoundPolicy, RoundRecord
+from training.transport.keyholder import serve_keyholder
+from training.transport.schemes import make_scheme
+from training.transport.trainer import make_workload
+
+__all__ = ["run_keyholder", "run_aggregator", "run_client", "write_port_file", "read_port_file"]
+
+log = logging.getLogger("training.transport")
+
+
+def write_port_file(path: str | os.PathLike | None, port: int) -> None:
+    if path is None:
+        return
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(str(port))
+    os.replace(tmp, p)
+
+
+def read_port_file(path: str | os.PathLike, timeout: float, alive=lambda: True) -> int:
+    """Wait up to ``timeout`` s for a port file to appear (``alive()`` false aborts early)."""
+    end = time.monotonic() + timeout
+    p = Path(path)
+    while time.monotonic() < end and alive():
+        if p.exists():
+            return int(p.read_text())
+        time.sleep(0.05)
+    raise TimeoutError(f"no port published in {p}")
+
+
+def _on_term(stop) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: stop())
+
+
+def run_keyholder(cfg: TransportConfig, *, port_file: str | None = None) -> None:
+    """Generate the CKKS keys and serve them until SIGTERM/SIGINT."""
+    from secagg.ckks import KeyHolder
+
+    creds = Credentials.load(cfg.certs, KEYHOLDER)
+    kh = KeyHolder(params=cfg.ckks_params, min_contributors=cfg.min_contributors)
+    server, port = serve_keyholder(kh, creds, cfg.host, cfg.keyholder_port, max_message_bytes=cfg.max_message_bytes)
+    write_port_file(port_file, port)
+    log.info("key holder serving on %s:%d", cfg.host, port)
+    done = threading.Event()
+    _on_term(done.set)
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    server.stop(1).wait()
+
+
+def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | None = None,
+                   port_file: str | None = None, linger: float = 2.0) -> ckpt.ServerState:
+    """Resume from ``checkpoint`` (or start fresh), serve until ``cfg.rounds`` rounds are applied, return the state."""
+    creds = Credentials.load(cfg.certs, AGGREGATOR)
+    work = make_workload(cfg)
+    state = ckpt.load(checkpoint) or ckpt.ServerState(work.initial_model())
+    if state.model.size != work.dim:
+        raise ValueError(f"checkpoint model has {state.model.size} values, the workload {work.dim}")
+    scheme = make_scheme(cfg.scheme, cfg.scheme_options())
+    link = context = finalize = None
+    if scheme.needs_keyholder:
+        if keyholder is None:
+            raise ValueError("scheme ckks needs --keyholder HOST:PORT")
+        link = KeyHolderLink(creds, keyholder, cfg.max_message_bytes)
+        context, finalize = link.context(), link.finalize
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def on_round(rec: RoundRecord) -> None:
+        row = {"round": rec.round + 1 if rec.status == "done" else rec.round, "round_id": rec.round_id,
+               "status": rec.status, "seconds": round(rec.seconds, 4), "bytes_up": rec.bytes_up,
+               "bytes_down": rec.bytes_down, "cohort": list(rec.cohort), "reason": rec.reason}
+        if rec.result is not None:
+            row |= {"contributors": list(rec.result.contributors), "dropped": list(rec.result.dropped)}
+            row |= work.evaluate(coord.state.model)
+        with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    policy = RoundPolicy(cfg.rounds, cfg.cohort_size, cfg.min_cohort, cfg.checkin_timeout, cfg.stage_timeout)
+    coord = Coordinator(scheme, state, policy, checkpoint_path=checkpoint, context=context, finalize=finalize,
+                        apply=work.apply, on_round=on_round)
+    server, port = serve_aggregator(coord, creds, cfg.host, cfg.aggregator_port,
+                                    max_message_bytes=cfg.max_message_bytes, workers=2 * cfg.clients + 16,
+                                    poll_seconds=cfg.poll_seconds)
+    write_port_file(port_file, port)
+    log.info("aggregator serving on %s:%d from round %d (next round id %d)", cfg.host, port, state.round,
+             state.next_round_id)
+    _on_term(coord.stop)
+    try:
+        coord.run()
+        time.sleep(linger)  # let waiting clients hear "finished"
+    except KeyboardInterrupt:
+        coord.stop()
+    finally:
+        server.stop(1).wait()
+        if link is not None:
+            link.close()
+    return state
+
+
+def run_client(cfg: TransportConfig, client_id: int, *, aggregator: str, keyholder: str | None = None) -> int:
+    """Take part in rounds as ``client-<id>`` until the federation finishes; returns rounds completed."""
+    creds = Credentials.load(cfg.certs, client_id)
+    work = make_workload(cfg)
+    agent = ClientAgent(creds, aggregator, make_scheme(cfg.scheme, cfg.scheme_options()), work.source(client_id),
+                        keyholder_address=keyholder, max_message_bytes=cfg.max_message_bytes,
+                        poll_seconds=cfg.poll_seconds)
+    _on_term(agent.stop.set)
+    try:
+        return agent.run()
+    finally:
+        agent.close()

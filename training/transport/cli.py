@@ -101,13 +101,15 @@ def client_run(client_id: int = typer.Option(..., "--id", help="this client's id
                keyholder: Optional[str] = typer.Option(None, help="HOST:PORT of the key holder (ckks)"),
                config: Optional[Path] = ConfigOpt, resolved: Optional[Path] = ResolvedOpt,
                certs: Optional[str] = typer.Option(None), scheme: Optional[str] = typer.Option(None),
+               exit_after: Optional[int] = typer.Option(None, hidden=True,
+                                                        help="fault injection: crash after K messages"),
                verbose: bool = typer.Option(False)) -> None:
     """Join the federation as client ``--id`` and take part until it finishes."""
     from training.transport.node import run_client
 
     _logging(f"client-{client_id}", verbose)
     done = run_client(_cfg(config, resolved, certs=certs, scheme=scheme), client_id, aggregator=aggregator,
-                      keyholder=keyholder)
+                      keyholder=keyholder, exit_after=exit_after)
     typer.echo(f"client-{client_id}: {done} rounds")
 
 

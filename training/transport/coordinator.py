@@ -224,7 +224,15 @@ class Coordinator:
                 if cohort is None:
                     self.cond.notify_all()
                     return
-                rnd = self._open(cohort)
+                try:
+                    rnd = self._open(cohort)
+                except SecAggError as exc:  # e.g. a threshold the cohort cannot meet: wait for more clients
+                    log.error("cannot open a round with cohort %s: %s: %s", sorted(cohort), type(exc).__name__, exc)
+                    for c, w in cohort.items():
+                        self.waiting.setdefault(c, w)
+                    self.waiting_since = time.monotonic()
+                    self.cond.wait(max(self.policy.checkin_timeout, 0.5))
+                    continue
             record = self._drive(rnd)
             if self.on_round is not None:
                 self.on_round(record)

@@ -44,6 +44,8 @@ class Deployment:
                  max_message_bytes: int = 256 << 20, keyholder=None, checkpoint_path: str | None = None,
                  initial: np.ndarray | None = None) -> None:
         self._tmp = None
+        self.threads: list[threading.Thread] = []
+        self.errors: dict[int, BaseException] = {}
         if certs is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="secagg-certs-")
             certs = self._tmp.name
@@ -84,13 +86,19 @@ class Deployment:
         except BaseException:
             self.close()
             raise
-        self.threads: list[threading.Thread] = []
-        self.errors: dict[int, BaseException] = {}
 
-    def agent(self, cid: int, source: UpdateSource, poll_seconds: float = 2.0, **kw) -> ClientAgent:
-        return ClientAgent(Credentials.load(self.certs, cid), self.address, self.scheme, source,
-                           keyholder_address=self.keyholder_address, max_message_bytes=self.limit,
-                           poll_seconds=poll_seconds, **kw)
+    def agent(self, cid: int, source: UpdateSource, poll_seconds: float = 2.0, cls: type = ClientAgent,
+              **kw) -> ClientAgent:
+        """A client agent (of class ``cls``) wired to this deployment; not started."""
+        return cls(Credentials.load(self.certs, cid), self.address, self.scheme, source,
+                   keyholder_address=self.keyholder_address, max_message_bytes=self.limit,
+                   poll_seconds=poll_seconds, **kw)
+
+    def start_agent(self, cid: int) -> None:
+        """Run ``self.agents[cid]`` on its own thread (agents added after :meth:`run` began join late)."""
+        t = threading.Thread(target=self._run_agent, args=(cid,), daemon=True)
+        t.start()
+        self.threads.append(t)
 
     def _run_agent(self, cid: int) -> None:
         try:
@@ -102,10 +110,8 @@ class Deployment:
         """Run the coordinator to completion with every agent on its own thread; return the round records."""
         driver = threading.Thread(target=self.coordinator.run, daemon=True)
         driver.start()
-        for cid in self.agents:
-            t = threading.Thread(target=self._run_agent, args=(cid,), daemon=True)
-            t.start()
-            self.threads.append(t)
+        for cid in list(self.agents):
+            self.start_agent(cid)
         driver.join(timeout)
         if driver.is_alive():
             self.coordinator.stop()

@@ -125,13 +125,34 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
     return state
 
 
-def run_client(cfg: TransportConfig, client_id: int, *, aggregator: str, keyholder: str | None = None) -> int:
-    """Take part in rounds as ``client-<id>`` until the federation finishes; returns rounds completed."""
+class _Crashing(ClientAgent):
+    """Fault injection: the process dies abruptly (``os._exit``, no cleanup) after ``exit_after`` messages."""
+
+    def __init__(self, *args, exit_after: int, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.exit_after, self.sent = exit_after, 0
+
+    def _send(self, round_id, outs):
+        for out in outs:
+            if self.sent >= self.exit_after:
+                log.warning("client %d: injected crash after %d messages", self.client_id, self.sent)
+                os._exit(17)
+            super()._send(round_id, [out])
+            self.sent += 1
+
+
+def run_client(cfg: TransportConfig, client_id: int, *, aggregator: str, keyholder: str | None = None,
+               exit_after: int | None = None) -> int:
+    """Take part in rounds as ``client-<id>`` until the federation finishes; returns rounds completed.
+
+    ``exit_after`` injects a crash: the process exits abruptly instead of sending its ``exit_after + 1``-th message.
+    """
     creds = Credentials.load(cfg.certs, client_id)
     work = make_workload(cfg)
-    agent = ClientAgent(creds, aggregator, make_scheme(cfg.scheme, cfg.scheme_options()), work.source(client_id),
-                        keyholder_address=keyholder, max_message_bytes=cfg.max_message_bytes,
-                        poll_seconds=cfg.poll_seconds)
+    kw = {} if exit_after is None else {"exit_after": exit_after}
+    agent = (ClientAgent if exit_after is None else _Crashing)(
+        creds, aggregator, make_scheme(cfg.scheme, cfg.scheme_options()), work.source(client_id),
+        keyholder_address=keyholder, max_message_bytes=cfg.max_message_bytes, poll_seconds=cfg.poll_seconds, **kw)
     _on_term(agent.stop.set)
     try:
         return agent.run()

@@ -1,0 +1,133 @@
+"""Every role as its own OS process on 127.0.0.1 (ephemeral ports, short deadlines): the `up` demo, a client
+that crashes mid-protocol and rejoins, and an aggregator killed between rounds and resumed from its checkpoint.
+Every child runs in its own process group and is killed in ``finally`` by the Procs fixture."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.transport import checkpoint
+from training.transport.certs import init_certs
+from training.transport.config import TransportConfig
+from training.transport.launcher import Procs, launch
+from training.transport.node import read_port_file
+from training.transport.trainer import SyntheticWorkload
+
+DIM = 32
+
+
+@pytest.fixture
+def procs(tmp_path):
+    p = Procs(tmp_path / "logs")
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def _config(tmp_path: Path, **kw) -> tuple[TransportConfig, Path]:
+    cfg = TransportConfig(scheme="masking", clients=3, rounds=2, dim=DIM, certs=str(tmp_path / "certs"),
+                          out=str(tmp_path), stage_timeout=1.5, checkin_timeout=8.0, poll_seconds=1.0, **kw)
+    init_certs(cfg.certs, cfg.clients)
+    path = tmp_path / "transport.json"
+    path.write_text(json.dumps(dataclasses.asdict(cfg.validate())))
+    return cfg, path
+
+
+def _rows(tmp_path: Path) -> list[dict]:
+    f = tmp_path / "metrics.jsonl"
+    return [json.loads(x) for x in f.read_text().splitlines()] if f.exists() else []
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _expected_model(cfg: TransportConfig, cohorts: list[list[int]]) -> np.ndarray:
+    """The synthetic trajectory computed directly from the clients' targets (independent of the transport)."""
+    work = SyntheticWorkload(cfg.dim, cfg.clients, seed=cfg.seed, clip=cfg.clip)
+    srcs = {i: work.source(i) for i in range(cfg.clients)}
+    m = work.initial_model()
+    for ids in cohorts:
+        m = m + sum(srcs[i].weight * srcs[i].compute(m, 0) for i in ids) / sum(srcs[i].weight for i in ids)
+    return m
+
+
+def _start_aggregator(procs: Procs, tmp_path: Path, resolved: Path, port: int = 0, name: str = "aggregator"):
+    pf = tmp_path / f"{name}.port"
+    pf.unlink(missing_ok=True)
+    proc = procs.start(name, ["aggregator", "serve", "--resolved", str(resolved), "--port", str(port),
+                              "--port-file", str(pf), "--checkpoint", str(tmp_path / "agg.ckpt")])
+    return proc, read_port_file(pf, 60, lambda: proc.poll() is None)
+
+
+def _start_client(procs: Procs, resolved: Path, cid: int, port: int, name: str | None = None, *extra: str):
+    return procs.start(name or f"client-{cid}", ["client", "run", "--id", str(cid), "--resolved", str(resolved),
+                                                 "--aggregator", f"127.0.0.1:{port}", *extra])
+
+
+def test_up_runs_every_role_as_a_process(tmp_path):
+    cfg = TransportConfig(scheme="masking", clients=3, rounds=2, dim=DIM, out=str(tmp_path),
+                          certs=str(tmp_path / "certs"), stage_timeout=2.0, checkin_timeout=8.0, poll_seconds=1.0)
+    lines: list[str] = []
+    rows = launch(cfg.validate(), timeout=90, echo=lines.append)
+    assert [r["status"] for r in rows] == ["done", "done"], "\n".join(lines)
+    assert [r["contributors"] for r in rows] == [[0, 1, 2], [0, 1, 2]]
+    assert rows[1]["loss"] < rows[0]["loss"]
+    state = checkpoint.load(tmp_path / "aggregator.ckpt")
+    assert state.round == 2
+    assert np.allclose(state.model, _expected_model(cfg, [[0, 1, 2]] * 2), atol=1e-4)
+    assert all("round" in line or "up:" in line for line in lines)
+
+
+def test_client_crashing_mid_protocol_drops_out_and_rejoins_next_round(tmp_path, procs):
+    cfg, resolved = _config(tmp_path)
+    agg, port = _start_aggregator(procs, tmp_path, resolved)
+    for cid in (0, 1):
+        _start_client(procs, resolved, cid, port)
+    crashing = _start_client(procs, resolved, 2, port, "client-2-crash", "--exit-after", "1")
+    _wait(lambda: crashing.poll() is not None, 60, "the injected crash")
+    assert crashing.returncode == 17
+    _start_client(procs, resolved, 2, port)  # restarted: must wait for the next round
+    _wait(lambda: agg.poll() is not None, 90, "the aggregator to finish")
+    rows = [r for r in _rows(tmp_path) if r["status"] == "done"]
+    assert len(rows) == 2
+    assert rows[0]["contributors"] == [0, 1] and 2 in rows[0]["dropped"]
+    assert rows[1]["contributors"] == [0, 1, 2]
+    state = checkpoint.load(tmp_path / "agg.ckpt")
+    assert state.round == 2
+    assert np.allclose(state.model, _expected_model(cfg, [[0, 1], [0, 1, 2]]), atol=1e-4)
+
+
+def test_aggregator_killed_between_rounds_resumes_without_loss_or_double_apply(tmp_path, procs):
+    cfg, resolved = _config(tmp_path, rounds=3)
+    agg, port = _start_aggregator(procs, tmp_path, resolved)
+    for cid in range(3):
+        _start_client(procs, resolved, cid, port)
+    _wait(lambda: any(r["status"] == "done" for r in _rows(tmp_path)), 60, "the first round")
+    procs.kill("aggregator")  # SIGKILL to the whole process group: no chance to clean up
+    killed_at = checkpoint.load(tmp_path / "agg.ckpt")
+    assert killed_at.round == 1
+    agg2, port2 = _start_aggregator(procs, tmp_path, resolved, port=port, name="aggregator-2")
+    assert port2 == port
+    _wait(lambda: agg2.poll() is not None, 90, "the resumed aggregator to finish")
+    assert agg2.returncode == 0
+    done = [r for r in _rows(tmp_path) if r["status"] == "done"]
+    assert [r["round"] for r in done] == [1, 2, 3]  # each round applied exactly once
+    ids = [r["round_id"] for r in _rows(tmp_path)]
+    assert ids == sorted(set(ids)) and min(ids[1:]) >= killed_at.next_round_id
+    state = checkpoint.load(tmp_path / "agg.ckpt")
+    assert state.round == 3 and state.next_round_id > killed_at.next_round_id
+    assert all(r["contributors"] == [0, 1, 2] for r in done)
+    assert np.allclose(state.model, _expected_model(cfg, [[0, 1, 2]] * 3), atol=1e-4)

@@ -1,0 +1,99 @@
+"""Whole rounds over real gRPC + mTLS on loopback (in-process): same aggregate as ``secagg.simulate``, dropouts,
+aborted rounds retried with the next cohort."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import secagg
+from training.transport.client import ClientAgent
+from training.transport.inproc import Deployment, FixedSource
+
+
+def _data(n: int, dim: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-1, 1, dim) for _ in range(n)], [float(w) for w in rng.integers(1, 5, n)]
+
+
+def _weighted_mean(updates, weights, ids):
+    return sum(weights[i] * updates[i] for i in ids) / sum(weights[i] for i in ids)
+
+
+class Vanishing(ClientAgent):
+    """A client that goes silent for good after sending ``after`` messages (a crash, as the others see it)."""
+
+    def __init__(self, *args, after: int, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.after, self.sent = after, 0
+
+    def _send(self, round_id, outs):
+        for out in outs:
+            if self.sent >= self.after:
+                self.stop.set()
+                raise SystemExit("vanished")
+            super()._send(round_id, [out])
+            self.sent += 1
+
+
+@pytest.mark.parametrize("scheme", ["masking", "ckks"])
+def test_round_over_grpc_matches_simulate(scheme):
+    updates, weights = _data(3, 40, seed=1)
+    sources = {i: FixedSource(u, w) for i, (u, w) in enumerate(zip(updates, weights))}
+    with Deployment(scheme, sources, 40) as dep:
+        records = dep.run(timeout=90)
+        model = dep.coordinator.state.model
+    assert [r.status for r in records] == ["done"]
+    res = records[0].result
+    assert res.contributors == (0, 1, 2) and res.dropped == ()
+    reference = secagg.simulate(updates, weights, scheme=scheme, seed=3)
+    assert np.allclose(res.mean, reference, atol=1e-4)
+    assert np.allclose(res.mean, _weighted_mean(updates, weights, range(3)), atol=1e-4)
+    assert np.array_equal(model, res.mean)  # one FedAvg step from the zero model
+    assert records[0].bytes_up > 0 and records[0].bytes_down > 40 * 8 * 3
+
+
+@pytest.mark.parametrize("scheme,after", [("masking", 1), ("masking", 2), ("ckks", 0)])
+def test_client_silent_mid_protocol_is_a_dropout(scheme, after):
+    updates, weights = _data(4, 16, seed=2)
+    sources = {i: FixedSource(u, w) for i, (u, w) in enumerate(zip(updates, weights))}
+    with Deployment(scheme, sources, 16, stage_timeout=1.0, options={"min_contributors": 2}
+                    if scheme == "ckks" else {}) as dep:
+        dep.agents[3].close()
+        dep.agents[3] = dep.agent(3, sources[3], cls=Vanishing, after=after)
+        records = dep.run(timeout=90)
+    assert [r.status for r in records] == ["done"]
+    res = records[0].result
+    assert 3 not in res.contributors and set(res.contributors) == {0, 1, 2}
+    assert np.allclose(res.mean, _weighted_mean(updates, weights, [0, 1, 2]), atol=1e-4)
+
+
+def test_too_few_survivors_abort_and_the_next_cohort_finishes_the_round():
+    updates, weights = _data(5, 8, seed=3)
+    sources = {i: FixedSource(u, w) for i, (u, w) in enumerate(zip(updates, weights))}
+    late = 4
+    first = {i: sources[i] for i in range(4)}
+    with Deployment("ckks", first, 8, stage_timeout=1.0, checkin_timeout=0.5, min_clients=3,
+                    options={"min_contributors": 3}) as dep:
+        for vanishing in (2, 3):  # two of four go silent before submitting: 2 < 3 contributors
+            dep.agents[vanishing].close()
+            dep.agents[vanishing] = dep.agent(vanishing, sources[vanishing], cls=Vanishing, after=0)
+        dep.agents[late] = dep.agent(late, sources[late])
+        joined = []
+
+        def on_task(header):  # the late client arrives once the doomed round is under way
+            if not joined:
+                joined.append(header["round_id"])
+                dep.start_agent(late)
+
+        dep.agents[0].on_task = on_task
+        records = dep.run(timeout=120)
+        ids = [r.round_id for r in records]
+    assert [r.status for r in records] == ["aborted", "done"]
+    assert records[0].cohort == (0, 1, 2, 3)
+    assert "DropoutError" in records[0].reason or "TooFewContributorsError" in records[0].reason
+    assert ids[1] > ids[0]
+    res = records[1].result
+    assert res.contributors == (0, 1, 4)
+    assert np.allclose(res.mean, _weighted_mean(updates, weights, [0, 1, 4]), atol=1e-4)
+    assert dep.coordinator.state.round == 1

@@ -1,0 +1,473 @@
+"""DP-SGD for Hugging Face causal LMs via Opacus (the only module of this package that imports Opacus).
+
+Entry point: :func:`make_private` returns a :class:`DPTrainer`, which a client keeps for its whole life across
+rounds (the role of Opacus' ``PrivacyEngine``; built from Opacus' hooks, DP optimizers and
+``BatchMemoryManager``). It fixes what breaks when HF models meet Opacus:
+
+* per-example ``position_ids`` of shape (B, T) are always passed (HF's (1, T) default breaks the hooks);
+* the loss is per SEQUENCE (:func:`privacy.hf.sequence_loss`), never HF's batch-mean ``labels=`` loss;
+* tied input/output embeddings: ``mode="hooks"`` keeps them tied (per-example gradients of both uses are summed);
+  ``mode="ghost"`` cannot handle a parameter used twice, so it unties (default) or freezes them — the choice is
+  recorded in :attr:`DPTrainer.tied_embeddings`;
+* ``mode="lora"`` wraps the model with ``peft`` LoRA and runs DP only on the adapters (base model frozen);
+* GPT-2's ``Conv1D`` and Llama-style ``*RMSNorm`` get exact per-example gradient (and ghost-norm) samplers;
+* the model is never wrapped (``wrap_model=False``): ``trainer.model.state_dict()`` keys are the plain HF keys;
+* batches are Poisson-sampled with rate q = batch_size/N by a CSPRNG, physical batches are capped with
+  ``BatchMemoryManager`` (virtual batches), and empty Poisson batches still take a noise-only step.
+
+Noise: by default (``noise="csprng"``) the Gaussian noise comes from :func:`privacy.noise.gaussian`, an
+AES-256-CTR stream keyed from ``os.urandom`` (Opacus' own ``secure_mode`` needs ``torchcsprng``, which is not
+available for current torch). ``noise="torch"`` uses torch's non-cryptographic PRNG (faster; experiments only) and
+emits :class:`~privacy.errors.InsecureRNGWarning` once per process.
+
+Accounting: each round's steps form one :class:`~privacy.events.PrivacyEvent` (σ, q, steps). With a
+:class:`~privacy.accounting.PrivacyLedger` attached, a step that would exceed the budget raises
+:class:`~privacy.errors.BudgetExceededError` before any computation, and :meth:`DPTrainer.end_round` spends the
+round's event on the ledger.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from opacus.grad_sample import GradSampleHooks
+from opacus.grad_sample.linear import compute_linear_norm_sample
+from opacus.grad_sample.utils import prepare_module, register_grad_sampler, register_norm_sampler
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from opacus.utils.batch_memory_manager import BatchMemoryManager
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers.pytorch_utils import Conv1D
+
+from privacy.accounting import PrivacyLedger, epsilon_of_events, noise_multiplier_for_epsilon
+from privacy.errors import BudgetExceededError, ConfigurationError, InsecureRNGWarning, UnsupportedModelError
+from privacy.events import PrivacyEvent
+from privacy.hf import (LoraSettings, apply_lora, freeze_embeddings, labels_for, position_ids_for, sequence_loss,
+                        tied_embeddings, untie_embeddings)
+from privacy.noise import CSPRNG, gaussian
+
+__all__ = ["Mode", "TieStrategy", "NoiseSource", "PoissonBatchSampler", "DPTrainer", "make_private"]
+
+Mode = Literal["hooks", "ghost", "lora"]
+TieStrategy = Literal["keep", "untie", "freeze"]
+NoiseSource = Literal["csprng", "torch"]
+Batch = Any  # dict with input_ids[, attention_mask, labels] | LongTensor (B, T) | (ids[, mask]) tuple | None
+
+
+# -- per-example gradient samplers for HF layers -----------------------------------------------------------------
+@register_grad_sampler(Conv1D)
+def _conv1d_grad_sample(layer: Conv1D, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
+    """HF Conv1D is y = x @ W + b with W of shape (in, out): per-example dW = Σ_t x_t ⊗ g_t."""
+    x = activations[0].to(backprops.dtype)
+    out = {}
+    if layer.weight.requires_grad:
+        out[layer.weight] = torch.einsum("n...i,n...j->nij", x, backprops)
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = torch.einsum("n...k->nk", backprops)
+    return out
+
+
+register_norm_sampler(Conv1D)(compute_linear_norm_sample)  # ‖Wᵀ‖ = ‖W‖: the ghost norm of nn.Linear applies
+
+
+def _rmsnorm_grad_sample(layer: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
+    """Llama-style RMSNorm y = w ⊙ x / rms(x): per-example dw = Σ_t g_t ⊙ x_t / rms(x_t)."""
+    if not layer.weight.requires_grad:
+        return {}
+    x = activations[0].float()
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + layer.variance_epsilon)
+    g = backprops.float() * normed
+    return {layer.weight: g.reshape(g.shape[0], -1, g.shape[-1]).sum(1).to(layer.weight.dtype)}
+
+
+def _register_model_layers(model: nn.Module) -> None:
+    for m in model.modules():
+        kind = type(m)
+        if (kind.__name__.endswith("RMSNorm") and hasattr(m, "variance_epsilon")
+                and kind not in GradSampleHooks.GRAD_SAMPLERS):
+            register_grad_sampler(kind)(_rmsnorm_grad_sample)
+
+
+# -- noise -------------------------------------------------------------------------------------------------------
+class _CsprngNoise:
+    """Mixin replacing Opacus' torch.normal noise by CSPRNG (AES-CTR Box–Muller) noise of the same std."""
+
+    _rng: CSPRNG
+
+    def add_noise(self) -> None:
+        params = self.params
+        for p in params:
+            _check_processed_flag(p.summed_grad)
+        sizes = [p.summed_grad.numel() for p in params]
+        noise = torch.from_numpy(gaussian(sum(sizes), self.noise_multiplier * self.max_grad_norm, rng=self._rng))
+        for p, chunk in zip(params, noise.split(sizes)):
+            p.grad = (p.summed_grad + chunk.view_as(p.summed_grad).to(p.summed_grad)).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+
+class _CsprngDPOptimizer(_CsprngNoise, DPOptimizer):
+    pass
+
+
+class _CsprngGhostDPOptimizer(_CsprngNoise, DPOptimizerFastGradientClipping):
+    pass
+
+
+_warned_insecure = False
+
+
+def _warn_insecure() -> None:
+    global _warned_insecure
+    if not _warned_insecure:
+        _warned_insecure = True
+        warnings.warn("DP-SGD noise comes from torch's non-cryptographic PRNG (noise='torch'): the DP guarantee "
+                      "does not hold against an adversary who can predict it. Use noise='csprng' for real runs.",
+                      InsecureRNGWarning, stacklevel=3)
+
+
+class PoissonBatchSampler:
+    """Each of ``steps`` batches holds every index independently with probability ``sample_rate`` (CSPRNG)."""
+
+    def __init__(self, num_samples: int, sample_rate: float, steps: int, *, rng: CSPRNG | None = None) -> None:
+        self.num_samples, self.sample_rate, self.steps = num_samples, sample_rate, steps
+        self._rng = rng or CSPRNG()
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            yield np.flatnonzero(self._rng.uniform(self.num_samples) < self.sample_rate).tolist()
+
+
+def _collate_or_none(collate: Callable) -> Callable:
+    return lambda items: collate(items) if items else None
+
+
+def _unpack(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None:
+    """(input_ids, attention_mask, labels) of a batch, or None for an empty batch."""
+    mask = labels = None
+    if batch is None:
+        return None
+    if isinstance(batch, Mapping):
+        ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), batch.get("labels")
+    elif isinstance(batch, torch.Tensor):
+        ids = batch
+    elif isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        ids, mask = batch[0], (batch[1] if len(batch) > 1 else None)
+    else:
+        raise ConfigurationError(f"unsupported batch type {type(batch).__name__}")
+    if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
+        raise ConfigurationError(f"input_ids must be an integer tensor of shape (B, T), got {tuple(ids.shape)}")
+    if ids.shape[0] == 0:
+        return None
+    return ids, mask, labels if labels is not None else labels_for(ids, mask)
+
+
+class DPTrainer:
+    """A client's private model, optimizer and loader for its whole life; records its privacy events.
+
+    Create with :func:`make_private`. Invariants: every optimizer update is one DP-SGD step of a Poisson batch of
+    rate :attr:`sample_rate` with per-sequence gradients clipped to :attr:`max_grad_norm` and N(0, (σC)²) noise;
+    each such step is counted exactly once in the current round; with a ledger, no step runs past the budget.
+    """
+
+    def __init__(self, *, model: nn.Module, optimizer: DPOptimizer, hooks: Any, data_loader: DataLoader,
+                 noise_multiplier: float, max_grad_norm: float, sample_rate: float, mode: Mode,
+                 tied_embeddings: str, noise: NoiseSource, max_physical_batch_size: int | None,
+                 ledger: PrivacyLedger | None) -> None:
+        self.model, self.optimizer, self.data_loader = model, optimizer, data_loader
+        self._hooks = hooks
+        self.noise_multiplier, self.max_grad_norm, self.sample_rate = noise_multiplier, max_grad_norm, sample_rate
+        self.mode, self.tied_embeddings, self.noise = mode, tied_embeddings, noise
+        self.max_physical_batch_size, self.ledger = max_physical_batch_size, ledger
+        self._history: list[PrivacyEvent] = []
+        self._round_steps = 0
+        self._allowed: int | None = None
+        optimizer.attach_step_hook(self._count_step)
+
+    # -- accounting --------------------------------------------------------------------------------------------
+    def _count_step(self, _optimizer: DPOptimizer) -> None:
+        self._round_steps += 1
+
+    @property
+    def round_steps(self) -> int:
+        """DP steps taken in the current (open) round."""
+        return self._round_steps
+
+    @property
+    def history(self) -> tuple[PrivacyEvent, ...]:
+        """One event per closed round."""
+        return tuple(self._history)
+
+    def pending_event(self) -> PrivacyEvent:
+        """The current round so far as (σ, q, steps)."""
+        return PrivacyEvent(self.noise_multiplier, self.sample_rate, self._round_steps)
+
+    def end_round(self) -> PrivacyEvent:
+        """Close the round: return its event, add it to :attr:`history`, and spend it on the ledger if any."""
+        event = self.pending_event()
+        if self.ledger is not None and event.steps:
+            self.ledger.spend_events([event])  # fits: every step was checked against remaining_steps
+        self._history.append(event)
+        self._round_steps, self._allowed = 0, None
+        return event
+
+    def epsilon(self, delta: float, *, accountant: Literal["prv", "rdp"] = "prv") -> float:
+        """ε of this trainer's lifetime (closed rounds + open round) at ``delta``."""
+        return epsilon_of_events([*self._history, self.pending_event()], delta, accountant=accountant)
+
+    def _check_budget(self) -> None:
+        if self.ledger is None:
+            return
+        if self._allowed is None:
+            self._allowed = self.ledger.remaining_steps(self.noise_multiplier, self.sample_rate)
+        if self._round_steps + 1 > self._allowed:
+            after = self.ledger.epsilon_if([PrivacyEvent(self.noise_multiplier, self.sample_rate,
+                                                         self._round_steps + 1)])
+            raise BudgetExceededError(
+                f"step {self._round_steps + 1} of this round would raise ε to {after:.4g} > budget "
+                f"{self.ledger.epsilon_budget:.4g}; the step was not taken", epsilon_after=after,
+                budget=self.ledger.epsilon_budget)
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def _backward(self, parts: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None) -> torch.Tensor:
+        """Forward + backward of one physical batch; leaves per-example data for the optimizer."""
+        if parts is None:  # empty Poisson batch: zero contribution, the step still adds noise
+            for p in self.optimizer.params:
+                if self.mode == "ghost":
+                    p.grad = torch.zeros_like(p)
+                else:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+            return torch.zeros(0)
+        ids, mask, labels = parts
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(ids, mask),
+                             use_cache=False)
+            per_seq = sequence_loss(out.logits, labels)
+            if self.mode == "ghost":
+                DPTensorFastGradientClipping(self._hooks, self.optimizer, per_seq, "mean").backward()
+            else:
+                per_seq.mean().backward()
+        return per_seq.detach()
+
+    def step(self, batch: Batch) -> float:
+        """One DP-SGD step on one logical batch (drawn from :attr:`data_loader`; ``None``/empty allowed).
+
+        Split into physical batches of at most ``max_physical_batch_size``. Returns the mean per-sequence loss
+        (nan for an empty batch). Raises BudgetExceededError before doing anything if the ledger forbids it.
+        """
+        self._check_budget()
+        self.model.train()
+        parts = _unpack(batch)
+        chunks: list = [None]
+        if parts is not None:
+            ids, mask, labels = parts
+            size = self.max_physical_batch_size or ids.shape[0]
+            chunks = [(ids[i:i + size], None if mask is None else mask[i:i + size], labels[i:i + size])
+                      for i in range(0, ids.shape[0], size)]
+        losses = []
+        for i, chunk in enumerate(chunks):
+            self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
+            losses.append(self._backward(chunk))
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        all_losses = torch.cat(losses)
+        return float(all_losses.mean()) if all_losses.numel() else math.nan
+
+    def train(self, steps: int | None = None) -> list[float]:
+        """Run ``steps`` logical steps (default: one epoch, 1/q batches) on Poisson batches from the loader."""
+        target = len(self.data_loader) if steps is None else steps
+        losses: list[float] = []
+        while len(losses) < target:
+            if self.max_physical_batch_size is None:
+                for batch in self.data_loader:
+                    losses.append(self.step(batch))
+                    if len(losses) == target:
+                        break
+                continue
+            with BatchMemoryManager(data_loader=self.data_loader, max_physical_batch_size=self.max_physical_batch_size,
+                                    optimizer=self.optimizer) as loader:
+                batch_losses: list[torch.Tensor] = []
+                for batch in loader:
+                    if not batch_losses:
+                        self._check_budget()
+                    self.model.train()
+                    batch_losses.append(self._backward(_unpack(batch)))
+                    self.optimizer.step()
+                    skipped = self.optimizer._is_last_step_skipped
+                    self.optimizer.zero_grad()
+                    if not skipped:
+                        joined = torch.cat(batch_losses)
+                        losses.append(float(joined.mean()) if joined.numel() else math.nan)
+                        batch_losses = []
+                        if len(losses) == target:
+                            break
+        return losses
+
+    # -- inspection (no update, no noise, no privacy cost recorded: for tests and debugging only) ---------------
+    def per_sample_gradient_norms(self, batch: Batch) -> torch.Tensor:
+        """L2 norm of each example's full gradient (all trainable parameters), shape (B,)."""
+        if self.mode == "ghost":
+            self._inspect(batch)
+            norms = self._hooks.get_norm_sample().detach().clone()
+        else:
+            grads = self.per_sample_gradients(batch)
+            norms = torch.stack([g.reshape(g.shape[0], -1).norm(dim=1) for g in grads.values()], 1).norm(dim=1)
+        self.optimizer.zero_grad()
+        return norms
+
+    def per_sample_gradients(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Per-example gradients {param name: (B, *shape)} (hooks and lora modes)."""
+        if self.mode == "ghost":
+            raise ConfigurationError("ghost clipping never materialises per-example gradients; use hooks mode")
+        self._inspect(batch)
+        out = {n: p.grad_sample.detach().clone() for n, p in self._named_trainable()}
+        self.optimizer.zero_grad()
+        return out
+
+    def clipped_gradient_sum(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Σ_i min(1, C/‖g_i‖)·g_i over the batch, without noise or update (what DP-SGD noises)."""
+        self._inspect(batch)
+        if self.mode == "ghost":
+            out = {n: p.grad.detach().clone() for n, p in self._named_trainable()}
+        else:
+            self.optimizer.clip_and_accumulate()
+            out = {n: p.summed_grad.detach().clone() for n, p in self._named_trainable()}
+        for p in self.optimizer.params:
+            p.summed_grad = None
+        self.optimizer.zero_grad()
+        return out
+
+    def _inspect(self, batch: Batch) -> None:
+        parts = _unpack(batch)
+        if parts is None:
+            raise ConfigurationError("cannot inspect an empty batch")
+        self.model.train()
+        self.optimizer.zero_grad()
+        self._backward(parts)
+
+    # -- weights -----------------------------------------------------------------------------------------------
+    def _named_trainable(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Copies of the trainable weights under their plain model names (adapters only in lora mode)."""
+        return {n: p.detach().clone() for n, p in self._named_trainable()}
+
+    def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy ``state`` into the trainable weights in place (parameter identity, hooks and optimizer kept)."""
+        params = dict(self._named_trainable())
+        if set(state) != set(params):
+            raise ConfigurationError(f"state keys differ from the trainable parameters: "
+                                     f"missing {sorted(set(params) - set(state))[:3]}, "
+                                     f"unexpected {sorted(set(state) - set(params))[:3]}")
+        with torch.no_grad():
+            for name, p in params.items():
+                if tuple(state[name].shape) != tuple(p.shape):
+                    raise ConfigurationError(f"{name}: shape {tuple(state[name].shape)} != {tuple(p.shape)}")
+                p.copy_(state[name])
+
+    def close(self) -> None:
+        """Remove the Opacus hooks; the model becomes an ordinary (non-private) module again."""
+        self._hooks.cleanup()
+        self.model.__dict__.pop("_privacy_dp_trainer", None)
+
+
+def _make_optimizer(optimizer: torch.optim.Optimizer | Callable, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if isinstance(optimizer, torch.optim.Optimizer):
+        current = [p for g in optimizer.param_groups for p in g["params"]]
+        if {id(p) for p in current} == {id(p) for p in params}:
+            return optimizer
+        return type(optimizer)(params, **optimizer.defaults)  # params changed (LoRA/untie): same class and defaults
+    if callable(optimizer):
+        return optimizer(params)
+    raise ConfigurationError("optimizer must be a torch Optimizer or a callable params -> Optimizer")
+
+
+def make_private(model: nn.Module, optimizer: torch.optim.Optimizer | Callable[[list], torch.optim.Optimizer],
+                 data_loader: DataLoader, *, max_grad_norm: float, noise_multiplier: float | None = None,
+                 target_epsilon: float | None = None, delta: float = 1e-5, target_steps: int | None = None,
+                 mode: Mode = "hooks", tied: TieStrategy | None = None, lora: LoraSettings | None = None,
+                 max_physical_batch_size: int | None = None, noise: NoiseSource = "csprng",
+                 ledger: PrivacyLedger | None = None, accountant: Literal["prv", "rdp"] = "prv") -> DPTrainer:
+    """Make an HF causal LM, its optimizer and its data loader private; return the client's :class:`DPTrainer`.
+
+    Give exactly one of ``noise_multiplier`` (σ) or ``target_epsilon`` (then σ is the smallest value, within 1%,
+    with ε(ledger history + ``target_steps`` steps) <= target at ``delta``; ``target_steps`` defaults to one
+    epoch). q = ``data_loader.batch_size / len(dataset)``. ``optimizer`` may be an instance (reused if it holds
+    exactly the trainable parameters, else re-created with the same class and ``defaults``) or a factory.
+    ``tied``: strategy for tied embeddings; default "keep" for hooks, "untie" for ghost (ghost + "keep" is refused).
+    """
+    if getattr(model, "_privacy_dp_trainer", False):
+        raise ConfigurationError("model is already private: keep one DPTrainer per client for its whole life")
+    if mode not in ("hooks", "ghost", "lora"):
+        raise ConfigurationError(f"unknown mode {mode!r}; use 'hooks', 'ghost' or 'lora'")
+    if noise not in ("csprng", "torch"):
+        raise ConfigurationError(f"unknown noise source {noise!r}")
+    if not (isinstance(max_grad_norm, (int, float)) and math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        raise ConfigurationError(f"max_grad_norm must be a finite number > 0, got {max_grad_norm!r}")
+    if (noise_multiplier is None) == (target_epsilon is None):
+        raise ConfigurationError("give exactly one of noise_multiplier and target_epsilon")
+    if max_physical_batch_size is not None and max_physical_batch_size < 1:
+        raise ConfigurationError("max_physical_batch_size must be >= 1")
+    n, batch_size = len(data_loader.dataset), data_loader.batch_size
+    if not batch_size or n < 1:
+        raise ConfigurationError("data_loader needs a dataset with a length and a batch_size")
+    sample_rate = min(1.0, batch_size / n)
+    steps_per_epoch = max(1, round(1 / sample_rate))
+    if target_epsilon is not None:
+        history = list(ledger.events) if ledger is not None else []
+        noise_multiplier = noise_multiplier_for_epsilon(target_epsilon, sample_rate, target_steps or steps_per_epoch,
+                                                        ledger.delta if ledger else delta, accountant=accountant,
+                                                        history=history)
+    PrivacyEvent(noise_multiplier, sample_rate, 0)  # validate σ
+
+    tie_used = "n/a"
+    if mode == "lora":
+        model = apply_lora(model, lora or LoraSettings())
+        tie_used = "frozen (lora)"
+    elif tied_embeddings(model):
+        tie_used = tied or ("untie" if mode == "ghost" else "keep")
+        if tie_used not in ("keep", "untie", "freeze"):
+            raise ConfigurationError(f"unknown tied-embedding strategy {tie_used!r}")
+        if mode == "ghost" and tie_used == "keep":
+            raise UnsupportedModelError("ghost clipping cannot clip a parameter used twice: untie or freeze")
+        if tie_used == "untie":
+            untie_embeddings(model)
+        elif tie_used == "freeze":
+            freeze_embeddings(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UnsupportedModelError("model has no trainable parameters")
+    _register_model_layers(model)
+    grad_mode = "ghost" if mode == "ghost" else "hooks"
+    extra = {"max_grad_norm": max_grad_norm} if grad_mode == "ghost" else {}
+    hooks = prepare_module(model, grad_mode, wrap_model=False, batch_first=True, loss_reduction="mean",
+                           strict=False, **extra)
+    base = _make_optimizer(optimizer, params)
+    if noise == "csprng":
+        cls = _CsprngGhostDPOptimizer if grad_mode == "ghost" else _CsprngDPOptimizer
+    else:
+        cls = DPOptimizerFastGradientClipping if grad_mode == "ghost" else DPOptimizer
+        _warn_insecure()
+    dp_opt = cls(base, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                 expected_batch_size=batch_size, loss_reduction="mean")
+    if noise == "csprng":
+        dp_opt._rng = CSPRNG()
+    loader = DataLoader(data_loader.dataset, batch_sampler=PoissonBatchSampler(n, sample_rate, steps_per_epoch),
+                        collate_fn=_collate_or_none(data_loader.collate_fn), num_workers=0)
+    model._privacy_dp_trainer = True
+    return DPTrainer(model=model, optimizer=dp_opt, hooks=hooks, data_loader=loader,
+                     noise_multiplier=float(noise_multiplier), max_grad_norm=float(max_grad_norm),
+                     sample_rate=sample_rate, mode=mode, tied_embeddings=tie_used, noise=noise,
+                     max_physical_batch_size=max_physical_batch_size, ledger=ledger)
+

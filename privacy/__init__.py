@@ -1,0 +1,49 @@
+"""Differential privacy for federated LM training: DP-SGD on HF causal LMs, accounting, update clipping, noise.
+
+    make_private(...) -> DPTrainer              DP-SGD via Opacus (privacy.dpsgd; torch/Opacus loaded lazily)
+    epsilon(σ, q, steps, δ, accountant="prv")   PRV (default) or RDP accountant, add/remove neighbours
+    PrivacyLedger(ε_budget, δ)                  per-client budget; refuses overspending before it happens
+    distributed_epsilon(...)                    central ε of distributed DP (noise shares, dropouts)
+    clip_update(x, C) -> (clipped, norm)        L2 clipping of a flat update
+    gaussian_share / discrete_gaussian_share    per-client CSPRNG noise shares, added before encoding
+
+Never imports ``secagg`` or ``training``. Errors: :mod:`privacy.errors`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from privacy.accounting import (PrivacyLedger, central_noise_multiplier, distributed_epsilon, epsilon,
+                                epsilon_of_events, noise_multiplier_for_epsilon)
+from privacy.clipping import clip_update, validate_update
+from privacy.errors import (BudgetExceededError, ConfigurationError, InsecureRNGWarning, InvalidUpdateError,
+                            LedgerFormatError, PrivacyError, UnsupportedModelError)
+from privacy.events import PrivacyEvent
+from privacy.noise import (CSPRNG, DiscreteGaussian, discrete_gaussian, discrete_gaussian_share, discrete_share_sigma,
+                           gaussian, gaussian_share, quantization_inflation, share_std)
+
+__all__ = [
+    # DP-SGD (lazy: importing them loads torch, transformers and Opacus)
+    "make_private", "DPTrainer", "LoraSettings", "sequence_loss", "load_causal_lm",
+    # accounting
+    "PrivacyEvent", "epsilon", "epsilon_of_events", "noise_multiplier_for_epsilon", "PrivacyLedger",
+    "central_noise_multiplier", "distributed_epsilon",
+    # update clipping and noise
+    "clip_update", "validate_update", "CSPRNG", "gaussian", "DiscreteGaussian", "discrete_gaussian", "share_std",
+    "gaussian_share", "discrete_share_sigma", "discrete_gaussian_share", "quantization_inflation",
+    # errors
+    "PrivacyError", "ConfigurationError", "BudgetExceededError", "InvalidUpdateError", "LedgerFormatError",
+    "UnsupportedModelError", "InsecureRNGWarning",
+]
+
+_LAZY = {"make_private": "privacy.dpsgd", "DPTrainer": "privacy.dpsgd", "LoraSettings": "privacy.hf",
+         "sequence_loss": "privacy.hf", "load_causal_lm": "privacy.hf"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'privacy' has no attribute {name!r}")

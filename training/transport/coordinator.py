@@ -53,7 +53,11 @@ class RoundPolicy:
 
 @dataclass
 class RoundRecord:
-    """What one finished (or aborted) attempt did; passed to the ``on_round`` callback."""
+    """What one finished (or aborted) attempt did; passed to the ``on_round`` callback.
+
+    Bytes: ``bytes_up``/``bytes_down`` are secagg message payloads from/to clients, ``keyholder_bytes`` those
+    exchanged with the key holder, ``task_bytes`` the task envelopes (round parameters + global model) sent out.
+    """
 
     round: int
     round_id: int
@@ -62,6 +66,8 @@ class RoundRecord:
     seconds: float
     bytes_up: int
     bytes_down: int
+    task_bytes: int = 0
+    keyholder_bytes: int = 0
     result: AggregateResult | None = None
     reason: str = ""
 
@@ -80,6 +86,8 @@ class _Round:
     to_keyholder: deque[bytes] = field(default_factory=deque)
     bytes_up: int = 0
     bytes_down: int = 0
+    task_bytes: int = 0
+    keyholder_bytes: int = 0
 
 
 def _as_secagg(exc: Exception) -> SecAggError:
@@ -138,7 +146,7 @@ class Coordinator:
                 rnd = self.current
                 if rnd is not None and rnd.status == "open" and self.assigned.get(cid) == rnd.round_id:
                     del self.assigned[cid]
-                    rnd.bytes_down += len(rnd.task)
+                    rnd.task_bytes += len(rnd.task)
                     return rnd.task
                 left = end - time.monotonic()
                 if left <= 0 or not alive():
@@ -289,8 +297,8 @@ class Coordinator:
         if error is not None:
             log.warning("round %d (id %d) aborted: %s", rnd.round, rnd.round_id, rnd.reason)
         return RoundRecord(rnd.round, rnd.round_id, tuple(sorted(rnd.cohort)), rnd.status,
-                           time.monotonic() - rnd.started, rnd.bytes_up, rnd.bytes_down,
-                           result if error is None else None, rnd.reason)
+                           time.monotonic() - rnd.started, rnd.bytes_up, rnd.bytes_down, rnd.task_bytes,
+                           rnd.keyholder_bytes, result if error is None else None, rnd.reason)
 
     def _pump(self, rnd: _Round) -> AggregateResult:
         """Advance ``rnd`` until its role is done: forward to the key holder, close overdue stages."""
@@ -307,6 +315,7 @@ class Coordinator:
                         outs = self.finalize(rnd.round_id, payload)  # type: ignore[misc]
                     finally:
                         self.cond.acquire()
+                    rnd.keyholder_bytes += len(payload) + sum(len(o.payload) for o in outs)
                     for out in outs:
                         if out.to == AGGREGATOR:
                             self._route(rnd, KEYHOLDER, rnd.role.receive(KEYHOLDER, out.payload))

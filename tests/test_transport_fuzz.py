@@ -1,0 +1,134 @@
+"""Fuzz-style: mutated, replayed, duplicated and mis-addressed messages fed to the aggregator and the key holder.
+Each must be refused with a named secagg error, never crash a service, and never change a round's result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from secagg.errors import SecAggError, WrongRoundError
+from training.transport.client import ClientAgent
+from training.transport.inproc import Deployment, FixedSource
+from training.transport.wire import TransportError, pack
+
+MUTATION = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 1 << 20), st.integers(0, 7)),
+    st.tuples(st.just("truncate"), st.integers(0, 1 << 20)),
+    st.tuples(st.just("append"), st.binary(min_size=1, max_size=16)),
+    st.tuples(st.just("random"), st.binary(max_size=64)),
+    st.tuples(st.just("round"), st.sampled_from([-1, 1, 1000])),
+    st.tuples(st.just("claim"), st.integers(1, 2)),
+    st.tuples(st.just("raw"), st.binary(max_size=64)),
+)
+
+
+def mutate(payload: bytes, op: tuple) -> bytes:
+    kind = op[0]
+    if kind == "flip":
+        i = op[1] % len(payload)
+        return payload[:i] + bytes([payload[i] ^ (1 << op[2])]) + payload[i + 1:]
+    if kind == "truncate":
+        return payload[: op[1] % len(payload)]
+    if kind == "append":
+        return payload + op[1]
+    if kind == "random":
+        return op[1]
+    return payload
+
+
+class Fuzzer(ClientAgent):
+    """Before each genuine message, sends every mutation of it; after it, sends it again (a duplicate)."""
+
+    def __init__(self, *args, mutations, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.mutations, self.refusals, self.accepted, self.genuine = mutations, [], [], 0
+
+    def _try(self, envelope: bytes) -> None:
+        try:
+            self.stub.stream_unary("Send", envelope, 30.0)
+        except SecAggError as exc:
+            self.refusals.append(exc)
+            return
+        self.accepted.append(envelope)
+
+    def _send(self, round_id, outs):
+        for out in outs:
+            for op in self.mutations:
+                header = {"client_id": self.client_id, "round_id": round_id}
+                if op[0] == "round":
+                    header["round_id"] = round_id + op[1]
+                if op[0] == "claim":
+                    header["client_id"] = (self.client_id + op[1]) % 3
+                self._try(op[1] if op[0] == "raw" else pack(header, mutate(out.payload, op)))
+            super()._send(round_id, [out])
+            self.genuine += 1
+            self._try(pack({"client_id": self.client_id, "round_id": round_id}, out.payload))
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.lists(MUTATION, min_size=1, max_size=4), st.sampled_from([0, 1]))
+def test_aggregator_refuses_mutations_and_the_round_stays_correct(mutations, fuzzer_id):
+    rng = np.random.default_rng(7)
+    updates = [rng.uniform(-1, 1, 12) for _ in range(3)]
+    weights = [1.0, 2.0, 3.0]
+    sources = {i: FixedSource(updates[i], weights[i]) for i in range(3)}
+    with Deployment("masking", sources, 12, stage_timeout=3.0) as dep:
+        dep.agents[fuzzer_id].close()
+        fuzzer = dep.agent(fuzzer_id, sources[fuzzer_id], cls=Fuzzer, mutations=mutations)
+        dep.agents[fuzzer_id] = fuzzer
+        records = dep.run(timeout=60)
+        rejected = sum(dep.coordinator.rejections.values())
+    assert not fuzzer.accepted, "a mutated or duplicated message was accepted"
+    assert fuzzer.genuine >= 2 and len(fuzzer.refusals) == (len(mutations) + 1) * fuzzer.genuine
+    assert not [exc for exc in fuzzer.refusals if isinstance(exc, TransportError)]  # every refusal is named
+    assert rejected >= 1
+    assert [r.status for r in records] == ["done"]
+    res = records[0].result
+    assert res.contributors == (0, 1, 2)
+    expected = sum(w * u for w, u in zip(weights, updates)) / sum(weights)
+    assert np.allclose(res.mean, expected, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def ckks_capture():
+    rng = np.random.default_rng(8)
+    updates = [rng.uniform(-1, 1, 10) for _ in range(3)]
+    sources = {i: FixedSource(updates[i], 1.0) for i in range(3)}
+    dep = Deployment("ckks", sources, 10)
+    captured = []
+    inner = dep.coordinator.finalize
+
+    def recording(round_id, payload):
+        captured.append((round_id, payload))
+        return inner(round_id, payload)
+
+    dep.coordinator.finalize = recording
+    try:
+        records = dep.run(timeout=90)
+        assert [r.status for r in records] == ["done"] and len(captured) == 1
+        yield dep, captured[0], np.mean(updates, axis=0)
+    finally:
+        dep.close()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(MUTATION.filter(lambda op: op[0] in ("flip", "truncate", "append", "random")))
+def test_keyholder_refuses_mutated_aggregates_without_crashing(ckks_capture, op):
+    dep, (round_id, payload), _ = ckks_capture
+    bad = mutate(payload, op)
+    if bad == payload:
+        return
+    with pytest.raises(SecAggError) as info:
+        dep.link.finalize(round_id + 1, bad)
+    assert not isinstance(info.value, TransportError), info.value  # a named refusal, not a crash
+
+
+def test_keyholder_refuses_replays(ckks_capture):
+    dep, (round_id, payload), expected = ckks_capture
+    with pytest.raises(WrongRoundError):
+        dep.link.finalize(round_id, payload)
+    with pytest.raises(WrongRoundError):
+        dep.link.finalize(0, payload)
+    assert dep.link.context()  # still serving
+    assert np.allclose(dep.coordinator.state.model, expected, atol=1e-4)

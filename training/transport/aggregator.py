@@ -62,7 +62,8 @@ class AggregatorService:
         header = _small(request)
         cid = _client(context, header)
         weight = field(header, "weight", (int, float))
-        yield from split(self.coord.checkin(cid, float(weight), self.poll, context.is_active))
+        privacy = field(header, "privacy", list, [])
+        yield from split(self.coord.checkin(cid, float(weight), self.poll, context.is_active, privacy))
 
     @guarded
     def Send(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:

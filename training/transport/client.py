@@ -94,9 +94,11 @@ class ClientAgent:
         """Take part in rounds until the federation finishes, ``max_rounds`` completed, or :attr:`stop` is set."""
         unreachable_since: float | None = None
         while not self.stop.is_set() and (max_rounds is None or self.rounds_done < max_rounds):
+            events = tuple(getattr(self.source, "events", ()))
             try:
                 env = self.stub.unary_stream("Checkin", pack({"client_id": self.client_id,
-                                                              "weight": float(self.source.weight)}),
+                                                              "weight": float(self.source.weight),
+                                                              "privacy": [e.to_dict() for e in events]}),
                                              self._rpc_timeout())
             except TransportError:  # aggregator down or restarting: retry within the patience window
                 unreachable_since = unreachable_since or time.monotonic()
@@ -105,6 +107,8 @@ class ClientAgent:
                 self.stop.wait(0.5)
                 continue
             unreachable_since = None
+            if events:
+                self.source.events = ()  # type: ignore[attr-defined]  (reported: the aggregator's ledger has them)
             self.bytes_down += len(env)
             header, body = unpack(env)
             kind = field(header, "type", str)

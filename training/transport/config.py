@@ -49,6 +49,7 @@ class TransportConfig:
     weight_bound: float | None = None
     ckks_params: str = "default"
     min_contributors: int = 2
+    run_config: str | None = None         # the run file itself (the ``local`` trainer reads its sections)
 
     def validate(self) -> "TransportConfig":
         if self.scheme not in ("masking", "ckks"):
@@ -107,6 +108,7 @@ def load_transport_config(path: str | Path | None = None, **overrides: Any) -> T
         if unknown:
             raise ConfigError(f"unknown keys in [transport]: {unknown}")
         values |= transport
+        values["run_config"] = str(Path(path).resolve())
     values |= {k: v for k, v in overrides.items() if v is not None}
     try:
         return TransportConfig(**values).validate()

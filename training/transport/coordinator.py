@@ -14,6 +14,7 @@ a time. Invariants:
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import threading
@@ -108,7 +109,8 @@ class Coordinator:
     def __init__(self, scheme: Scheme, state: ServerState, policy: RoundPolicy, *,
                  checkpoint_path: str | None = None, context: bytes | None = None,
                  finalize: Finalize | None = None, apply: Apply = default_apply,
-                 on_round: Callable[[RoundRecord], None] | None = None) -> None:
+                 on_round: Callable[[RoundRecord], None] | None = None,
+                 ledger_budget: tuple[float, float] = (1e9, 1e-5)) -> None:
         if scheme.needs_keyholder and (finalize is None or context is None):
             raise ValueError(f"scheme {scheme.name} needs a key holder (context and finalize)")
         self.scheme, self.state, self.policy = scheme, state, policy
@@ -122,18 +124,26 @@ class Coordinator:
         self.outcomes: dict[int, str] = {}
         self.stopping = False
         self.rejections: dict[str, int] = {}
+        self.ledger_budget = ledger_budget
 
     @property
     def finished(self) -> bool:
         return self.state.round >= self.policy.rounds or self.stopping
 
     # ---- handler side -------------------------------------------------------------------------------------
-    def checkin(self, cid: int, weight: float, timeout: float, alive: Callable[[], bool] = lambda: True) -> bytes:
-        """Wait up to ``timeout`` s to be put in a cohort; the task envelope, or ``idle`` / ``finished``."""
+    def checkin(self, cid: int, weight: float, timeout: float, alive: Callable[[], bool] = lambda: True,
+                privacy: list | None = None) -> bytes:
+        """Wait up to ``timeout`` s to be put in a cohort; the task envelope, or ``idle`` / ``finished``.
+
+        ``privacy``: the DP events (``PrivacyEvent.to_dict()``) of the client's training since its last check-in;
+        they are composed into its ledger in ``state.ledgers`` (checkpointed with the model).
+        """
         if not (np.isfinite(weight) and weight > 0):
             raise MalformedMessageError(f"weight must be positive and finite, got {weight!r}")
         end = time.monotonic() + timeout
         with self.cond:
+            if privacy:
+                self._record_privacy(cid, privacy)
             self.assigned.pop(cid, None)
             self.waiting[cid] = float(weight)
             if self.waiting_since is None:
@@ -153,6 +163,20 @@ class Coordinator:
                     self.waiting.pop(cid, None)
                     return pack({"type": "idle"})
                 self.cond.wait(min(left, 0.5))
+
+    def _record_privacy(self, cid: int, events: list) -> None:
+        from privacy.accounting import PrivacyLedger
+        from privacy.errors import PrivacyError
+        from privacy.events import PrivacyEvent
+
+        try:
+            evs = [PrivacyEvent(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in events]
+            old = self.state.ledgers.get(str(cid))
+            ledger = PrivacyLedger.from_json(json.dumps(old)) if old else PrivacyLedger(*self.ledger_budget)
+            ledger.spend_events(evs)
+        except (PrivacyError, KeyError, TypeError, ValueError) as exc:
+            raise MalformedMessageError(f"bad privacy report: {type(exc).__name__}: {exc}") from exc
+        self.state.ledgers[str(cid)] = ledger.to_dict()
 
     def _round_for(self, cid: int, round_id: int) -> _Round | None:
         rnd = self.current
@@ -347,6 +371,11 @@ class Coordinator:
         self._save()
         log.info("round %d (id %d) applied: %d contributors, %d dropped", rnd.round, rnd.round_id,
                  len(result.contributors), len(result.dropped))
+
+    def save(self) -> None:
+        """Checkpoint now (the driver also does after every applied round)."""
+        with self.cond:
+            self._save()
 
     def _save(self) -> None:
         if self.checkpoint_path is not None:

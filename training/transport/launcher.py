@@ -34,9 +34,10 @@ class Procs:
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")
         try:
+            root = str(Path(__file__).resolve().parents[2])
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
             proc = subprocess.Popen([sys.executable, "-m", "training.transport.cli", *args], stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                    cwd=Path(__file__).resolve().parents[2])
+                                    stderr=subprocess.STDOUT, start_new_session=True, env=env)
         finally:
             log.close()
         self.children[name] = proc

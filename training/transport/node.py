@@ -100,12 +100,14 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
         if rec.result is not None:
             row |= {"contributors": list(rec.result.contributors), "dropped": list(rec.result.dropped)}
             row |= work.evaluate(coord.state.model)
+        spent = [ledger["spent"] for ledger in coord.state.ledgers.values()]
+        row["epsilon"] = max(spent) if spent else None
         with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
 
     policy = RoundPolicy(cfg.rounds, cfg.cohort_size, cfg.min_cohort, cfg.checkin_timeout, cfg.stage_timeout)
     coord = Coordinator(scheme, state, policy, checkpoint_path=checkpoint, context=context, finalize=finalize,
-                        apply=work.apply, on_round=on_round)
+                        apply=work.apply, on_round=on_round, ledger_budget=work.ledger_budget)
     server, port = serve_aggregator(coord, creds, cfg.host, cfg.aggregator_port,
                                     max_message_bytes=cfg.max_message_bytes, workers=2 * cfg.clients + 16,
                                     poll_seconds=cfg.poll_seconds)
@@ -115,7 +117,8 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
     _on_term(coord.stop)
     try:
         coord.run()
-        time.sleep(linger)  # let waiting clients hear "finished"
+        time.sleep(linger)  # let waiting clients hear "finished" (and report their last privacy events)
+        coord.save()
     except KeyboardInterrupt:
         coord.stop()
     finally:

@@ -22,6 +22,7 @@ __all__ = ["Workload", "SyntheticWorkload", "make_workload"]
 
 class Workload(Protocol):
     dim: int
+    ledger_budget: tuple[float, float]  # (ε budget, δ) of the per-client ledgers the aggregator keeps
 
     def initial_model(self) -> np.ndarray: ...
 
@@ -34,6 +35,8 @@ class Workload(Protocol):
 
 class SyntheticWorkload:
     """Federated mean estimation over ``clients`` fixed targets in ``[-clip/2, clip/2]^dim``."""
+
+    ledger_budget = (1e9, 1e-5)
 
     def __init__(self, dim: int, clients: int, *, seed: int = 0, clip: float = 1.0) -> None:
         self.dim, self.clients, self.seed, self.clip = dim, clients, seed, clip

@@ -39,7 +39,8 @@ def clip_update(update: np.ndarray, clip_norm: float) -> tuple[np.ndarray, float
             or not (math.isfinite(clip_norm) and clip_norm > 0):
         raise ConfigurationError(f"clip_norm must be a finite number > 0, got {clip_norm!r}")
     x = validate_update(update)
-    norm = float(np.linalg.norm(x))
+    with np.errstate(over="ignore"):
+        norm = float(np.linalg.norm(x))
     if not math.isfinite(norm):  # finite entries whose squares overflow: rescale before measuring
         peak = float(np.max(np.abs(x)))
         norm = peak * float(np.linalg.norm(x / peak))

@@ -83,6 +83,8 @@ def aggregator_serve(config: Optional[Path] = ConfigOpt, resolved: Optional[Path
                      checkpoint: Optional[str] = typer.Option(None, help="default: OUT/aggregator.ckpt"),
                      scheme: Optional[str] = typer.Option(None), rounds: Optional[int] = typer.Option(None),
                      clients: Optional[int] = typer.Option(None), out: Optional[str] = typer.Option(None),
+                     exit_after_rounds: Optional[int] = typer.Option(None, hidden=True,
+                                                                     help="fault injection: crash after K rounds"),
                      verbose: bool = typer.Option(True)) -> None:
     """Run the federation's rounds; resumes from the checkpoint if one exists."""
     from training.transport.node import run_aggregator
@@ -91,7 +93,7 @@ def aggregator_serve(config: Optional[Path] = ConfigOpt, resolved: Optional[Path
     cfg = _cfg(config, resolved, certs=certs, aggregator_port=port, scheme=scheme, rounds=rounds, clients=clients,
                out=out)
     state = run_aggregator(cfg, checkpoint=checkpoint or str(Path(cfg.out) / "aggregator.ckpt"),
-                           keyholder=keyholder, port_file=port_file)
+                           keyholder=keyholder, port_file=port_file, exit_after_rounds=exit_after_rounds)
     typer.echo(f"aggregator: {state.round} rounds applied")
 
 

@@ -76,8 +76,14 @@ def run_keyholder(cfg: TransportConfig, *, port_file: str | None = None) -> None
 
 
 def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | None = None,
-                   port_file: str | None = None, linger: float = 2.0) -> ckpt.ServerState:
-    """Resume from ``checkpoint`` (or start fresh), serve until ``cfg.rounds`` rounds are applied, return the state."""
+                   port_file: str | None = None, linger: float = 2.0,
+                   exit_after_rounds: int | None = None) -> ckpt.ServerState:
+    """Resume from ``checkpoint`` (or start fresh), serve until ``cfg.rounds`` rounds are applied, return the state.
+
+    ``exit_after_rounds`` injects a crash: the process exits abruptly (no cleanup) right after that many rounds of
+    this run were applied and checkpointed.
+    """
+    applied = [0]
     creds = Credentials.load(cfg.certs, AGGREGATOR)
     work = make_workload(cfg)
     state = ckpt.load(checkpoint) or ckpt.ServerState(work.initial_model())
@@ -104,6 +110,10 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
         row["epsilon"] = max(spent) if spent else None
         with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
+        applied[0] += rec.status == "done"
+        if exit_after_rounds is not None and applied[0] >= exit_after_rounds:
+            log.warning("injected crash after %d rounds", applied[0])
+            os._exit(9)
 
     policy = RoundPolicy(cfg.rounds, cfg.cohort_size, cfg.min_cohort, cfg.checkin_timeout, cfg.stage_timeout)
     coord = Coordinator(scheme, state, policy, checkpoint_path=checkpoint, context=context, finalize=finalize,

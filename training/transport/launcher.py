@@ -96,10 +96,16 @@ def launch(cfg: TransportConfig, *, timeout: float = 600.0, echo: Callable[[str]
         for i in range(cfg.clients):
             procs.start(f"client-{i}", ["client", "run", "--id", str(i), *base, "--aggregator",
                                         f"{cfg.host}:{port}", *kh_args])
-        seen = 0
+        clients = [p for n, p in procs.children.items() if n.startswith("client-")]
+        seen, orphaned = 0, None
         while agg.poll() is None and time.monotonic() - t0 < timeout:
             time.sleep(0.2)
             seen = _echo_new(out / "metrics.jsonl", seen, echo)
+            if all(p.poll() is not None for p in clients):
+                orphaned = orphaned or time.monotonic()
+                if time.monotonic() - orphaned > cfg.checkin_timeout + cfg.stage_timeout + 5:
+                    echo(f"up: every client process exited; see {out / 'logs'}")
+                    break
         _echo_new(out / "metrics.jsonl", seen, echo)
         if agg.poll() is None:
             echo(f"up: timed out after {timeout:.0f} s")

@@ -62,14 +62,15 @@ class _TrainerSource:
         x = np.asarray(c.vector, dtype=np.float64)
         f = self.work.run.federation
         if f.update_clip is not None:
-            from privacy.clipping import clip_l2
+            from privacy.clipping import clip_update
 
-            x = clip_l2(x, f.update_clip)
+            x, _ = clip_update(x, f.update_clip)
             if f.noise_multiplier > 0:
                 from privacy.noise import gaussian_share
 
-                x = np.clip(x + gaussian_share(x.size, f.noise_multiplier * f.update_clip, self.work.cohort),
-                            -f.update_clip, f.update_clip)
+                share = gaussian_share(x.size, noise_multiplier=f.noise_multiplier, clip_norm=f.update_clip,
+                                       n_clients=self.work.cohort)
+                x = np.clip(x + share, -f.update_clip, f.update_clip)
         return x
 
 

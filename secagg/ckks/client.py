@@ -1,0 +1,86 @@
+"""CKKS client: encrypts its update under the key holder's public key and sends it to the aggregator once.
+
+Invariants: the client holds public material only (a context with a secret key raises ``KeyMisuseError``, so the
+key never spreads to clients). It sends exactly one :class:`~secagg.ckks.messages.CKKSContribution` and receives
+nothing. With ``preweight=True`` it encrypts ``[w*x_1, ..., w*x_D, w]`` so that the aggregator, which only adds,
+never learns ``w``; otherwise it encrypts ``x`` and the aggregator applies the public weight.
+
+Range: a decrypted sum wraps silently past the parameter set's bound, so the client refuses any slot that could
+push the sum past it: ``|x| <= value_bound`` (the aggregator normalises public weights to sum to at most 1), or,
+pre-weighted, ``max(|w*x|, w) <= fresh_value_bound / max_cohort`` for a sum of at most ``max_cohort`` clients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tenseal as ts
+
+from secagg.ckks.messages import CKKSContribution
+from secagg.ckks.params import PublicContext, load_public_context, np_chunks
+from secagg.encoding import validate_update
+from secagg.errors import ConfigurationError, KeyMisuseError, MalformedUpdateError, StageError
+from secagg.roles import AGGREGATOR, Outbound
+
+__all__ = ["CKKSClient", "DEFAULT_MAX_COHORT"]
+
+DEFAULT_MAX_COHORT = 1024
+
+
+class CKKSClient:
+    """One client of one round. Stages: ``"ready"`` -> ``start`` -> ``"done"``."""
+
+    def __init__(self, client_id: int, public_context: bytes | PublicContext, *, round_id: int = 0,
+                 preweight: bool = False, max_cohort: int = DEFAULT_MAX_COHORT) -> None:
+        if isinstance(client_id, bool) or not isinstance(client_id, int) or client_id < 0:
+            raise ConfigurationError(f"client_id must be an int >= 0, got {client_id!r}")
+        if isinstance(round_id, bool) or not isinstance(round_id, int) or round_id < 0:
+            raise ConfigurationError(f"round_id must be an int >= 0, got {round_id!r}")
+        if isinstance(max_cohort, bool) or not isinstance(max_cohort, int) or max_cohort < 1:
+            raise ConfigurationError(f"max_cohort must be an int >= 1, got {max_cohort!r}")
+        self.client_id, self.round_id, self.preweight = client_id, round_id, bool(preweight)
+        self._pc = public_context if isinstance(public_context, PublicContext) else \
+            load_public_context(public_context, need_public_key=True)
+        if self._pc.context.is_private():
+            raise KeyMisuseError("clients must never hold the secret key")
+        if not self._pc.context.has_public_key():
+            raise ConfigurationError("public context has no public key; clients cannot encrypt")
+        p = self._pc.params
+        self.slot_bound = p.fresh_value_bound / max_cohort if self.preweight else p.value_bound
+        self._stage = "ready"
+
+    @property
+    def stage(self) -> str:
+        return self._stage
+
+    @property
+    def done(self) -> bool:
+        return self._stage == "done"
+
+    def start(self, update: np.ndarray, weight: float) -> list[Outbound]:
+        """Encrypt ``update`` (and, pre-weighted, ``weight``); a refused input leaves the client ready to retry."""
+        if self._stage != "ready":
+            raise StageError(f"client {self.client_id} already submitted its contribution")
+        x = validate_update(update)
+        try:
+            w = float(weight)
+        except (TypeError, ValueError) as exc:
+            raise MalformedUpdateError(f"weight must be a number, got {weight!r}") from exc
+        if not (math.isfinite(w) and w > 0):
+            raise MalformedUpdateError(f"weight must be a positive finite number, got {w}")
+        lanes = np.append(w * x, w) if self.preweight else x
+        peak = float(np.max(np.abs(lanes)))
+        if not peak <= self.slot_bound:
+            raise MalformedUpdateError(f"largest encrypted value {peak:.4g} exceeds {self.slot_bound:.4g}; the "
+                                       f"decrypted sum could overflow the {self._pc.params.name!r} parameter set")
+        ctx = self._pc.context
+        chunks = tuple(ts.ckks_vector(ctx, part).serialize() for part in np_chunks(lanes, self._pc.params.slots))
+        msg = CKKSContribution(round_id=self.round_id, client_id=self.client_id, context_id=self._pc.context_id,
+                               dim=int(x.shape[0]), preweighted=self.preweight, chunks=chunks)
+        self._stage = "done"
+        return [Outbound(AGGREGATOR, msg.to_bytes())]
+
+    def receive(self, payload: bytes) -> list[Outbound]:
+        """CKKS clients are sent nothing: always raises StageError."""
+        raise StageError(f"CKKS client {self.client_id} expects no messages (stage {self._stage!r})")

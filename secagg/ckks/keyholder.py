@@ -1,0 +1,102 @@
+"""The CKKS key holder: owns the only secret key and decrypts aggregates, never an individual contribution.
+
+Trust model. The aggregator and the key holder are separate parties that must not collude: the aggregator sees
+every client's ciphertext but no key; the key holder has the key but only ever sees sums. Both are honest-but-
+curious (they follow the protocol and try to learn from what they see). In a deployment the key holder accepts
+aggregates only over a channel authenticated as the aggregator (mutual TLS); ``receive`` takes that authenticated
+identity as ``sender`` and refuses anyone else.
+
+Invariants enforced here, through the only entry point :meth:`KeyHolder.receive`:
+
+* only a :class:`~secagg.ckks.messages.CKKSAggregate` is ever decrypted; there is no method that takes a single
+  contribution, and a contribution sent here is refused;
+* an aggregate must name at least ``min_contributors`` (>= 2) distinct clients (``TooFewContributorsError``);
+* at most one aggregate is decrypted per ``round_id`` (``DuplicateMessageError``), so the aggregator cannot obtain
+  the sums of two overlapping subsets of one round and difference them;
+* ciphertexts must be made under this key holder's public context, at a valid level and scale, in the chunk
+  layout their ``dim`` implies; otherwise nothing is decrypted and nothing changes.
+
+Limits: the key holder cannot verify that a ciphertext really is the sum over the contributors it names. An
+actively malicious aggregator could forward one client's ciphertext labelled as a sum; defending against that
+needs authenticated, verifiable contributions and is outside this scheme's semi-honest model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import tenseal as ts
+
+from secagg.ckks.messages import CKKSAggregate, CKKSResult
+from secagg.ckks.params import CKKSParams, chunk_lengths, data_levels, load_chunk, resolve
+from secagg.errors import AuthenticationError, ConfigurationError, DecryptionError, DuplicateMessageError, \
+    MalformedMessageError, TooFewContributorsError
+from secagg.messages import decode
+from secagg.roles import AGGREGATOR, Outbound
+
+__all__ = ["KeyHolder"]
+
+
+class KeyHolder:
+    """Generates a CKKS key pair for ``params`` and decrypts aggregates of at least ``min_contributors`` clients."""
+
+    def __init__(self, params: str | CKKSParams = "default", *, min_contributors: int = 2) -> None:
+        self.params = resolve(params)
+        if isinstance(min_contributors, bool) or not isinstance(min_contributors, int) or min_contributors < 2:
+            raise ConfigurationError(f"min_contributors must be an int >= 2 (a sum of one client is that client's "
+                                     f"update), got {min_contributors!r}")
+        self.min_contributors = min_contributors
+        p = self.params
+        self._context = ts.context(ts.SCHEME_TYPE.CKKS, p.poly_modulus_degree,
+                                   coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes))
+        self._context.global_scale = p.scale
+        self._public = self._context.serialize(save_public_key=True, save_secret_key=False,
+                                               save_galois_keys=False, save_relin_keys=False)
+        self.context_id = hashlib.sha256(self._public).digest()
+        self._levels = data_levels(self._context)
+        self._finalized: set[int] = set()
+
+    def public_context(self) -> bytes:
+        """The serialized context with the public key only: no secret, relinearization or Galois keys."""
+        return self._public
+
+    @property
+    def finalized_rounds(self) -> frozenset[int]:
+        """Round ids whose aggregate has been decrypted (each can be decrypted only once)."""
+        return frozenset(self._finalized)
+
+    def receive(self, sender: int, payload: bytes) -> list[Outbound]:
+        """Decrypt the aggregate in ``payload`` from the aggregator; return the CKKSResult addressed to it."""
+        if sender != AGGREGATOR:
+            raise AuthenticationError(f"the key holder accepts aggregates from the aggregator only, not {sender}")
+        msg = decode(payload)
+        if not isinstance(msg, CKKSAggregate):
+            raise MalformedMessageError(f"the key holder decrypts CKKSAggregate only, got {type(msg).__name__}")
+        if msg.context_id != self.context_id:
+            raise DecryptionError("aggregate was encrypted under a different public context (another key holder)")
+        if len(msg.contributors) < self.min_contributors:
+            raise TooFewContributorsError(
+                f"aggregate of {len(msg.contributors)} contributor(s); at least {self.min_contributors} required")
+        if msg.round_id in self._finalized:
+            raise DuplicateMessageError(f"an aggregate of round {msg.round_id} was already decrypted")
+        values = self._decrypt(msg)
+        self._finalized.add(msg.round_id)
+        result = CKKSResult(round_id=msg.round_id, contributors=msg.contributors, values=values)
+        return [Outbound(AGGREGATOR, result.to_bytes())]
+
+    def _decrypt(self, msg: CKKSAggregate) -> np.ndarray:
+        lengths = chunk_lengths(msg.dim + int(msg.weight_lane), self.params.slots)
+        if len(msg.chunks) != len(lengths):
+            raise MalformedMessageError(f"aggregate has {len(msg.chunks)} chunks, dim {msg.dim} needs {len(lengths)}")
+        vecs = [load_chunk(self._context, c, length=n, levels=self._levels, scale=self.params.scale)
+                for c, n in zip(msg.chunks, lengths)]
+        if len({tuple(v.ciphertext()[0].parms_id()) for v in vecs}) != 1:
+            raise MalformedMessageError("aggregate chunks are at different levels")
+        try:
+            values = np.concatenate([np.asarray(v.decrypt(), dtype=np.float64) for v in vecs])
+        except Exception as exc:  # SEAL refuses ciphertexts it cannot decrypt
+            raise DecryptionError(f"aggregate does not decrypt: {exc}") from exc
+        if values.shape[0] != sum(lengths) or not np.isfinite(values).all():
+            raise DecryptionError("aggregate decrypted to a vector of the wrong size or with non-finite values")
+        return values

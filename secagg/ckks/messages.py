@@ -1,0 +1,90 @@
+"""CKKS wire messages (tags 0x10..0x1F). Ciphertexts travel as ``tuple[bytes, ...]``, one TenSEAL CKKSVector per
+chunk (see :mod:`secagg.ckks.params` for the layout). ``context_id`` is the SHA-256 of the public context the
+ciphertexts were made under, so a ciphertext for another key holder's key is refused before it is ever added.
+
+* :class:`CKKSContribution`  client -> aggregator: the client's encrypted update (``preweighted``: [w*x, w]).
+* :class:`CKKSAggregate`     aggregator -> key holder: the encrypted sum and the ids of the clients in it.
+* :class:`CKKSResult`        key holder -> aggregator: the decrypted sum (with the weight lane, if any).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from secagg.errors import MalformedMessageError
+from secagg.messages import Message, message
+
+__all__ = ["CKKSContribution", "CKKSAggregate", "CKKSResult", "CONTEXT_ID_BYTES"]
+
+CONTEXT_ID_BYTES = 32
+
+
+def _check_common(round_id: int, dim: int) -> None:
+    if round_id < 0:
+        raise MalformedMessageError(f"round_id must be >= 0, got {round_id}")
+    if dim < 1:
+        raise MalformedMessageError(f"dim must be >= 1, got {dim}")
+
+
+def _check_chunks(context_id: bytes, chunks: tuple[bytes, ...]) -> None:
+    if len(context_id) != CONTEXT_ID_BYTES:
+        raise MalformedMessageError(f"context_id must be {CONTEXT_ID_BYTES} bytes, got {len(context_id)}")
+    if not chunks or any(len(c) == 0 for c in chunks):
+        raise MalformedMessageError("a CKKS message needs at least one chunk and no empty chunk")
+
+
+def _check_contributors(ids: tuple[int, ...]) -> None:
+    if not ids or ids[0] < 0 or any(a >= b for a, b in zip(ids, ids[1:])):
+        raise MalformedMessageError("contributors must be non-empty, non-negative and strictly increasing")
+
+
+@message(0x10)
+class CKKSContribution(Message):
+    """One client's encrypted update: ``dim`` values, plus the weight lane when ``preweighted``."""
+
+    round_id: int
+    client_id: int
+    context_id: bytes
+    dim: int
+    preweighted: bool
+    chunks: tuple[bytes, ...]
+
+    def validate(self) -> None:
+        _check_common(self.round_id, self.dim)
+        if self.client_id < 0:
+            raise MalformedMessageError(f"client_id must be >= 0, got {self.client_id}")
+        _check_chunks(self.context_id, self.chunks)
+
+
+@message(0x11)
+class CKKSAggregate(Message):
+    """The encrypted sum over ``contributors`` (strictly increasing client ids); ``weight_lane`` as in contributions."""
+
+    round_id: int
+    context_id: bytes
+    dim: int
+    weight_lane: bool
+    contributors: tuple[int, ...]
+    chunks: tuple[bytes, ...]
+
+    def validate(self) -> None:
+        _check_common(self.round_id, self.dim)
+        _check_chunks(self.context_id, self.chunks)
+        _check_contributors(self.contributors)
+
+
+@message(0x12)
+class CKKSResult(Message):
+    """The decrypted sum of the aggregate of round ``round_id`` over ``contributors``: float64 ``values``."""
+
+    round_id: int
+    contributors: tuple[int, ...]
+    values: np.ndarray
+
+    def validate(self) -> None:
+        _check_common(self.round_id, 1)
+        _check_contributors(self.contributors)
+        if self.values.dtype != np.dtype("<f8") or self.values.size == 0:
+            raise MalformedMessageError("values must be a non-empty float64 vector")
+        if not np.isfinite(self.values).all():
+            raise MalformedMessageError("values hold NaN/Inf")

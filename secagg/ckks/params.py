@@ -1,0 +1,215 @@
+"""Vetted CKKS parameter sets and the TenSEAL context/ciphertext checks every CKKS role shares.
+
+Security invariant: every accepted set keeps its total coefficient modulus (all primes, the special key-switching
+prime included) within the HomomorphicEncryption.org standard's bound for 128-bit classical security with a
+ternary secret (:data:`MAX_COEFF_BITS`). A set that exceeds it, or that is otherwise unusable, raises
+``ConfigurationError`` at construction, so no role can ever run with one.
+
+Layout of one vector of ``L`` values: ``ceil(L / slots)`` ciphertexts ("chunks"), chunk ``k`` holding values
+``[k*slots, (k+1)*slots)``; the last chunk may be shorter. Precision: values are encoded at scale ``2^scale_bits``;
+every slot of a decrypted sum must stay below :attr:`CKKSParams.fresh_value_bound` (no rescale: all data primes)
+or :attr:`CKKSParams.value_bound` = ``2^(q0_bits - scale_bits - 2)`` (after the rescale only ``q0`` remains); the two
+bits of margin cover noise and encoding. Past the bound a sum wraps silently, so roles refuse inputs that could.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import tenseal as ts
+
+from secagg.errors import ConfigurationError, KeyMisuseError, MalformedMessageError
+
+__all__ = ["CKKSParams", "PARAMS", "MAX_COEFF_BITS", "resolve", "PublicContext", "load_public_context",
+           "chunk_lengths", "load_chunk", "data_levels", "np_chunks", "params_of"]
+
+#: HomomorphicEncryption.org security standard (2018), Table 1: largest log2(q) for 128-bit security, ternary secret.
+MAX_COEFF_BITS: dict[int, int] = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
+_MIN_PRIME_BITS, _MAX_PRIME_BITS = 20, 60  # SEAL's CoeffModulus::Create limits
+_MIN_HEADROOM_BITS = 10
+
+
+@dataclass(frozen=True)
+class CKKSParams:
+    """A CKKS parameter set: ring degree N, coefficient-modulus prime sizes (last = special prime), scale 2^bits."""
+
+    name: str
+    poly_modulus_degree: int
+    coeff_mod_bit_sizes: tuple[int, ...]
+    scale_bits: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "coeff_mod_bit_sizes", tuple(int(b) for b in self.coeff_mod_bit_sizes))
+        n, bits = self.poly_modulus_degree, self.coeff_mod_bit_sizes
+        if not isinstance(n, int) or n not in MAX_COEFF_BITS:
+            raise ConfigurationError(f"poly_modulus_degree must be a power of two in {sorted(MAX_COEFF_BITS)}, got {n}")
+        if len(bits) < 2:
+            raise ConfigurationError("need at least two primes: one for data and the special key-switching prime")
+        if not all(_MIN_PRIME_BITS <= b <= _MAX_PRIME_BITS for b in bits):
+            raise ConfigurationError(f"every prime must have {_MIN_PRIME_BITS}..{_MAX_PRIME_BITS} bits, got {bits}")
+        if sum(bits) > MAX_COEFF_BITS[n]:
+            raise ConfigurationError(
+                f"{self.name!r}: total coefficient modulus {sum(bits)} bits exceeds {MAX_COEFF_BITS[n]}, the 128-bit "
+                f"security bound for N={n} (HomomorphicEncryption.org standard)")
+        if not isinstance(self.scale_bits, int) or not _MIN_PRIME_BITS <= self.scale_bits <= bits[0] - _MIN_HEADROOM_BITS:
+            raise ConfigurationError(
+                f"scale_bits must be in [{_MIN_PRIME_BITS}, {bits[0] - _MIN_HEADROOM_BITS}] for a {bits[0]}-bit first "
+                f"prime (keeps {_MIN_HEADROOM_BITS} bits of headroom), got {self.scale_bits}")
+        if self.supports_multiply and any(b < self.scale_bits for b in bits[1:-1]):
+            raise ConfigurationError(f"rescale primes {bits[1:-1]} must have at least scale_bits={self.scale_bits} bits")
+
+    @property
+    def slots(self) -> int:
+        """Values per ciphertext (N/2)."""
+        return self.poly_modulus_degree // 2
+
+    @property
+    def supports_multiply(self) -> bool:
+        """Whether a ciphertext x plaintext multiply (and its rescale) fits: needs a rescale prime, i.e. >= 3 primes."""
+        return len(self.coeff_mod_bit_sizes) >= 3
+
+    @property
+    def total_bits(self) -> int:
+        return sum(self.coeff_mod_bit_sizes)
+
+    @property
+    def scale(self) -> float:
+        return float(2 ** self.scale_bits)
+
+    @property
+    def value_bound(self) -> float:
+        """Largest magnitude any slot of a decrypted sum may reach at the lowest level (q0 only, after rescale)."""
+        return float(2 ** (self.coeff_mod_bit_sizes[0] - self.scale_bits - 2))
+
+    @property
+    def fresh_value_bound(self) -> float:
+        """Largest magnitude any slot of a decrypted sum may reach at the fresh level (all data primes, no rescale)."""
+        return float(2 ** (sum(self.coeff_mod_bit_sizes[:-1]) - self.scale_bits - 2))
+
+
+PARAMS: dict[str, CKKSParams] = {
+    # 160/218 bits: one rescale prime, so the aggregator can apply public plaintext weights.
+    "default": CKKSParams("default", 8192, (60, 40, 60), 40),
+    # 109/109 bits: one 60-bit data prime and the 49-bit special prime; additions only (client pre-weighting).
+    # Scale 2^40 gives ~1e-8 fresh error and 2^18 of headroom for the decrypted sum (value_bound).
+    "add-only": CKKSParams("add-only", 4096, (60, 49), 40),
+}
+
+
+def resolve(params: str | CKKSParams) -> CKKSParams:
+    """The vetted set called ``params``, or ``params`` itself (already validated at construction)."""
+    if isinstance(params, CKKSParams):
+        return params
+    if params not in PARAMS:
+        raise ConfigurationError(f"unknown CKKS parameter set {params!r}; choose one of {sorted(PARAMS)}")
+    return PARAMS[params]
+
+
+def _chain_bits(context: ts.Context) -> tuple[int, int, tuple[int, ...]]:
+    """(N, total key-level bits, total bits at each data level from the first (fresh) to the last)."""
+    sc = context.seal_context().data
+    key = sc.key_context_data()
+    levels, data = [], sc.first_context_data()
+    while data is not None:
+        levels.append(data.total_coeff_modulus_bit_count())
+        data = data.next_context_data()
+    return key.parms().poly_modulus_degree(), key.total_coeff_modulus_bit_count(), tuple(levels)
+
+
+def params_of(context: ts.Context) -> CKKSParams:
+    """The parameter set a CKKS context uses (a vetted one by name when it matches); refuses insecure contexts."""
+    if context.seal_context().data.key_context_data().parms().scheme() != ts.SCHEME_TYPE.CKKS.value:
+        raise ConfigurationError("not a CKKS context")
+    n, total, levels = _chain_bits(context)
+    if n in MAX_COEFF_BITS and total > MAX_COEFF_BITS[n]:
+        raise ConfigurationError(f"context modulus {total} bits exceeds the 128-bit bound for N={n}")
+    if not levels:
+        raise ConfigurationError("context has no data level")
+    # SEAL drops primes from the end of the data chain, so successive differences recover each prime's size.
+    bits = (levels[-1], *(levels[i] - levels[i + 1] for i in range(len(levels) - 2, -1, -1)), total - levels[0])
+    scale = float(context.global_scale)
+    scale_bits = int(round(math.log2(scale))) if scale > 0 else 0
+    if scale != 2.0 ** scale_bits:
+        raise ConfigurationError(f"context scale {scale} is not a power of two")
+    for vetted in PARAMS.values():
+        if (vetted.poly_modulus_degree, vetted.coeff_mod_bit_sizes, vetted.scale_bits) == (n, bits, scale_bits):
+            return vetted
+    return CKKSParams("custom", n, bits, scale_bits)
+
+
+@dataclass(frozen=True, eq=False)
+class PublicContext:
+    """A deserialized public CKKS context with its parameter set and ``context_id`` = SHA-256 of its bytes."""
+
+    context: ts.Context
+    params: CKKSParams
+    context_id: bytes
+
+
+def load_public_context(data: bytes, *, need_public_key: bool) -> PublicContext:
+    """Deserialize a public context; a secret key raises KeyMisuseError, anything else unusable ConfigurationError."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise ConfigurationError(f"public context must be bytes, got {type(data).__name__}")
+    try:
+        ctx = ts.context_from(bytes(data))
+    except Exception as exc:  # TenSEAL raises ValueError/RuntimeError for any unparsable context
+        raise ConfigurationError(f"public context does not deserialize: {exc}") from exc
+    if ctx.is_private() or ctx.has_secret_key():
+        raise KeyMisuseError("this context holds the secret key; only the key holder may have it. Pass "
+                             "KeyHolder.public_context() instead")
+    if need_public_key and not ctx.has_public_key():
+        raise ConfigurationError("public context has no public key; clients cannot encrypt")
+    params = params_of(ctx)
+    ctx.auto_rescale, ctx.auto_relin, ctx.auto_mod_switch = True, False, True
+    return PublicContext(ctx, params, hashlib.sha256(bytes(data)).digest())
+
+
+def chunk_lengths(length: int, slots: int) -> list[int]:
+    """Lengths of the chunks holding ``length`` values, ``slots`` per ciphertext."""
+    if length < 1:
+        raise MalformedMessageError(f"vector length must be >= 1, got {length}")
+    full, rest = divmod(length, slots)
+    return [slots] * full + ([rest] if rest else [])
+
+
+def data_levels(context: ts.Context) -> list[list[int]]:
+    """parms_id of every data level, fresh (first) to lowest (last)."""
+    sc = context.seal_context().data
+    out, data = [], sc.first_context_data()
+    while data is not None:
+        out.append(list(data.parms_id()))
+        data = data.next_context_data()
+    return out
+
+
+def load_chunk(context: ts.Context, data: bytes, *, length: int, levels: list[list[int]],
+               scale: float) -> ts.CKKSVector:
+    """Deserialize one chunk and check it is a 2-polynomial ciphertext of ``length`` values, at one of ``levels``
+    (parms_ids) and at scale ``scale``; anything else raises MalformedMessageError."""
+    if not data:
+        raise MalformedMessageError("empty ciphertext")
+    try:
+        vec = ts.ckks_vector_from(context, data)
+        cts = vec.ciphertext()
+    except Exception as exc:  # ValueError/RuntimeError from protobuf or SEAL's validity checks
+        raise MalformedMessageError(f"ciphertext does not deserialize under this context: {exc}") from exc
+    if len(cts) != 1:
+        raise MalformedMessageError(f"chunk holds {len(cts)} ciphertexts, expected 1")
+    ct = cts[0]
+    if ct.size() != 2 or ct.is_transparent() or not ct.is_ntt_form():
+        raise MalformedMessageError("chunk is not a valid 2-polynomial CKKS ciphertext")
+    if list(ct.parms_id()) not in levels:
+        raise MalformedMessageError("ciphertext is at an unexpected level or from other parameters")
+    if ct.scale != scale:
+        raise MalformedMessageError(f"ciphertext scale {ct.scale} differs from the session's {scale}")
+    if vec.size() != length:
+        raise MalformedMessageError(f"chunk holds {vec.size()} values, expected {length}")
+    return vec
+
+
+def np_chunks(values: np.ndarray, slots: int) -> list[list[float]]:
+    """``values`` split into the chunk layout, each as a list of Python floats (what TenSEAL encodes)."""
+    return [values[i:i + slots].tolist() for i in range(0, values.shape[0], slots)]

@@ -135,3 +135,23 @@ def test_keyholder_decrypts_only_for_the_aggregator(certs):
             link.close()
     finally:
         server.stop(0).wait()
+
+
+def test_large_messages_stream_in_chunks_and_the_size_limit_holds(certs, aggregator):
+    from secagg.errors import WrongRoundError
+
+    from training.transport.wire import OversizeMessageError
+
+    address, coord = aggregator
+    with open_channel(Credentials.load(certs[0], 0), address, AGGREGATOR) as ch:
+        stub = Stub(ch, "secagg.Aggregator", LIMIT)
+        # 9 MiB (> the 4 MB gRPC default) arrives whole: the refusal is about the round, read from the header
+        with pytest.raises(WrongRoundError):
+            stub.stream_unary("Send", pack({"round_id": 99}, b"\x01" * (9 << 20)), 30.0)
+        with pytest.raises(OversizeMessageError):
+            stub.stream_unary("Send", pack({"round_id": 99}, b"\x01" * (LIMIT + 1)), 30.0)
+        # a single gRPC message above one chunk is refused by gRPC itself (no raised cap to rely on)
+        with pytest.raises(grpc.RpcError) as info:
+            ch.stream_unary("/secagg.Aggregator/Send")(iter([b"\x00" * (2 << 20)]), timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert _checkin(ch) == {"type": "idle"}

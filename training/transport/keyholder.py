@@ -4,7 +4,8 @@
 * ``Finalize`` (stream→stream) ``{"round_id"}`` + an aggregate → the finalizer's outbound messages.
 
 Invariants: ``Finalize`` is served only to the peer whose certificate names the aggregator; round ids must
-strictly increase, so an aggregate from any earlier round (a replay) is refused as ``WrongRoundError``; a refused
+strictly increase and match the round id inside the aggregate, so an aggregate from any earlier round (a replay)
+is refused as ``WrongRoundError``; a refused
 request changes nothing, so the genuine aggregate of the same round is still accepted afterwards. Calls are
 serialized: the secret-key object sees one request at a time.
 """
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 import grpc
 
 from secagg.errors import AuthenticationError, WrongRoundError
+from secagg.messages import decode
 from secagg.roles import AGGREGATOR, KEYHOLDER, FinalizerRole
 from training.transport.aggregator import encode_outbounds
 from training.transport.certs import Credentials, peer_identity
@@ -48,6 +50,9 @@ class KeyHolderService:
             raise AuthenticationError("only the aggregator may submit aggregates to the key holder")
         header, payload = unpack(join(request_iterator, self.limit))
         round_id = field(header, "round_id", int)
+        inner = getattr(decode(payload), "round_id", round_id)  # validates the whole message before any work
+        if inner != round_id:
+            raise WrongRoundError(f"aggregate of round {inner} submitted as round {round_id}")
         with self.lock:
             if round_id <= self.last_round:
                 raise WrongRoundError(f"round {round_id} is not after the last finalized round {self.last_round}")

@@ -50,7 +50,8 @@ def test_round_over_grpc_matches_simulate(scheme):
     assert np.allclose(res.mean, reference, atol=1e-4)
     assert np.allclose(res.mean, _weighted_mean(updates, weights, range(3)), atol=1e-4)
     assert np.array_equal(model, res.mean)  # one FedAvg step from the zero model
-    assert records[0].bytes_up > 0 and records[0].bytes_down > 40 * 8 * 3
+    assert records[0].bytes_up > 0 and records[0].task_bytes > 40 * 8 * 3
+    assert (records[0].keyholder_bytes > 0) == (scheme == "ckks")
 
 
 @pytest.mark.parametrize("scheme,after", [("masking", 1), ("masking", 2), ("ckks", 0)])
@@ -74,7 +75,7 @@ def test_too_few_survivors_abort_and_the_next_cohort_finishes_the_round():
     late = 4
     first = {i: sources[i] for i in range(4)}
     with Deployment("ckks", first, 8, stage_timeout=1.0, checkin_timeout=0.5, min_clients=3,
-                    options={"min_contributors": 3}) as dep:
+                    options={"min_contributors": 3}, cert_clients=5) as dep:
         for vanishing in (2, 3):  # two of four go silent before submitting: 2 < 3 contributors
             dep.agents[vanishing].close()
             dep.agents[vanishing] = dep.agent(vanishing, sources[vanishing], cls=Vanishing, after=0)

@@ -42,14 +42,14 @@ class Deployment:
                  options: dict | None = None, certs: str | Path | None = None, stage_timeout: float = 5.0,
                  checkin_timeout: float = 2.0, min_clients: int | None = None, poll_seconds: float = 2.0,
                  max_message_bytes: int = 256 << 20, keyholder=None, checkpoint_path: str | None = None,
-                 initial: np.ndarray | None = None) -> None:
+                 initial: np.ndarray | None = None, cert_clients: int | None = None) -> None:
         self._tmp = None
         self.threads: list[threading.Thread] = []
         self.errors: dict[int, BaseException] = {}
         if certs is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="secagg-certs-")
             certs = self._tmp.name
-            init_certs(certs, max(sources) + 1)
+            init_certs(certs, cert_clients or max(sources) + 1)
         self.certs, self.sources = str(certs), dict(sources)
         self.scheme = make_scheme(scheme, options)
         self.records: list[RoundRecord] = []

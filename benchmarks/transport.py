@@ -8,11 +8,12 @@ For n ∈ {3, 10, 100} clients (masking; CKKS for n ≤ 10 by default) and a sma
   own mTLS channel, on threads of this process): seconds per round (round opened → aggregate applied), protocol
   bytes (the same payloads, counted by the aggregator: must equal the in-process count), transport bytes
   (protocol + task envelopes carrying the round parameters and global model, which in-process has no
-  counterpart for), the loopback interface's byte counter (everything incl. TLS, HTTP/2 framing and connection
-  setup; other traffic on ``lo`` at the same time adds noise), and the process's peak RSS.
+  counterpart for), the loopback interface's byte counter (everything incl. TLS, HTTP/2 framing, connection
+  setup and, for CKKS, each party's one-time public-context download; other traffic on ``lo`` at the same time
+  adds noise), and the process's peak RSS.
 
 Prints the gRPC/in-process ratios and writes ``benchmarks/results/transport.json``.
-Usage: ``python -m benchmarks.transport [--dim 1000] [--sizes 3,10,100] [--ckks-max 10]``.
+Usage: ``python -m benchmarks.transport [--dim 1000] [--sizes 3,10,100] [--ckks-max 10] [--schemes masking,ckks]``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ def _lo_bytes() -> int:
     for line in Path("/proc/net/dev").read_text().splitlines():
         name, _, rest = line.partition(":")
         if name.strip() == "lo":
-            fields = rest.split()
-            return int(fields[0]) + int(fields[8])
+            return int(rest.split()[0])  # received bytes; on loopback every sent byte is also received once
     return 0
 
 
@@ -107,12 +107,13 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1000)
     ap.add_argument("--sizes", default="3,10,100")
     ap.add_argument("--ckks-max", type=int, default=10, help="largest n for the CKKS rows")
+    ap.add_argument("--schemes", default="masking,ckks")
     ap.add_argument("--out", default="benchmarks/results/transport.json")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     rows = []
     for n in [int(x) for x in args.sizes.split(",")]:
-        for scheme in ("masking", "ckks"):
+        for scheme in args.schemes.split(","):
             if scheme == "ckks" and n > args.ckks_max:
                 continue
             updates = [rng.uniform(-1, 1, args.dim) for _ in range(n)]

@@ -68,24 +68,28 @@ def noise_multiplier_for_epsilon(target_epsilon: float, sample_rate: float, step
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ConfigurationError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
 
-    def eps(sigma: float) -> float:
-        return epsilon_of_events([*history, PrivacyEvent(sigma, sample_rate, steps)], delta, accountant=accountant)
+    def eps(sigma: float, acc: Accountant = accountant) -> float:
+        return epsilon_of_events([*history, PrivacyEvent(sigma, sample_rate, steps)], delta, accountant=acc)
 
-    hi = 1.0
-    while eps(hi) > target_epsilon:
-        hi *= 2.0
-        if hi > 1e6:
-            raise ConfigurationError(f"target ε={target_epsilon} is unreachable (history alone spends too much)")
-    lo = hi / 2.0
-    while lo > 1e-3 and eps(lo) <= target_epsilon:
-        hi, lo = lo, lo / 2.0
-    while hi / lo > 1.0 + rel_tolerance:
-        mid = math.sqrt(lo * hi)
-        if eps(mid) <= target_epsilon:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    def search(acc: Accountant, hi: float, factor: float) -> float:
+        while eps(hi, acc) > target_epsilon:
+            hi *= factor
+            if hi > 1e6:
+                raise ConfigurationError(f"target ε={target_epsilon} is unreachable (history alone spends too much)")
+        lo = hi / factor
+        while lo > 1e-3 and eps(lo, acc) <= target_epsilon:
+            hi, lo = lo, lo / factor
+        while hi / lo > 1.0 + rel_tolerance:
+            mid = math.sqrt(lo * hi)
+            if eps(mid, acc) <= target_epsilon:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    # RDP (cheap) brackets the answer; the PRV search then starts next to it, keeping its grids small
+    sigma = search("rdp", 1.0, 2.0)
+    return sigma if accountant == "rdp" else search(accountant, sigma, 1.25)
 
 
 def central_noise_multiplier(noise_multiplier: float, *, n_clients: int, survivors: int,

@@ -29,11 +29,11 @@ round's event on the ledger.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from opacus.grad_sample import GradSampleHooks
 from opacus.grad_sample.linear import compute_linear_norm_sample
@@ -49,42 +49,22 @@ from transformers.pytorch_utils import Conv1D
 from privacy.accounting import PrivacyLedger, epsilon_of_events, noise_multiplier_for_epsilon
 from privacy.errors import BudgetExceededError, ConfigurationError, InsecureRNGWarning, UnsupportedModelError
 from privacy.events import PrivacyEvent
-from privacy.hf import (LoraSettings, apply_lora, freeze_embeddings, labels_for, position_ids_for, sequence_loss,
-                        tied_embeddings, untie_embeddings)
+from privacy.batches import Batch, PoissonBatchSampler, collate_or_none, unpack_batch
+from privacy.hf import (LoraSettings, apply_lora, conv1d_grad_sample, freeze_embeddings, position_ids_for,
+                        rmsnorm_grad_sample, sequence_loss, tied_embeddings, untie_embeddings)
 from privacy.noise import CSPRNG, gaussian
 
-__all__ = ["Mode", "TieStrategy", "NoiseSource", "PoissonBatchSampler", "DPTrainer", "make_private"]
+__all__ = ["Mode", "TieStrategy", "NoiseSource", "DPTrainer", "make_private"]
 
 Mode = Literal["hooks", "ghost", "lora"]
 TieStrategy = Literal["keep", "untie", "freeze"]
 NoiseSource = Literal["csprng", "torch"]
-Batch = Any  # dict with input_ids[, attention_mask, labels] | LongTensor (B, T) | (ids[, mask]) tuple | None
+_EXHAUSTED = object()
 
 
 # -- per-example gradient samplers for HF layers -----------------------------------------------------------------
-@register_grad_sampler(Conv1D)
-def _conv1d_grad_sample(layer: Conv1D, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
-    """HF Conv1D is y = x @ W + b with W of shape (in, out): per-example dW = Σ_t x_t ⊗ g_t."""
-    x = activations[0].to(backprops.dtype)
-    out = {}
-    if layer.weight.requires_grad:
-        out[layer.weight] = torch.einsum("n...i,n...j->nij", x, backprops)
-    if layer.bias is not None and layer.bias.requires_grad:
-        out[layer.bias] = torch.einsum("n...k->nk", backprops)
-    return out
-
-
+register_grad_sampler(Conv1D)(conv1d_grad_sample)
 register_norm_sampler(Conv1D)(compute_linear_norm_sample)  # ‖Wᵀ‖ = ‖W‖: the ghost norm of nn.Linear applies
-
-
-def _rmsnorm_grad_sample(layer: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
-    """Llama-style RMSNorm y = w ⊙ x / rms(x): per-example dw = Σ_t g_t ⊙ x_t / rms(x_t)."""
-    if not layer.weight.requires_grad:
-        return {}
-    x = activations[0].float()
-    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + layer.variance_epsilon)
-    g = backprops.float() * normed
-    return {layer.weight: g.reshape(g.shape[0], -1, g.shape[-1]).sum(1).to(layer.weight.dtype)}
 
 
 def _register_model_layers(model: nn.Module) -> None:
@@ -92,7 +72,7 @@ def _register_model_layers(model: nn.Module) -> None:
         kind = type(m)
         if (kind.__name__.endswith("RMSNorm") and hasattr(m, "variance_epsilon")
                 and kind not in GradSampleHooks.GRAD_SAMPLERS):
-            register_grad_sampler(kind)(_rmsnorm_grad_sample)
+            register_grad_sampler(kind)(rmsnorm_grad_sample)
 
 
 # -- noise -------------------------------------------------------------------------------------------------------
@@ -132,45 +112,6 @@ def _warn_insecure() -> None:
                       InsecureRNGWarning, stacklevel=3)
 
 
-class PoissonBatchSampler:
-    """Each of ``steps`` batches holds every index independently with probability ``sample_rate`` (CSPRNG)."""
-
-    def __init__(self, num_samples: int, sample_rate: float, steps: int, *, rng: CSPRNG | None = None) -> None:
-        self.num_samples, self.sample_rate, self.steps = num_samples, sample_rate, steps
-        self._rng = rng or CSPRNG()
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        for _ in range(self.steps):
-            yield np.flatnonzero(self._rng.uniform(self.num_samples) < self.sample_rate).tolist()
-
-
-def _collate_or_none(collate: Callable) -> Callable:
-    return lambda items: collate(items) if items else None
-
-
-def _unpack(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None:
-    """(input_ids, attention_mask, labels) of a batch, or None for an empty batch."""
-    mask = labels = None
-    if batch is None:
-        return None
-    if isinstance(batch, Mapping):
-        ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), batch.get("labels")
-    elif isinstance(batch, torch.Tensor):
-        ids = batch
-    elif isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-        ids, mask = batch[0], (batch[1] if len(batch) > 1 else None)
-    else:
-        raise ConfigurationError(f"unsupported batch type {type(batch).__name__}")
-    if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
-        raise ConfigurationError(f"input_ids must be an integer tensor of shape (B, T), got {tuple(ids.shape)}")
-    if ids.shape[0] == 0:
-        return None
-    return ids, mask, labels if labels is not None else labels_for(ids, mask)
-
-
 class DPTrainer:
     """A client's private model, optimizer and loader for its whole life; records its privacy events.
 
@@ -190,7 +131,7 @@ class DPTrainer:
         self.max_physical_batch_size, self.ledger = max_physical_batch_size, ledger
         self._history: list[PrivacyEvent] = []
         self._round_steps = 0
-        self._allowed: int | None = None
+        self._allowed: tuple[int, int] | None = None  # (ledger events seen, steps allowed this round)
         optimizer.attach_step_hook(self._count_step)
 
     # -- accounting --------------------------------------------------------------------------------------------
@@ -227,9 +168,10 @@ class DPTrainer:
     def _check_budget(self) -> None:
         if self.ledger is None:
             return
-        if self._allowed is None:
-            self._allowed = self.ledger.remaining_steps(self.noise_multiplier, self.sample_rate)
-        if self._round_steps + 1 > self._allowed:
+        if self._allowed is None or self._allowed[0] != len(self.ledger.events):  # (re)compute if ledger moved
+            self._allowed = (len(self.ledger.events), self.ledger.remaining_steps(self.noise_multiplier,
+                                                                                  self.sample_rate))
+        if self._round_steps + 1 > self._allowed[1]:
             after = self.ledger.epsilon_if([PrivacyEvent(self.noise_multiplier, self.sample_rate,
                                                          self._round_steps + 1)])
             raise BudgetExceededError(
@@ -267,7 +209,7 @@ class DPTrainer:
         """
         self._check_budget()
         self.model.train()
-        parts = _unpack(batch)
+        parts = unpack_batch(batch)
         chunks: list = [None]
         if parts is not None:
             ids, mask, labels = parts
@@ -284,33 +226,30 @@ class DPTrainer:
         return float(all_losses.mean()) if all_losses.numel() else math.nan
 
     def train(self, steps: int | None = None) -> list[float]:
-        """Run ``steps`` logical steps (default: one epoch, 1/q batches) on Poisson batches from the loader."""
+        """Run ``steps`` logical steps (default: one epoch, 1/q batches) on Poisson batches from the loader,
+        through Opacus' ``BatchMemoryManager`` (physical batches <= ``max_physical_batch_size``).
+        Returns the mean per-sequence loss of each step (nan for an empty batch)."""
         target = len(self.data_loader) if steps is None else steps
         losses: list[float] = []
         while len(losses) < target:
-            if self.max_physical_batch_size is None:
-                for batch in self.data_loader:
-                    losses.append(self.step(batch))
-                    if len(losses) == target:
+            with BatchMemoryManager(data_loader=self.data_loader, optimizer=self.optimizer,
+                                    max_physical_batch_size=self.max_physical_batch_size or sys.maxsize) as loader:
+                physical, pending = iter(loader), []
+                while len(losses) < target:
+                    if not pending:
+                        self._check_budget()  # before the next logical batch is even drawn
+                    batch = next(physical, _EXHAUSTED)
+                    if batch is _EXHAUSTED:
                         break
-                continue
-            with BatchMemoryManager(data_loader=self.data_loader, max_physical_batch_size=self.max_physical_batch_size,
-                                    optimizer=self.optimizer) as loader:
-                batch_losses: list[torch.Tensor] = []
-                for batch in loader:
-                    if not batch_losses:
-                        self._check_budget()
                     self.model.train()
-                    batch_losses.append(self._backward(_unpack(batch)))
+                    pending.append(self._backward(unpack_batch(batch)))
                     self.optimizer.step()
-                    skipped = self.optimizer._is_last_step_skipped
+                    done = not self.optimizer._is_last_step_skipped
                     self.optimizer.zero_grad()
-                    if not skipped:
-                        joined = torch.cat(batch_losses)
+                    if done:
+                        joined = torch.cat(pending)
                         losses.append(float(joined.mean()) if joined.numel() else math.nan)
-                        batch_losses = []
-                        if len(losses) == target:
-                            break
+                        pending = []
         return losses
 
     # -- inspection (no update, no noise, no privacy cost recorded: for tests and debugging only) ---------------
@@ -348,7 +287,7 @@ class DPTrainer:
         return out
 
     def _inspect(self, batch: Batch) -> None:
-        parts = _unpack(batch)
+        parts = unpack_batch(batch)
         if parts is None:
             raise ConfigurationError("cannot inspect an empty batch")
         self.model.train()
@@ -379,7 +318,9 @@ class DPTrainer:
     def close(self) -> None:
         """Remove the Opacus hooks; the model becomes an ordinary (non-private) module again."""
         self._hooks.cleanup()
-        self.model.__dict__.pop("_privacy_dp_trainer", None)
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # peft
+        for m in (self.model, base):
+            m.__dict__.pop("_privacy_dp_trainer", None)
 
 
 def _make_optimizer(optimizer: torch.optim.Optimizer | Callable, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -401,11 +342,24 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer | Callable[[
                  ledger: PrivacyLedger | None = None, accountant: Literal["prv", "rdp"] = "prv") -> DPTrainer:
     """Make an HF causal LM, its optimizer and its data loader private; return the client's :class:`DPTrainer`.
 
-    Give exactly one of ``noise_multiplier`` (σ) or ``target_epsilon`` (then σ is the smallest value, within 1%,
-    with ε(ledger history + ``target_steps`` steps) <= target at ``delta``; ``target_steps`` defaults to one
-    epoch). q = ``data_loader.batch_size / len(dataset)``. ``optimizer`` may be an instance (reused if it holds
-    exactly the trainable parameters, else re-created with the same class and ``defaults``) or a factory.
-    ``tied``: strategy for tied embeddings; default "keep" for hooks, "untie" for ghost (ghost + "keep" is refused).
+    Call ONCE per client and keep the trainer across rounds (a second call on the same model is refused).
+
+    * ``model``: a ``transformers`` causal LM (GPT-2, Llama family, ...), in place; see :func:`load_causal_lm`.
+    * ``optimizer``: an instance (reused if it holds exactly the trainable parameters, else re-created with the
+      same class and ``defaults`` — LoRA and untying change the parameters) or a factory ``params -> Optimizer``.
+    * ``data_loader``: gives the dataset (one record = one sequence), ``batch_size`` (expected logical batch)
+      and ``collate_fn``; the trainer's own loader Poisson-samples with q = batch_size / len(dataset).
+    * Exactly one of ``noise_multiplier`` (σ) and ``target_epsilon``; with the latter, σ is the smallest value
+      (within 1%) such that ε(ledger history + ``target_steps`` steps) <= target at ``delta`` (the ledger's δ
+      if a ledger is given); ``target_steps`` defaults to one epoch (round(1/q) steps).
+    * ``max_grad_norm``: per-sequence L2 clipping bound C. Noise std is σ·C on the sum of clipped gradients.
+    * ``mode``: "hooks" (per-example gradients), "ghost" (ghost clipping, no per-example gradients), "lora"
+      (peft adapters ``lora`` or :class:`LoraSettings` defaults, hooks on adapters only).
+    * ``tied``: tied-embedding strategy, default "keep" (hooks) / "untie" (ghost); ghost + "keep" is refused.
+    * ``max_physical_batch_size``: cap on rows per forward/backward (virtual batches); None = no cap.
+    * ``noise``: "csprng" (AES-CTR, default) or "torch" (fast, insecure, warns once).
+    * ``ledger``: optional :class:`PrivacyLedger`; steps beyond its budget are refused before they run and
+      :meth:`DPTrainer.end_round` spends each round on it. Spend this ledger only through the trainer.
     """
     if getattr(model, "_privacy_dp_trainer", False):
         raise ConfigurationError("model is already private: keep one DPTrainer per client for its whole life")
@@ -431,7 +385,7 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer | Callable[[
                                                         history=history)
     PrivacyEvent(noise_multiplier, sample_rate, 0)  # validate σ
 
-    tie_used = "n/a"
+    original, tie_used = model, "n/a"
     if mode == "lora":
         model = apply_lora(model, lora or LoraSettings())
         tie_used = "frozen (lora)"
@@ -464,8 +418,8 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer | Callable[[
     if noise == "csprng":
         dp_opt._rng = CSPRNG()
     loader = DataLoader(data_loader.dataset, batch_sampler=PoissonBatchSampler(n, sample_rate, steps_per_epoch),
-                        collate_fn=_collate_or_none(data_loader.collate_fn), num_workers=0)
-    model._privacy_dp_trainer = True
+                        collate_fn=collate_or_none(data_loader.collate_fn), num_workers=0)
+    original._privacy_dp_trainer = model._privacy_dp_trainer = True
     return DPTrainer(model=model, optimizer=dp_opt, hooks=hooks, data_loader=loader,
                      noise_multiplier=float(noise_multiplier), max_grad_norm=float(max_grad_norm),
                      sample_rate=sample_rate, mode=mode, tied_embeddings=tie_used, noise=noise,

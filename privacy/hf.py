@@ -8,11 +8,14 @@
 * :func:`tied_embeddings`, :func:`untie_embeddings`, :func:`freeze_embeddings` — tied input/output embeddings.
 * :func:`apply_lora` — ``peft`` LoRA adapters (optional extra ``secagg[lora]``), the base model frozen.
 * :func:`load_causal_lm` — a model from a config or a LOCAL directory only (never downloads).
+* :func:`conv1d_grad_sample`, :func:`rmsnorm_grad_sample` — exact per-example gradients of GPT-2's ``Conv1D`` and
+  Llama-style RMSNorm from the layer input and output gradient (registered with Opacus by privacy.dpsgd).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +36,8 @@ __all__ = [
     "freeze_embeddings",
     "apply_lora",
     "load_causal_lm",
+    "conv1d_grad_sample",
+    "rmsnorm_grad_sample",
 ]
 
 IGNORE_INDEX = -100
@@ -116,7 +121,9 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
                          if n.rsplit(".", 1)[-1] in targets)
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=targets, fan_in_fan_out=fan_in_fan_out, bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5; not actionable here
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def load_causal_lm(source: str | os.PathLike | object) -> nn.Module:
@@ -128,3 +135,24 @@ def load_causal_lm(source: str | os.PathLike | object) -> nn.Module:
     if not os.path.isdir(os.fspath(source)):
         raise ConfigurationError(f"{source!r} is not a local model directory (downloads are disabled)")
     return AutoModelForCausalLM.from_pretrained(os.fspath(source), local_files_only=True)
+
+
+def conv1d_grad_sample(layer: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
+    """HF Conv1D is y = x @ W + b with W of shape (in, out): per-example dW = Σ_t x_t ⊗ g_t, db = Σ_t g_t."""
+    x = activations[0].to(backprops.dtype)
+    out = {}
+    if layer.weight.requires_grad:
+        out[layer.weight] = torch.einsum("n...i,n...j->nij", x, backprops)
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = torch.einsum("n...k->nk", backprops)
+    return out
+
+
+def rmsnorm_grad_sample(layer: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
+    """Llama-style RMSNorm y = w ⊙ x / rms(x): per-example dw = Σ_t g_t ⊙ x_t / rms(x_t)."""
+    if not layer.weight.requires_grad:
+        return {}
+    x = activations[0].float()
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + layer.variance_epsilon)
+    g = backprops.float() * normed
+    return {layer.weight: g.reshape(g.shape[0], -1, g.shape[-1]).sum(1).to(layer.weight.dtype)}

@@ -247,9 +247,19 @@ def test_insecure_noise_warns_once(monkeypatch):
 
 def test_misuse_raises_named_errors():
     model = gpt2()
-    private(model)
+    trainer = private(model)
     with pytest.raises(ConfigurationError):  # one trainer per client, never re-wrapped
         private(model)
+    trainer.close()  # hooks removed: the model can be made private again, with single (not doubled) hooks
+    again = private(model)
+    grads = again.per_sample_gradients(BATCH)
+    reference = loop_gradients(gpt2(), set(grads))
+    torch.testing.assert_close(grads["transformer.wpe.weight"],
+                               torch.stack([r["transformer.wpe.weight"] for r in reference]), rtol=1e-4, atol=1e-6)
+    lora_base = gpt2()
+    private(lora_base, mode="lora")
+    with pytest.raises(ConfigurationError):
+        private(lora_base, mode="lora")
     with pytest.raises(ConfigurationError):
         private(gpt2(), noise_multiplier=None)
     with pytest.raises(ConfigurationError):

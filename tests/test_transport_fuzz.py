@@ -132,3 +132,43 @@ def test_keyholder_refuses_replays(ckks_capture):
         dep.link.finalize(0, payload)
     assert dep.link.context()  # still serving
     assert np.allclose(dep.coordinator.state.model, expected, atol=1e-4)
+
+
+class Replayer(ClientAgent):
+    """Keeps its messages of earlier rounds and replays each of them, under both the old and the current round id,
+    before every genuine message of a later round."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.old: list[tuple[int, bytes]] = []
+        self.refusals: list[Exception] = []
+        self.accepted = 0
+
+    def _send(self, round_id, outs):
+        for out in outs:
+            for old_round, payload in [x for x in self.old if x[0] != round_id]:
+                for rid in (old_round, round_id):
+                    try:
+                        self.stub.stream_unary("Send", pack({"round_id": rid}, payload), 30.0)
+                        self.accepted += 1
+                    except SecAggError as exc:
+                        self.refusals.append(exc)
+            super()._send(round_id, [out])
+            self.old.append((round_id, out.payload))
+
+
+@pytest.mark.parametrize("scheme", ["ckks", "masking"])
+def test_replays_of_an_earlier_round_are_refused(scheme):
+    rng = np.random.default_rng(9)
+    updates = [rng.uniform(-1, 1, 6) for _ in range(3)]
+    sources = {i: FixedSource(updates[i], 1.0) for i in range(3)}
+    with Deployment(scheme, sources, 6, rounds=2) as dep:
+        dep.agents[0].close()
+        dep.agents[0] = replayer = dep.agent(0, sources[0], cls=Replayer)
+        records = dep.run(timeout=90)
+    assert replayer.accepted == 0 and replayer.refusals
+    assert all(isinstance(e, SecAggError) and not isinstance(e, TransportError) for e in replayer.refusals)
+    assert any(isinstance(e, WrongRoundError) for e in replayer.refusals)
+    assert [r.status for r in records] == ["done", "done"]
+    assert all(r.result.contributors == (0, 1, 2) for r in records)
+    assert np.allclose(dep.coordinator.state.model, 2 * np.mean(updates, axis=0), atol=1e-4)

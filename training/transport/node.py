@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 
 from secagg.roles import AGGREGATOR, KEYHOLDER
 from training.transport import checkpoint as ckpt

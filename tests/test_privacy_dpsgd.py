@@ -18,7 +18,7 @@ import privacy.dpsgd as dpsgd
 from privacy.accounting import PrivacyLedger, epsilon
 from privacy.dpsgd import make_private
 from privacy.errors import BudgetExceededError, ConfigurationError, InsecureRNGWarning, UnsupportedModelError
-from privacy.hf import position_ids_for, sequence_loss, tied_embeddings, untie_embeddings
+from privacy.hf import load_causal_lm, position_ids_for, sequence_loss, tied_embeddings, untie_embeddings
 
 VOCAB, T = 128, 12
 GEN = torch.Generator().manual_seed(1234)
@@ -171,9 +171,10 @@ def test_sequence_loss_matches_manual_computation():
         sequence_loss(logits, labels[:, :4])
 
 
-def test_virtual_batches_give_the_same_update_as_one_physical_batch():
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_virtual_batches_give_the_same_update_as_one_physical_batch(mode):
     def one_step(max_physical):
-        tr = private(gpt2(), max_physical_batch_size=max_physical, max_grad_norm=2.0)
+        tr = private(gpt2(), max_physical_batch_size=max_physical, max_grad_norm=2.0, mode=mode)
 
         def no_noise(self):  # isolate clipping/accumulation from the noise
             for p in self.params:
@@ -186,6 +187,16 @@ def test_virtual_batches_give_the_same_update_as_one_physical_batch():
     whole, split = one_step(None), one_step(3)
     for name in whole:
         torch.testing.assert_close(whole[name], split[name], rtol=1e-5, atol=1e-7)
+
+
+def test_model_from_a_local_directory_never_downloads(tmp_path):
+    gpt2(seed=3).save_pretrained(tmp_path)
+    model = load_causal_lm(tmp_path)
+    assert torch.equal(model.transformer.wpe.weight, gpt2(seed=3).transformer.wpe.weight)
+    assert private(model).per_sample_gradients(BATCH)["transformer.wte.weight"].shape[0] == 4
+    assert isinstance(load_causal_lm(gpt2().config), GPT2LMHeadModel)
+    with pytest.raises(ConfigurationError):
+        load_causal_lm("gpt2")  # a hub name, not a local directory: refused instead of downloaded
 
 
 def test_train_with_batch_memory_manager_counts_logical_steps():

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from privacy.clipping import clip_update
+from privacy.noise import gaussian_share
 
 from training.aggregation.base import Contribution, RoundInfo, Strategy
 from training.errors import ConfigError
@@ -92,13 +94,10 @@ class Federation:
         c = self.strategy.encode(update, info)
         x = np.asarray(c.vector, dtype=np.float64)
         if self.update_clip is not None:
-            from privacy.clipping import clip_l2
-
-            x = clip_l2(x, self.update_clip)
+            x, _ = clip_update(x, self.update_clip)
             if self.noise_multiplier > 0:
-                from privacy.noise import gaussian_share
-
-                x = x + gaussian_share(x.size, self.noise_multiplier * self.update_clip, cohort_size)
+                x = x + gaussian_share(x.size, noise_multiplier=self.noise_multiplier, clip_norm=self.update_clip,
+                                       n_clients=cohort_size)
                 x = np.clip(x, -self.update_clip, self.update_clip)
         return Contribution(x, c.weight)
 
@@ -110,7 +109,7 @@ class Federation:
         info = self.info({c: u.base_version for c, u in updates.items()})
         contribs = {c: self.contribution(u, info, len(updates)) for c, u in updates.items()}
         t0 = time.perf_counter()
-        res, traffic = self.secure.aggregate(contribs, private=self.strategy.private_weights, round_id=info.round,
+        res, traffic = self.secure.aggregate(contribs, private=self.strategy.private_weights,
                                              weight_bound=self.strategy.weight_bound(info), drop=tuple(drop),
                                              observer=self.observer)
         secure_seconds = time.perf_counter() - t0

@@ -108,8 +108,9 @@ class LocalTrainer:
 
     ``train(global_vec, version)`` loads the global weights, runs ``local_steps`` minibatch steps on the client's
     blocks, and returns Δ = local − global with the client's sample count and mean training loss. With
-    ``dp`` (a :class:`training.dp.DPConfig`), steps are DP-SGD through :mod:`privacy.dpsgd` and the update carries
-    the privacy events; ``epsilon()`` reports the client's spent budget.
+    ``dp`` (a :class:`training.config.DPConfig`), steps are DP-SGD through :mod:`privacy.dpsgd` (one
+    ``DPTrainer`` per client for life, Poisson batches, per-sequence clipping, CSPRNG noise); the update carries
+    the round's privacy event and ``epsilon()`` reports the client's spent budget.
     """
 
     def __init__(self, client_id: int, spec: ModelSpec, blocks: np.ndarray, *, batch_size: int = 8,
@@ -131,31 +132,43 @@ class LocalTrainer:
         else:
             raise ConfigError(f"unknown local optimizer {optimizer!r}; expected 'adamw' or 'sgd'")
         self._gen = torch.Generator().manual_seed(seed * 7919 + client_id)
-        self.dp = None
-        if dp is not None and dp.enabled:
-            from training.dp import PrivateTraining
+        self.dp = dp if dp is not None and dp.enabled else None
+        self.private = None
+        if self.dp is not None:
+            self.private = self._make_private(self.blocks)
+            self.model, self.optimizer = self.private.model, self.private.optimizer
 
-            self.dp = PrivateTraining(self.model, self.optimizer, self.blocks, batch_size=batch_size, config=dp,
-                                      generator=self._gen)
-            self.model, self.optimizer = self.dp.model, self.dp.optimizer
+    def _make_private(self, blocks: np.ndarray):
+        """One :class:`privacy.dpsgd.DPTrainer` for this client's life (Poisson batches of rate batch/N)."""
+        from privacy.accounting import PrivacyLedger
+        from privacy.dpsgd import make_private
+        from torch.utils.data import DataLoader, TensorDataset
+
+        d = self.dp
+        ledger = PrivacyLedger(d.epsilon_budget, d.delta, d.accountant) if d.epsilon_budget else None
+        loader = DataLoader(TensorDataset(torch.from_numpy(blocks)), batch_size=min(self.batch_size, len(blocks)))
+        return make_private(self.model, self.optimizer, loader, max_grad_norm=d.max_grad_norm,
+                            noise_multiplier=d.noise_multiplier, delta=d.delta, ledger=ledger,
+                            accountant=d.accountant)
 
     @property
     def num_samples(self) -> int:
         return len(self.blocks)
 
     def set_data(self, blocks: np.ndarray) -> None:
-        """Replace this client's training blocks (capacity-aware re-partitioning between rounds)."""
+        """Replace this client's training blocks (capacity-aware re-partitioning between rounds).
+
+        Under DP-SGD the data set (and so the sample rate of every accounted step) is fixed for the client's
+        life; re-partitioning is then refused and only the number of local steps may change.
+        """
         if len(blocks) == 0:
             raise ConfigError(f"client {self.client_id} would have no training data")
+        if self.private is not None:
+            raise ConfigError("a DP-SGD client's data set is fixed for its life (its sample rate is accounted)")
         self.blocks = np.asarray(blocks, dtype=np.int64)
-        if self.dp is not None:
-            self.dp.set_data(self.blocks)
 
     def _batches(self):
-        """Endless minibatches: Poisson-sampled under DP, else shuffled epochs of ``batch_size`` blocks."""
-        if self.dp is not None:
-            yield from self.dp.batches()
-            return
+        """Endless shuffled epochs of ``batch_size`` blocks (the non-private path)."""
         bs = min(self.batch_size, len(self.blocks))
         while True:
             order = torch.randperm(len(self.blocks), generator=self._gen).numpy()
@@ -163,29 +176,32 @@ class LocalTrainer:
                 yield torch.from_numpy(self.blocks[order[i:i + bs]])
 
     def train(self, global_vec: np.ndarray, version: int = 0) -> ClientUpdate:
-        """E local steps from ``global_vec``; returns the delta and the mean training loss (client-private)."""
+        """E local steps from ``global_vec``; returns the delta and the mean training loss (client-private).
+
+        Under DP a step the client's budget forbids raises ``privacy.errors.BudgetExceededError`` before it runs.
+        """
         set_flat(self.model, global_vec)
         start = time.perf_counter()
-        losses: list[float] = []
-        batches = self._batches()
         self.model.train()
-        for _ in range(self.local_steps):
-            x = next(batches)
-            self.optimizer.zero_grad(set_to_none=True)
-            if x.shape[0] == 0:  # Poisson sampling may draw an empty batch: a step with only noise
+        events: tuple = ()
+        if self.private is not None:
+            losses = [x for x in self.private.train(self.local_steps) if not math.isnan(x)]
+            events = (self.private.end_round(),)
+        else:
+            losses, batches = [], self._batches()
+            for _ in range(self.local_steps):
+                x = next(batches)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self.model(input_ids=x, labels=x).loss
+                loss.backward()
                 self.optimizer.step()
-                continue
-            loss = self.model(input_ids=x, labels=x).loss
-            loss.backward()
-            self.optimizer.step()
-            losses.append(float(loss.detach()))
+                losses.append(float(loss.detach()))
         seconds = time.perf_counter() - start
         delta = get_flat(self.model) - global_vec
         mean_loss = float(np.mean(losses)) if losses else math.log(self.spec.vocab_size)
-        events = self.dp.record_round(self.local_steps) if self.dp is not None else ()
         return ClientUpdate(self.client_id, delta, self.num_samples, mean_loss, base_version=version,
                             seconds=seconds, steps=self.local_steps, privacy=events)
 
     def epsilon(self) -> float | None:
-        """The client's privacy spent so far (None without DP)."""
-        return None if self.dp is None else self.dp.epsilon()
+        """The client's privacy spent so far at the configured δ (None without DP)."""
+        return None if self.private is None else self.private.epsilon(self.dp.delta, accountant=self.dp.accountant)

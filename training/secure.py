@@ -120,11 +120,15 @@ class SecureSum:
         self.rounding = rounding
         self._keyholder = None
         self._context: bytes | None = None
+        self._rounds = 0
+        self.last_roles: tuple | None = None  # (clients, aggregator, finalizer) of the latest round, for audits
         if scheme == "ckks":
             from secagg.ckks import KeyHolder
+            from secagg.ckks.params import load_public_context
 
             self._keyholder = KeyHolder(params=params, min_contributors=self.min_contributors)
             self._context = self._keyholder.public_context()
+            self._public = load_public_context(self._context, need_public_key=True)  # parsed once, shared
 
     @property
     def setup_bytes(self) -> int:
@@ -134,12 +138,14 @@ class SecureSum:
     def _roles(self, ids: list[int], dim: int, weights: dict[int, float], private: bool, weight_bound: float,
                round_id: int):
         if self.scheme == "ckks":
-            from secagg.ckks import CKKSAggregator, CKKSClient
+            from secagg.ckks import CKKSAggregator, CKKSClient, CKKSContribution
 
-            clients = {i: CKKSClient(i, self._context, round_id=round_id, preweight=private) for i in ids}
-            agg = CKKSAggregator(self._context, ids, dim=dim, round_id=round_id,
-                                 weights=None if private else weights, min_contributors=self.min_contributors)
-            return clients, agg, self._keyholder
+            clients = {i: CKKSClient(i, self._public, round_id=round_id, preweight=private, max_cohort=len(ids))
+                       for i in ids}
+            agg = CKKSAggregator(self._public, ids, dim=dim, round_id=round_id,
+                                 weights=None if private else weights,
+                                 min_contributors=self.min_contributors)
+            return clients, agg, self._keyholder, CKKSContribution.TAG
         from secagg.masking import MaskingClient, MaskingConfig, MaskingServer
 
         cfg = MaskingConfig(participants=ids, dim=dim, threshold=self.threshold, neighbors=self.neighbors,
@@ -147,14 +153,17 @@ class SecureSum:
                             rounding=self.rounding, round_id=round_id)
         return {i: MaskingClient(i, cfg) for i in ids}, MaskingServer(cfg), None
 
-    def aggregate(self, contributions: Mapping[int, Contribution], *, private: bool, round_id: int,
+    def aggregate(self, contributions: Mapping[int, Contribution], *, private: bool,
                   weight_bound: float | None = None, drop: tuple[int, ...] = (),
                   observer: Observer | None = None) -> tuple[AggregateResult, RoundTraffic]:
         """Σ w_i x_i and Σ w_i over the surviving contributors, plus the bytes each party moved.
 
         ``drop`` lists clients that vanish before submitting their input (a dropout, not an error, as long as
         enough survive). ``weight_bound`` is required for private weights (it is public, e.g. e^{margin/T}).
+        Every call is a new protocol round with a fresh round id (the key holder decrypts each round once).
         """
+        self._rounds += 1
+        round_id = self._rounds
         ids = sorted(contributions)
         if not ids:
             raise ConfigError("a secure round needs at least one contribution")
@@ -170,14 +179,11 @@ class SecureSum:
                 raise ConfigError(f"an update value {worst:.4g} exceeds the masking clip {self.clip}; clip updates "
                                   "in L2 to at most the masking clip first")
         traffic = RoundTraffic()
-        clients, agg, fin = self._roles(ids, dim, weights, private, wb, round_id)
+        clients, agg, fin, drop_tag = self._roles(ids, dim, weights, private, wb, round_id)
         self.last_roles = (clients, agg, fin)
         wrapped = {i: _CountingClient(c, traffic) for i, c in clients.items()}
-        drop_at = {i: self._drop_tag() for i in drop}
+        drop_at = {i: drop_tag for i in drop}
         res = run_round(wrapped, _ObservedAggregator(agg, traffic, observer), vecs, weights,
                         finalizer=None if fin is None else _ObservedFinalizer(fin, traffic, observer),
                         drop_at=drop_at)
         return res, traffic
-
-    def _drop_tag(self) -> int:
-        raise ConfigError("dropouts are wired once the scheme's drop tag is known")

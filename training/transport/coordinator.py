@@ -123,6 +123,7 @@ class Coordinator:
         self.current: _Round | None = None
         self.outcomes: dict[int, str] = {}
         self.stopping = False
+        self.failure: BaseException | None = None
         self.rejections: dict[str, int] = {}
         self.ledger_budget = ledger_budget
 
@@ -265,6 +266,11 @@ class Coordinator:
                     self.waiting_since = time.monotonic()
                     self.cond.wait(max(self.policy.checkin_timeout, 0.5))
                     continue
+                except Exception as exc:  # a broken deployment (bad scheme setup): stop loudly, never hang
+                    log.exception("cannot open a round; the aggregator stops")
+                    self.failure, self.stopping = exc, True
+                    self.cond.notify_all()
+                    return
             record = self._drive(rnd)
             if self.on_round is not None:
                 self.on_round(record)

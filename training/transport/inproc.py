@@ -117,6 +117,8 @@ class Deployment:
             self.coordinator.stop()
             driver.join(10)
             raise TimeoutError(f"deployment did not finish in {timeout} s: {self.coordinator.status()}")
+        if self.coordinator.failure is not None:
+            raise RuntimeError("the aggregator failed") from self.coordinator.failure
         for t in self.threads:
             t.join(timeout=10)
         return self.records

@@ -126,6 +126,8 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
     _on_term(coord.stop)
     try:
         coord.run()
+        if coord.failure is not None:
+            raise coord.failure
         time.sleep(linger)  # let waiting clients hear "finished" (and report their last privacy events)
         coord.save()
     except KeyboardInterrupt:

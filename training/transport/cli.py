@@ -132,5 +132,11 @@ def up(clients: int = typer.Option(3, "--clients"), rounds: int = typer.Option(3
         raise typer.Exit(1)
 
 
+def mount(parent: typer.Typer) -> None:
+    """Add these commands at the top level of ``parent`` (``secagg up``, ``secagg certs init``, ...)."""
+    parent.registered_commands.extend(app.registered_commands)
+    parent.registered_groups.extend(app.registered_groups)
+
+
 if __name__ == "__main__":
     app()

@@ -2,9 +2,10 @@
 
 Every mode runs in its own fresh subprocess (so peak RSS is per mode) on the same fixed full batches
 (per-sequence loss, explicit position ids, SGD). DP modes use the default CSPRNG noise. Ratios are
-time-per-step relative to non-private full fine-tuning, measured in the same run.
+time-per-step relative to non-private full fine-tuning, measured in the same run. On a shared machine the
+fastest of 3 timed blocks per run and of ``--repeats`` interleaved runs per mode is reported.
 
-    python -m benchmarks.dp_overhead [--steps 30] [--batch 16] [--seq 64]
+    python -m benchmarks.dp_overhead [--steps 10] [--repeats 2] [--threads 1] [--batch 16] [--seq 64]
 Writes benchmarks/results/dp_overhead.json.
 """
 
@@ -28,7 +29,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def worker(mode: str, steps: int, batch: int, seq: int) -> dict:
+def worker(mode: str, steps: int, batch: int, seq: int, threads: int) -> dict:
     import torch
     from torch.utils.data import DataLoader, TensorDataset
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -37,6 +38,7 @@ def worker(mode: str, steps: int, batch: int, seq: int) -> dict:
     from privacy.hf import position_ids_for, sequence_loss
 
     warnings.simplefilter("ignore")
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=512, n_positions=128, bos_token_id=0,
                      eos_token_id=0)
@@ -60,36 +62,47 @@ def worker(mode: str, steps: int, batch: int, seq: int) -> dict:
     model.train()
     for i in range(3):  # warm-up
         step(batches[i % 8])
-    start = time.perf_counter()
-    for i in range(steps):
-        step(batches[i % 8])
-    elapsed = time.perf_counter() - start
-    return {"mode": mode, "steps": steps, "seconds_per_step": elapsed / steps, "steps_per_s": steps / elapsed,
+    block_times = []  # the machine may be shared: time blocks of steps and keep the fastest block
+    for _ in range(3):
+        start = time.perf_counter()
+        for i in range(steps):
+            step(batches[i % 8])
+        block_times.append((time.perf_counter() - start) / steps)
+    per_step = min(block_times)
+    return {"mode": mode, "steps": steps, "seconds_per_step": per_step, "steps_per_s": 1.0 / per_step,
+            "block_seconds_per_step": block_times,
             "peak_rss_mb": _peak_rss_mb(), "rss_growth_mb": _peak_rss_mb() - rss_before,
             "trainable_params": trainable, "torch_threads": torch.get_num_threads()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=10, help="steps per timed block (3 blocks per run)")
+    ap.add_argument("--repeats", type=int, default=2, help="fresh-process runs per mode; the fastest is kept")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 resists background load best)")
     ap.add_argument("--worker", choices=MODES)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.steps, args.batch, args.seq)))
+        print(json.dumps(worker(args.worker, args.steps, args.batch, args.seq, args.threads)))
         return
-    rows = {}
-    for mode in MODES:
-        out = subprocess.run([sys.executable, "-m", "benchmarks.dp_overhead", "--worker", mode, "--steps",
-                              str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq)],
-                             check=True, capture_output=True, text=True)
-        rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    rows: dict[str, dict] = {}
+    for _ in range(args.repeats):  # interleave the modes so that background load hits them alike
+        for mode in MODES:
+            out = subprocess.run([sys.executable, "-m", "benchmarks.dp_overhead", "--worker", mode, "--steps",
+                                  str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq),
+                                  "--threads", str(args.threads)],
+                                 check=True, capture_output=True, text=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            if mode not in rows or row["seconds_per_step"] < rows[mode]["seconds_per_step"]:
+                rows[mode] = row
     base = rows["nonprivate"]["seconds_per_step"]
     for row in rows.values():
         row["time_ratio_vs_nonprivate"] = row["seconds_per_step"] / base
     best = min((m for m in MODES if m != "nonprivate"), key=lambda m: rows[m]["time_ratio_vs_nonprivate"])
-    print(f"tiny GPT-2 (2 layers, d=64, vocab 512), batch {args.batch} x {args.seq} tokens, {args.steps} steps")
+    print(f"tiny GPT-2 (2 layers, d=64, vocab 512), batch {args.batch} x {args.seq} tokens, "
+          f"best of {args.repeats} runs x 3 blocks of {args.steps} steps, {args.threads} torch thread(s)")
     print(f"{'mode':<11}{'steps/s':>9}{'x time':>8}{'peak RSS MB':>13}{'trainable':>11}")
     for mode, r in rows.items():
         print(f"{mode:<11}{r['steps_per_s']:>9.2f}{r['time_ratio_vs_nonprivate']:>8.2f}{r['peak_rss_mb']:>13.0f}"

@@ -45,11 +45,13 @@ def epsilon_of_events(events: Iterable[PrivacyEvent], delta: float, *, accountan
     """ε at ``delta`` of the composition of ``events`` (an upper bound: PRV's upper bracket, or RDP)."""
     delta = check_delta(delta)
     grouped = group_events(events)
+    if accountant not in ("prv", "rdp"):
+        raise ConfigurationError(f"unknown accountant {accountant!r}; use 'prv' or 'rdp'")
+    if not grouped:  # nothing released (no steps): ε = 0 under either accountant
+        return 0.0
     if accountant == "prv":
         return prv_epsilon_bounds(grouped, delta).upper
-    if accountant == "rdp":
-        return rdp_epsilon(grouped, delta)
-    raise ConfigurationError(f"unknown accountant {accountant!r}; use 'prv' or 'rdp'")
+    return rdp_epsilon(grouped, delta)
 
 
 def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,

@@ -32,7 +32,7 @@ from privacy.errors import ConfigurationError
 from privacy.events import PrivacyEvent, check_delta, group_events
 from privacy.rdp import DEFAULT_ORDERS, rdp_of_events, rdp_to_epsilon
 
-__all__ = ["PRVBounds", "prv_epsilon_bounds", "prv_delta"]
+__all__ = ["PRVBounds", "prv_epsilon_bounds"]
 
 _MAX_POINTS = 1 << 25  # 32M grid points (~0.8 GB of working memory): refuse rather than swap
 
@@ -174,8 +174,3 @@ def prv_epsilon_bounds(events: Iterable[PrivacyEvent], delta: float, *, eps_erro
     lo = max(0.0, max(c.epsilon(delta + slack) for c in curves) - grid.eps_error)
     return PRVBounds(lo, est, up, grid.eps_error, slack, grid.h, int(grid.k.size))
 
-
-def prv_delta(events: Iterable[PrivacyEvent], epsilon: float, *, delta_hint: float = 1e-5) -> float:
-    """Estimated δ(ε) of the composition (grid sized as for ``delta_hint``); the larger of the two directions."""
-    curves, _ = _curves(events, check_delta(delta_hint), None)
-    return max((c.delta(float(epsilon)) for c in curves), default=0.0)

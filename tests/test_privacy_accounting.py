@@ -105,6 +105,12 @@ def test_invalid_event_parameters_raise(bad):
         PrivacyEvent(**args)
 
 
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_no_steps_spend_nothing(accountant):
+    assert epsilon(1.0, 0.1, 0, DELTA, accountant=accountant) == 0.0
+    assert epsilon_of_events([], DELTA, accountant=accountant) == 0.0
+
+
 def test_invalid_delta_and_accountant_raise():
     with pytest.raises(ConfigurationError):
         epsilon(1.0, 0.1, 10, 0.0)

@@ -22,7 +22,9 @@ def test_vetted_sets() -> None:
     assert d.slots == 4096 and a.slots == 2048
     assert d.supports_multiply and not a.supports_multiply
     assert d.total_bits == 160 <= STANDARD_128[8192] and a.total_bits == 109 <= STANDARD_128[4096]
-    assert d.value_bound == a.value_bound == 2.0**18 and d.fresh_value_bound == 2.0**58
+    assert (d.data_bits, a.data_bits) == (100, 60)
+    assert d.weighted_value_bound == a.fresh_value_bound == 2.0**18 and d.fresh_value_bound == 2.0**58
+    assert a.weighted_value_bound == 0.0 and d.product_scale == 2.0**80
     assert resolve("default") is d and resolve(a) is a
     with pytest.raises(ConfigurationError):
         resolve("fast")
@@ -31,11 +33,11 @@ def test_vetted_sets() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(sorted(STANDARD_128)), st.lists(st.integers(20, 60), min_size=2, max_size=8))
 def test_security_bound_is_enforced(n: int, bits: list[int]) -> None:
-    scale = min(40, bits[0] - 10)
-    other_rules_ok = scale >= 20 and (len(bits) < 3 or all(b >= scale for b in bits[1:-1]))
-    if sum(bits) <= STANDARD_128[n] and other_rules_ok:
+    scale = min(40, sum(bits[:-1]) - 10)
+    if sum(bits) <= STANDARD_128[n] and scale >= 20:
         p = CKKSParams("t", n, tuple(bits), scale)
         assert p.total_bits == sum(bits) and p.slots == n // 2
+        assert p.supports_multiply == (sum(bits[:-1]) >= 2 * scale + 10)
     else:
         with pytest.raises(ConfigurationError):
             CKKSParams("t", n, tuple(bits), scale)
@@ -50,8 +52,8 @@ def test_security_bound_is_enforced(n: int, bits: list[int]) -> None:
     (65536, (60, 40, 60), 40),             # outside the standard's table
     (8192, (61, 40, 60), 40),              # prime over 60 bits
     (8192, (60, 40, 19), 40),              # prime under 20 bits
-    (8192, (60, 40, 60), 55),              # scale leaves < 10 bits of headroom
-    (8192, (60, 30, 60), 40),              # rescale prime smaller than the scale
+    (4096, (60, 49), 51),                  # scale leaves < 10 bits of headroom in 60 data bits
+    (32768, (60,) * 14, 61),               # scale over 60 bits
     (8192, (60, 40, 60), 12),              # scale too small
 ])
 def test_unsafe_sets_refused(n, bits, scale) -> None:

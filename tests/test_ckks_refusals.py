@@ -138,7 +138,8 @@ def test_aggregator_configuration_refusals(kh) -> None:
                    dict(participants=[0, 1], dim=0), dict(participants=[0, 1], dim=3, min_contributors=3),
                    dict(participants=[0, 1], dim=3, weights={0: 1.0}),
                    dict(participants=[0, 1], dim=3, weights={0: 1.0, 1: -2.0}),
-                   dict(participants=[0, 1], dim=3, weights={0: 1.0, 1: float("nan")})]:
+                   dict(participants=[0, 1], dim=3, weights={0: 1.0, 1: float("nan")}),
+                   dict(participants=[0, 1], dim=3, weights={0: 1e-15, 1: 1.0})]:  # would encode as 0
         with pytest.raises(ConfigurationError):
             CKKSAggregator(ctx, **kwargs)
     with pytest.raises(ConfigurationError):  # no rescale prime: weights cannot be applied homomorphically
@@ -187,18 +188,18 @@ def test_keyholder_refusals(kh, other, contributions) -> None:
         KeyHolder(min_contributors=1)
 
 
-def test_keyholder_refuses_mixed_levels(kh) -> None:
-    """A weighted (rescaled) chunk next to a fresh one is not an aggregate the aggregator could have made."""
+def test_keyholder_refuses_mixed_scales(kh) -> None:
+    """A weighted chunk (scale Δ^2) next to a fresh one (Δ) is not an aggregate the aggregator could have made."""
     rid = next(ROUNDS)
     ctx = kh.public_context()
     fresh = CKKSClient(0, ctx, round_id=rid).start(np.full(5000, 0.5), 1.0)[0].payload
     agg = CKKSAggregator(ctx, [0, 1], dim=5000, round_id=rid, weights={0: 1.0, 1: 1.0})
     agg.receive(0, fresh)
-    rescaled = CKKSAggregate.from_bytes(agg.receive(1, _rewrap(fresh, client_id=1))[0].payload)
-    mixed = dataclasses.replace(rescaled, chunks=(CKKSContribution.from_bytes(fresh).chunks[0], rescaled.chunks[1]))
+    weighted = CKKSAggregate.from_bytes(agg.receive(1, _rewrap(fresh, client_id=1))[0].payload)
+    mixed = dataclasses.replace(weighted, chunks=(CKKSContribution.from_bytes(fresh).chunks[0], weighted.chunks[1]))
     with pytest.raises(MalformedMessageError):
         kh.receive(AGGREGATOR, mixed.to_bytes())
-    (out,) = kh.receive(AGGREGATOR, rescaled.to_bytes())
+    (out,) = kh.receive(AGGREGATOR, weighted.to_bytes())
     assert np.allclose(CKKSResult.from_bytes(out.payload).values, 0.5, atol=1e-6)
 
 
@@ -210,6 +211,8 @@ def test_client_rules(kh) -> None:
         with pytest.raises(MalformedUpdateError):
             c.start(update, weight)
         assert c.stage == "ready"
+    with pytest.raises(ConfigurationError):  # add-only cannot weight at the aggregator: the client must pre-weight
+        CKKSClient(0, KeyHolder("add-only").public_context())
     pre = CKKSClient(0, KeyHolder("add-only").public_context(), preweight=True, max_cohort=1000)
     with pytest.raises(MalformedUpdateError):  # 1000 such contributions could wrap the 2^18 sum bound
         pre.start(np.ones(3), 300.0)

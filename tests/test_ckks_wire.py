@@ -62,7 +62,7 @@ def test_every_truncation_and_bit_flip_is_refused(msg) -> None:
 @pytest.fixture(scope="module")
 def real_contribution() -> bytes:
     kh = KeyHolder("add-only")
-    return CKKSClient(4, kh.public_context(), round_id=9).start(np.linspace(-1, 1, 10), 1.0)[0].payload
+    return CKKSClient(4, kh.public_context(), round_id=9, preweight=True).start(np.linspace(-1, 1, 10), 1.0)[0].payload
 
 
 @settings(max_examples=200, deadline=None)

@@ -7,9 +7,9 @@ Invariants:
   touches the running sum, and the sum is replaced only after the new one is complete, so a rejected message
   never corrupts it;
 * weighting ``weights`` given (public weights): contributions carry ``x`` only; chunk ``k`` of client ``i`` is
-  multiplied by ``w_i / S`` (``S`` = sum of all participants' weights, so the encrypted sum never leaves
-  ``[-max|x|, max|x|]``) and rescaled; the decrypted sum is multiplied back by ``S``. Needs a parameter set with a
-  rescale prime. ``weights=None``: contributions are client-pre-weighted ``[w*x, w]`` and are only added; the
+  multiplied by the plaintext ``w_i / S`` (``S`` = sum of all participants' weights, so the encrypted sum never
+  leaves ``[-max|x|, max|x|]``) and kept at its exact scale Δ^2; the decrypted sum is multiplied back by ``S``.
+  Needs a parameter set that supports the multiply. ``weights=None``: contributions are client-pre-weighted ``[w*x, w]`` and are only added; the
   total weight comes from the decrypted weight lane, so the aggregator never learns any ``w_i``;
 * the aggregate goes to the key holder once every participant submitted, or at ``close_stage()`` with whoever
   did; fewer than ``min_contributors`` raises ``DropoutError`` and nothing is decrypted.
@@ -27,7 +27,7 @@ import numpy as np
 import tenseal as ts
 
 from secagg.ckks.messages import CKKSAggregate, CKKSContribution, CKKSResult
-from secagg.ckks.params import PublicContext, chunk_lengths, data_levels, load_chunk, load_public_context
+from secagg.ckks.params import PublicContext, chunk_lengths, fresh_level, load_chunk, load_public_context
 from secagg.errors import AuthenticationError, ConfigurationError, DecryptionError, DropoutError, \
     DuplicateMessageError, KeyMisuseError, MalformedMessageError, StageError, UnknownClientError, WrongRoundError
 from secagg.roles import KEYHOLDER, AggregateResult, Outbound
@@ -59,16 +59,22 @@ class CKKSAggregator:
         self._public_weights: dict[int, float] | None = None
         if weights is not None:
             if not params.supports_multiply:
-                raise ConfigurationError(f"parameter set {params.name!r} has no rescale prime, so the aggregator "
-                                         "cannot apply weights; use client pre-weighting (weights=None)")
+                raise ConfigurationError(f"parameter set {params.name!r} has no room for a weighted product, so the "
+                                         "aggregator cannot apply weights; use client pre-weighting (weights=None)")
+            if self._pc.context.auto_rescale:
+                raise ConfigurationError("a rescaling context would bias weighted sums; use load_public_context")
             ws = {i: float(weights[i]) for i in ids if i in weights}
             if len(ws) != len(ids) or not all(math.isfinite(w) and w > 0 for w in ws.values()):
                 raise ConfigurationError("weights must give every participant a positive finite weight")
             self._norm = math.fsum(ws.values())
+            floor = 2.0 ** -(params.scale_bits // 2)
+            if min(ws.values()) < floor * self._norm:
+                raise ConfigurationError(f"a weight below {floor:.1e} of the total cannot be applied precisely at "
+                                         f"scale 2^{params.scale_bits}; use client pre-weighting or drop the client")
             self._public_weights = ws
             self._scalars = {i: w / self._norm for i, w in ws.items()}
         self._lengths = chunk_lengths(dim + (0 if self.weighted_by_aggregator else 1), params.slots)
-        self._fresh = data_levels(self._pc.context)[:1]
+        self._fresh = fresh_level(self._pc.context)
         self._sum: list[ts.CKKSVector] | None = None
         self._received: list[int] = []
         self._sent: tuple[int, ...] = ()
@@ -122,11 +128,11 @@ class CKKSAggregator:
             raise MalformedMessageError(f"contribution of dim {msg.dim} in {len(msg.chunks)} chunks; expected dim "
                                         f"{self.dim} in {len(self._lengths)}")
         ctx, scale = self._pc.context, self._pc.params.scale
-        vecs = [load_chunk(ctx, c, length=n, levels=self._fresh, scale=scale)
+        vecs = [load_chunk(ctx, c, length=n, level=self._fresh, scale=scale)
                 for c, n in zip(msg.chunks, self._lengths)]
         if self._scalars is not None:
             factor = self._scalars[msg.client_id]
-            vecs = [v * factor for v in vecs]  # plaintext multiply; the context rescales automatically
+            vecs = [v * factor for v in vecs]  # plaintext multiply, not rescaled: exact scale Δ^2 (see params)
         new = vecs if self._sum is None else [a + b for a, b in zip(self._sum, vecs)]
         self._sum = new
 

@@ -6,8 +6,9 @@ nothing. With ``preweight=True`` it encrypts ``[w*x_1, ..., w*x_D, w]`` so that 
 never learns ``w``; otherwise it encrypts ``x`` and the aggregator applies the public weight.
 
 Range: a decrypted sum wraps silently past the parameter set's bound, so the client refuses any slot that could
-push the sum past it: ``|x| <= value_bound`` (the aggregator normalises public weights to sum to at most 1), or,
-pre-weighted, ``max(|w*x|, w) <= fresh_value_bound / max_cohort`` for a sum of at most ``max_cohort`` clients.
+push the sum past it: ``|x| <= weighted_value_bound`` (the aggregator normalises public weights to sum to at
+most 1), or, pre-weighted, ``max(|w*x|, w) <= fresh_value_bound / max_cohort`` for a sum of at most
+``max_cohort`` clients.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ class CKKSClient:
         if not self._pc.context.has_public_key():
             raise ConfigurationError("public context has no public key; clients cannot encrypt")
         p = self._pc.params
-        self.slot_bound = p.fresh_value_bound / max_cohort if self.preweight else p.value_bound
+        if not (self.preweight or p.supports_multiply):
+            raise ConfigurationError(f"parameter set {p.name!r} cannot weight at the aggregator; use preweight=True")
+        self.slot_bound = p.fresh_value_bound / max_cohort if self.preweight else p.weighted_value_bound
         self._stage = "ready"
 
     @property

@@ -13,8 +13,9 @@ Invariants enforced here, through the only entry point :meth:`KeyHolder.receive`
 * an aggregate must name at least ``min_contributors`` (>= 2) distinct clients (``TooFewContributorsError``);
 * at most one aggregate is decrypted per ``round_id`` (``DuplicateMessageError``), so the aggregator cannot obtain
   the sums of two overlapping subsets of one round and difference them;
-* ciphertexts must be made under this key holder's public context, at a valid level and scale, in the chunk
-  layout their ``dim`` implies; otherwise nothing is decrypted and nothing changes.
+* ciphertexts must be made under this key holder's public context, at the fresh level and at the scale of their
+  kind (Δ for pre-weighted sums, Δ^2 for aggregator-weighted ones), in the chunk layout their ``dim`` implies;
+  otherwise nothing is decrypted and nothing changes.
 
 Limits: the key holder cannot verify that a ciphertext really is the sum over the contributors it names. An
 actively malicious aggregator could forward one client's ciphertext labelled as a sum; defending against that
@@ -29,7 +30,7 @@ import numpy as np
 import tenseal as ts
 
 from secagg.ckks.messages import CKKSAggregate, CKKSResult
-from secagg.ckks.params import CKKSParams, chunk_lengths, data_levels, load_chunk, resolve
+from secagg.ckks.params import CKKSParams, chunk_lengths, fresh_level, load_chunk, resolve
 from secagg.errors import AuthenticationError, ConfigurationError, DecryptionError, DuplicateMessageError, \
     MalformedMessageError, TooFewContributorsError
 from secagg.messages import decode
@@ -54,7 +55,7 @@ class KeyHolder:
         self._public = self._context.serialize(save_public_key=True, save_secret_key=False,
                                                save_galois_keys=False, save_relin_keys=False)
         self.context_id = hashlib.sha256(self._public).digest()
-        self._levels = data_levels(self._context)
+        self._fresh = fresh_level(self._context)
         self._finalized: set[int] = set()
 
     def public_context(self) -> bytes:
@@ -89,10 +90,12 @@ class KeyHolder:
         lengths = chunk_lengths(msg.dim + int(msg.weight_lane), self.params.slots)
         if len(msg.chunks) != len(lengths):
             raise MalformedMessageError(f"aggregate has {len(msg.chunks)} chunks, dim {msg.dim} needs {len(lengths)}")
-        vecs = [load_chunk(self._context, c, length=n, levels=self._levels, scale=self.params.scale)
+        # a pre-weighted sum (weight lane) is at scale Δ; a sum weighted by the aggregator at the product scale Δ^2
+        if not (msg.weight_lane or self.params.supports_multiply):
+            raise MalformedMessageError(f"parameter set {self.params.name!r} has no aggregator-weighted sums")
+        scale = self.params.scale if msg.weight_lane else self.params.product_scale
+        vecs = [load_chunk(self._context, c, length=n, level=self._fresh, scale=scale)
                 for c, n in zip(msg.chunks, lengths)]
-        if len({tuple(v.ciphertext()[0].parms_id()) for v in vecs}) != 1:
-            raise MalformedMessageError("aggregate chunks are at different levels")
         try:
             values = np.concatenate([np.asarray(v.decrypt(), dtype=np.float64) for v in vecs])
         except Exception as exc:  # SEAL refuses ciphertexts it cannot decrypt

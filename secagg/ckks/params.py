@@ -6,10 +6,13 @@ ternary secret (:data:`MAX_COEFF_BITS`). A set that exceeds it, or that is other
 ``ConfigurationError`` at construction, so no role can ever run with one.
 
 Layout of one vector of ``L`` values: ``ceil(L / slots)`` ciphertexts ("chunks"), chunk ``k`` holding values
-``[k*slots, (k+1)*slots)``; the last chunk may be shorter. Precision: values are encoded at scale ``2^scale_bits``;
-every slot of a decrypted sum must stay below :attr:`CKKSParams.fresh_value_bound` (no rescale: all data primes)
-or :attr:`CKKSParams.value_bound` = ``2^(q0_bits - scale_bits - 2)`` (after the rescale only ``q0`` remains); the two
-bits of margin cover noise and encoding. Past the bound a sum wraps silently, so roles refuse inputs that could.
+``[k*slots, (k+1)*slots)``; the last chunk may be shorter. All ciphertexts stay at the fresh level (no role ever
+rescales). Values are encoded at scale ``Δ = 2^scale_bits``; the aggregator's ciphertext x public-weight product
+keeps its exact scale ``Δ^2`` instead of being rescaled, because TenSEAL's rescale resets the scale to ``Δ`` and so
+biases every value by the ratio of the dropped prime to ``Δ`` (about 1.3e-7 relative for the default set). A
+decrypted slot must stay below :attr:`CKKSParams.fresh_value_bound` (sums at scale Δ) or
+:attr:`CKKSParams.weighted_value_bound` (sums at scale Δ^2), each with two bits of margin for noise and encoding;
+past the bound a sum wraps silently, so roles refuse inputs that could reach it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import tenseal as ts
 from secagg.errors import ConfigurationError, KeyMisuseError, MalformedMessageError
 
 __all__ = ["CKKSParams", "PARAMS", "MAX_COEFF_BITS", "resolve", "PublicContext", "load_public_context",
-           "chunk_lengths", "load_chunk", "data_levels", "np_chunks", "params_of"]
+           "chunk_lengths", "load_chunk", "fresh_level", "np_chunks", "params_of"]
 
 #: HomomorphicEncryption.org security standard (2018), Table 1: largest log2(q) for 128-bit security, ternary secret.
 MAX_COEFF_BITS: dict[int, int] = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
@@ -54,12 +57,11 @@ class CKKSParams:
             raise ConfigurationError(
                 f"{self.name!r}: total coefficient modulus {sum(bits)} bits exceeds {MAX_COEFF_BITS[n]}, the 128-bit "
                 f"security bound for N={n} (HomomorphicEncryption.org standard)")
-        if not isinstance(self.scale_bits, int) or not _MIN_PRIME_BITS <= self.scale_bits <= bits[0] - _MIN_HEADROOM_BITS:
-            raise ConfigurationError(
-                f"scale_bits must be in [{_MIN_PRIME_BITS}, {bits[0] - _MIN_HEADROOM_BITS}] for a {bits[0]}-bit first "
-                f"prime (keeps {_MIN_HEADROOM_BITS} bits of headroom), got {self.scale_bits}")
-        if self.supports_multiply and any(b < self.scale_bits for b in bits[1:-1]):
-            raise ConfigurationError(f"rescale primes {bits[1:-1]} must have at least scale_bits={self.scale_bits} bits")
+        data = sum(bits[:-1])
+        top = min(_MAX_PRIME_BITS, data - _MIN_HEADROOM_BITS)
+        if not isinstance(self.scale_bits, int) or not _MIN_PRIME_BITS <= self.scale_bits <= top:
+            raise ConfigurationError(f"scale_bits must be in [{_MIN_PRIME_BITS}, {top}] for {data} data bits (keeps "
+                                     f"{_MIN_HEADROOM_BITS} bits of headroom), got {self.scale_bits}")
 
     @property
     def slots(self) -> int:
@@ -67,9 +69,17 @@ class CKKSParams:
         return self.poly_modulus_degree // 2
 
     @property
+    def data_bits(self) -> int:
+        """Bits of the fresh-level modulus (every prime but the special one)."""
+        return sum(self.coeff_mod_bit_sizes[:-1])
+
+    @property
     def supports_multiply(self) -> bool:
-        """Whether a ciphertext x plaintext multiply (and its rescale) fits: needs a rescale prime, i.e. >= 3 primes."""
-        return len(self.coeff_mod_bit_sizes) >= 3
+        """Whether a ciphertext x plaintext product fits at its exact scale Δ^2 (with 10 bits of headroom).
+
+        For the vetted sets this is exactly "has a rescale prime" (>= 3 primes): 100 data bits for the default set,
+        60 for add-only."""
+        return self.data_bits >= 2 * self.scale_bits + _MIN_HEADROOM_BITS
 
     @property
     def total_bits(self) -> int:
@@ -77,24 +87,30 @@ class CKKSParams:
 
     @property
     def scale(self) -> float:
+        """Δ = 2^scale_bits, the scale of every fresh ciphertext."""
         return float(2 ** self.scale_bits)
 
     @property
-    def value_bound(self) -> float:
-        """Largest magnitude any slot of a decrypted sum may reach at the lowest level (q0 only, after rescale)."""
-        return float(2 ** (self.coeff_mod_bit_sizes[0] - self.scale_bits - 2))
+    def product_scale(self) -> float:
+        """Δ^2, the scale of a ciphertext multiplied by a plaintext weight."""
+        return float(2 ** (2 * self.scale_bits))
 
     @property
     def fresh_value_bound(self) -> float:
-        """Largest magnitude any slot of a decrypted sum may reach at the fresh level (all data primes, no rescale)."""
-        return float(2 ** (sum(self.coeff_mod_bit_sizes[:-1]) - self.scale_bits - 2))
+        """Largest magnitude a slot of a decrypted sum of fresh (scale Δ) ciphertexts may reach."""
+        return float(2 ** (self.data_bits - self.scale_bits - 2))
+
+    @property
+    def weighted_value_bound(self) -> float:
+        """Largest magnitude a slot of a decrypted sum of weighted (scale Δ^2) ciphertexts may reach (0: no multiply)."""
+        return float(2 ** (self.data_bits - 2 * self.scale_bits - 2)) if self.supports_multiply else 0.0
 
 
 PARAMS: dict[str, CKKSParams] = {
-    # 160/218 bits: one rescale prime, so the aggregator can apply public plaintext weights.
+    # 160/218 bits: 100 data bits hold a weighted product at scale 2^80 with 2^18 of headroom.
     "default": CKKSParams("default", 8192, (60, 40, 60), 40),
     # 109/109 bits: one 60-bit data prime and the 49-bit special prime; additions only (client pre-weighting).
-    # Scale 2^40 gives ~1e-8 fresh error and 2^18 of headroom for the decrypted sum (value_bound).
+    # Scale 2^40 gives ~1e-8 fresh error and 2^18 of headroom for the decrypted sum (fresh_value_bound).
     "add-only": CKKSParams("add-only", 4096, (60, 49), 40),
 }
 
@@ -163,7 +179,7 @@ def load_public_context(data: bytes, *, need_public_key: bool) -> PublicContext:
     if need_public_key and not ctx.has_public_key():
         raise ConfigurationError("public context has no public key; clients cannot encrypt")
     params = params_of(ctx)
-    ctx.auto_rescale, ctx.auto_relin, ctx.auto_mod_switch = True, False, True
+    ctx.auto_rescale, ctx.auto_relin, ctx.auto_mod_switch = False, False, False  # products keep scale Δ^2
     return PublicContext(ctx, params, hashlib.sha256(bytes(data)).digest())
 
 
@@ -175,20 +191,14 @@ def chunk_lengths(length: int, slots: int) -> list[int]:
     return [slots] * full + ([rest] if rest else [])
 
 
-def data_levels(context: ts.Context) -> list[list[int]]:
-    """parms_id of every data level, fresh (first) to lowest (last)."""
-    sc = context.seal_context().data
-    out, data = [], sc.first_context_data()
-    while data is not None:
-        out.append(list(data.parms_id()))
-        data = data.next_context_data()
-    return out
+def fresh_level(context: ts.Context) -> list[int]:
+    """parms_id of the fresh (first data) level, the only level any CKKS message may use."""
+    return list(context.seal_context().data.first_parms_id())
 
 
-def load_chunk(context: ts.Context, data: bytes, *, length: int, levels: list[list[int]],
-               scale: float) -> ts.CKKSVector:
-    """Deserialize one chunk and check it is a 2-polynomial ciphertext of ``length`` values, at one of ``levels``
-    (parms_ids) and at scale ``scale``; anything else raises MalformedMessageError."""
+def load_chunk(context: ts.Context, data: bytes, *, length: int, level: list[int], scale: float) -> ts.CKKSVector:
+    """Deserialize one chunk and check it is a 2-polynomial ciphertext of ``length`` values at level ``level``
+    (a parms_id) and scale ``scale``; anything else raises MalformedMessageError."""
     if not data:
         raise MalformedMessageError("empty ciphertext")
     try:
@@ -201,7 +211,7 @@ def load_chunk(context: ts.Context, data: bytes, *, length: int, levels: list[li
     ct = cts[0]
     if ct.size() != 2 or ct.is_transparent() or not ct.is_ntt_form():
         raise MalformedMessageError("chunk is not a valid 2-polynomial CKKS ciphertext")
-    if list(ct.parms_id()) not in levels:
+    if list(ct.parms_id()) != level:
         raise MalformedMessageError("ciphertext is at an unexpected level or from other parameters")
     if ct.scale != scale:
         raise MalformedMessageError(f"ciphertext scale {ct.scale} differs from the session's {scale}")

@@ -9,8 +9,9 @@ Invariants:
 * weighting ``weights`` given (public weights): contributions carry ``x`` only; chunk ``k`` of client ``i`` is
   multiplied by the plaintext ``w_i / S`` (``S`` = sum of all participants' weights, so the encrypted sum never
   leaves ``[-max|x|, max|x|]``) and kept at its exact scale Δ^2; the decrypted sum is multiplied back by ``S``.
-  Needs a parameter set that supports the multiply. ``weights=None``: contributions are client-pre-weighted ``[w*x, w]`` and are only added; the
-  total weight comes from the decrypted weight lane, so the aggregator never learns any ``w_i``;
+  Needs a parameter set that supports the multiply. ``weights=None``: contributions are client-pre-weighted
+  ``[w*x, w]`` and are only added; the total weight comes from the decrypted weight lane, so the aggregator never
+  learns any ``w_i``;
 * the aggregate goes to the key holder once every participant submitted, or at ``close_stage()`` with whoever
   did; fewer than ``min_contributors`` raises ``DropoutError`` and nothing is decrypted.
 

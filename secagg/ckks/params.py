@@ -102,7 +102,7 @@ class CKKSParams:
 
     @property
     def weighted_value_bound(self) -> float:
-        """Largest magnitude a slot of a decrypted sum of weighted (scale Δ^2) ciphertexts may reach (0: no multiply)."""
+        """Largest magnitude a slot of a decrypted sum of weighted (scale Δ^2) ciphertexts may reach (0: none)."""
         return float(2 ** (self.data_bits - 2 * self.scale_bits - 2)) if self.supports_multiply else 0.0
 
 

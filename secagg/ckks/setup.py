@@ -20,7 +20,7 @@ def build_round(participants: Iterable[int], *, dim: int, weights: Mapping[int, 
                 round_id: int = 0) -> RoundSetup:
     """A fresh key holder, one client per participant and the aggregator, wired for one round.
 
-    ``weighting="aggregator"``: the aggregator applies the public ``weights`` (needs a set with a rescale prime);
+    ``weighting="aggregator"``: the aggregator applies the public ``weights`` (needs a set that supports the multiply);
     ``"client"``: clients encrypt ``[w*x, w]`` and the aggregator only adds. ``graph_seed`` is unused: CKKS has no
     pairwise graph. The drop tag is the contribution's, so a dropped client is one that never submits.
     """

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from secagg.errors import ConfigurationError, MalformedUpdateError
-from secagg.hazmat.prg import uniform01
+from secagg.hazmat.prg import random_u32
 
 __all__ = ["validate_update", "flatten", "unflatten", "FlatSpec", "FixedPoint", "ring_dtype"]
 
@@ -152,7 +152,8 @@ class FixedPoint:
         scaled = v * self.scale
         if self.rounding == "stochastic":
             low = np.floor(scaled)
-            q = low + (uniform01(scaled.size) < (scaled - low))
+            # round up with probability frac (32-bit CSPRNG resolution): E[q] = scaled
+            q = low + (random_u32(scaled.size) < (scaled - low) * 4294967296.0)
         else:
             q = np.rint(scaled)
         q = q.astype(np.int64)

@@ -7,17 +7,27 @@ Invariant: the output is exactly the AES-CTR keystream under ``seed`` starting a
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["keystream", "expand_mask", "uniform01", "SEED_BYTES"]
+__all__ = ["keystream", "expand_mask", "random_u32", "SEED_BYTES"]
 
 SEED_BYTES = 16  # AES-128: full 128-bit seeds (never 32-bit seeds)
 _ZERO_NONCE = bytes(16)
+_BLOCK = 1 << 18  # bytes of keystream per seed per step of add_masks (cache-sized)
+_zeros = b""  # shared read-only plaintext of zeros, grown on demand (encrypting zeros yields the keystream)
 
 
-def keystream(seed: bytes, nbytes: int, nonce: bytes = _ZERO_NONCE) -> bytearray:
+def _zero_view(nbytes: int) -> memoryview:
+    global _zeros
+    if len(_zeros) < nbytes:
+        _zeros = bytes(max(nbytes, 2 * len(_zeros)))
+    return memoryview(_zeros)[:nbytes]
+
+
+def keystream(seed: bytes, nbytes: int, nonce: bytes = _ZERO_NONCE) -> bytes:
     """Return ``nbytes`` of AES-CTR keystream under ``seed`` (16, 24 or 32 bytes) from counter block ``nonce``."""
     if len(seed) not in (16, 24, 32):
         raise ValueError(f"seed must be 16, 24 or 32 bytes, got {len(seed)}")
@@ -25,25 +35,48 @@ def keystream(seed: bytes, nbytes: int, nonce: bytes = _ZERO_NONCE) -> bytearray
         raise ValueError("nonce (initial counter block) must be 16 bytes")
     if nbytes < 0:
         raise ValueError("nbytes must be non-negative")
-    enc = Cipher(algorithms.AES(bytes(seed)), modes.CTR(nonce)).encryptor()
-    buf = bytearray(nbytes + 15)  # update_into needs len(plaintext) + block_size - 1 bytes of room
-    n = enc.update_into(bytes(nbytes), buf)
-    del buf[n:]
-    return buf
+    enc = Cipher(algorithms.AES(bytes(seed)), modes.CTR(bytes(nonce))).encryptor()
+    return enc.update(_zero_view(nbytes))
 
 
 def expand_mask(seed: bytes, size: int, dtype: np.dtype | type = np.uint32, ring_bits: int | None = None) -> np.ndarray:
-    """Expand ``seed`` to ``size`` uniform integers of unsigned ``dtype``, reduced mod 2**ring_bits if given."""
+    """Expand ``seed`` to ``size`` uniform integers of unsigned ``dtype`` (read-only), mod 2**ring_bits if given."""
     dt = np.dtype(dtype).newbyteorder("<")
     if dt.kind != "u":
         raise ValueError(f"mask dtype must be unsigned, got {dt}")
     out = np.frombuffer(keystream(seed, size * dt.itemsize), dtype=dt)
     if ring_bits is not None and ring_bits < dt.itemsize * 8:
-        out &= dt.type((1 << ring_bits) - 1)
+        out = out & dt.type((1 << ring_bits) - 1)
     return out
 
 
-def uniform01(size: int) -> np.ndarray:
-    """``size`` independent uniform floats in [0, 1) from a fresh OS-random AES key (53-bit resolution)."""
-    words = np.frombuffer(keystream(os.urandom(SEED_BYTES), size * 8), dtype="<u8")
-    return (words >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+def random_u32(size: int) -> np.ndarray:
+    """``size`` independent uniform uint32 values from a fresh OS-random AES key."""
+    return np.frombuffer(keystream(os.urandom(SEED_BYTES), size * 4), dtype="<u4")
+
+
+def add_masks(acc: np.ndarray, plus: Iterable[bytes] = (), minus: Iterable[bytes] = ()) -> None:
+    """In place: ``acc += Σ expand_mask(s) for s in plus − Σ expand_mask(s) for s in minus`` (mod 2^bits of dtype).
+
+    Same values as :func:`expand_mask` with ``acc``'s dtype, computed block by block so every block of ``acc``
+    stays in cache while all streams are added to it. Reduce mod 2**ring_bits afterwards for narrower rings.
+    """
+    if acc.ndim != 1 or acc.dtype.kind != "u" or not acc.flags.c_contiguous or acc.dtype.byteorder == ">":
+        raise ValueError("acc must be a contiguous 1-D little-endian unsigned array")
+    streams = [(Cipher(algorithms.AES(bytes(s)), modes.CTR(_ZERO_NONCE)).encryptor(), np.add) for s in plus]
+    streams += [(Cipher(algorithms.AES(bytes(s)), modes.CTR(_ZERO_NONCE)).encryptor(), np.subtract) for s in minus]
+    if not streams:
+        return
+    size = acc.dtype.itemsize
+    zeros = memoryview(bytes(_BLOCK))
+    buf = bytearray(_BLOCK + 15)
+    block = np.frombuffer(buf, dtype=acc.dtype, count=_BLOCK // size)
+    per = _BLOCK // size
+    for start in range(0, acc.size, per):
+        part = acc[start:start + per]
+        nbytes = part.size * size
+        src, ks = zeros[:nbytes], block[:part.size]
+        for enc, op in streams:
+            enc.update_into(src, buf)
+            op(part, ks, out=part)
+

@@ -1,0 +1,215 @@
+"""The masking client: a sans-I/O stage machine (Bonawitz et al. 2017 over the SecAgg+ graph).
+
+Stages: ``"init"`` -start-> ``"advertised"`` -KeyRoster-> ``"shared"`` -ShareDelivery-> ``"masked"``
+-ConsistencyRequest-> ``"checked"`` -UnmaskRequest-> ``"done"``.
+
+Invariants:
+
+* the masked input is ``y = [enc(w*x), enc(w)] + PRG(b) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv)`` in the ring,
+  over exactly the neighbours ``v`` whose shares the server delivered (they completed the share stage);
+* ``b`` and the mask secret ``s_sk`` are Shamir-shared t-of-(holders) among those neighbours and the client;
+  each share travels AES-GCM-encrypted under a pairwise channel key with the round, sender and recipient bound
+  as associated data; ``b``, ``s_sk`` and the encoded input are discarded once the masked input is built;
+* an unmask request is answered at most once, only if its alive set is the survivor list the client signed,
+  it does not name the client as dropped, holds at least ``t`` ids, names only participants, and (with
+  identities) carries at least ``t`` valid signatures of that list. Alive and dropped sets are disjoint (checked
+  by the decoder), so no secret's two shares are ever revealed by this client;
+* a rejected message raises a named error and leaves the client's state unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from collections.abc import Mapping
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from secagg.encoding import validate_update
+from secagg.errors import AuthenticationError, ConfigurationError, DecryptionError, DropoutError, \
+    DuplicateMessageError, MalformedMessageError, MalformedUpdateError, StageError, UnknownClientError, \
+    WrongRoundError
+from secagg.hazmat import aead, kex, shamir, sign
+from secagg.hazmat.prg import SEED_BYTES, add_masks
+from secagg.masking.config import MaskingConfig
+from secagg.masking.messages import AdvertiseKeys, ConsistencyRequest, ConsistencyResponse, KeyRoster, \
+    MaskedInput, ShareDelivery, ShareKeys, UnmaskRequest, UnmaskResponse, advertise_payload, survivors_payload
+from secagg.messages import decode
+from secagg.roles import AGGREGATOR, Outbound
+
+__all__ = ["MaskingClient", "share_ad", "B_SHARE_BYTES", "S_SHARE_BYTES"]
+
+B_SHARE_BYTES = 6 + 4 * (SEED_BYTES // 2)
+S_SHARE_BYTES = 6 + 4 * (kex.KEY_BYTES // 2)
+
+
+def share_ad(round_id: int, sender: int, recipient: int) -> bytes:
+    """Associated data of a share ciphertext: binds the round, the sender and the recipient."""
+    return b"secagg/masking/shares/v1" + struct.pack("<qqq", round_id, sender, recipient)
+
+
+def parse_share_pair(plaintext: bytes, owner: int, holder: int) -> tuple[shamir.Share, shamir.Share]:
+    """Split a decrypted share plaintext into (b-share, s-share) held by ``holder``; raise DecryptionError."""
+    if len(plaintext) != B_SHARE_BYTES + S_SHARE_BYTES:
+        raise DecryptionError(f"share plaintext from {owner} has {len(plaintext)} bytes")
+    try:
+        b, s = shamir.Share.from_bytes(plaintext[:B_SHARE_BYTES]), shamir.Share.from_bytes(plaintext[B_SHARE_BYTES:])
+    except MalformedMessageError as exc:
+        raise DecryptionError(f"malformed shares from {owner}: {exc}") from exc
+    if b.x != holder + 1 or s.x != holder + 1:
+        raise DecryptionError(f"shares from {owner} are not at this client's point")
+    return b, s
+
+
+class MaskingClient:
+    """One participant of a masking round. ``identity`` signs its messages; ``peer_identities`` verify others'."""
+
+    def __init__(self, client_id: int, config: MaskingConfig, *, identity: Ed25519PrivateKey | None = None,
+                 peer_identities: Mapping[int, Ed25519PublicKey] | None = None) -> None:
+        if client_id not in config.participants:
+            raise ConfigurationError(f"client {client_id} is not a participant of this round")
+        self.client_id, self.config = client_id, config
+        self._identity = identity
+        self._peers = dict(peer_identities) if peer_identities is not None else None
+        self._neighbours = config.graph[client_id]
+        self._stage = "init"
+        self._seen: set[int] = set()
+        self._handlers = {KeyRoster: ("advertised", self._on_roster), ShareDelivery: ("shared", self._on_delivery),
+                          ConsistencyRequest: ("masked", self._on_consistency),
+                          UnmaskRequest: ("checked", self._on_unmask)}
+
+    @property
+    def stage(self) -> str:
+        return self._stage
+
+    @property
+    def done(self) -> bool:
+        return self._stage == "done"
+
+    def start(self, update: np.ndarray, weight: float) -> list[Outbound]:
+        """Encode ``[w*x, w]`` and advertise two fresh X25519 public keys (signed when an identity is set)."""
+        if self._stage != "init":
+            raise StageError(f"start() called in stage {self._stage!r}")
+        cfg = self.config
+        w = float(weight) if isinstance(weight, (int, float, np.floating, np.integer)) else math.nan
+        if not (math.isfinite(w) and 0 < w <= cfg.weight_bound):
+            raise MalformedUpdateError(f"weight {weight!r} must be in (0, weight_bound={cfg.weight_bound}]")
+        x = validate_update(update, cfg.dim)
+        self._encoded = np.concatenate([cfg.value_codec.encode(w * x), cfg.weight_codec.encode(np.array([w]))])
+        self._c_sk, self._s_sk = kex.generate(), kex.generate()
+        c_pk, s_pk = kex.public_bytes(self._c_sk), kex.public_bytes(self._s_sk)
+        sig = b"" if self._identity is None else \
+            sign.sign(self._identity, advertise_payload(cfg.round_id, self.client_id, c_pk, s_pk))
+        self._stage = "advertised"
+        msg = AdvertiseKeys(round_id=cfg.round_id, client_id=self.client_id, c_pk=c_pk, s_pk=s_pk, signature=sig)
+        return [Outbound(AGGREGATOR, msg.to_bytes())]
+
+    def receive(self, payload: bytes) -> list[Outbound]:
+        """Handle one server message; a rejected one raises a named error and changes nothing."""
+        msg = decode(payload)
+        if msg.round_id != self.config.round_id:  # type: ignore[attr-defined]
+            raise WrongRoundError(f"message for round {msg.round_id}, this is round {self.config.round_id}")  # type: ignore[attr-defined]
+        entry = self._handlers.get(type(msg))
+        if entry is None:
+            raise MalformedMessageError(f"{type(msg).__name__} is not a server-to-client masking message")
+        if msg.TAG in self._seen:
+            raise DuplicateMessageError(f"{type(msg).__name__} already received")
+        if self._stage != entry[0]:
+            raise StageError(f"{type(msg).__name__} arrived in stage {self._stage!r}")
+        outs = entry[1](msg)
+        self._seen.add(msg.TAG)
+        return outs
+
+    def _known(self, ids, allowed, what: str) -> None:
+        bad = sorted(set(ids) - set(allowed))
+        if bad:
+            raise UnknownClientError(f"{what} names clients {bad} outside the allowed set")
+
+    def _on_roster(self, msg: KeyRoster) -> list[Outbound]:
+        cfg, u = self.config, self.client_id
+        self._known(msg.client_ids, self._neighbours, "key roster")
+        if len(msg.client_ids) + 1 < cfg.t:
+            raise DropoutError(f"only {len(msg.client_ids)} neighbours advertised keys; threshold is {cfg.t}")
+        if self._peers is not None:
+            for v, c_pk, s_pk, sig in zip(msg.client_ids, msg.c_pks, msg.s_pks, msg.signatures):
+                if v not in self._peers:
+                    raise AuthenticationError(f"no identity key for client {v}")
+                sign.verify(self._peers[v], sig, advertise_payload(cfg.round_id, v, c_pk, s_pk))
+        roster = {v: (c, s) for v, c, s in zip(msg.client_ids, msg.c_pks, msg.s_pks)}
+        holders = sorted([*roster, u])
+        b = os.urandom(SEED_BYTES)
+        b_sh = shamir.split(b, cfg.t, [h + 1 for h in holders])
+        s_sh = shamir.split(kex.private_bytes(self._s_sk), cfg.t, [h + 1 for h in holders])
+        cts = {}
+        for h, bs, ss in zip(holders, b_sh, s_sh):
+            if h == u:
+                own = (bs, ss)
+                continue
+            key = kex.channel_key(self._c_sk, roster[h][0], round_id=cfg.round_id, u=u, v=h)
+            cts[h] = aead.encrypt(key, bs.to_bytes() + ss.to_bytes(), share_ad(cfg.round_id, u, h))
+        self._roster, self._b, self._held = roster, b, {u: own}
+        self._stage = "shared"
+        return [Outbound(AGGREGATOR, ShareKeys(round_id=cfg.round_id, client_id=u, ciphertexts=cts).to_bytes())]
+
+    def _on_delivery(self, msg: ShareDelivery) -> list[Outbound]:
+        cfg, u = self.config, self.client_id
+        if msg.recipient != u:
+            raise UnknownClientError(f"delivery for client {msg.recipient} reached client {u}")
+        self._known(msg.ciphertexts, self._roster, "share delivery")
+        if len(msg.ciphertexts) + 1 < cfg.t:
+            raise DropoutError(f"only {len(msg.ciphertexts)} neighbours shared keys; threshold is {cfg.t}")
+        held = {}
+        for v, ct in msg.ciphertexts.items():
+            key = kex.channel_key(self._c_sk, self._roster[v][0], round_id=cfg.round_id, u=u, v=v)
+            held[v] = parse_share_pair(aead.decrypt(key, ct, share_ad(cfg.round_id, v, u)), v, u)
+        plus, minus = [self._b], []
+        for v in msg.ciphertexts:
+            seed = kex.mask_seed(self._s_sk, self._roster[v][1], round_id=cfg.round_id, u=u, v=v)
+            (plus if v > u else minus).append(seed)
+        y = self._encoded.copy()
+        add_masks(y, plus, minus)
+        if cfg.ring_bits < 8 * y.dtype.itemsize:
+            y &= y.dtype.type(cfg.ring_mask)
+        self._held.update(held)
+        del self._encoded, self._b, self._s_sk, self._c_sk  # secrets no longer needed
+        self._stage = "masked"
+        return [Outbound(AGGREGATOR, MaskedInput(round_id=cfg.round_id, client_id=u, masked=y).to_bytes())]
+
+    def _on_consistency(self, msg: ConsistencyRequest) -> list[Outbound]:
+        cfg, u = self.config, self.client_id
+        self._known(msg.survivors, cfg.participants, "survivor list")
+        if u not in msg.survivors:
+            raise MalformedMessageError("the survivor list omits this client, whose masked input was sent")
+        if len(msg.survivors) < cfg.t:
+            raise DropoutError(f"{len(msg.survivors)} survivors is below the threshold {cfg.t}")
+        sig = b"" if self._identity is None else \
+            sign.sign(self._identity, survivors_payload(cfg.round_id, msg.survivors))
+        self._survivors = msg.survivors
+        self._stage = "checked"
+        return [Outbound(AGGREGATOR, ConsistencyResponse(round_id=cfg.round_id, client_id=u, signature=sig).to_bytes())]
+
+    def _on_unmask(self, msg: UnmaskRequest) -> list[Outbound]:
+        cfg, u = self.config, self.client_id
+        self._known(msg.alive + msg.dropped, cfg.participants, "unmask request")
+        if u in msg.dropped:
+            raise MalformedMessageError("the unmask request names this client as dropped")
+        if msg.alive != self._survivors:
+            raise MalformedMessageError("the unmask request's alive set differs from the signed survivor list")
+        if len(msg.alive) < cfg.t:
+            raise DropoutError(f"{len(msg.alive)} alive clients is below the threshold {cfg.t}")
+        if self._peers is not None:
+            self._known(msg.signatures, msg.alive, "signature list")
+            payload = survivors_payload(cfg.round_id, msg.alive)
+            for v, sig in msg.signatures.items():
+                if v not in self._peers:
+                    raise AuthenticationError(f"no identity key for client {v}")
+                sign.verify(self._peers[v], sig, payload)
+            if len(msg.signatures) < cfg.t:
+                raise AuthenticationError(f"{len(msg.signatures)} consistency signatures, need {cfg.t}")
+        b_out = {v: self._held[v][0].to_bytes() for v in msg.alive if v in self._held}
+        s_out = {v: self._held[v][1].to_bytes() for v in msg.dropped if v in self._held}
+        self._stage = "done"
+        resp = UnmaskResponse(round_id=cfg.round_id, client_id=u, b_shares=b_out, s_shares=s_out)
+        return [Outbound(AGGREGATOR, resp.to_bytes())]

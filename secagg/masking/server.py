@@ -1,0 +1,239 @@
+"""The masking server: routes messages, tracks the survivor sets U1..U5 and unmasks only the sum.
+
+Stages: ``"advertise"`` (collect keys, U1) -> ``"share"`` (collect encrypted shares, U2) -> ``"masked"`` (collect
+masked inputs, U3) -> ``"consistency"`` (collect survivor-list signatures, U4) -> ``"unmask"`` (collect shares,
+U5) -> ``"done"``; ``"failed"`` after a DropoutError. A stage advances by itself once every expected client
+answered, or at ``close_stage()`` (deadline) treating silent clients as dropped.
+
+Invariants:
+
+* after stages 1 and 2 the set is pruned until every member has at least ``t - 1`` neighbours in it, so every
+  member's secrets have ``t`` potential holders; fewer than ``t`` members at any stage raises ``DropoutError``;
+* the unmask request asks for self-mask shares of U3 and mask-key shares of U2 \\ U3: disjoint sets, so the
+  server never requests (and refuses to accept) both shares of one client. A client dropping after sharing but
+  before its masked input has its pairwise masks with the survivors reconstructed and cancelled;
+* a rejected message (unknown sender, wrong round, wrong stage, duplicate, bad size or signature) raises a named
+  error before any state changes, so the round continues for everyone else;
+* fewer than ``t`` shares for any needed secret raises ``DropoutError``; no partial result is ever produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from secagg.errors import AuthenticationError, DropoutError, DuplicateMessageError, MalformedMessageError, \
+    SecAggError, StageError, UnknownClientError, WrongRoundError
+from secagg.hazmat import kex, shamir, sign
+from secagg.hazmat.prg import SEED_BYTES, add_masks
+from secagg.masking.config import MaskingConfig
+from secagg.masking.messages import AdvertiseKeys, ConsistencyRequest, ConsistencyResponse, KeyRoster, \
+    MaskedInput, ShareDelivery, ShareKeys, UnmaskRequest, UnmaskResponse, advertise_payload, survivors_payload
+from secagg.messages import decode
+from secagg.roles import AggregateResult, Outbound
+
+__all__ = ["MaskingServer"]
+
+_STAGES = {AdvertiseKeys: "advertise", ShareKeys: "share", MaskedInput: "masked",
+           ConsistencyResponse: "consistency", UnmaskResponse: "unmask"}
+
+
+class MaskingServer:
+    """The untrusted aggregator of one masking round; ``peer_identities`` verifies client signatures."""
+
+    def __init__(self, config: MaskingConfig, *, peer_identities: Mapping[int, Ed25519PublicKey] | None = None) -> None:
+        self.config = config
+        self._peers = dict(peer_identities) if peer_identities is not None else None
+        self._graph = config.graph
+        self._stage = "advertise"
+        self._expected: frozenset[int] = frozenset(config.participants)
+        self._got: dict[str, dict[int, object]] = {s: {} for s in _STAGES.values()}
+        self._sets: dict[str, frozenset[int]] = {}
+        self._acc = np.zeros(config.dim + 1, dtype=config.dtype)
+        self._result: AggregateResult | None = None
+
+    @property
+    def stage(self) -> str:
+        return self._stage
+
+    @property
+    def done(self) -> bool:
+        return self._stage == "done"
+
+    @property
+    def survivors(self) -> dict[str, frozenset[int]]:
+        """The sets fixed so far: ``U1`` (keys), ``U2`` (shares), ``U3`` (inputs), ``U4`` (checked), ``U5``."""
+        return dict(self._sets)
+
+    def result(self) -> AggregateResult:
+        if self._result is None:
+            raise StageError(f"no result in stage {self._stage!r}")
+        return self._result
+
+    # --- receiving -------------------------------------------------------------------------------------------
+    def receive(self, sender: int, payload: bytes) -> list[Outbound]:
+        """Check and record one client message; returns the next stage's messages when the stage completes."""
+        msg = decode(payload)
+        cfg = self.config
+        if msg.round_id != cfg.round_id:  # type: ignore[attr-defined]
+            raise WrongRoundError(f"message for round {msg.round_id}, this is round {cfg.round_id}")  # type: ignore[attr-defined]
+        if sender not in cfg.participants:
+            raise UnknownClientError(f"sender {sender} is not a participant of this round")
+        stage = _STAGES.get(type(msg))
+        if stage is None:
+            raise MalformedMessageError(f"{type(msg).__name__} is not a client-to-server masking message")
+        if msg.client_id != sender:  # type: ignore[attr-defined]
+            raise AuthenticationError(f"sender {sender} claims to be client {msg.client_id}")  # type: ignore[attr-defined]
+        if sender in self._got[stage]:
+            raise DuplicateMessageError(f"client {sender} already sent its {type(msg).__name__}")
+        if stage != self._stage:
+            raise StageError(f"{type(msg).__name__} from {sender} arrived in stage {self._stage!r}")
+        if sender not in self._expected:
+            raise StageError(f"client {sender} dropped out earlier and is not part of stage {stage!r}")
+        self._got[stage][sender] = getattr(self, f"_check_{stage}")(sender, msg)
+        if len(self._got[stage]) == len(self._expected):
+            return self._advance()
+        return []
+
+    def close_stage(self) -> list[Outbound]:
+        """Deadline: clients that did not answer the current stage are dropped; advance with the rest."""
+        if self._stage in ("done", "failed"):
+            raise StageError(f"no stage to close in stage {self._stage!r}")
+        return self._advance()
+
+    def _check_advertise(self, u: int, msg: AdvertiseKeys) -> AdvertiseKeys:
+        if self._peers is not None:
+            if u not in self._peers:
+                raise AuthenticationError(f"no identity key for client {u}")
+            sign.verify(self._peers[u], msg.signature, advertise_payload(msg.round_id, u, msg.c_pk, msg.s_pk))
+        return msg
+
+    def _check_share(self, u: int, msg: ShareKeys) -> dict[int, bytes]:
+        want = self._graph[u] & self._sets["U1"]
+        if set(msg.ciphertexts) != want:
+            raise UnknownClientError(f"client {u} shared with {sorted(msg.ciphertexts)}, expected {sorted(want)}")
+        return msg.ciphertexts
+
+    def _check_masked(self, u: int, msg: MaskedInput) -> bool:
+        cfg = self.config
+        y = msg.masked
+        if y.dtype != cfg.dtype or y.size != cfg.dim + 1:
+            raise MalformedMessageError(f"masked input must be {cfg.dim + 1} values of {cfg.dtype}")
+        if cfg.ring_bits < 8 * y.dtype.itemsize and int(y.max()) > cfg.ring_mask:
+            raise MalformedMessageError(f"masked input holds values outside Z_2^{cfg.ring_bits}")
+        self._acc += y  # wraps mod 2^(8*itemsize); reduced mod 2^ring_bits at the end
+        return True
+
+    def _check_consistency(self, u: int, msg: ConsistencyResponse) -> bytes:
+        if self._peers is not None:
+            if u not in self._peers:
+                raise AuthenticationError(f"no identity key for client {u}")
+            sign.verify(self._peers[u], msg.signature, survivors_payload(msg.round_id, tuple(sorted(self._sets["U3"]))))
+        return msg.signature
+
+    def _check_unmask(self, u: int, msg: UnmaskResponse) -> tuple[dict[int, shamir.Share], dict[int, shamir.Share]]:
+        holds = (self._graph[u] & self._sets["U2"]) | {u}
+        want_b, want_s = holds & self._sets["U3"], (holds & self._sets["U2"]) - self._sets["U3"]
+        if set(msg.b_shares) != want_b or set(msg.s_shares) != want_s:
+            raise MalformedMessageError(f"client {u} revealed shares of the wrong clients")
+        out = []
+        for shares, limbs in ((msg.b_shares, SEED_BYTES // 2), (msg.s_shares, kex.KEY_BYTES // 2)):
+            parsed = {v: shamir.Share.from_bytes(b) for v, b in shares.items()}
+            if any(s.x != u + 1 or s.y.size != limbs for s in parsed.values()):
+                raise MalformedMessageError(f"client {u} revealed shares that are not at its point or size")
+            out.append(parsed)
+        return out[0], out[1]
+
+    # --- advancing -------------------------------------------------------------------------------------------
+    def _prune(self, alive: set[int]) -> frozenset[int]:
+        """Drop members with fewer than t - 1 neighbours among the members, until none is left to drop."""
+        t = self.config.t
+        while True:
+            weak = {u for u in alive if len(self._graph[u] & alive) + 1 < t}
+            if not weak:
+                return frozenset(alive)
+            alive -= weak
+
+    def _need(self, members: frozenset[int], what: str) -> None:
+        if len(members) < self.config.t:
+            self._stage = "failed"
+            raise DropoutError(f"only {len(members)} clients {what}; the threshold is {self.config.t}")
+
+    def _advance(self) -> list[Outbound]:
+        cfg, stage = self.config, self._stage
+        got = self._got[stage]
+        rid = cfg.round_id
+        if stage == "advertise":
+            u1 = self._prune(set(got))
+            self._need(u1, "advertised keys")
+            self._sets["U1"], self._stage, self._expected = u1, "share", u1
+            outs = []
+            for u in sorted(u1):
+                nb = sorted(self._graph[u] & u1)
+                ads = [got[v] for v in nb]
+                roster = KeyRoster(round_id=rid, client_ids=tuple(nb), c_pks=tuple(a.c_pk for a in ads),
+                                   s_pks=tuple(a.s_pk for a in ads), signatures=tuple(a.signature for a in ads))
+                outs.append(Outbound(u, roster.to_bytes()))
+            return outs
+        if stage == "share":
+            u2 = self._prune(set(got))
+            self._need(u2, "shared keys")
+            self._sets["U2"], self._stage, self._expected = u2, "masked", u2
+            return [Outbound(u, ShareDelivery(round_id=rid, recipient=u, ciphertexts={
+                v: got[v][u] for v in sorted(self._graph[u] & u2)}).to_bytes()) for u in sorted(u2)]
+        if stage == "masked":
+            u3 = frozenset(got)
+            self._need(u3, "sent masked inputs")
+            self._sets["U3"], self._stage, self._expected = u3, "consistency", u3
+            req = ConsistencyRequest(round_id=rid, survivors=tuple(sorted(u3))).to_bytes()
+            return [Outbound(u, req) for u in sorted(u3)]
+        if stage == "consistency":
+            u4 = frozenset(got)
+            self._need(u4, "passed the consistency check")
+            self._sets["U4"], self._stage, self._expected = u4, "unmask", u4
+            req = UnmaskRequest(round_id=rid, alive=tuple(sorted(self._sets["U3"])),
+                                dropped=tuple(sorted(self._sets["U2"] - self._sets["U3"])),
+                                signatures={v: s for v, s in got.items() if s})
+            data = req.to_bytes()
+            return [Outbound(u, data) for u in sorted(u4)]
+        self._sets["U5"] = frozenset(got)
+        try:
+            self._result = self._unmask(got)  # type: ignore[arg-type]
+        except SecAggError:
+            self._stage = "failed"
+            raise
+        self._stage = "done"
+        return []
+
+    def _unmask(self, got: dict[int, tuple[dict[int, shamir.Share], dict[int, shamir.Share]]]) -> AggregateResult:
+        cfg, t = self.config, self.config.t
+        u2, u3 = self._sets["U2"], self._sets["U3"]
+        dropped = u2 - u3
+        self._need(frozenset(got), "revealed shares")
+
+        def gather(owner: int, which: int) -> list[shamir.Share]:
+            shares = [got[h][which][owner] for h in sorted(got) if owner in got[h][which]]
+            if len(shares) < t:
+                raise DropoutError(f"only {len(shares)} shares of client {owner}'s secret arrived; need {t}")
+            return shares
+
+        b_seeds = [shamir.reconstruct(gather(u, 0), t, SEED_BYTES) for u in sorted(u3)]
+        plus, minus = [], []  # the survivors' masks to add back (v < u in y_u) or remove (v > u)
+        for v in sorted(dropped):
+            s_sk = kex.load_private(shamir.reconstruct(gather(v, 1), t, kex.KEY_BYTES))
+            pks = self._got["advertise"]
+            for u in sorted(self._graph[v] & u3):
+                seed = kex.mask_seed(s_sk, pks[u].s_pk, round_id=cfg.round_id, u=v, v=u)  # type: ignore[attr-defined]
+                (minus if v > u else plus).append(seed)
+        total = self._acc
+        add_masks(total, plus, minus + b_seeds)
+        if cfg.ring_bits < 8 * total.dtype.itemsize:
+            total &= total.dtype.type(cfg.ring_mask)
+        weighted = cfg.value_codec.decode_sum(total[:-1])
+        weight = float(cfg.weight_codec.decode_sum(total[-1:])[0])
+        if not weight > 0:
+            raise DropoutError("the unmasked total weight is not positive: the sum is inconsistent")
+        return AggregateResult(weighted_sum=weighted, total_weight=weight, contributors=tuple(sorted(u3)),
+                               dropped=tuple(sorted(set(cfg.participants) - u3)))

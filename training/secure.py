@@ -12,11 +12,13 @@ clients pre-weight and nobody but the client sees its weight. Masking clients al
 
 from __future__ import annotations
 
+import secrets
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from secagg import run_round
 from secagg.roles import AggregateResult, Outbound
 
@@ -146,12 +148,12 @@ class SecureSum:
                                  weights=None if private else weights,
                                  min_contributors=self.min_contributors)
             return clients, agg, self._keyholder, CKKSContribution.TAG
-        from secagg.masking import MaskingClient, MaskingConfig, MaskingServer
+        from secagg.masking import MaskedInput, MaskingClient, MaskingConfig, MaskingServer
 
-        cfg = MaskingConfig(participants=ids, dim=dim, threshold=self.threshold, neighbors=self.neighbors,
+        cfg = MaskingConfig(participants=tuple(ids), dim=dim, threshold=self.threshold, neighbors=self.neighbors,
                             ring_bits=self.ring_bits, clip=self.clip, weight_bound=weight_bound,
-                            rounding=self.rounding, round_id=round_id)
-        return {i: MaskingClient(i, cfg) for i in ids}, MaskingServer(cfg), None
+                            rounding=self.rounding, round_id=round_id, graph_seed=secrets.token_bytes(16))
+        return {i: MaskingClient(i, cfg) for i in ids}, MaskingServer(cfg), None, MaskedInput.TAG
 
     def aggregate(self, contributions: Mapping[int, Contribution], *, private: bool,
                   weight_bound: float | None = None, drop: tuple[int, ...] = (),

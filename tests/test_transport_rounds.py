@@ -54,8 +54,9 @@ def test_round_over_grpc_matches_simulate(scheme):
     assert (records[0].keyholder_bytes > 0) == (scheme == "ckks")
 
 
-@pytest.mark.parametrize("scheme,after", [("masking", 1), ("masking", 2), ("ckks", 0)])
-def test_client_silent_mid_protocol_is_a_dropout(scheme, after):
+# masking stages: 0 advertise keys, 1 share keys, 2 masked input, 3 consistency check, 4 unmask shares
+@pytest.mark.parametrize("scheme,after", [("masking", a) for a in range(5)] + [("ckks", 0)])
+def test_client_silent_at_any_stage_is_a_dropout(scheme, after):
     updates, weights = _data(4, 16, seed=2)
     sources = {i: FixedSource(u, w) for i, (u, w) in enumerate(zip(updates, weights))}
     with Deployment(scheme, sources, 16, stage_timeout=1.0, options={"min_contributors": 2}
@@ -65,20 +66,28 @@ def test_client_silent_mid_protocol_is_a_dropout(scheme, after):
         records = dep.run(timeout=90)
     assert [r.status for r in records] == ["done"]
     res = records[0].result
-    assert 3 not in res.contributors and set(res.contributors) == {0, 1, 2}
-    assert np.allclose(res.mean, _weighted_mean(updates, weights, [0, 1, 2]), atol=1e-4)
+    # a client that vanishes before its masked input is left out (its pairwise masks are reconstructed); one that
+    # vanishes after it is still counted (the survivors reveal its self-mask)
+    survivors = [0, 1, 2, 3] if scheme == "masking" and after >= 3 else [0, 1, 2]
+    assert list(res.contributors) == survivors
+    assert np.allclose(res.mean, _weighted_mean(updates, weights, survivors), atol=1e-4)
+    if after == 2 or scheme == "ckks":  # exactly simulate's dropout point: keys and shares sent, no input
+        reference = secagg.simulate(updates, weights, scheme=scheme, dropped=(3,), seed=5)
+        assert np.allclose(res.mean, reference, atol=1e-4)
 
 
-def test_too_few_survivors_abort_and_the_next_cohort_finishes_the_round():
+@pytest.mark.parametrize("scheme,after", [("ckks", 0), ("masking", 0), ("masking", 2)])
+def test_too_few_survivors_abort_and_the_next_cohort_finishes_the_round(scheme, after):
     updates, weights = _data(5, 8, seed=3)
     sources = {i: FixedSource(u, w) for i, (u, w) in enumerate(zip(updates, weights))}
     late = 4
     first = {i: sources[i] for i in range(4)}
-    with Deployment("ckks", first, 8, stage_timeout=1.0, checkin_timeout=0.5, min_clients=3,
-                    options={"min_contributors": 3}, cert_clients=5) as dep:
-        for vanishing in (2, 3):  # two of four go silent before submitting: 2 < 3 contributors
+    options = {"min_contributors": 3} if scheme == "ckks" else {"threshold": 3}
+    with Deployment(scheme, first, 8, stage_timeout=1.0, checkin_timeout=0.5, min_clients=3,
+                    options=options, cert_clients=5) as dep:
+        for vanishing in (2, 3):  # two of four go silent before submitting: 2 < 3 contributors (or threshold)
             dep.agents[vanishing].close()
-            dep.agents[vanishing] = dep.agent(vanishing, sources[vanishing], cls=Vanishing, after=0)
+            dep.agents[vanishing] = dep.agent(vanishing, sources[vanishing], cls=Vanishing, after=after)
         joined = []
 
         def on_task(header):  # the late client arrives once the doomed round is under way (not before run())

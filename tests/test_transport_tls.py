@@ -88,12 +88,15 @@ def test_stolen_certificate_without_its_key_is_refused(certs, aggregator):
 def test_client_claiming_another_identity_is_refused_and_server_keeps_serving(certs, aggregator):
     address, coord = aggregator
     with open_channel(Credentials.load(certs[0], 0), address, AGGREGATOR) as ch:
+        stub = Stub(ch, "secagg.Aggregator", LIMIT)
+        before = status_of(stub)["rejections"].get("AuthenticationError", 0)
         with pytest.raises(AuthenticationError, match="certificate says client 0"):
             _checkin(ch, claim=2)
-        stub = Stub(ch, "secagg.Aggregator", LIMIT)
         with pytest.raises(AuthenticationError):
             stub.stream_unary("Send", pack({"client_id": 1, "round_id": 1}, b"x"), 5.0)
-        assert status_of(stub)["rejections"] == {} and 0 not in coord.waiting
+        # both refusals are counted; the claimed identities gained nothing (no one is waiting)
+        assert status_of(stub)["rejections"]["AuthenticationError"] == before + 2
+        assert not coord.waiting
         assert _checkin(ch) == {"type": "idle"}
 
 

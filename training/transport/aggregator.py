@@ -56,6 +56,7 @@ class AggregatorService:
 
     def __init__(self, coordinator: Coordinator, max_message_bytes: int, poll_seconds: float = POLL_SECONDS):
         self.coord, self.limit, self.poll = coordinator, int(max_message_bytes), float(poll_seconds)
+        self.on_refusal = coordinator.note_rejection  # every refused request is counted (see rpc.guarded)
 
     @guarded_stream
     def Checkin(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:

@@ -198,14 +198,11 @@ class Coordinator:
                 raise WrongRoundError(f"round {round_id} is already closed")
             try:
                 outs = rnd.role.receive(cid, payload)
-            except SecAggError as exc:
-                self._reject(cid, exc)
+            except SecAggError:
                 raise
             except Exception as exc:  # a role must never be crashed by bytes: report it as malformed input
                 log.exception("role raised on input from client %d", cid)
-                err = MalformedMessageError(f"message rejected: {type(exc).__name__}: {exc}")
-                self._reject(cid, err)
-                raise err from exc
+                raise MalformedMessageError(f"message rejected: {type(exc).__name__}: {exc}") from exc
             rnd.bytes_up += len(payload)
             self._route(rnd, AGGREGATOR, outs)
             self.cond.notify_all()
@@ -228,10 +225,11 @@ class Coordinator:
                     return pack({"type": "idle"})
                 self.cond.wait(min(left, 0.5))
 
-    def _reject(self, cid: int, exc: SecAggError) -> None:
-        name = type(exc).__name__
-        self.rejections[name] = self.rejections.get(name, 0) + 1
-        log.warning("rejected message from client %d: %s: %s", cid, name, exc)
+    def note_rejection(self, exc: SecAggError) -> None:
+        """Count a refused request by error name (the service logs it); reported by :meth:`status`."""
+        with self.cond:
+            name = type(exc).__name__
+            self.rejections[name] = self.rejections.get(name, 0) + 1
 
     def _route(self, rnd: _Round, sender: int, outs: list[Outbound]) -> None:
         for out in outs:

@@ -2,8 +2,8 @@
 
 Handlers are generic (``grpc.method_handlers_generic_handler``, no generated code): requests and responses are
 raw ``bytes`` chunks of one :mod:`~training.transport.wire` envelope. :func:`guarded` turns every ``SecAggError``
-a handler raises into a logged rejection and a gRPC status, and any other exception into ``INTERNAL`` without
-taking the server down.
+a handler raises into a logged rejection (also reported to the service's ``on_refusal(error)`` hook, if it has
+one) and a gRPC status, and any other exception into ``INTERNAL`` without taking the server down.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args)
         except SecAggError as exc:
-            _log_refusal(fn.__name__, context, exc)
+            _refused(fn.__name__, args, exc)
             abort(context, exc)
         except grpc.RpcError:
             raise
@@ -54,7 +54,7 @@ def guarded_stream(fn: Callable[..., Iterator[bytes]]) -> Callable[..., Iterator
         try:
             yield from fn(*args)
         except SecAggError as exc:
-            _log_refusal(fn.__name__, context, exc)
+            _refused(fn.__name__, args, exc)
             abort(context, exc)
         except Exception as exc:
             log.exception("%s failed", fn.__name__)
@@ -63,12 +63,16 @@ def guarded_stream(fn: Callable[..., Iterator[bytes]]) -> Callable[..., Iterator
     return handler
 
 
-def _log_refusal(method: str, context: grpc.ServicerContext, exc: SecAggError) -> None:
+def _refused(method: str, args: tuple, exc: SecAggError) -> None:
+    context: grpc.ServicerContext = args[-1]
     try:
         who = role_name(peer_identity(context))
     except (SecAggError, ValueError):
         who = context.peer()
     log.warning("%s refused for %s: %s: %s", method, who, type(exc).__name__, exc)
+    hook = getattr(args[0], "on_refusal", None) if len(args) > 2 else None
+    if hook is not None:
+        hook(exc)
 
 
 def start_server(creds: Credentials, handlers: list[grpc.GenericRpcHandler], host: str, port: int,

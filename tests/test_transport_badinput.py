@@ -102,8 +102,11 @@ def _bad_requests(dep: Deployment) -> list[tuple[str, type, str, bytes]]:
         ("weight negative", E.MalformedMessageError, "Checkin", pack({"weight": -1.0})),
         ("weight not a number", E.MalformedMessageError, "Checkin", pack({"weight": "1"})),
         ("privacy report Inf", E.MalformedMessageError, "Checkin",
-         _raw(b'{"weight":1,"privacy":[{"noise_multiplier":1e999,"sample_rate":0.1,"steps":1}]}')),
-        ("privacy report garbage", E.MalformedMessageError, "Checkin", pack({"weight": 1.0, "privacy": [7]})),
+         _raw(b'{"weight":1,"report":"r-0123456789","privacy":[{"noise_multiplier":1e999,"sample_rate":0.1,"steps":1}]}')),
+        ("privacy report garbage", E.MalformedMessageError, "Checkin",
+         pack({"weight": 1.0, "report": "r-0123456789", "privacy": [7]})),
+        ("privacy report without an id", E.MalformedMessageError, "Checkin",
+         pack({"weight": 1.0, "privacy": [{"noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 1}]})),
         ("receive for no open round", E.WrongRoundError, "Receive", pack({"round_id": 77})),
         ("oversize request", E.MalformedMessageError, "Checkin", _raw(b'{"weight":1,"pad":"' + b"x" * 70000 + b'"}')),
     ]

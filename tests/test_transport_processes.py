@@ -134,3 +134,33 @@ def test_aggregator_killed_between_rounds_resumes_without_loss_or_double_apply(t
     assert state.round == 3 and state.next_round_id > killed_at.next_round_id
     assert all(r["contributors"] == [0, 1, 2] for r in done)
     assert np.allclose(state.model, _expected_model(cfg, [[0, 1, 2]] * 3), atol=1e-4)
+
+
+def test_aggregator_sigkilled_mid_round_resumes_and_the_restarted_client_rejoins(tmp_path, procs):
+    cfg, resolved = _config(tmp_path, rounds=3)
+    agg, port = _start_aggregator(procs, tmp_path, resolved)
+    for cid in (0, 1):
+        _start_client(procs, resolved, cid, port)
+    # client 2 takes part in round 1 (5 messages), advertises its keys in round 2, then dies: round 2 now waits
+    # for its shares until the stage deadline, and the aggregator is SIGKILLed inside that window
+    crashing = _start_client(procs, resolved, 2, port, "client-2-crash", "--exit-after", "6")
+    _wait(lambda: crashing.poll() is not None, 60, "client 2's injected crash in round 2")
+    procs.kill("aggregator")
+    assert agg.returncode == -9
+    log = (tmp_path / "logs" / "aggregator.log").read_text()
+    killed_id = int(log.split("round 1 (id ")[1].split(")")[0])
+    killed = checkpoint.load(tmp_path / "agg.ckpt")
+    assert killed.round == 1 and killed.next_round_id == killed_id + 1  # written ahead when round 2 opened
+    _start_client(procs, resolved, 2, port)  # restarted client
+    agg2, port2 = _start_aggregator(procs, tmp_path, resolved, port=port, name="aggregator-2")
+    _wait(lambda: agg2.poll() is not None, 90, "the resumed aggregator to finish")
+    assert agg2.returncode == 0
+    rows = _rows(tmp_path)
+    done = [r for r in rows if r["status"] == "done"]
+    assert [r["round"] for r in done] == [1, 2, 3]  # the killed round is redone once, nothing applied twice
+    assert killed_id not in [r["round_id"] for r in rows]
+    assert all(r["round_id"] > killed_id for r in rows[1:])
+    assert all(r["contributors"] == [0, 1, 2] for r in done)  # the restarted client 2 rejoined
+    state = checkpoint.load(tmp_path / "agg.ckpt")
+    assert state.round == 3
+    assert np.allclose(state.model, _expected_model(cfg, [[0, 1, 2]] * 3), atol=1e-4)

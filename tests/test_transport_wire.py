@@ -180,3 +180,32 @@ def test_config_reads_run_file_sections_and_transport_table(tmp_path):
         load_transport_config(None, scheme="rot13")
     with pytest.raises(ConfigError):
         load_transport_config(None, clients=3, cohort=4)
+
+
+def test_privacy_reports_are_checkpointed_before_the_reply_and_composed_once(tmp_path):
+    import json as _json
+
+    from privacy.accounting import PrivacyLedger, epsilon
+    from training.transport.coordinator import Coordinator, RoundPolicy
+    from training.transport.schemes import make_scheme
+
+    path = tmp_path / "agg.ckpt"
+
+    def coordinator(state):
+        return Coordinator(make_scheme("masking"), state, RoundPolicy(1, 3, 3), checkpoint_path=str(path))
+
+    def spent(cid: str) -> float:
+        return PrivacyLedger.from_json(_json.dumps(checkpoint.load(path).ledgers[cid])).spent()
+
+    events = [{"noise_multiplier": 1.1, "sample_rate": 0.01, "steps": 50}]
+    coord = coordinator(checkpoint.ServerState(np.zeros(4)))
+    assert wire.unpack(coord.checkin(0, 1.0, 0.0, privacy=events, report="report-one"))[0] == {"type": "idle"}
+    once = epsilon(1.1, 0.01, 50, 1e-5)
+    assert spent("0") == pytest.approx(once, rel=1e-6)  # on disk before the reply
+    # the aggregator dies before its reply arrives; the client re-sends the same report to the restarted one
+    coord = coordinator(checkpoint.load(path))
+    coord.checkin(0, 1.0, 0.0, privacy=events, report="report-one")
+    assert spent("0") == pytest.approx(once, rel=1e-6)
+    coord.checkin(0, 1.0, 0.0, privacy=events, report="report-two")  # a new report composes
+    assert spent("0") == pytest.approx(epsilon(1.1, 0.01, 100, 1e-5), rel=1e-6)
+    assert checkpoint.load(path).reports == {"0": "report-two"}

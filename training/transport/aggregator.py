@@ -2,7 +2,8 @@
 
 Methods (each carries one envelope per direction, chunked to 1 MiB):
 
-* ``Checkin``  (unary→stream)  ``{"weight"}`` → the next round's task (header + global model) | idle | finished
+* ``Checkin``  (unary→stream)  ``{"weight", "privacy"?, "report"?}`` → the next round's task (header + global
+  model) | idle | finished; ``privacy`` lists DP events under the report id ``report`` (see Coordinator.checkin)
 * ``Send``     (stream→unary)  ``{"round_id"}`` + one secagg message → ``{"ok": true}``
 * ``Receive``  (unary→stream)  ``{"round_id"}`` → the next secagg message for the caller | end | idle
 * ``Status``   (unary→stream)  → round counter, waiting clients, rejection counts (any authenticated peer)
@@ -64,7 +65,8 @@ class AggregatorService:
         cid = _client(context, header)
         weight = field(header, "weight", (int, float))
         privacy = field(header, "privacy", list, [])
-        yield from split(self.coord.checkin(cid, float(weight), self.poll, context.is_active, privacy))
+        report = field(header, "report", str, "")
+        yield from split(self.coord.checkin(cid, float(weight), self.poll, context.is_active, privacy, report))
 
     @guarded
     def Send(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:

@@ -3,7 +3,9 @@
 Invariant: the file on disk always holds a model together with the number of rounds already applied to it
 (``round``), never one without the other, because it is replaced in a single ``os.replace`` of a fully written
 and fsynced temporary file. ``next_round_id`` is written ahead of every attempt, so a restarted aggregator never
-reuses a round id (replays of any earlier attempt stay rejectable) and never applies a round twice.
+reuses a round id (replays of any earlier attempt stay rejectable) and never applies a round twice. Privacy
+reports are saved before they are acknowledged, with the id of each client's last report (``reports``), so a
+report re-sent after a crash is recognised and composed into the ledger exactly once.
 """
 
 from __future__ import annotations
@@ -25,19 +27,22 @@ __all__ = ["ServerState", "save", "load"]
 
 @dataclass
 class ServerState:
-    """Global model, rounds applied so far, the next unused round id, and JSON privacy ledgers by name."""
+    """Global model, rounds applied so far, the next unused round id, JSON privacy ledgers by client id, and the
+    id of the last privacy report recorded from each client."""
 
     model: np.ndarray
     round: int = 0
     next_round_id: int = 1
     ledgers: dict[str, Any] = field(default_factory=dict)
+    reports: dict[str, str] = field(default_factory=dict)
 
 
 def save(path: str | os.PathLike, state: ServerState) -> None:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``, fsync of the directory)."""
     p = pathlib.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"round": state.round, "next_round_id": state.next_round_id, "ledgers": state.ledgers}
+    meta = {"round": state.round, "next_round_id": state.next_round_id, "ledgers": state.ledgers,
+            "reports": state.reports}
     buf = io.BytesIO()
     np.savez(buf, model=np.asarray(state.model, dtype=np.float64),
              meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
@@ -63,7 +68,8 @@ def load(path: str | os.PathLike) -> ServerState | None:
         with np.load(p, allow_pickle=False) as z:
             model = np.array(z["model"], dtype=np.float64)
             meta = json.loads(bytes(z["meta"]).decode())
-        state = ServerState(model, int(meta["round"]), int(meta["next_round_id"]), dict(meta["ledgers"]))
+        state = ServerState(model, int(meta["round"]), int(meta["next_round_id"]), dict(meta["ledgers"]),
+                            {str(k): str(v) for k, v in meta.get("reports", {}).items()})
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise TrainingError(f"checkpoint {p} is damaged: {exc}") from exc
     if model.ndim != 1 or not np.isfinite(model).all() or state.round < 0 or state.next_round_id <= state.round:

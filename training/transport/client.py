@@ -1,6 +1,7 @@
 """The client agent: checks in with the aggregator, trains on the global model, runs its secagg role over gRPC.
 
-One agent is one client identity (its certificate). Per round it (1) checks in with its public weight, (2) gets the
+One agent is one client identity (its certificate). Per round it (1) checks in with its public weight and the DP
+events of its last training (re-sent under the same report id until acknowledged), (2) gets the
 task (round parameters and the global model), (3) computes its update with its :class:`UpdateSource`, (4) builds
 its own role from the public parameters and exchanges messages until its role is done or the round ends.
 Every inbound payload is checked before use: the model must be a finite vector of the announced size, the round
@@ -11,6 +12,7 @@ client's part in the round (it rejoins at the next); a crash of the agent is, to
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -73,6 +75,7 @@ class ClientAgent:
         self.bytes_up = self.bytes_down = 0
         self.stop = threading.Event()
         self.on_task: Callable[[dict], None] | None = None  # test hook: sees each task header before training
+        self._report: tuple[str, list[dict]] | None = None  # DP events sent but not yet acknowledged
 
     def _rpc_timeout(self) -> float:
         return self.poll + 30.0
@@ -94,12 +97,14 @@ class ClientAgent:
         """Take part in rounds until the federation finishes, ``max_rounds`` completed, or :attr:`stop` is set."""
         unreachable_since: float | None = None
         while not self.stop.is_set() and (max_rounds is None or self.rounds_done < max_rounds):
-            events = tuple(getattr(self.source, "events", ()))
+            if self._report is None and getattr(self.source, "events", ()):
+                self._report = (secrets.token_hex(8), [e.to_dict() for e in self.source.events])
+                self.source.events = ()  # type: ignore[attr-defined]  (pending in _report until acknowledged)
+            header = {"client_id": self.client_id, "weight": float(self.source.weight)}
+            if self._report is not None:
+                header |= {"report": self._report[0], "privacy": self._report[1]}
             try:
-                env = self.stub.unary_stream("Checkin", pack({"client_id": self.client_id,
-                                                              "weight": float(self.source.weight),
-                                                              "privacy": [e.to_dict() for e in events]}),
-                                             self._rpc_timeout())
+                env = self.stub.unary_stream("Checkin", pack(header), self._rpc_timeout())
             except TransportError:  # aggregator down or restarting: retry within the patience window
                 unreachable_since = unreachable_since or time.monotonic()
                 if time.monotonic() - unreachable_since > self.patience:
@@ -107,8 +112,7 @@ class ClientAgent:
                 self.stop.wait(0.5)
                 continue
             unreachable_since = None
-            if events:
-                self.source.events = ()  # type: ignore[attr-defined]  (reported: the aggregator's ledger has them)
+            self._report = None  # acknowledged: the aggregator's checkpointed ledger has it
             self.bytes_down += len(env)
             header, body = unpack(env)
             kind = field(header, "type", str)

@@ -133,18 +133,22 @@ class Coordinator:
 
     # ---- handler side -------------------------------------------------------------------------------------
     def checkin(self, cid: int, weight: float, timeout: float, alive: Callable[[], bool] = lambda: True,
-                privacy: list | None = None) -> bytes:
+                privacy: list | None = None, report: str = "") -> bytes:
         """Wait up to ``timeout`` s to be put in a cohort; the task envelope, or ``idle`` / ``finished``.
 
-        ``privacy``: the DP events (``PrivacyEvent.to_dict()``) of the client's training since its last check-in;
-        they are composed into its ledger in ``state.ledgers`` (checkpointed with the model).
+        ``privacy``: the DP events (``PrivacyEvent.to_dict()``) of the client's training since its last check-in,
+        under the client-chosen ``report`` id; they are composed into its ledger in ``state.ledgers`` and
+        checkpointed before this call returns. A report whose id equals the client's last recorded one is a
+        re-send (the reply was lost) and is not composed again.
         """
         if not (np.isfinite(weight) and weight > 0):
             raise MalformedMessageError(f"weight must be positive and finite, got {weight!r}")
+        if privacy and not 8 <= len(report) <= 64:
+            raise MalformedMessageError("a privacy report needs a report id of 8 to 64 characters")
         end = time.monotonic() + timeout
         with self.cond:
-            if privacy:
-                self._record_privacy(cid, privacy)
+            if privacy and self.state.reports.get(str(cid)) != report:
+                self._record_privacy(cid, privacy, report)
             self.assigned.pop(cid, None)
             self.waiting[cid] = float(weight)
             if self.waiting_since is None:
@@ -165,7 +169,7 @@ class Coordinator:
                     return pack({"type": "idle"})
                 self.cond.wait(min(left, 0.5))
 
-    def _record_privacy(self, cid: int, events: list) -> None:
+    def _record_privacy(self, cid: int, events: list, report: str) -> None:
         from privacy.accounting import PrivacyLedger
         from privacy.errors import PrivacyError
         from privacy.events import PrivacyEvent
@@ -178,6 +182,8 @@ class Coordinator:
         except (PrivacyError, KeyError, TypeError, ValueError) as exc:
             raise MalformedMessageError(f"bad privacy report: {type(exc).__name__}: {exc}") from exc
         self.state.ledgers[str(cid)] = ledger.to_dict()
+        self.state.reports[str(cid)] = report
+        self._save()  # durable before the client is told, so an acknowledged report is never lost
 
     def _round_for(self, cid: int, round_id: int) -> _Round | None:
         rnd = self.current

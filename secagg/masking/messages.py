@@ -60,7 +60,7 @@ def _keys(*keys: bytes) -> None:
 
 
 def _map(m: dict[int, bytes], what: str, min_len: int = 1) -> None:
-    _ids(tuple(m), what, nonempty=False)
+    _ids(tuple(sorted(m)), what, nonempty=False)  # the wire sorts keys; insertion order is irrelevant
     if any(len(v) < min_len for v in m.values()):
         raise MalformedMessageError(f"every entry of {what} needs at least {min_len} bytes")
 

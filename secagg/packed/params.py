@@ -26,6 +26,7 @@ import hashlib
 import math
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import tenseal as ts
@@ -96,10 +97,13 @@ class PackedParams:
     def plain_bits(self) -> int:
         return self.lanes * self.lane_bits + 1
 
-    @property
+    @cached_property
     def plain_modulus(self) -> int:
-        """t: a ``plain_bits``-bit prime = 1 mod 2N (deterministic: SEAL's batching prime of that size)."""
-        return int(sealapi.PlainModulus.Batching(POLY_MODULUS_DEGREE, self.plain_bits).value())
+        """t: the largest ``plain_bits``-bit prime = 1 mod 2N that is not a coefficient prime (SEAL needs them
+        coprime; deterministic)."""
+        taken = {q.value() for q in sealapi.CoeffModulus.Create(POLY_MODULUS_DEGREE, list(COEFF_MOD_BIT_SIZES))}
+        primes = sealapi.PlainModulus.Batching(POLY_MODULUS_DEGREE, [self.plain_bits] * 3)
+        return int(max(q.value() for q in primes if q.value() not in taken))
 
     def slots_for(self, values: int) -> int:
         """Slots holding ``values`` lanes (``ceil(values / lanes)``)."""

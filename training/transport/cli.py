@@ -4,11 +4,12 @@
     certs init DIR --clients N          CA + aggregator, keyholder, client-0..N-1 certificates
     keyholder serve                     CKKS key holder (decrypts aggregates from the aggregator only)
     aggregator serve [--keyholder H:P]  runs the rounds, checkpoints after each, resumes after a restart
-    client run --id N --aggregator H:P  one client (its identity comes from certs/client-N.pem)
+    client run --id N [--aggregator H:P]  one client (its identity comes from certs/client-N.pem)
     up --clients N --rounds R           every role as its own process on 127.0.0.1, end to end
 
 Every command takes ``--config run.toml`` (the ``secagg run`` file; deployment settings in ``[transport]``) and
-flags that override it.
+flags that override it. Addresses default to ``[transport] host`` with ``aggregator_port``/``keyholder_port`` when
+those are fixed (non-zero) in the file.
 """
 
 from __future__ import annotations
@@ -49,6 +50,18 @@ def _cfg(config: Optional[Path], resolved: Optional[Path] = None, **overrides) -
         raise typer.Exit(2) from None
 
 
+def _address(flag: Optional[str], cfg: TransportConfig, port: int, what: str, needed: bool) -> Optional[str]:
+    """``flag``, else the config's ``host:port`` when the port is fixed; exit 2 when needed and unknown."""
+    if flag:
+        return flag
+    if port:
+        return f"{cfg.host}:{port}"
+    if needed:
+        typer.echo(f"error: give --{what} HOST:PORT or set [transport] {what}_port in the config", err=True)
+        raise typer.Exit(2)
+    return None
+
+
 def _logging(role: str, verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format=f"%(asctime)s {role} %(levelname)s %(message)s")
@@ -56,12 +69,15 @@ def _logging(role: str, verbose: bool) -> None:
 
 @certs_app.command("init")
 def certs_init(directory: Path = typer.Argument(..., help="output directory"),
-               clients: int = typer.Option(3, "--clients", help="client certificates to issue")) -> None:
+               clients: Optional[int] = typer.Option(None, "--clients",
+                                                     help="client certificates to issue (default: the config's)"),
+               config: Optional[Path] = ConfigOpt) -> None:
     """Create a CA (reused if present) and per-role certificates."""
     from training.transport.certs import init_certs
 
-    init_certs(directory, clients)
-    typer.echo(f"wrote CA, aggregator, keyholder and client-0..{clients - 1} certificates to {directory}")
+    n = _cfg(config, None, clients=clients).clients
+    init_certs(directory, n)
+    typer.echo(f"wrote CA, aggregator, keyholder and client-0..{n - 1} certificates to {directory}")
 
 
 @keyholder_app.command("serve")
@@ -92,6 +108,7 @@ def aggregator_serve(config: Optional[Path] = ConfigOpt, resolved: Optional[Path
     _logging("aggregator", verbose)
     cfg = _cfg(config, resolved, certs=certs, aggregator_port=port, scheme=scheme, rounds=rounds, clients=clients,
                out=out)
+    keyholder = _address(keyholder, cfg, cfg.keyholder_port, "keyholder", cfg.scheme == "ckks")
     state = run_aggregator(cfg, checkpoint=checkpoint or str(Path(cfg.out) / "aggregator.ckpt"),
                            keyholder=keyholder, port_file=port_file, exit_after_rounds=exit_after_rounds)
     typer.echo(f"aggregator: {state.round} rounds applied")
@@ -99,7 +116,7 @@ def aggregator_serve(config: Optional[Path] = ConfigOpt, resolved: Optional[Path
 
 @client_app.command("run")
 def client_run(client_id: int = typer.Option(..., "--id", help="this client's id (its certificate client-ID)"),
-               aggregator: str = typer.Option(..., help="HOST:PORT of the aggregator"),
+               aggregator: Optional[str] = typer.Option(None, help="HOST:PORT of the aggregator"),
                keyholder: Optional[str] = typer.Option(None, help="HOST:PORT of the key holder (ckks)"),
                config: Optional[Path] = ConfigOpt, resolved: Optional[Path] = ResolvedOpt,
                certs: Optional[str] = typer.Option(None), scheme: Optional[str] = typer.Option(None),
@@ -110,25 +127,29 @@ def client_run(client_id: int = typer.Option(..., "--id", help="this client's id
     from training.transport.node import run_client
 
     _logging(f"client-{client_id}", verbose)
-    done = run_client(_cfg(config, resolved, certs=certs, scheme=scheme), client_id, aggregator=aggregator,
-                      keyholder=keyholder, exit_after=exit_after)
+    cfg = _cfg(config, resolved, certs=certs, scheme=scheme)
+    aggregator = _address(aggregator, cfg, cfg.aggregator_port, "aggregator", True)
+    keyholder = _address(keyholder, cfg, cfg.keyholder_port, "keyholder", cfg.scheme == "ckks")
+    done = run_client(cfg, client_id, aggregator=aggregator, keyholder=keyholder, exit_after=exit_after)
     typer.echo(f"client-{client_id}: {done} rounds")
 
 
 @app.command("up")
-def up(clients: int = typer.Option(3, "--clients"), rounds: int = typer.Option(3, "--rounds"),
+def up(clients: Optional[int] = typer.Option(None, "--clients", help="default: the config's (3)"),
+       rounds: Optional[int] = typer.Option(None, "--rounds", help="default: the config's (3)"),
        config: Optional[Path] = ConfigOpt, scheme: Optional[str] = typer.Option(None),
        trainer: Optional[str] = typer.Option(None, help="synthetic | local"),
        dim: Optional[int] = typer.Option(None, help="model size of the synthetic trainer"),
-       out: Path = typer.Option(Path("runs/transport"), "--out"),
+       out: Optional[Path] = typer.Option(None, "--out", help="default: [transport] out (runs/transport)"),
        timeout: float = typer.Option(600.0, help="give up (and stop every process) after this many seconds")) -> None:
     """Start the key holder (ckks), the aggregator and N clients as separate processes and run R rounds."""
     from training.transport.launcher import launch
 
     cfg = _cfg(config, None, clients=clients, rounds=rounds, scheme=scheme, trainer=trainer, dim=dim,
-               out=str(out), certs=str(out / "certs"))
+               out=None if out is None else str(out))
+    cfg = dataclasses.replace(cfg, certs=str(Path(cfg.out) / "certs"))  # a fresh federation gets a fresh PKI
     rows = launch(cfg, timeout=timeout, echo=typer.echo)
-    if not any(r.get("status") == "done" for r in rows):
+    if sum(r.get("status") == "done" for r in rows) < cfg.rounds:
         raise typer.Exit(1)
 
 

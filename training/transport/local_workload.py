@@ -10,8 +10,6 @@ Public weights only (FedAvg, gradient): private-weight strategies need a per-rou
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-from pathlib import Path
 
 import numpy as np
 
@@ -23,17 +21,11 @@ __all__ = ["LocalWorkload", "run_config"]
 
 
 def run_config(path: str | None, cfg: TransportConfig):
-    """The run file's RunConfig (its ``[transport]`` table set aside), with clients/scheme/rounds from ``cfg``."""
-    from training.config import DataConfig, DPConfig, FederationConfig, ModelConfig, RunConfig, TrainConfig
+    """The run file's RunConfig, parsed and validated exactly as ``secagg run`` does, with clients, scheme, rounds
+    and seed taken from ``cfg`` (which read them from the same file unless a flag overrode them)."""
+    from training.config import RunConfig, load_config
 
-    raw = tomllib.loads(Path(path).read_text(encoding="utf-8")) if path else {}
-    tables = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "federation": FederationConfig,
-              "dp": DPConfig}
-    try:
-        run = RunConfig(**{k: cls(**raw.get(k, {})) for k, cls in tables.items()},
-                        aggregator_options=dict(raw.get("aggregator_options", {})))
-    except TypeError as e:
-        raise ConfigError(f"run file {path}: {e}") from None
+    run = load_config(path) if path else RunConfig()
     run.federation = dataclasses.replace(run.federation, clients=cfg.clients, scheme=cfg.scheme)
     run.train = dataclasses.replace(run.train, rounds=cfg.rounds, seed=cfg.seed)
     return run.validate()
@@ -83,6 +75,10 @@ class LocalWorkload:
         from training.local import ModelSpec
 
         self.run = run = run_config(cfg.run_config, cfg)
+        if run.train.threads:  # as in `secagg run`: tiny models are fastest on one thread per process
+            import torch
+
+            torch.set_num_threads(run.train.threads)
         self.strategy = make_strategy(run.federation.aggregator, **run.aggregator_options)
         if self.strategy.private_weights or self.strategy.name == "async":
             raise ConfigError(f"strategy {self.strategy.name!r} is not supported over gRPC yet (needs public weights)")

@@ -172,3 +172,54 @@ def test_replays_of_an_earlier_round_are_refused(scheme):
     assert [r.status for r in records] == ["done", "done"]
     assert all(r.result.contributors == (0, 1, 2) for r in records)
     assert np.allclose(dep.coordinator.state.model, 2 * np.mean(updates, axis=0), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def idle_aggregator(tmp_path_factory):
+    """An aggregator service with no round running, and a stub holding client 0's certificate."""
+    from secagg.roles import AGGREGATOR
+    from training.transport.aggregator import serve_aggregator
+    from training.transport.certs import Credentials, init_certs
+    from training.transport.checkpoint import ServerState
+    from training.transport.coordinator import Coordinator, RoundPolicy
+    from training.transport.rpc import Stub, open_channel
+    from training.transport.schemes import make_scheme
+
+    d = tmp_path_factory.mktemp("fuzz-pki")
+    init_certs(d, 1)
+    coord = Coordinator(make_scheme("masking"), ServerState(np.zeros(4)), RoundPolicy(1, 2, 2))
+    server, port = serve_aggregator(coord, Credentials.load(d, AGGREGATOR), "127.0.0.1", 0,
+                                    max_message_bytes=1 << 20, workers=4, poll_seconds=0.05)
+    channel = open_channel(Credentials.load(d, 0), f"127.0.0.1:{port}", AGGREGATOR)
+    try:
+        yield coord, Stub(channel, "secagg.Aggregator", 1 << 20)
+    finally:
+        channel.close()
+        server.stop(0).wait()
+
+
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=False),
+                   st.text(max_size=12), st.lists(st.integers(-3, 3), max_size=3),
+                   st.lists(st.dictionaries(st.sampled_from(["noise_multiplier", "sample_rate", "steps"]),
+                                            st.one_of(st.integers(-1, 5), st.floats(-1, 5)), max_size=3), max_size=2))
+HEADERS = st.dictionaries(st.sampled_from(["weight", "client_id", "round_id", "privacy", "report", "type", "zz"]),
+                          VALUES, max_size=5)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["Checkin", "Receive", "Status"]),
+       st.one_of(HEADERS.map(pack), st.binary(max_size=80), st.tuples(HEADERS, st.binary(min_size=1, max_size=8))
+                 .map(lambda hb: pack(*hb))))
+def test_aggregator_control_methods_answer_any_request_without_crashing(idle_aggregator, method, request):
+    from training.transport.wire import unpack
+
+    coord, stub = idle_aggregator
+    try:
+        header, _ = unpack(stub.unary_stream(method, request, 10.0))
+    except SecAggError as exc:
+        assert not isinstance(exc, TransportError), exc  # a named refusal, never INTERNAL
+    else:
+        assert header.get("type") == "idle" if method == "Checkin" else True
+        if method == "Status":
+            assert header["round"] == 0 and header["open"] is None
+    assert not coord.waiting and coord.current is None and coord.state.round == 0

@@ -12,16 +12,25 @@ For n ∈ {3, 10, 100} clients (masking; CKKS for n ≤ 10 by default) and a sma
   setup and, for CKKS, each party's one-time public-context download; other traffic on ``lo`` at the same time
   adds noise), and the process's peak RSS.
 
-Prints the gRPC/in-process ratios and writes ``benchmarks/results/transport.json``.
+Prints the gRPC/in-process ratios and writes ``benchmarks/results/transport.json`` and ``transport.png``.
 Usage: ``python -m benchmarks.transport [--dim 1000] [--sizes 3,10,100] [--ckks-max 10] [--schemes masking,ckks]``.
+
+Load mode (``--load 100``): one masking round with 100 concurrent clients whose updates have the size of the demo's
+tiny GPT-2 (235,264 parameters; the clients do not train: this measures transport and protocol). ``threads``: the
+100 agents (each its own mTLS channel) share this process with the aggregator; peak RSS of the process.
+``processes``: ``secagg up`` with 101 OS processes; peaks of the summed RSS and PSS of all of them (sampled every
+0.25 s; PSS shares library pages out, so it is the memory really occupied).
+Writes ``benchmarks/results/transport_load.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,20 +78,23 @@ class _Counting:
 
 
 def in_process(scheme: str, updates, weights, options: dict) -> dict:
+    """One round with every role an object of this process; setup (CKKS key generation) is timed apart."""
     if scheme == "ckks":
         from secagg.ckks.setup import build_round
     else:
         from secagg.masking.setup import build_round
     n = len(updates)
-    t0 = time.perf_counter()
+    t_setup = time.perf_counter()
     rnd = build_round(list(range(n)), dim=updates[0].size, weights=dict(enumerate(weights)),
                       graph_seed=bytes(16), **options)
+    t0 = time.perf_counter()
     box = [0]
     clients = {i: _Counting(c, box) for i, c in rnd.clients.items()}
     fin = None if rnd.finalizer is None else _Counting(rnd.finalizer, box)
     res = run_round(clients, _Counting(rnd.aggregator, box), dict(enumerate(updates)), dict(enumerate(weights)),
                     finalizer=fin)
-    return {"seconds": time.perf_counter() - t0, "protocol_bytes": box[0], "mean": res.mean}
+    return {"seconds": time.perf_counter() - t0, "setup_seconds": t0 - t_setup, "protocol_bytes": box[0],
+            "mean": res.mean}
 
 
 def over_grpc(scheme: str, updates, weights, options: dict) -> dict:
@@ -102,6 +114,105 @@ def over_grpc(scheme: str, updates, weights, options: dict) -> dict:
             "loopback_bytes": _lo_bytes() - lo0, "peak_rss_mb": _rss_mb(), "mean": rec.result.mean}
 
 
+def _tree_memory_mb() -> tuple[float, float]:
+    """Summed (RSS, PSS) of this process's direct children (the `up` processes), from /proc. PSS splits shared
+    pages (libraries) among the processes mapping them, so its sum is the memory the tree really occupies."""
+    me, rss, pss = os.getpid(), 0, 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) != me:
+                continue
+            fields = dict(line.split(":", 1) for line in (d / "smaps_rollup").read_text().splitlines()[1:])
+            rss += int(fields["Rss"].split()[0])
+            pss += int(fields["Pss"].split()[0])
+        except (OSError, KeyError, ValueError, IndexError):
+            continue
+    return rss / 1024, pss / 1024
+
+
+def load_threads(n: int, dim: int) -> dict:
+    """n client agents (each its own mTLS channel) on threads of this process against one aggregator."""
+    rng = np.random.default_rng(1)
+    updates = [rng.uniform(-1, 1, dim) for _ in range(n)]
+    weights = [float(w) for w in rng.integers(1, 4, n)]
+    base = _rss_mb()
+    remote = over_grpc("masking", updates, weights, {})
+    expected = sum(w * u for w, u in zip(weights, updates)) / sum(weights)
+    err = float(np.max(np.abs(remote.pop("mean") - expected)))
+    return {"mode": "threads", "clients": n, "dim": dim, "round_seconds": remote["seconds"],
+            "wall_seconds_incl_setup": remote["wall_seconds_incl_setup"], "peak_rss_mb": remote["peak_rss_mb"],
+            "rss_before_mb": base, "transport_bytes": remote["transport_bytes"],
+            "loopback_bytes": remote["loopback_bytes"], "max_abs_error_vs_numpy": err}
+
+
+def load_processes(n: int, dim: int, out: Path) -> dict:
+    """`secagg up`: an aggregator process and n client processes (synthetic trainer of ``dim`` values)."""
+    import threading
+
+    from training.transport.config import TransportConfig
+    from training.transport.launcher import launch
+
+    cfg = TransportConfig(scheme="masking", clients=n, rounds=1, dim=dim, out=str(out), certs=str(out / "certs"),
+                          checkin_timeout=300.0, stage_timeout=120.0, poll_seconds=10.0).validate()
+    peak, done = [0.0, 0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.25):
+            rss, pss = _tree_memory_mb()
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    try:
+        rows = launch(cfg, timeout=1200, echo=lambda line: print(f"  {line}", flush=True))
+    finally:
+        done.set()
+        sampler.join()
+    wall = time.perf_counter() - t0
+    row = next((r for r in rows if r["status"] == "done"), None)
+    if row is None:
+        raise RuntimeError(f"the {n}-process round did not finish: {rows}")
+    return {"mode": "processes", "clients": n, "dim": dim, "round_seconds": row["seconds"],
+            "wall_seconds_incl_startup": wall, "peak_rss_mb_all_processes": peak[0],
+            "peak_pss_mb_all_processes": peak[1], "peak_pss_mb_per_process": peak[1] / (n + 1),
+            "bytes_up": row["bytes_up"],
+            "bytes_down": row["bytes_down"], "contributors": len(row["contributors"])}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for scheme, marker in (("masking", "o"), ("ckks", "s")):
+        sel = [r for r in rows if r["scheme"] == scheme]
+        if not sel:
+            continue
+        ns = [r["n"] for r in sel]
+        axes[0].plot(ns, [r["in_process"]["seconds"] for r in sel], marker=marker, ls="--", label=f"{scheme} in-process")
+        axes[0].plot(ns, [r["grpc"]["seconds"] for r in sel], marker=marker, label=f"{scheme} gRPC+mTLS")
+        axes[1].plot(ns, [r["in_process"]["protocol_bytes"] for r in sel], marker=marker, ls="--",
+                     label=f"{scheme} in-process")
+        axes[1].plot(ns, [r["grpc"]["transport_bytes"] for r in sel], marker=marker, label=f"{scheme} gRPC payloads")
+        axes[1].plot(ns, [r["grpc"]["loopback_bytes"] for r in sel], marker=marker, ls=":",
+                     label=f"{scheme} loopback total")
+    for ax, title in zip(axes, ("seconds per round", "bytes per round")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("clients n")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"one secure-aggregation round, dim {rows[0]['dim']} (shared 2-core machine)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dim", type=int, default=1000)
@@ -109,7 +220,27 @@ def main() -> None:
     ap.add_argument("--ckks-max", type=int, default=10, help="largest n for the CKKS rows")
     ap.add_argument("--schemes", default="masking,ckks")
     ap.add_argument("--out", default="benchmarks/results/transport.json")
+    ap.add_argument("--load", type=int, default=0, help="load mode: one masking round with this many clients")
+    ap.add_argument("--load-dim", type=int, default=235_264, help="update size (default: the demo's tiny GPT-2)")
+    ap.add_argument("--load-modes", default="threads,processes")
     args = ap.parse_args()
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(),
+               "note": "timings taken on a shared 2-core machine (other jobs running); compare ratios"}
+    if args.load:
+        out = Path(args.out if args.out != ap.get_default("out") else "benchmarks/results/transport_load.json")
+        results = []
+        for mode in args.load_modes.split(","):
+            if mode == "threads":
+                r = load_threads(args.load, args.load_dim)
+            else:
+                with tempfile.TemporaryDirectory(prefix="secagg-load-") as tmp:
+                    r = load_processes(args.load, args.load_dim, Path(tmp))
+            results.append(r)
+            print(json.dumps(r), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"machine": machine, "load": results}, indent=2))
+        print(f"wrote {out}")
+        return
     rng = np.random.default_rng(0)
     rows = []
     for n in [int(x) for x in args.sizes.split(",")]:
@@ -125,19 +256,20 @@ def main() -> None:
             row = {"scheme": scheme, "n": n, "dim": args.dim, "in_process": local, "grpc": remote,
                    "time_ratio": remote["seconds"] / local["seconds"],
                    "bytes_ratio": remote["transport_bytes"] / local["protocol_bytes"],
+                   "loopback_bytes_ratio": remote["loopback_bytes"] / local["protocol_bytes"],
                    "max_abs_diff_vs_in_process": err}
             rows.append(row)
             print(f"{scheme:8} n={n:>3} dim={args.dim}: in-process {local['seconds']:.3f} s "
                   f"{local['protocol_bytes']:>12,} B | gRPC {remote['seconds']:.3f} s/round "
                   f"(wall {remote['wall_seconds_incl_setup']:.2f} s) {remote['transport_bytes']:>12,} B "
                   f"(lo {remote['loopback_bytes']:,} B) peak RSS {remote['peak_rss_mb']:.0f} MB | "
-                  f"ratio time x{row['time_ratio']:.2f} bytes x{row['bytes_ratio']:.2f} | diff {err:.1e}",
-                  flush=True)
+                  f"ratio time x{row['time_ratio']:.2f} bytes x{row['bytes_ratio']:.2f} "
+                  f"(lo x{row['loopback_bytes_ratio']:.2f}) | diff {err:.1e}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
-                               "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    plot(rows, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -142,14 +142,16 @@ class MaskingClient:
         b = os.urandom(SEED_BYTES)
         b_sh = shamir.split(b, cfg.t, [h + 1 for h in holders])
         s_sh = shamir.split(kex.private_bytes(self._s_sk), cfg.t, [h + 1 for h in holders])
+        keys = {v: kex.channel_key(self._c_sk, c_pk, round_id=cfg.round_id, u=u, v=v)
+                for v, (c_pk, _) in roster.items()}
         cts = {}
         for h, bs, ss in zip(holders, b_sh, s_sh):
             if h == u:
                 own = (bs, ss)
                 continue
-            key = kex.channel_key(self._c_sk, roster[h][0], round_id=cfg.round_id, u=u, v=h)
-            cts[h] = aead.encrypt(key, bs.to_bytes() + ss.to_bytes(), share_ad(cfg.round_id, u, h))
-        self._roster, self._b, self._held = roster, b, {u: own}
+            cts[h] = aead.encrypt(keys[h], bs.to_bytes() + ss.to_bytes(), share_ad(cfg.round_id, u, h))
+        self._roster, self._channel, self._b, self._held = roster, keys, b, {u: own}
+        del self._c_sk  # the channel keys (one X25519 exchange per neighbour) serve both directions
         self._stage = "shared"
         return [Outbound(AGGREGATOR, ShareKeys(round_id=cfg.round_id, client_id=u, ciphertexts=cts).to_bytes())]
 
@@ -162,18 +164,17 @@ class MaskingClient:
             raise DropoutError(f"only {len(msg.ciphertexts)} neighbours shared keys; threshold is {cfg.t}")
         held = {}
         for v, ct in msg.ciphertexts.items():
-            key = kex.channel_key(self._c_sk, self._roster[v][0], round_id=cfg.round_id, u=u, v=v)
-            held[v] = parse_share_pair(aead.decrypt(key, ct, share_ad(cfg.round_id, v, u)), v, u)
+            held[v] = parse_share_pair(aead.decrypt(self._channel[v], ct, share_ad(cfg.round_id, v, u)), v, u)
         plus, minus = [self._b], []
         for v in msg.ciphertexts:
             seed = kex.mask_seed(self._s_sk, self._roster[v][1], round_id=cfg.round_id, u=u, v=v)
             (plus if v > u else minus).append(seed)
-        y = self._encoded.copy()
+        y = self._encoded  # masked in place: the plain encoding must not outlive this stage
         add_masks(y, plus, minus)
         if cfg.ring_bits < 8 * y.dtype.itemsize:
             y &= y.dtype.type(cfg.ring_mask)
         self._held.update(held)
-        del self._encoded, self._b, self._s_sk, self._c_sk  # secrets no longer needed
+        del self._encoded, self._b, self._s_sk, self._channel  # secrets no longer needed
         self._stage = "masked"
         return [Outbound(AGGREGATOR, MaskedInput(round_id=cfg.round_id, client_id=u, masked=y).to_bytes())]
 

@@ -13,7 +13,7 @@ For n ∈ {3, 10, 100} clients (masking; CKKS for n ≤ 10 by default) and a sma
   adds noise), and the process's peak RSS.
 
 Prints the gRPC/in-process ratios and writes ``benchmarks/results/transport.json`` and ``transport.png``.
-Usage: ``python -m benchmarks.transport [--dim 1000] [--sizes 3,10,100] [--ckks-max 10] [--schemes masking,ckks]``.
+Usage: ``python -m benchmarks.transport [--dim 10000] [--sizes 3,10,100] [--ckks-max 10] [--schemes masking,ckks]``.
 
 Load mode (``--load 100``): one masking round with 100 concurrent clients whose updates have the size of the demo's
 tiny GPT-2 (235,264 parameters; the clients do not train: this measures transport and protocol). ``threads``: the
@@ -143,7 +143,7 @@ def load_threads(n: int, dim: int) -> dict:
     err = float(np.max(np.abs(remote.pop("mean") - expected)))
     return {"mode": "threads", "clients": n, "dim": dim, "round_seconds": remote["seconds"],
             "wall_seconds_incl_setup": remote["wall_seconds_incl_setup"], "peak_rss_mb": remote["peak_rss_mb"],
-            "rss_before_mb": base, "transport_bytes": remote["transport_bytes"],
+            "peak_rss_mb_before_round": base, "transport_bytes": remote["transport_bytes"],
             "loopback_bytes": remote["loopback_bytes"], "max_abs_error_vs_numpy": err}
 
 
@@ -215,7 +215,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dim", type=int, default=1000)
+    ap.add_argument("--dim", type=int, default=10_000)
     ap.add_argument("--sizes", default="3,10,100")
     ap.add_argument("--ckks-max", type=int, default=10, help="largest n for the CKKS rows")
     ap.add_argument("--schemes", default="masking,ckks")

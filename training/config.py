@@ -2,7 +2,9 @@
 
 A TOML file has the sections ``[data]``, ``[model]``, ``[train]``, ``[federation]``, ``[dp]``, an optional
 ``[aggregator_options]`` table passed to the strategy, and optional ``[[platforms]]`` entries
-(``name``, ``speed``, ``up_mbps``, ``down_mbps``, ``latency_ms``). Unknown keys are refused (ConfigError).
+(``name``, ``speed``, ``up_mbps``, ``down_mbps``, ``latency_ms``). A ``[transport]`` table (deployment settings for
+``secagg up`` and the services, read by :mod:`training.transport.config`) may be present; ``secagg run`` ignores
+it. Unknown sections and keys are refused (ConfigError). ``examples/run.toml`` sets every option.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class TrainConfig:
     lr: float = 3e-3
     optimizer: str = "adamw"
     seed: int = 0
+    threads: int = 1                     # torch intra-op threads of the run (0: torch's default); 1 suits tiny models
 
 
 @dataclass
@@ -108,6 +111,8 @@ class RunConfig:
             raise ConfigError("corpus 'wikitext' needs data.wikitext_dir (a local directory)")
         if f.clients < 2 or self.train.rounds < 1:
             raise ConfigError("need at least 2 clients and 1 round")
+        if self.train.threads < 0:
+            raise ConfigError(f"train.threads must be >= 0, got {self.train.threads}")
         if self.platforms is not None and len(self.platforms) != f.clients:
             raise ConfigError(f"{len(self.platforms)} [[platforms]] for {f.clients} clients")
         return self
@@ -134,7 +139,7 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"cannot read config {path}: {e}") from None
     sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "federation": FederationConfig,
                 "dp": DPConfig}
-    unknown = sorted(set(raw) - set(sections) - {"aggregator_options", "platforms"})
+    unknown = sorted(set(raw) - set(sections) - {"aggregator_options", "platforms", "transport"})
     if unknown:
         raise ConfigError(f"unknown sections in {path}: {unknown}")
     cfg = RunConfig(**{k: _build(cls, raw.get(k, {}), k) for k, cls in sections.items()},

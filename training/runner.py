@@ -4,7 +4,13 @@ Synchronous strategies run every client each round. ``async`` is an event simula
 continuously; its finish time advances by its *modelled* round time (measured compute / platform speed +
 modelled transfer time), and the server steps whenever any ``buffer_size`` updates have arrived — each buffer is
 one secure-aggregation cohort. With ``partition = "capacity"`` the data shares and local steps follow each
-platform's measured throughput and are re-balanced after every round (paper §3.1).
+platform's throughput (declared speeds at first, then the measured step times of every round, paper §3.1). Under
+DP-SGD a client's data set is fixed for its life (its sample rate is accounted), so re-balancing then moves only
+the number of local steps. (Under ``async`` the shares stay at the declared speeds; faster clouds simply
+contribute more often.)
+
+``train.threads`` sets torch's intra-op threads for the process (tiny models run fastest on one thread, and far
+faster than with several threads on a shared machine).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from training.aggregation import make_strategy
 from training.config import RunConfig
@@ -27,7 +34,10 @@ from training.platforms import profiles_for
 from training.secure import SecureSum
 from training.update import ClientUpdate
 
-__all__ = ["Runner", "RoundMetrics"]
+__all__ = ["Runner", "RoundMetrics", "Tick"]
+
+Tick = Callable[[int, str], None]
+"""Progress callback ``tick(round, what)``: called after each client's local training and each secure round."""
 
 
 @dataclass
@@ -62,6 +72,8 @@ class Runner:
     def __init__(self, cfg: RunConfig, *, observer=None) -> None:
         self.cfg = cfg.validate()
         f, t = cfg.federation, cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
         self.rng = np.random.default_rng(t.seed)
         self.platforms = profiles_for(f.clients, cfg.platforms)
         self.capacity = CapacityPartitioner([p.speed for p in self.platforms]) \
@@ -110,29 +122,46 @@ class Runner:
                             max(rep.modelled_seconds.values()) + rep.secure_seconds, sim_time,
                             list(rep.contributors), list(rep.dropped), staleness)
 
-    def _rebalance(self, updates: dict[int, ClientUpdate], rep: RoundReport) -> None:
+    def rebalance(self, updates: dict[int, ClientUpdate]) -> None:
+        """Capacity partitioning: fold each client's observed throughput (local steps per modelled compute
+        second on its platform) into the shares, then re-partition the data (not under DP) and the local steps."""
         if self.capacity is None:
             return
         ids = sorted(updates)
         work = [updates[i].steps for i in ids]
         secs = [self.platforms[i].compute_seconds(updates[i].seconds) for i in ids]
         self.capacity.observe(work, secs)
-        parts = self.capacity.assign(len(self.data.pool), self.rng)
+        if not self.cfg.dp.enabled:
+            parts = self.capacity.assign(len(self.data.pool), self.rng)
+            for i, tr in enumerate(self.trainers):
+                tr.set_data(self.data.pool[parts[i]])
         for i, tr in enumerate(self.trainers):
-            tr.set_data(self.data.pool[parts[i]])
             tr.local_steps = self._steps(i)
 
-    def run(self, progress: Callable[[RoundMetrics], None] | None = None) -> list[RoundMetrics]:
+    @property
+    def ticks_per_round(self) -> int:
+        """How many ``tick`` calls one server step makes (trainings in it, plus its secure round)."""
+        k = self.fed.strategy.buffer_size if self.fed.strategy.name == "async" else len(self.trainers)
+        return min(k, len(self.trainers)) + 1
+
+    def run(self, progress: Callable[[RoundMetrics], None] | None = None, tick: Tick | None = None
+            ) -> list[RoundMetrics]:
+        """Run ``train.rounds`` server steps; ``progress`` gets each round's metrics, ``tick`` finer progress."""
+        tick = tick or (lambda _r, _w: None)
         if self.fed.strategy.name == "async":
-            return self._run_async(progress)
+            return self._run_async(progress, tick)
         out = []
         sim = 0.0
         for r in range(1, self.cfg.train.rounds + 1):
             t0 = time.perf_counter()
             drop = [int(c) for c in self.cfg.federation.dropouts.get(str(r), [])]
-            updates = {tr.client_id: tr.train(self.fed.global_vec, self.fed.version) for tr in self.trainers}
+            updates = {}
+            for tr in self.trainers:
+                updates[tr.client_id] = tr.train(self.fed.global_vec, self.fed.version)
+                tick(r, f"client {tr.client_id} trained")
             rep = self.fed.aggregate(updates, drop=drop)
-            self._rebalance(updates, rep)
+            tick(r, "secure aggregation")
+            self.rebalance(updates)
             wall = time.perf_counter() - t0
             sim += max(rep.modelled_seconds.values()) + rep.secure_seconds
             out.append(self._metrics(rep, wall, sim, {c: 0 for c in rep.contributors}))
@@ -140,14 +169,15 @@ class Runner:
                 progress(out[-1])
         return out
 
-    def _run_async(self, progress) -> list[RoundMetrics]:
+    def _run_async(self, progress, tick: Tick) -> list[RoundMetrics]:
         k = self.fed.strategy.buffer_size
         events: list[tuple[float, int, ClientUpdate]] = []
         seq = 0
 
-        def launch(tr: LocalTrainer, now: float) -> None:
+        def launch(tr: LocalTrainer, now: float, r: int) -> None:
             nonlocal seq
             u = tr.train(self.fed.global_vec, self.fed.version)
+            tick(r, f"client {tr.client_id} trained")
             p = self.platforms[tr.client_id]
             model_bytes = 4 * self.fed.global_vec.size
             finish = now + p.compute_seconds(u.seconds) + p.comm_seconds(model_bytes, model_bytes)
@@ -155,7 +185,7 @@ class Runner:
             seq += 1
 
         for tr in self.trainers:
-            launch(tr, 0.0)
+            launch(tr, 0.0, 0)
         out = []
         for r in range(1, self.cfg.train.rounds + 1):
             t0 = time.perf_counter()
@@ -164,8 +194,9 @@ class Runner:
             updates = {u.client_id: u for _, _, u in batch}
             staleness = {c: self.fed.version - u.base_version for c, u in updates.items()}
             rep = self.fed.aggregate(updates)
+            tick(r, "secure aggregation")
             for c in updates:
-                launch(self.trainers[c], now + rep.secure_seconds)
+                launch(self.trainers[c], now + rep.secure_seconds, r)
             wall = time.perf_counter() - t0
             out.append(self._metrics(rep, wall, now + rep.secure_seconds, staleness))
             if progress:

@@ -1,0 +1,73 @@
+"""The ``secagg`` command: benchmark dispatch, the mounted deployment commands, and the example run file."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from training import cli
+from training.config import DataConfig, DPConfig, FederationConfig, ModelConfig, TrainConfig, load_config
+from training.errors import ConfigError
+from training.platforms import PlatformProfile
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "run.toml"
+
+
+def test_unknown_benchmark_is_a_named_error_listing_the_available_ones():
+    with pytest.raises(ConfigError, match="unknown benchmark 'no_such_bench'.*ckks_micro"):
+        cli.benchmark_module("no_such_bench")
+    res = CliRunner().invoke(cli.app, ["bench", "no_such_bench"])
+    assert res.exit_code == 2
+    assert "unknown benchmark" in res.output and "dp_overhead" in res.output
+
+
+def test_known_benchmark_is_dispatched_by_module_name_with_its_arguments(monkeypatch):
+    assert {"ckks_micro", "dp_overhead"} <= set(cli.available_benchmarks())
+    module = cli.benchmark_module("ckks_micro")
+    assert module == "benchmarks.ckks_micro" and importlib.util.find_spec(module) is not None
+    calls = []
+
+    def fake_run_module(name, run_name, alter_sys):  # records instead of running the benchmark
+        calls.append((name, run_name, list(sys.argv)))
+
+    monkeypatch.setattr(cli.runpy, "run_module", fake_run_module)
+    before = list(sys.argv)
+    res = CliRunner().invoke(cli.app, ["bench", "ckks_micro", "--dim", "7", "--n", "2"])
+    assert res.exit_code == 0, res.output
+    assert calls == [("benchmarks.ckks_micro", "__main__", ["benchmarks.ckks_micro", "--dim", "7", "--n", "2"])]
+    assert sys.argv == before
+
+
+def test_deployment_commands_are_mounted(tmp_path):
+    runner = CliRunner()
+    help_text = runner.invoke(cli.app, ["--help"]).output
+    for name in ("demo", "run", "bench", "up", "certs", "keyholder", "aggregator", "client"):
+        assert name in help_text
+    res = runner.invoke(cli.app, ["certs", "init", str(tmp_path / "certs"), "--clients", "2"])
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in (tmp_path / "certs").iterdir()}
+    assert {"ca.pem", "client-0.pem", "client-1.pem"} <= names and "client-2.pem" not in names
+
+
+def test_example_run_file_sets_every_option_and_loads():
+    raw = tomllib.loads(EXAMPLE.read_text())
+    for section, cls in {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+                         "federation": FederationConfig, "dp": DPConfig}.items():
+        missing = {f.name for f in dataclasses.fields(cls)} - set(raw[section]) - {"path"}  # path: a local model
+        assert not missing, f"[{section}] lacks {sorted(missing)}"
+    for p in raw["platforms"]:
+        assert set(p) == {f.name for f in dataclasses.fields(PlatformProfile)}
+    cfg = load_config(EXAMPLE)
+    assert cfg.data.partition == "capacity" and cfg.federation.aggregator == "gradient"
+    assert cfg.aggregator_options["optimizer"] == "adam" and cfg.federation.dropouts == {"3": [1]}
+    assert [p.name for p in cfg.platforms] == ["aws-us-east", "gcp-europe", "on-prem"]
+    from training.transport.config import load_transport_config
+
+    assert load_transport_config(EXAMPLE).trainer == "local"  # the same file drives `secagg up`

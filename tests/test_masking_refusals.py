@@ -8,14 +8,16 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from secagg.errors import AuthenticationError, DecryptionError, DropoutError, DuplicateMessageError, \
     MalformedMessageError, StageError, UnknownClientError, WrongRoundError
 from secagg.hazmat import kex
 from secagg.hazmat import sign as ed25519
 from secagg.masking import MaskingClient, MaskingConfig, MaskingServer
-from secagg.masking.messages import AdvertiseKeys, ConsistencyResponse, KeyRoster, MaskedInput, ShareDelivery, \
-    UnmaskRequest, UnmaskResponse, advertise_payload, survivors_payload
+from secagg.masking.messages import AdvertiseKeys, ConsistencyRequest, ConsistencyResponse, KeyRoster, \
+    ShareDelivery, UnmaskRequest, UnmaskResponse, advertise_payload, survivors_payload
 from secagg.messages import Message, decode
 
 
@@ -341,3 +343,33 @@ def test_configuration_refusals() -> None:
         MaskingConfig(participants=(0, 0, 1), dim=4)
     with pytest.raises(ConfigurationError):
         MaskingClient(7, MaskingConfig(participants=(0, 1), dim=4))
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(3, 9), data=st.data())
+def test_an_equivocating_server_never_gets_t_shares_of_both_secrets(n: int, data) -> None:
+    """A malicious server tells some holders that client 0 survived (they reveal its self-mask share) and the
+    others that it dropped (they reveal its mask-key share). Each honest client answers once, so the two groups
+    are disjoint, and 2t > k+1 keeps one of them below t."""
+    k = data.draw(st.integers(2, n - 1))
+    r = Round(n=n, neighbors=k, threshold=None, seed=data.draw(st.binary(min_size=16, max_size=16)))
+    cfg = r.cfg
+    r.server_step()
+    r.client_step()
+    r.server_step()
+    r.client_step()  # every client has sent its masked input
+    holders = sorted(cfg.graph[0] | {0})
+    says_dropped = set(data.draw(st.lists(st.sampled_from([h for h in holders if h != 0]), unique=True)))
+    everyone, without_0 = tuple(range(n)), tuple(range(1, n))
+    b_shares = s_shares = 0
+    for h in holders:
+        alive = without_0 if h in says_dropped else everyone
+        r.clients[h].receive(ConsistencyRequest(round_id=3, survivors=alive).to_bytes())
+        req = UnmaskRequest(round_id=3, alive=alive, dropped=(0,) if h in says_dropped else (), signatures={})
+        (out,) = r.clients[h].receive(req.to_bytes())
+        resp = UnmaskResponse.from_bytes(out.payload)
+        b_shares += 0 in resp.b_shares
+        s_shares += 0 in resp.s_shares
+        assert not (0 in resp.b_shares and 0 in resp.s_shares)
+    assert b_shares + s_shares <= cfg.neighbors + 1
+    assert min(b_shares, s_shares) < cfg.t  # at most one of b_0, s_0 can be reconstructed

@@ -77,3 +77,22 @@ def test_public_api_is_curated() -> None:
     assert "simulate" in secagg.__all__
     for name in secagg.__all__:
         assert hasattr(secagg, name)
+
+
+def test_masking_options_through_simulate() -> None:
+    ups, ws = _updates(6, 40, seed=2), [1.0, 2.0, 0.5, 3.0, 1.5, 2.5]
+    ref = _reference(ups, ws, dropped=[2])
+    step16 = 3.0 / (32767 // 6 - 1)  # 16-bit ring, 6 clients, |w x| <= max weight 3: one quantization step
+    tol16 = 5 * step16 * 2 / (sum(ws) - ws[2] - 5 * step16)  # 5 contributors, <1 step each in both lanes, |x| <= 1
+    for opts, tol in (({"sign": True}, 1e-4), ({"rounding": "deterministic", "neighbors": 2, "threshold": 2}, 1e-4),
+                      ({"ring_bits": 16}, tol16)):
+        out = secagg.simulate(ups, ws, scheme="masking", dropped=[2], seed=3, **opts)
+        assert out.dtype == np.float64 and np.max(np.abs(out - ref)) <= tol, opts
+
+
+def test_masking_complete_graph_tolerates_n_minus_t_dropouts() -> None:
+    ups, ws = _updates(8, 10, seed=4), [1.0] * 8
+    out = secagg.simulate(ups, ws, scheme="masking", dropped=[0, 5, 7], neighbors=7, threshold=5)
+    assert np.max(np.abs(out - _reference(ups, ws, dropped=[0, 5, 7]))) <= 1e-4
+    with pytest.raises(SecAggError):
+        secagg.simulate(ups, ws, scheme="masking", dropped=[0, 1, 5, 7], neighbors=7, threshold=5)

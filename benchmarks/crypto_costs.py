@@ -6,9 +6,9 @@ Schemes: plaintext (float32 upload, weighted sum), masking with 32- and 16-bit r
 degree k), CKKS "default" and "add-only" (secagg.ckks), and packed BFV (secagg.packed). Grid: D in {1e5, 1e6,
 1e7}, n in {3, 10, 100} (``--quick``: D in {1e4, 1e5}, n in {3, 10}). Every measured point is one real round
 through the sans-I/O roles (every message as bytes), with each role's time and output bytes counted by a proxy.
-A point whose work n*D exceeds the scheme's cap is **derived**, not run: times and bytes are scaled linearly in D
-from the largest measured D of the same scheme and n (per-client masking cost depends on the graph degree k,
-fixed by n, so this is the honest extrapolation; CKKS and packed costs are linear in the number of ciphertexts).
+A point whose work n*D exceeds the scheme's cap is **derived**, not run: times and bytes are scaled from the
+largest measured D of the same scheme and n, linearly in the values per client (plaintext, masking: per-client
+masking cost depends on the graph degree k, which n fixes) or in the ciphertexts per client (CKKS, packed).
 JSON rows say ``"measured"`` or ``"derived from D=..."``.
 
 References in the same run:
@@ -104,7 +104,9 @@ def _plaintext_round(updates: dict[int, np.ndarray], weights: dict[int, float]) 
         up += len(payload)
         t = time.perf_counter()
         v = np.frombuffer(payload, dtype="<f4")
-        acc = v[:-1].astype(np.float64) * float(v[-1]) if acc is None else acc + v[:-1] * float(v[-1])
+        if acc is None:
+            acc = np.zeros(v.size - 1)
+        acc += float(v[-1]) * v[:-1]  # float64 accumulator, in place
         server_s += time.perf_counter() - t
     n = len(updates)
     return {"mean": acc / sum(weights.values()), "client_s": client_s / n, "client_stage_s": client_s / n,
@@ -157,11 +159,23 @@ def measure_round(scheme: str, n: int, dim: int, seed: int = 0) -> dict:
             "up_ratio_fp32": r["up_bytes"] / (4 * dim)}
 
 
+def work_units(scheme: str, n: int, dim: int) -> int:
+    """What one client's cost is linear in: ciphertexts for the HE schemes (chunk padding included), else values."""
+    if scheme.startswith("ckks"):
+        from secagg.ckks.params import PARAMS
+        return -(-(dim + 1) // PARAMS[scheme[5:]].slots)
+    if scheme == "packed":
+        from secagg.packed.params import PackedParams
+        return len(PackedParams(max_cohort=max(2, n)).chunk_lengths(dim + 1))
+    return dim
+
+
 def _derive(row: dict, dim: int) -> dict:
-    f = dim / row["dim"]
+    f = work_units(row["scheme"], row["n"], dim) / work_units(row["scheme"], row["n"], row["dim"])
     out = {k: (v * f if k in ("client_s", "client_stage_s", "up_bytes", "down_bytes", "server_s", "keyholder_s",
                               "server_to_keyholder_bytes", "wall_s") else v) for k, v in row.items()}
-    out.update(dim=dim, fp32_bytes=4 * dim, source=f"derived from D={row['dim']:.0e} (linear in D)")
+    out.update(dim=dim, fp32_bytes=4 * dim, up_ratio_fp32=out["up_bytes"] / (4 * dim),
+               source=f"derived from D={row['dim']:.0e} (linear in the values/ciphertexts per client)")
     return out
 
 
@@ -176,7 +190,7 @@ def run_grid(dims: list[int], ns: list[int], cap_scale: float = 1.0) -> list[dic
                     row = {"scheme": scheme, "n": n, "dim": dim, **measure_round(scheme, n, dim), "source": "measured"}
                     last = row
                 else:
-                    row = _derive(last, dim) | {"scheme": scheme, "n": n}
+                    row = _derive(last, dim)
                 rows.append(row)
                 print(f"  {scheme:13} n={n:<4} D={dim:<9.0e} client {row['client_s']:8.3f}s  server "
                       f"{row['server_s'] + row['keyholder_s']:8.3f}s  up {row['up_ratio_fp32']:6.2f}x fp32  "
@@ -205,9 +219,9 @@ def nvflare_reference(dims: list[int], max_measured: int) -> list[dict]:
             last = {"dim": dim, "client_s": best, "up_bytes": size, "source": "measured"}
             out.append(last)
         else:
-            f = dim / last["dim"]
+            f = -(-dim // 4096) / -(-last["dim"] // 4096)
             out.append({"dim": dim, "client_s": last["client_s"] * f, "up_bytes": last["up_bytes"] * f,
-                        "source": f"derived from D={last['dim']:.0e} (linear in D)"})
+                        "source": f"derived from D={last['dim']:.0e} (linear in ciphertexts)"})
     return out
 
 
@@ -296,7 +310,7 @@ def _plot(rows: list[dict], refs: dict, path: Path, n_plot: int) -> None:
         ax.set(xscale="log", yscale="log", xlabel="D (values per update)", ylabel=label, title=f"{label}, n={n_plot}")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"secagg crypto costs (filled: measured, hollow: derived linear in D); {NOTE}", fontsize=8)
+    fig.suptitle(f"secagg crypto costs (filled: measured, hollow: derived, linear in values/ciphertexts); {NOTE}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

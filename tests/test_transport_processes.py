@@ -112,57 +112,44 @@ def test_client_crashing_mid_protocol_drops_out_and_rejoins_next_round(tmp_path,
     assert np.allclose(state.model, _expected_model(cfg, [[0, 1], [0, 1, 2]]), atol=1e-4)
 
 
-def test_aggregator_killed_between_rounds_resumes_without_loss_or_double_apply(tmp_path, procs):
+def test_aggregator_killed_between_rounds_and_mid_round_resumes_without_loss_or_double_apply(tmp_path, procs):
     cfg, resolved = _config(tmp_path, rounds=3)
-    # the aggregator dies abruptly (os._exit: no cleanup) right after round 1 is applied and checkpointed
+    # (1) the aggregator dies abruptly (os._exit: no cleanup) right after round 1 is applied and checkpointed
     agg, port = _start_aggregator(procs, tmp_path, resolved, 0, "aggregator", "--exit-after-rounds", "1")
-    for cid in range(3):
-        _start_client(procs, resolved, cid, port)
-    _wait(lambda: agg.poll() is not None, 60, "the injected aggregator crash")
-    assert agg.returncode == 9
-    killed_at = checkpoint.load(tmp_path / "agg.ckpt")
-    assert killed_at.round == 1
-    agg2, port2 = _start_aggregator(procs, tmp_path, resolved, port=port, name="aggregator-2")
-    assert port2 == port
-    _wait(lambda: agg2.poll() is not None, 90, "the resumed aggregator to finish")
-    assert agg2.returncode == 0
-    done = [r for r in _rows(tmp_path) if r["status"] == "done"]
-    assert [r["round"] for r in done] == [1, 2, 3]  # each round applied exactly once
-    ids = [r["round_id"] for r in _rows(tmp_path)]
-    assert ids == sorted(set(ids)) and min(ids[1:]) >= killed_at.next_round_id
-    state = checkpoint.load(tmp_path / "agg.ckpt")
-    assert state.round == 3 and state.next_round_id > killed_at.next_round_id
-    assert all(r["contributors"] == [0, 1, 2] for r in done)
-    assert np.allclose(state.model, _expected_model(cfg, [[0, 1, 2]] * 3), atol=1e-4)
-
-
-def test_aggregator_sigkilled_mid_round_resumes_and_the_restarted_client_rejoins(tmp_path, procs):
-    cfg, resolved = _config(tmp_path, rounds=3)
-    agg, port = _start_aggregator(procs, tmp_path, resolved)
     for cid in (0, 1):
         _start_client(procs, resolved, cid, port)
-    # client 2 takes part in round 1 (5 messages), advertises its keys in round 2, then dies: round 2 now waits
-    # for its shares until the stage deadline, and the aggregator is SIGKILLed inside that window
+    # client 2 takes part in round 1 (5 messages), advertises its keys in round 2, then dies: round 2 then waits
+    # for its shares until the stage deadline, and the second aggregator is SIGKILLed inside that window
     crashing = _start_client(procs, resolved, 2, port, "client-2-crash", "--exit-after", "6")
+    _wait(lambda: agg.poll() is not None, 60, "the injected aggregator crash")
+    assert agg.returncode == 9
+    between = checkpoint.load(tmp_path / "agg.ckpt")
+    assert between.round == 1
+    # (2) a second aggregator resumes on the same port; the clients reconnect by themselves
+    agg2, port2 = _start_aggregator(procs, tmp_path, resolved, port, "aggregator-2")
+    assert port2 == port
     _wait(lambda: crashing.poll() is not None, 60, "client 2's injected crash in round 2")
-    procs.kill("aggregator")
-    assert agg.returncode == -9
-    log = (tmp_path / "logs" / "aggregator.log").read_text()
+    assert crashing.returncode == 17
+    procs.kill("aggregator-2")  # SIGKILL, mid-round
+    assert agg2.returncode == -9
+    log = (tmp_path / "logs" / "aggregator-2.log").read_text()
     killed_id = int(log.split("round 1 (id ")[1].split(")")[0])
     killed = checkpoint.load(tmp_path / "agg.ckpt")
     assert killed.round == 1 and killed.next_round_id == killed_id + 1  # written ahead when round 2 opened
-    _start_client(procs, resolved, 2, port)  # restarted client
-    agg2, port2 = _start_aggregator(procs, tmp_path, resolved, port=port, name="aggregator-2")
-    _wait(lambda: agg2.poll() is not None, 90, "the resumed aggregator to finish")
-    assert agg2.returncode == 0
+    assert killed_id >= between.next_round_id
+    # (3) the crashed client restarts, a third aggregator resumes, and the federation finishes
+    _start_client(procs, resolved, 2, port)
+    agg3, _ = _start_aggregator(procs, tmp_path, resolved, port, "aggregator-3")
+    _wait(lambda: agg3.poll() is not None, 90, "the resumed aggregator to finish")
+    assert agg3.returncode == 0
     rows = _rows(tmp_path)
     done = [r for r in rows if r["status"] == "done"]
-    assert [r["round"] for r in done] == [1, 2, 3]  # the killed round is redone once, nothing applied twice
-    assert killed_id not in [r["round_id"] for r in rows]
-    assert all(r["round_id"] > killed_id for r in rows[1:])
+    assert [r["round"] for r in done] == [1, 2, 3]  # every round applied exactly once
+    ids = [r["round_id"] for r in rows]
+    assert ids == sorted(set(ids)) and killed_id not in ids and min(ids[1:]) > killed_id
     assert all(r["contributors"] == [0, 1, 2] for r in done)  # the restarted client 2 rejoined
     state = checkpoint.load(tmp_path / "agg.ckpt")
-    assert state.round == 3
+    assert state.round == 3 and state.next_round_id > killed.next_round_id
     assert np.allclose(state.model, _expected_model(cfg, [[0, 1, 2]] * 3), atol=1e-4)
 
 

@@ -122,15 +122,19 @@ def client_run(client_id: int = typer.Option(..., "--id", help="this client's id
                certs: Optional[str] = typer.Option(None), scheme: Optional[str] = typer.Option(None),
                exit_after: Optional[int] = typer.Option(None, hidden=True,
                                                         help="fault injection: crash after K messages"),
+               aggregator_port_file: Optional[str] = typer.Option(None, hidden=True),
+               keyholder_port_file: Optional[str] = typer.Option(None, hidden=True),
                verbose: bool = typer.Option(False)) -> None:
     """Join the federation as client ``--id`` and take part until it finishes."""
     from training.transport.node import run_client
 
     _logging(f"client-{client_id}", verbose)
     cfg = _cfg(config, resolved, certs=certs, scheme=scheme)
-    aggregator = _address(aggregator, cfg, cfg.aggregator_port, "aggregator", True)
-    keyholder = _address(keyholder, cfg, cfg.keyholder_port, "keyholder", cfg.scheme == "ckks")
-    done = run_client(cfg, client_id, aggregator=aggregator, keyholder=keyholder, exit_after=exit_after)
+    aggregator = _address(aggregator, cfg, cfg.aggregator_port, "aggregator", aggregator_port_file is None)
+    keyholder = _address(keyholder, cfg, cfg.keyholder_port, "keyholder",
+                         cfg.scheme == "ckks" and keyholder_port_file is None)
+    done = run_client(cfg, client_id, aggregator=aggregator, keyholder=keyholder, exit_after=exit_after,
+                      aggregator_port_file=aggregator_port_file, keyholder_port_file=keyholder_port_file)
     typer.echo(f"client-{client_id}: {done} rounds")
 
 

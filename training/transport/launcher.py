@@ -84,18 +84,23 @@ def launch(cfg: TransportConfig, *, timeout: float = 600.0, echo: Callable[[str]
     procs = Procs(out / "logs")
     t0 = time.monotonic()
     try:
+        # clients build their workload (imports, data, model) while the servers start; they read the published
+        # ports afterwards. Servers: the key holder first (the aggregator fetches its public context at start).
         kh_args: list[str] = []
+        client_kh: list[str] = []
         if cfg.scheme == "ckks":
             kh = procs.start("keyholder", ["keyholder", "serve", *base, "--port-file", str(out / "keyholder.port")])
-            kh_port = read_port_file(out / "keyholder.port", 120, lambda: kh.poll() is None)
+            client_kh = ["--keyholder-port-file", str(out / "keyholder.port")]
+        for i in range(cfg.clients):
+            procs.start(f"client-{i}", ["client", "run", "--id", str(i), *base, "--aggregator-port-file",
+                                        str(out / "aggregator.port"), *client_kh])
+        if cfg.scheme == "ckks":
+            kh_port = read_port_file(out / "keyholder.port", _left(t0, timeout), lambda: kh.poll() is None)
             kh_args = ["--keyholder", f"{cfg.host}:{kh_port}"]
         agg = procs.start("aggregator", ["aggregator", "serve", *base, "--port-file", str(out / "aggregator.port"),
                                          "--checkpoint", str(out / "aggregator.ckpt"), *kh_args])
-        port = read_port_file(out / "aggregator.port", 120, lambda: agg.poll() is None)
+        port = read_port_file(out / "aggregator.port", _left(t0, timeout), lambda: agg.poll() is None)
         echo(f"up: aggregator on {cfg.host}:{port}, scheme {cfg.scheme}, {cfg.clients} client processes")
-        for i in range(cfg.clients):
-            procs.start(f"client-{i}", ["client", "run", "--id", str(i), *base, "--aggregator",
-                                        f"{cfg.host}:{port}", *kh_args])
         clients = [p for n, p in procs.children.items() if n.startswith("client-")]
         seen, orphaned = 0, None
         while agg.poll() is None and time.monotonic() - t0 < timeout:
@@ -117,6 +122,10 @@ def launch(cfg: TransportConfig, *, timeout: float = 600.0, echo: Callable[[str]
     echo(f"up: {sum(r['status'] == 'done' for r in rows)} rounds in {time.monotonic() - t0:.1f} s; "
          f"metrics in {out / 'metrics.jsonl'}")
     return rows
+
+
+def _left(t0: float, timeout: float) -> float:
+    return max(1.0, timeout - (time.monotonic() - t0))
 
 
 def _rows(path: Path) -> list[dict]:

@@ -155,14 +155,30 @@ class _Crashing(ClientAgent):
             self.sent += 1
 
 
-def run_client(cfg: TransportConfig, client_id: int, *, aggregator: str, keyholder: str | None = None,
+def _resolve(address: str | None, port_file: str | None, host: str, what: str) -> str | None:
+    """``address``, else ``host:<port>`` from ``port_file`` (waiting for it to be published)."""
+    if address is not None or port_file is None:
+        return address
+    port = read_port_file(port_file, 600)
+    log.info("%s published on %s:%d", what, host, port)
+    return f"{host}:{port}"
+
+
+def run_client(cfg: TransportConfig, client_id: int, *, aggregator: str | None, keyholder: str | None = None,
+               aggregator_port_file: str | None = None, keyholder_port_file: str | None = None,
                exit_after: int | None = None) -> int:
     """Take part in rounds as ``client-<id>`` until the federation finishes; returns rounds completed.
 
-    ``exit_after`` injects a crash: the process exits abruptly instead of sending its ``exit_after + 1``-th message.
+    Addresses may instead come from port files, read once the (slow) workload is built, so a launcher can start
+    clients while the servers are still starting. ``exit_after`` injects a crash: the process exits abruptly
+    instead of sending its ``exit_after + 1``-th message.
     """
     creds = Credentials.load(cfg.certs, client_id)
     work = make_workload(cfg)
+    keyholder = _resolve(keyholder, keyholder_port_file, cfg.host, "key holder")
+    aggregator = _resolve(aggregator, aggregator_port_file, cfg.host, "aggregator")
+    if aggregator is None:
+        raise ValueError("a client needs the aggregator's address or port file")
     kw = {} if exit_after is None else {"exit_after": exit_after}
     agent = (ClientAgent if exit_after is None else _Crashing)(
         creds, aggregator, make_scheme(cfg.scheme, cfg.scheme_options()), work.source(client_id),

@@ -227,7 +227,7 @@ def plot(masking: list[dict], ckks: dict, path: Path) -> None:
     ax.bar(xs + 0.2, [m["aes_bound_s"] * 1e3 for m in masking], 0.4, color="k", label="AES-CTR bound")
     ax.plot(xs + 0.2, [2e3 * m["aes_bound_s"] for m in masking], "r_", ms=30, mew=2, label="2x bound (target)")
     ax.set_xticks(xs, labels)
-    ax.set_ylabel("ms per client (median)")
+    ax.set_ylabel("CPU ms per client (median)")
     ax.set_title(f"masking client, D={masking[0]['dim']:,}")
     ax.set_ylim(0, 1.5 * max(max(bottom), 2e3 * max(m["aes_bound_s"] for m in masking)))
     ax.legend(fontsize=7, loc="upper left", ncol=2)
@@ -237,7 +237,7 @@ def plot(masking: list[dict], ckks: dict, path: Path) -> None:
                label="0% dropout" if j == 0 else "10% dropout")
     ax.axhline(TARGETS["server_unmask_n100_10pct_s"], color="r", ls="--", label="target (n=100, 10%)")
     ax.set_xticks(xs, labels)
-    ax.set_ylabel("s")
+    ax.set_ylabel("CPU s")
     ax.set_title("server unmask stage")
     ax.legend(fontsize=8)
     ax = axes[2]

@@ -94,7 +94,7 @@ def rounds(draw, complete: bool):
     return cfg, xs, ws, drop
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=rounds(complete=True))
 def test_complete_graph_survives_any_n_minus_t_dropouts_at_any_stage(case) -> None:
     cfg, xs, ws, drop = case
@@ -109,7 +109,7 @@ def test_complete_graph_survives_any_n_minus_t_dropouts_at_any_stage(case) -> No
     assert abs(res.total_weight - sum(ws[i] for i in want)) <= len(want) * cfg.weight_codec.resolution
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=rounds(complete=False))
 def test_secagg_plus_result_or_dropout_error_matches_model(case) -> None:
     cfg, xs, ws, drop = case

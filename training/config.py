@@ -31,7 +31,7 @@ class DataConfig:
     block_size: int = 64
     partition: str = "by-document"       # by-document | iid | dirichlet | capacity
     dirichlet_alpha: float = 0.5
-    max_blocks_per_client: int | None = 256
+    max_blocks_per_client: int | None = 512
     val_fraction: float = 0.1
     max_val_blocks: int = 96
     cache_dir: str | None = None
@@ -51,8 +51,8 @@ class ModelConfig:
 class TrainConfig:
     rounds: int = 6
     local_steps: int = 8
-    batch_size: int = 16
-    lr: float = 3e-3
+    batch_size: int = 32
+    lr: float = 1e-2
     optimizer: str = "adamw"
     seed: int = 0
     threads: int = 1                     # torch intra-op threads of the run (0: torch's default); 1 suits tiny models
@@ -63,7 +63,7 @@ class FederationConfig:
     clients: int = 3
     scheme: str = "ckks"                 # ckks | masking
     aggregator: str = "fedavg"           # fedavg | loss-weighted | gradient | async
-    update_clip: float | None = 1.0      # L2 clip of every contribution (the masking value bound)
+    update_clip: float | None = 10.0     # L2 clip of every contribution (the masking value bound)
     noise_multiplier: float = 0.0        # distributed DP on the update (z; shares summing to N(0, (zC)^2))
     ckks_params: str = "default"
     min_contributors: int = 2

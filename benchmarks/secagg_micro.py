@@ -48,8 +48,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"client_vs_aes_bound": 2.0, "server_unmask_n100_10pct_s": 1.0, "upload_vs_fp32": 1.05,
            "ckks_default_vs_fp32": 14.5, "ckks_max_error": 1e-6}
 STAGES = ("encode+keys", "share keys", "mask", "consistency", "unmask")
-
-
 CLOCK = time.process_time  # CPU time of this single-threaded process: other jobs on a shared machine barely move it
 
 
@@ -105,7 +103,7 @@ def masking_round(n: int, dim: int, drop_frac: float, round_id: int, probe: AesP
             swall[stage] += time.perf_counter() - w
         return got
 
-    def to_clients(stage: str, outs: list[Outbound], skip: set[int] = frozenset()) -> list[Outbound]:
+    def to_clients(stage: str, outs: list[Outbound], skip: frozenset[int] | set[int] = frozenset()) -> list[Outbound]:
         back = []
         for o in outs:
             if o.to in skip:

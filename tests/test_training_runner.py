@@ -111,3 +111,26 @@ def test_lora_run_sends_only_adapters(tmp_path):
     rows = runner.run()
     assert rows[-1].loss < runner.initial_loss
     assert rows[-1].bytes_up < 3 * 20 * 4 * full  # CKKS of the adapters, not of the full model
+
+
+def test_wikitext_from_a_local_directory_feeds_a_run(tmp_path):
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(60)]
+    lines = []
+    for a in range(12):  # articles in the raw layout: a top-level heading, sub-headings, paragraphs
+        lines += [" \n", f" = Article {a} = \n", " \n"]
+        for _ in range(6):
+            lines += [" " + " ".join(rng.choice(words, 40)) + " . \n", " = = Section = = \n"]
+    root = tmp_path / "wikitext-103-raw"
+    root.mkdir()
+    for split in ("train", "valid", "test"):
+        (root / f"wiki.{split}.raw").write_text("".join(lines))
+    cfg = _tiny(tmp_path, scheme="masking")
+    cfg.data.corpus, cfg.data.wikitext_dir, cfg.data.partition = "wikitext", str(root), "iid"
+    cfg.data.max_articles, cfg.train.rounds = 10, 1
+    runner = Runner(cfg)
+    assert len(runner.data.assignment[0]) > 1 and all(a.startswith("article-") for a in runner.data.assignment[0])
+    names = {n for a in runner.data.assignment for n in a}
+    assert names <= {f"article-{i:05d}" for i in range(10)}  # max_articles honoured
+    rows = runner.run()
+    assert rows[0].loss < runner.initial_loss

@@ -200,5 +200,8 @@ def test_no_party_but_the_client_sees_an_individual_loss(scheme, ckks_sum):
     assert _find_close_floats(agg, secrets) == []
     if fin is not None:
         assert _find_close_floats(fin, secrets) == []
+    # nor does the server: its round reports and strategy state
+    assert _find_close_floats(fed.history, secrets) == [] and _find_close_floats(fed.strategy, secrets) == []
+    assert _find_close_floats(fed.history + [{"x": losses[2]}], secrets) != []  # the object scan can fail too
     alpha = np.exp(-np.array(losses)) / np.exp(-np.array(losses)).sum()
     assert np.allclose(fed.global_vec, sum(alpha[i] * (w + deltas[i]) for i in range(3)), atol=ATOL, rtol=0)

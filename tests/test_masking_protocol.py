@@ -13,6 +13,7 @@ from scipy.stats import chisquare
 
 from secagg.errors import DropoutError
 from secagg.masking import MaskingClient, MaskingConfig, MaskingServer
+from secagg.masking.config import MAX_CLIENT_ID
 from secagg.masking.messages import AdvertiseKeys, ConsistencyResponse, MaskedInput, ShareKeys, UnmaskResponse
 from secagg.roles import AGGREGATOR
 from secagg.simulation import run_round
@@ -82,7 +83,7 @@ def rounds(draw, complete: bool):
     k = n - 1 if complete else draw(st.integers(1, n - 1))
     k_eff = MaskingConfig(participants=tuple(range(n)), dim=1, neighbors=k).neighbors
     t = draw(st.integers(max(2, (k_eff + 1) // 2 + 1), k_eff + 1))
-    ids = draw(st.lists(st.integers(0, 10_000), min_size=n, max_size=n, unique=True))
+    ids = draw(st.lists(st.integers(0, MAX_CLIENT_ID), min_size=n, max_size=n, unique=True))
     cfg = MaskingConfig(participants=tuple(ids), dim=dim, neighbors=k, threshold=t, clip=2.0, weight_bound=5.0,
                         graph_seed=draw(st.binary(min_size=16, max_size=16)))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))  # test data only

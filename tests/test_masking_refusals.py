@@ -373,3 +373,29 @@ def test_an_equivocating_server_never_gets_t_shares_of_both_secrets(n: int, data
         assert not (0 in resp.b_shares and 0 in resp.s_shares)
     assert b_shares + s_shares <= cfg.neighbors + 1
     assert min(b_shares, s_shares) < cfg.t  # at most one of b_0, s_0 can be reconstructed
+
+
+def test_roles_refuse_corrupted_bytes_at_every_stage_and_carry_on() -> None:
+    r = Round(sign=True)
+    rng = np.random.default_rng(9)
+
+    def corrupt(p: bytes) -> list[bytes]:
+        flip = bytearray(p)
+        flip[int(rng.integers(len(p)))] ^= 1 << int(rng.integers(8))
+        return [p[:int(rng.integers(len(p)))], bytes(flip), p + b"\x00"]
+
+    for step in range(5):
+        for sender, p in r.to_server:
+            for bad in corrupt(p):
+                with pytest.raises(MalformedMessageError):
+                    r.server.receive(sender, bad)
+        r.server_step(skip=(4,) if step == 2 else ())
+        if r.server.done:
+            break
+        for u, p in r.to_clients.items():
+            for bad in corrupt(p):
+                with pytest.raises(MalformedMessageError):
+                    r.clients[u].receive(bad)
+        r.client_step()
+    assert r.server.done  # the fifth server step unmasked
+    r.finish()

@@ -9,7 +9,8 @@ Invariants:
   over exactly the neighbours ``v`` whose shares the server delivered (they completed the share stage);
 * ``b`` and the mask secret ``s_sk`` are Shamir-shared t-of-(holders) among those neighbours and the client;
   each share travels AES-GCM-encrypted under a pairwise channel key with the round, sender and recipient bound
-  as associated data; ``b``, ``s_sk`` and the encoded input are discarded once the masked input is built;
+  as associated data (one X25519 exchange per neighbour serves both directions); ``c_sk`` is discarded once the
+  shares are encrypted, and ``b``, ``s_sk``, the channel keys and the plain encoding once the masked input is built;
 * an unmask request is answered at most once, only if its alive set is the survivor list the client signed,
   it does not name the client as dropped, holds at least ``t`` ids, names only participants, and (with
   identities) carries at least ``t`` valid signatures of that list. Alive and dropped sets are disjoint (checked

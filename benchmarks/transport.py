@@ -2,15 +2,15 @@
 
 For n ∈ {3, 10, 100} clients (masking; CKKS for n ≤ 10 by default) and a small model (``--dim``), measures
 
-* in-process: ``secagg.run_round`` on roles from ``build_round`` (every message passed as bytes), seconds and
-  protocol bytes (sum of all message payloads);
+* in-process: ``secagg.run_round`` on roles from ``build_round`` (every message passed as bytes; masking with
+  Ed25519-signed advertisements and survivor lists, as over gRPC), seconds and protocol bytes (all payloads);
 * gRPC: a :class:`training.transport.inproc.Deployment` (aggregator, key holder and n client agents, each with its
   own mTLS channel, on threads of this process): seconds per round (round opened → aggregate applied), protocol
   bytes (the same payloads, counted by the aggregator: must equal the in-process count), transport bytes
-  (protocol + task envelopes carrying the round parameters and global model, which in-process has no
-  counterpart for), the loopback interface's byte counter (everything incl. TLS, HTTP/2 framing, connection
-  setup and, for CKKS, each party's one-time public-context download; other traffic on ``lo`` at the same time
-  adds noise), and the process's peak RSS.
+  (protocol + task envelopes carrying the round parameters, the cohort's signing certificates (masking) and the
+  global model as float64, which in-process has no counterpart for), the loopback interface's byte counter
+  (everything incl. TLS, HTTP/2 framing, connection setup and, for CKKS, each party's one-time public-context
+  download; other traffic on ``lo`` at the same time adds noise), and the process's peak RSS.
 
 Prints the gRPC/in-process ratios and writes ``benchmarks/results/transport.json`` and ``transport.png``.
 Usage: ``python -m benchmarks.transport [--dim 10000] [--sizes 3,10,100] [--ckks-max 10] [--schemes masking,ckks]``.
@@ -250,8 +250,8 @@ def main() -> None:
             updates = [rng.uniform(-1, 1, args.dim) for _ in range(n)]
             weights = [float(w) for w in rng.integers(1, 4, n)]
             opts = {"min_contributors": 2} if scheme == "ckks" else {}
-            local = in_process(scheme, updates, weights, opts)
-            remote = over_grpc(scheme, updates, weights, opts)
+            local = in_process(scheme, updates, weights, opts if scheme == "ckks" else {"sign": True})
+            remote = over_grpc(scheme, updates, weights, opts)  # masking over gRPC signs (the default)
             err = float(np.max(np.abs(remote.pop("mean") - local.pop("mean"))))
             row = {"scheme": scheme, "n": n, "dim": args.dim, "in_process": local, "grpc": remote,
                    "time_ratio": remote["seconds"] / local["seconds"],

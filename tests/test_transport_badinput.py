@@ -95,21 +95,36 @@ def _raw(header_json: bytes) -> bytes:
 
 
 def _bad_requests(dep: Deployment) -> list[tuple[str, type, str, bytes]]:
-    """Requests refused before any round: non-finite and negative weights, bad privacy reports, unknown rounds."""
-    return [
-        ("weight Inf", E.MalformedMessageError, "Checkin", _raw(b'{"weight":1e999}')),
-        ("weight NaN", E.MalformedMessageError, "Checkin", _raw(b'{"weight":NaN}')),
-        ("weight negative", E.MalformedMessageError, "Checkin", pack({"weight": -1.0})),
-        ("weight not a number", E.MalformedMessageError, "Checkin", pack({"weight": "1"})),
+    """Requests of client 2 refused before any round: non-finite and negative weights, bad privacy reports, signing
+    identities that are missing or not its own, unknown rounds, an oversized request."""
+    own = Credentials.load(dep.certs, 2)
+    ident = {"identity": own.sign_cert.decode()} if dep.scheme.needs_identities else {}
+    raw_ident = f',"identity":{json.dumps(ident["identity"])}'.encode() if ident else b""
+    bad = [
+        ("weight Inf", E.MalformedMessageError, "Checkin", _raw(b'{"weight":1e999' + raw_ident + b"}")),
+        ("weight NaN", E.MalformedMessageError, "Checkin", _raw(b'{"weight":NaN' + raw_ident + b"}")),
+        ("weight negative", E.MalformedMessageError, "Checkin", pack({"weight": -1.0} | ident)),
+        ("weight not a number", E.MalformedMessageError, "Checkin", pack({"weight": "1"} | ident)),
         ("privacy report Inf", E.MalformedMessageError, "Checkin",
-         _raw(b'{"weight":1,"report":"r-0123456789","privacy":[{"noise_multiplier":1e999,"sample_rate":0.1,"steps":1}]}')),
+         _raw(b'{"weight":1,"report":"r-0123456789","privacy":[{"noise_multiplier":1e999,"sample_rate":0.1,'
+              b'"steps":1}]' + raw_ident + b"}")),
         ("privacy report garbage", E.MalformedMessageError, "Checkin",
-         pack({"weight": 1.0, "report": "r-0123456789", "privacy": [7]})),
+         pack({"weight": 1.0, "report": "r-0123456789", "privacy": [7]} | ident)),
         ("privacy report without an id", E.MalformedMessageError, "Checkin",
-         pack({"weight": 1.0, "privacy": [{"noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 1}]})),
+         pack({"weight": 1.0, "privacy": [{"noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 1}]} | ident)),
         ("receive for no open round", E.WrongRoundError, "Receive", pack({"round_id": 77})),
         ("oversize request", E.MalformedMessageError, "Checkin", _raw(b'{"weight":1,"pad":"' + b"x" * 70000 + b'"}')),
     ]
+    if dep.scheme.needs_identities:
+        other = Credentials.load(dep.certs, 1)
+        bad += [("no signing identity", E.AuthenticationError, "Checkin", pack({"weight": 1.0})),
+                ("another client's signing identity", E.AuthenticationError, "Checkin",
+                 pack({"weight": 1.0, "identity": other.sign_cert.decode()})),
+                ("a TLS certificate as signing identity", E.AuthenticationError, "Checkin",
+                 pack({"weight": 1.0, "identity": own.cert.decode()})),
+                ("garbage signing identity", E.AuthenticationError, "Checkin",
+                 pack({"weight": 1.0, "identity": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}))]
+    return bad
 
 
 @pytest.mark.parametrize("scheme", ["masking", "ckks"])

@@ -187,7 +187,7 @@ def idle_aggregator(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("fuzz-pki")
     init_certs(d, 1)
-    coord = Coordinator(make_scheme("masking"), ServerState(np.zeros(4)), RoundPolicy(1, 2, 2))
+    coord = Coordinator(make_scheme("masking", {"signed": False}), ServerState(np.zeros(4)), RoundPolicy(1, 2, 2))
     server, port = serve_aggregator(coord, Credentials.load(d, AGGREGATOR), "127.0.0.1", 0,
                                     max_message_bytes=1 << 20, workers=4, poll_seconds=0.05)
     channel = open_channel(Credentials.load(d, 0), f"127.0.0.1:{port}", AGGREGATOR)

@@ -107,3 +107,42 @@ def test_too_few_survivors_abort_and_the_next_cohort_finishes_the_round(scheme, 
     assert res.contributors == (0, 1, 4)
     assert np.allclose(res.mean, _weighted_mean(updates, weights, [0, 1, 4]), atol=1e-4)
     assert dep.coordinator.state.round == 1
+
+
+def test_signed_masking_clients_refuse_keys_substituted_by_the_aggregator(caplog):
+    """An aggregator that swaps a neighbour's advertised key (a man-in-the-middle between clients) is caught by
+    the CA-certified signatures: the victim refuses the roster, takes no further part, and is a dropout."""
+    import dataclasses
+    import logging
+
+    from secagg.hazmat import kex
+    from secagg.masking.messages import KeyRoster
+    from secagg.messages import decode
+    from secagg.roles import Outbound
+
+    updates, weights = _data(4, 16, seed=4)
+    sources = {i: FixedSource(u, w) for i, (u, w) in enumerate(zip(updates, weights))}
+    caplog.set_level(logging.WARNING, logger="training.transport.client")
+    with Deployment("masking", sources, 16, stage_timeout=1.0) as dep:
+        route, coord = dep.coordinator._route, dep.coordinator
+        attacker = kex.public_bytes(kex.generate())  # the aggregator's own key, to read client 0's shares
+
+        def tampering(rnd, sender, outs):
+            forged = []
+            for out in outs:
+                msg = decode(out.payload) if out.to == 0 else None
+                if isinstance(msg, KeyRoster):
+                    swapped = (attacker,) + msg.c_pks[1:]
+                    out = Outbound(0, dataclasses.replace(msg, c_pks=swapped).to_bytes())
+                forged.append(out)
+            route(rnd, sender, forged)
+
+        coord._route = tampering
+        assert dep.scheme.needs_identities
+        records = dep.run(timeout=90)
+    assert [r.status for r in records] == ["done"]
+    res = records[0].result
+    assert list(res.contributors) == [1, 2, 3]
+    assert np.allclose(res.mean, _weighted_mean(updates, weights, [1, 2, 3]), atol=1e-4)
+    refusals = [r.getMessage() for r in caplog.records if "client 0 refused a message" in r.getMessage()]
+    assert refusals and all("AuthenticationError" in m for m in refusals)

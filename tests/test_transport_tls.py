@@ -31,7 +31,7 @@ def certs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def aggregator(certs):
     d, _ = certs
-    coord = Coordinator(make_scheme("masking"), ServerState(np.zeros(4)), RoundPolicy(1, 3, 3))
+    coord = Coordinator(make_scheme("masking", {"signed": False}), ServerState(np.zeros(4)), RoundPolicy(1, 3, 3))
     server, port = serve_aggregator(coord, Credentials.load(d, AGGREGATOR), "127.0.0.1", 0,
                                     max_message_bytes=LIMIT, workers=8, poll_seconds=0.2)
     try:

@@ -209,3 +209,25 @@ def test_privacy_reports_are_checkpointed_before_the_reply_and_composed_once(tmp
     coord.checkin(0, 1.0, 0.0, privacy=events, report="report-two")  # a new report composes
     assert spent("0") == pytest.approx(epsilon(1.1, 0.01, 100, 1e-5), rel=1e-6)
     assert checkpoint.load(path).reports == {"0": "report-two"}
+
+
+def test_signing_identities_chain_to_the_ca_and_name_their_client(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from training.transport.certs import verify_signing_cert
+
+    init_certs(tmp_path / "a", 2)
+    init_certs(tmp_path / "b", 2)
+    mine, other = Credentials.load(tmp_path / "a", 1), Credentials.load(tmp_path / "b", 1)
+    assert Credentials.load(tmp_path / "a", AGGREGATOR).signer() is None  # servers sign nothing
+    key = verify_signing_cert(mine.ca, mine.sign_cert, 1)
+    assert isinstance(key, Ed25519PublicKey)
+    signature = mine.signer().sign(b"survivors")
+    key.verify(signature, b"survivors")  # the certified key is the signer's (raises otherwise)
+    for ca, cert, ident in [(mine.ca, mine.sign_cert, 0),      # used for another client
+                            (mine.ca, other.sign_cert, 1),     # issued by another CA
+                            (mine.ca, mine.cert, 1),           # a TLS certificate, not a signing one
+                            (mine.ca, b"not a certificate", 1)]:
+        with pytest.raises(E.AuthenticationError):
+            verify_signing_cert(ca, cert, ident)
+    assert oct(os.stat(tmp_path / "a" / "client-1.sign.key").st_mode & 0o777) == "0o600"

@@ -2,8 +2,9 @@
 
 Methods (each carries one envelope per direction, chunked to 1 MiB):
 
-* ``Checkin``  (unary→stream)  ``{"weight", "privacy"?, "report"?}`` → the next round's task (header + global
-  model) | idle | finished; ``privacy`` lists DP events under the report id ``report`` (see Coordinator.checkin)
+* ``Checkin``  (unary→stream)  ``{"weight", "privacy"?, "report"?, "identity"?}`` → the next round's task
+  (header + global model) | idle | finished; ``privacy`` lists DP events under the report id ``report`` (see
+  Coordinator.checkin); ``identity`` is the client's signing certificate (PEM), required for signed masking
 * ``Send``     (stream→unary)  ``{"round_id"}`` + one secagg message → ``{"ok": true}``
 * ``Receive``  (unary→stream)  ``{"round_id"}`` → the next secagg message for the caller | end | idle
 * ``Status``   (unary→stream)  → round counter, waiting clients, rejection counts (any authenticated peer)
@@ -21,10 +22,10 @@ import grpc
 
 from secagg.errors import AuthenticationError, MalformedMessageError
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
-from training.transport.certs import Credentials, peer_identity
+from training.transport.certs import Credentials, peer_identity, verify_signing_cert
 from training.transport.coordinator import Coordinator
 from training.transport.rpc import Stub, guarded, guarded_stream, open_channel, start_server
-from training.transport.wire import MAX_HEADER, field, join, pack, split, unpack
+from training.transport.wire import field, join, pack, split, unpack
 
 __all__ = ["AggregatorService", "KeyHolderLink", "serve_aggregator", "status_of", "encode_outbounds",
            "decode_outbounds", "POLL_SECONDS"]
@@ -43,8 +44,11 @@ def _client(context: grpc.ServicerContext, header: dict) -> int:
     return cid
 
 
+MAX_REQUEST = 64 << 10  # check-in, receive and status requests are small JSON headers
+
+
 def _small(request: bytes) -> dict:
-    if len(request) > MAX_HEADER + 6:
+    if len(request) > MAX_REQUEST:
         raise MalformedMessageError("request envelope too large")
     header, body = unpack(request)
     if body:
@@ -55,8 +59,9 @@ def _small(request: bytes) -> dict:
 class AggregatorService:
     """gRPC front of a coordinator; ``max_message_bytes`` bounds every reassembled client message."""
 
-    def __init__(self, coordinator: Coordinator, max_message_bytes: int, poll_seconds: float = POLL_SECONDS):
-        self.coord, self.limit, self.poll = coordinator, int(max_message_bytes), float(poll_seconds)
+    def __init__(self, coordinator: Coordinator, max_message_bytes: int, poll_seconds: float = POLL_SECONDS, *,
+                 ca: bytes | None = None) -> None:
+        self.coord, self.limit, self.poll, self.ca = coordinator, int(max_message_bytes), float(poll_seconds), ca
         self.on_refusal = coordinator.note_rejection  # every refused request is counted (see rpc.guarded)
 
     @guarded_stream
@@ -66,7 +71,14 @@ class AggregatorService:
         weight = field(header, "weight", (int, float))
         privacy = field(header, "privacy", list, [])
         report = field(header, "report", str, "")
-        yield from split(self.coord.checkin(cid, float(weight), self.poll, context.is_active, privacy, report))
+        identity = None
+        if self.coord.scheme.needs_identities:
+            pem = field(header, "identity", str, None)
+            if pem is None or self.ca is None:
+                raise AuthenticationError("this deployment signs masking rounds: check in with a signing certificate")
+            identity = (pem, verify_signing_cert(self.ca, pem, cid))
+        yield from split(self.coord.checkin(cid, float(weight), self.poll, context.is_active, privacy, report,
+                                            identity))
 
     @guarded
     def Send(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
@@ -140,7 +152,7 @@ def serve_aggregator(coordinator: Coordinator, creds: Credentials, host: str, po
     """Start the aggregator's mTLS server (the coordinator's driver thread is the caller's to run)."""
     if creds.identity != AGGREGATOR:
         raise AuthenticationError("the aggregator must serve with the aggregator certificate")
-    service = AggregatorService(coordinator, max_message_bytes, poll_seconds)
+    service = AggregatorService(coordinator, max_message_bytes, poll_seconds, ca=creds.ca)
     return start_server(creds, [service.handler()], host, port, workers)
 
 

@@ -5,6 +5,11 @@ handshake (``aggregator``, ``keyholder`` or ``client-<id>``); the same name is t
 in a message body can change who the sender is. Server certificates also carry ``localhost``/``127.0.0.1`` SANs,
 but channels verify the server by its role name (``ssl_target_name_override``), so a client certificate can never
 stand in for the aggregator or the key holder.
+
+Clients also get a *signing identity*: an Ed25519 key and a CA-issued certificate for it (``client-<id>.sign.pem``,
+key usage: digital signature only). Masking clients sign their key advertisements and consistency responses with
+it; the untrusted aggregator relays the certificates, and every party checks each one against the CA and the id it
+is used for (:func:`verify_signing_cert`), so an aggregator cannot substitute keys between clients.
 """
 
 from __future__ import annotations
@@ -18,14 +23,16 @@ from dataclasses import dataclass
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from secagg.errors import AuthenticationError
 from secagg.roles import AGGREGATOR, KEYHOLDER
 
-__all__ = ["init_certs", "issue", "role_name", "parse_identity", "peer_identity", "Credentials"]
+__all__ = ["init_certs", "issue", "role_name", "parse_identity", "peer_identity", "Credentials",
+           "verify_signing_cert"]
 
 _CLIENT_RE = re.compile(r"client-(0|[1-9][0-9]{0,8})")
 _SERVERS = {"aggregator": AGGREGATOR, "keyholder": KEYHOLDER}
@@ -103,8 +110,29 @@ def _load_ca(directory: pathlib.Path) -> tuple[ec.EllipticCurvePrivateKey, x509.
     return key, cert
 
 
+def _certificate(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, name: str, public_key,
+                 sans: list[x509.GeneralName], usages: list, key_usage: x509.KeyUsage | None) -> x509.Certificate:
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(ca_cert.subject)
+               .public_key(public_key).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + _VALIDITY)
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.SubjectAlternativeName(sans), critical=False))
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, critical=True)
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+_SIGN_ONLY = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                           data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                           encipher_only=False, decipher_only=False)
+
+
 def issue(directory: str | os.PathLike, identity: int) -> None:
-    """Issue ``<role>.pem``/``<role>.key`` for ``identity`` signed by the CA in ``directory``."""
+    """Issue ``<role>.pem``/``<role>.key`` for ``identity`` signed by the CA in ``directory`` (and, for a client,
+    its signing identity ``<role>.sign.pem``/``<role>.sign.key``)."""
     d = pathlib.Path(directory)
     ca_key, ca_cert = _load_ca(d)
     name = role_name(identity)
@@ -114,16 +142,40 @@ def issue(directory: str | os.PathLike, identity: int) -> None:
     if identity < 0:
         sans += [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + _VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = _certificate(ca_key, ca_cert, name, key.public_key(), sans, usages, None)
     _write(d / f"{name}.key", _pem_key(key), secret=True)
     _write(d / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM))
+    if identity >= 0:
+        skey = ed25519.Ed25519PrivateKey.generate()
+        scert = _certificate(ca_key, ca_cert, name, skey.public_key(), [x509.DNSName(name)], [], _SIGN_ONLY)
+        _write(d / f"{name}.sign.key", skey.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()), secret=True)
+        _write(d / f"{name}.sign.pem", scert.public_bytes(serialization.Encoding.PEM))
+
+
+def verify_signing_cert(ca_pem: bytes, cert_pem: bytes | str, identity: int) -> ed25519.Ed25519PublicKey:
+    """The Ed25519 key of ``identity``'s signing certificate; AuthenticationError unless the certificate is issued
+    by the CA, currently valid, named ``client-<identity>``, restricted to signatures, and holds an Ed25519 key."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode() if isinstance(cert_pem, str) else cert_pem)
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        cert.verify_directly_issued_by(ca)
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except InvalidSignature as exc:
+        raise AuthenticationError(f"signing certificate of client {identity} is not issued by this CA") from exc
+    except (ValueError, TypeError, x509.ExtensionNotFound) as exc:
+        raise AuthenticationError(f"signing certificate of client {identity} is not valid: {exc}") from exc
+    now = dt.datetime.now(dt.timezone.utc)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise AuthenticationError(f"signing certificate of client {identity} is expired or not yet valid")
+    if len(names) != 1 or names[0].value != role_name(identity):
+        raise AuthenticationError(f"signing certificate names {[n.value for n in names]}, not client-{identity}")
+    key = cert.public_key()
+    if not isinstance(key, ed25519.Ed25519PublicKey) or not usage.digital_signature or usage.key_cert_sign:
+        raise AuthenticationError(f"certificate of client {identity} is not an Ed25519 signing certificate")
+    return key
 
 
 def init_certs(directory: str | os.PathLike, n_clients: int) -> pathlib.Path:
@@ -147,12 +199,26 @@ class Credentials:
     ca: bytes
     cert: bytes
     key: bytes
+    sign_cert: bytes | None = None   # a client's signing identity (certificate, PEM), when issued
+    sign_key: bytes | None = None
 
     @classmethod
     def load(cls, directory: str | os.PathLike, identity: int) -> "Credentials":
         d = pathlib.Path(directory)
         name = role_name(identity)
-        return cls((d / "ca.pem").read_bytes(), (d / f"{name}.pem").read_bytes(), (d / f"{name}.key").read_bytes())
+        signing = [d / f"{name}.sign.pem", d / f"{name}.sign.key"]
+        sign_cert, sign_key = (p.read_bytes() for p in signing) if all(p.exists() for p in signing) else (None, None)
+        return cls((d / "ca.pem").read_bytes(), (d / f"{name}.pem").read_bytes(), (d / f"{name}.key").read_bytes(),
+                   sign_cert, sign_key)
+
+    def signer(self) -> ed25519.Ed25519PrivateKey | None:
+        """This client's Ed25519 signing key, or None when it has no signing identity."""
+        if self.sign_key is None:
+            return None
+        key = serialization.load_pem_private_key(self.sign_key, password=None)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise AuthenticationError("the signing key is not an Ed25519 key")
+        return key
 
     @property
     def identity(self) -> int:

@@ -101,6 +101,8 @@ class ClientAgent:
                 self._report = (secrets.token_hex(8), [e.to_dict() for e in self.source.events])
                 self.source.events = ()  # type: ignore[attr-defined]  (pending in _report until acknowledged)
             header = {"client_id": self.client_id, "weight": float(self.source.weight)}
+            if self.scheme.needs_identities and self.creds.sign_cert is not None:
+                header["identity"] = self.creds.sign_cert.decode()
             if self._report is not None:
                 header |= {"report": self._report[0], "privacy": self._report[1]}
             try:
@@ -141,7 +143,7 @@ class ClientAgent:
             self.on_task(header)
         update = validate_update(np.asarray(self.source.compute(model.copy(), field(header, "round", int))), dim)
         ctx = self.context() if self.scheme.needs_keyholder else None
-        role = self.scheme.client_role(self.client_id, params, ctx)
+        role = self.scheme.client_role(self.client_id, params, ctx, self.creds)
         self._send(round_id, role.start(update, float(self.source.weight)))
         while not role.done and not self.stop.is_set():
             env = self.stub.unary_stream("Receive", pack({"client_id": self.client_id, "round_id": round_id}),

@@ -47,6 +47,7 @@ class TransportConfig:
     neighbors: int | None = None
     rounding: str = "stochastic"
     weight_bound: float | None = None
+    signed: bool = True                   # masking: CA-certified Ed25519 signatures on keys and survivor lists
     ckks_params: str = "default"
     min_contributors: int = 2
     run_config: str | None = None         # the run file itself (the ``local`` trainer reads its sections)
@@ -78,7 +79,8 @@ class TransportConfig:
         if self.scheme == "ckks":
             return {"params": self.ckks_params, "min_contributors": self.min_contributors}
         return {"clip": self.clip, "ring_bits": self.ring_bits, "threshold": self.threshold,
-                "neighbors": self.neighbors, "rounding": self.rounding, "weight_bound": self.weight_bound}
+                "neighbors": self.neighbors, "rounding": self.rounding, "weight_bound": self.weight_bound,
+                "signed": self.signed}
 
 
 _FROM_RUN = {("federation", "clients"): "clients", ("federation", "scheme"): "scheme",

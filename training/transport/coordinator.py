@@ -125,6 +125,7 @@ class Coordinator:
         self.stopping = False
         self.failure: BaseException | None = None
         self.rejections: dict[str, int] = {}
+        self.identities: dict[int, tuple] = {}
         self.ledger_budget = ledger_budget
 
     @property
@@ -133,13 +134,14 @@ class Coordinator:
 
     # ---- handler side -------------------------------------------------------------------------------------
     def checkin(self, cid: int, weight: float, timeout: float, alive: Callable[[], bool] = lambda: True,
-                privacy: list | None = None, report: str = "") -> bytes:
+                privacy: list | None = None, report: str = "", identity: tuple | None = None) -> bytes:
         """Wait up to ``timeout`` s to be put in a cohort; the task envelope, or ``idle`` / ``finished``.
 
         ``privacy``: the DP events (``PrivacyEvent.to_dict()``) of the client's training since its last check-in,
         under the client-chosen ``report`` id; they are composed into its ledger in ``state.ledgers`` and
         checkpointed before this call returns. A report whose id equals the client's last recorded one is a
-        re-send (the reply was lost) and is not composed again.
+        re-send (the reply was lost) and is not composed again. ``identity``: the client's signing certificate and
+        its key, already verified against the CA by the service (listed in the tasks of signed rounds).
         """
         if not (np.isfinite(weight) and weight > 0):
             raise MalformedMessageError(f"weight must be positive and finite, got {weight!r}")
@@ -150,6 +152,8 @@ class Coordinator:
             if privacy and self.state.reports.get(str(cid)) != report:
                 self._record_privacy(cid, privacy, report)
             self.assigned.pop(cid, None)
+            if identity is not None:
+                self.identities[cid] = identity
             self.waiting[cid] = float(weight)
             if self.waiting_since is None:
                 self.waiting_since = time.monotonic()
@@ -297,7 +301,8 @@ class Coordinator:
         self.state.next_round_id += 1
         self._save()  # write-ahead: this round id is never handed out again, even after a crash
         ids = sorted(cohort)
-        params, role = self.scheme.plan(round_id, ids, cohort, int(self.state.model.size), self.context)
+        known = {c: self.identities[c] for c in ids if c in self.identities}
+        params, role = self.scheme.plan(round_id, ids, cohort, int(self.state.model.size), self.context, known)
         header = {"type": "task", "round_id": round_id, "round": self.state.round, "scheme": self.scheme.name,
                   "params": params}
         task = pack(header, np.ascontiguousarray(self.state.model, dtype="<f8").tobytes())

@@ -4,17 +4,24 @@ Only the aggregator chooses a round's parameters (:meth:`Scheme.plan`); they tra
 task header, and every client rebuilds its own role from them (:meth:`Scheme.client_role`). No party ever builds
 another party's role, so secrets stay where they are created: masking keys in each client, the CKKS secret key in
 the key holder. CKKS clients take the public context from the key holder itself (authenticated by mTLS), never
-from the aggregator, so the aggregator cannot substitute a key it could decrypt with.
+from the aggregator, so the aggregator cannot substitute a key it could decrypt with. Signed masking rounds list the
+cohort's signing certificates in the parameters; each client checks every one against its own CA copy before use.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from secagg.errors import ConfigurationError, MalformedMessageError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from secagg.errors import AuthenticationError, ConfigurationError, MalformedMessageError
 from secagg.roles import AggregatorRole, ClientRole
+from training.transport.certs import Credentials, verify_signing_cert
+
+Identities = Mapping[int, tuple[str, Ed25519PublicKey]]  # client id -> (signing certificate PEM, its verified key)
 
 __all__ = ["Scheme", "MaskingScheme", "CKKSScheme", "make_scheme"]
 
@@ -27,20 +34,30 @@ class Scheme:
     name = ""
 
     def plan(self, round_id: int, cohort: list[int], weights: dict[int, float], dim: int,
-             context: bytes | None) -> tuple[dict[str, Any], AggregatorRole]:
-        """Public round parameters (JSON-able) and the aggregator's role built from exactly those."""
+             context: bytes | None, identities: Identities | None = None) -> tuple[dict[str, Any], AggregatorRole]:
+        """Public round parameters (JSON-able) and the aggregator's role built from exactly those.
+        ``identities``: the cohort's verified signing identities (required when :attr:`needs_identities`)."""
         raise NotImplementedError
 
-    def client_role(self, client_id: int, params: dict[str, Any], context: bytes | None) -> ClientRole:
+    def client_role(self, client_id: int, params: dict[str, Any], context: bytes | None,
+                    creds: Credentials | None = None) -> ClientRole:
+        """This client's role for the round; ``creds`` (its CA and signing key) for signed rounds."""
         raise NotImplementedError
 
     @property
     def needs_keyholder(self) -> bool:
         return False
 
+    @property
+    def needs_identities(self) -> bool:
+        """Whether every client must check in with a signing certificate."""
+        return False
+
 
 class MaskingScheme(Scheme):
-    """SecAgg+ masking: a fresh graph seed per round; clients pre-weight within the public ``weight_bound``."""
+    """SecAgg+ masking: a fresh graph seed per round; clients pre-weight within the public ``weight_bound``.
+    With ``signed`` (default) every advertisement and consistency response is signed by the client's CA-certified
+    Ed25519 identity, so the aggregator cannot substitute keys or survivor lists (the active-adversary variant)."""
 
     name = "masking"
     _KEYS = ("threshold", "neighbors", "ring_bits", "clip", "weight_bound", "rounding")
@@ -56,7 +73,11 @@ class MaskingScheme(Scheme):
         except (KeyError, TypeError, ValueError) as exc:
             raise MalformedMessageError(f"bad masking round parameters: {exc!r}") from exc
 
-    def plan(self, round_id, cohort, weights, dim, context):
+    @property
+    def needs_identities(self) -> bool:
+        return bool(self.options.get("signed", True))
+
+    def plan(self, round_id, cohort, weights, dim, context, identities=None):
         from secagg.masking import MaskingServer
 
         opts = dict(self.options)
@@ -64,12 +85,30 @@ class MaskingScheme(Scheme):
             opts["weight_bound"] = max(weights.values())
         params = {k: opts.get(k) for k in self._KEYS} | {
             "round_id": round_id, "cohort": sorted(cohort), "dim": dim, "graph_seed": secrets.token_hex(16)}
-        return params, MaskingServer(self._config(params))
+        peers = None
+        if self.needs_identities:
+            if identities is None or any(c not in identities for c in cohort):
+                raise AuthenticationError("a signed masking round needs every member's signing identity")
+            params["identities"] = {str(c): identities[c][0] for c in sorted(cohort)}
+            peers = {c: identities[c][1] for c in cohort}
+        return params, MaskingServer(self._config(params), peer_identities=peers)
 
-    def client_role(self, client_id, params, context):
+    def client_role(self, client_id, params, context, creds=None):
         from secagg.masking import MaskingClient
 
-        return MaskingClient(client_id, self._config(params))
+        config = self._config(params)
+        listed = params.get("identities")
+        if listed is None:
+            if self.needs_identities:
+                raise AuthenticationError("this deployment signs masking rounds, but the round lists no identities")
+            return MaskingClient(client_id, config)
+        signer = creds.signer() if creds is not None else None
+        if signer is None:
+            raise ConfigurationError(f"client {client_id} has no signing identity for a signed masking round")
+        if not isinstance(listed, dict) or sorted(listed) != sorted(str(c) for c in config.participants):
+            raise MalformedMessageError("the round's identities do not match its cohort")
+        peers = {c: verify_signing_cert(creds.ca, listed[str(c)], c) for c in config.participants}
+        return MaskingClient(client_id, config, identity=signer, peer_identities=peers)
 
 
 class CKKSScheme(Scheme):
@@ -81,7 +120,7 @@ class CKKSScheme(Scheme):
     def needs_keyholder(self) -> bool:
         return True
 
-    def plan(self, round_id, cohort, weights, dim, context):
+    def plan(self, round_id, cohort, weights, dim, context, identities=None):
         from secagg.ckks import CKKSAggregator
 
         if context is None:
@@ -92,7 +131,7 @@ class CKKSScheme(Scheme):
                              min_contributors=int(self.options.get("min_contributors", 2)))
         return params, agg
 
-    def client_role(self, client_id, params, context):
+    def client_role(self, client_id, params, context, creds=None):
         from secagg.ckks import CKKSClient
 
         if context is None:

@@ -26,7 +26,7 @@ __all__ = ["CHUNK", "MAX_GRPC_MESSAGE", "OversizeMessageError", "TransportError"
 
 CHUNK = 1 << 20
 MAX_GRPC_MESSAGE = CHUNK + (64 << 10)
-MAX_HEADER = 64 << 10
+MAX_HEADER = 1 << 20   # a task header lists the cohort's signing certificates (about 0.5 KiB per client)
 _MAGIC = b"ST"
 _LEN = struct.Struct("<I")
 
@@ -74,10 +74,10 @@ def join(chunks: Iterable[bytes], limit: int) -> bytes:
 
 
 def pack(header: dict[str, Any], body: bytes = b"") -> bytes:
-    """Encode an envelope: a JSON object header (at most 64 KiB) and an opaque body."""
+    """Encode an envelope: a JSON object header (at most :data:`MAX_HEADER` bytes) and an opaque body."""
     head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     if len(head) > MAX_HEADER:
-        raise E.MalformedMessageError("envelope header exceeds 64 KiB")
+        raise E.MalformedMessageError(f"envelope header exceeds {MAX_HEADER} bytes")
     return _MAGIC + _LEN.pack(len(head)) + head + bytes(body)
 
 

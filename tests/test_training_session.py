@@ -97,3 +97,33 @@ def test_threads_block_until_the_round_completes():
     assert np.allclose(get_flat(models[0]), get_flat(models[1]))
     assert np.allclose(get_flat(models[0]), fed.federation.global_vec)
     assert fed.federation.round == 1
+
+
+def test_async_session_closes_a_round_per_buffer_and_discounts_stale_clients():
+    from training.aggregation import staleness_weight
+
+    torch.manual_seed(2)
+    models = [torch.nn.Linear(4, 1) for _ in range(3)]
+    fed = FederatedSession(models[0], clients=3, scheme="masking", aggregator="async", update_clip=1.0,
+                           aggregator_options={"buffer_size": 2, "alpha": 1.0, "staleness": "polynomial", "a": 1.0})
+    w0 = fed.federation.global_vec.copy()
+    local = {}
+    # all three start from version 0; nested blocks exit in reverse order: 2, 1 (closing round 1), then 0
+    with fed.client(0).round(models[0]) as r0, fed.client(1).round(models[1]) as r1, \
+            fed.client(2).round(models[2]) as r2:
+        for i, r in enumerate((r0, r1, r2)):
+            x, y = _data(20 + i, 30)
+            r.report(num_samples=30, loss=_plain_loop(models[i], x, y, steps=3))
+            local[i] = get_flat(models[i]).copy()
+    assert fed.federation.round == 1 and fed.reports[0].contributors == (1, 2)
+    w1 = w0 + ((local[1] - w0) + (local[2] - w0)) / 2
+    assert np.allclose(fed.federation.global_vec, w1, atol=2e-5)
+    assert list(fed._pending) == [0]  # client 0's update (from version 0) waits for the next buffer
+    with fed.client(1).round(models[1]) as r:  # client 1 trains from version 1
+        x, y = _data(30, 30)
+        r.report(num_samples=30, loss=_plain_loop(models[1], x, y, steps=3))
+        fresh = get_flat(models[1]).copy()
+    assert fed.federation.round == 2 and fed.reports[1].contributors == (0, 1)
+    s = staleness_weight(1, "polynomial", a=1.0)  # client 0 is one version behind
+    w2 = w1 + (s * (local[0] - w1) + (fresh - w1)) / 2
+    assert np.allclose(fed.federation.global_vec, w2, atol=2e-5)

@@ -16,7 +16,9 @@ from typing import Literal
 import numpy as np
 
 from secagg.errors import ConfigurationError, MalformedUpdateError
-from secagg.hazmat.prg import random_u32
+from secagg.hazmat.prg import U32Stream
+
+_ENCODE_BLOCK = 1 << 15  # values per block: the float64 buffers stay in L2
 
 __all__ = ["validate_update", "flatten", "unflatten", "FlatSpec", "FixedPoint", "ring_dtype"]
 
@@ -140,24 +142,48 @@ class FixedPoint:
         """Value of one quantization step."""
         return 1.0 / self.scale
 
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        """Quantize a finite vector to ring elements. Stochastic rounding is unbiased (CSPRNG uniforms)."""
+    def encode(self, x: np.ndarray, factor: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
+        """Quantize the finite vector ``factor * x`` to ring elements (the range check applies to ``factor * x``),
+        into ``out`` if given (same length, the ring dtype); nothing is written when a check fails.
+
+        Stochastic rounding is unbiased: it rounds up with probability equal to the fractional part, at 32-bit
+        CSPRNG resolution. Works in cache-sized blocks with reused buffers (no vector-sized float temporaries).
+        """
         v = validate_update(x)
+        if not math.isfinite(factor):
+            raise MalformedUpdateError(f"factor {factor} is not finite")
         if self.out_of_range == "raise":
-            worst = float(np.max(np.abs(v)))
+            worst = float(np.max(np.abs(v))) * abs(factor)
             if worst > self.clip:
                 raise MalformedUpdateError(f"value {worst:.6g} outside the clip range [-{self.clip}, {self.clip}]")
-        else:
-            v = np.clip(v, -self.clip, self.clip)
-        scaled = v * self.scale
-        if self.rounding == "stochastic":
-            low = np.floor(scaled)
-            # round up with probability frac (32-bit CSPRNG resolution): E[q] = scaled
-            q = low + (random_u32(scaled.size) < (scaled - low) * 4294967296.0)
-        else:
-            q = np.rint(scaled)
-        q = q.astype(np.int64)
-        return (q.astype(np.uint64) & np.uint64((1 << self.ring_bits) - 1)).astype(self.dtype)
+        n, step = v.size, min(v.size, _ENCODE_BLOCK)
+        if out is None:
+            out = np.empty(n, dtype=self.dtype)
+        elif out.shape != (n,) or out.dtype != self.dtype:
+            raise ValueError(f"out must be a length-{n} {self.dtype} vector")
+        scaled, low, ints = np.empty(step), np.empty(step), np.empty(step, dtype=np.int64)
+        up = np.empty(step, dtype=bool)
+        uniforms = U32Stream(step) if self.rounding == "stochastic" else None
+        mult = float(factor) * self.scale
+        for lo in range(0, n, step):
+            m = min(step, n - lo)
+            s, q = scaled[:m], low[:m]
+            np.multiply(v[lo:lo + m], mult, out=s)
+            if self.out_of_range == "clip":
+                np.clip(s, -self.clip * self.scale, self.clip * self.scale, out=s)
+            if uniforms is None:
+                np.rint(s, out=q)
+            else:
+                np.floor(s, out=q)
+                np.subtract(s, q, out=s)
+                s *= 4294967296.0
+                np.less(uniforms.next(m), s, out=up[:m])
+                np.add(q, up[:m], out=q)
+            np.copyto(ints[:m], q, casting="unsafe")  # exact: |q| <= max_level <= 2^52
+            np.copyto(out[lo:lo + m], ints[:m], casting="unsafe")  # wraps mod 2^bits (two's complement)
+        if self.ring_bits < 8 * out.itemsize:
+            out &= out.dtype.type((1 << self.ring_bits) - 1)
+        return out
 
     def decode_sum(self, total: np.ndarray) -> np.ndarray:
         """Interpret a ring element (a sum of at most ``n_clients`` encodings) as a signed float vector."""

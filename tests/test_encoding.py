@@ -109,3 +109,37 @@ def test_flatten_round_trip() -> None:
         assert back[k].dtype == arrays_[k].dtype and np.array_equal(back[k], arrays_[k])
     with pytest.raises(MalformedUpdateError):
         unflatten(vec[:-1], spec)
+
+
+@settings(max_examples=25, deadline=None)
+@given(ring_bits=st.sampled_from([16, 32, 64]), dim=st.integers(1, 70_000), factor=st.floats(0.05, 1.0),
+       seed=st.integers(0, 2**32 - 1))
+def test_blockwise_encode_with_factor_matches_elementwise_reference(ring_bits, dim, factor, seed) -> None:
+    """Across block boundaries: deterministic encode(x, factor) is rint(factor*x*scale) mod 2^k, written in place."""
+    codec = FixedPoint(ring_bits=ring_bits, clip=1.0, n_clients=3, rounding="deterministic")
+    x = np.random.default_rng(seed).uniform(-1, 1, dim)
+    out = np.full(dim, 7, dtype=codec.dtype)
+    got = codec.encode(x, factor=factor, out=out)
+    ref = np.rint(x * (factor * codec.scale)).astype(np.int64).astype(np.uint64)
+    if ring_bits < 64:
+        ref &= np.uint64((1 << ring_bits) - 1)
+    assert got is out and np.array_equal(out.astype(np.uint64), ref)
+
+
+def test_stochastic_encode_rounds_to_a_neighbour_level_in_every_block() -> None:
+    codec = FixedPoint(ring_bits=32, clip=1.0, n_clients=4, rounding="stochastic")
+    x = np.random.default_rng(1).uniform(-1, 1, 100_000)
+    dec = codec.decode_sum(codec.encode(x, factor=0.5))
+    err = (dec - 0.5 * x) * codec.scale
+    assert np.all(np.abs(err) < 1) and abs(float(err.mean())) < 0.01  # ±1 level, unbiased over 1e5 values
+    assert len(np.unique(err > 0)) == 2  # both directions occur
+
+
+def test_factor_range_check_and_out_validation() -> None:
+    codec = FixedPoint(ring_bits=32, clip=1.0, n_clients=2)
+    with pytest.raises(MalformedUpdateError):
+        codec.encode(np.array([0.6]), factor=2.0)  # 1.2 > clip
+    with pytest.raises(MalformedUpdateError):
+        codec.encode(np.array([0.1]), factor=math.inf)
+    with pytest.raises(ValueError):
+        codec.encode(np.array([0.1, 0.2]), out=np.empty(3, dtype=codec.dtype))

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["keystream", "expand_mask", "random_u32", "SEED_BYTES"]
+__all__ = ["keystream", "expand_mask", "U32Stream", "SEED_BYTES"]
 
 SEED_BYTES = 16  # AES-128: full 128-bit seeds (never 32-bit seeds)
 _ZERO_NONCE = bytes(16)
@@ -50,9 +50,19 @@ def expand_mask(seed: bytes, size: int, dtype: np.dtype | type = np.uint32, ring
     return out
 
 
-def random_u32(size: int) -> np.ndarray:
-    """``size`` independent uniform uint32 values from a fresh OS-random AES key."""
-    return np.frombuffer(keystream(os.urandom(SEED_BYTES), size * 4), dtype="<u4")
+class U32Stream:
+    """Uniform uint32 words from one fresh OS-random AES-128-CTR key, written block by block into a reused buffer
+    (for callers that consume randomness in cache-sized pieces)."""
+
+    def __init__(self, block: int) -> None:
+        self._enc = Cipher(algorithms.AES(os.urandom(SEED_BYTES)), modes.CTR(_ZERO_NONCE)).encryptor()
+        self._buf = bytearray(4 * block + 15)  # update_into needs block_size - 1 spare bytes
+        self._words = np.frombuffer(self._buf, dtype="<u4", count=block)
+
+    def next(self, count: int) -> np.ndarray:
+        """The next ``count`` (<= block) words; the view is overwritten by the following call."""
+        self._enc.update_into(_zero_view(4 * count), self._buf)
+        return self._words[:count]
 
 
 def add_masks(acc: np.ndarray, plus: Iterable[bytes] = (), minus: Iterable[bytes] = ()) -> None:

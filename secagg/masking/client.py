@@ -42,7 +42,6 @@ from secagg.roles import AGGREGATOR, Outbound
 
 __all__ = ["MaskingClient", "share_ad", "B_SHARE_BYTES", "S_SHARE_BYTES"]
 
-_ENCODE_CHUNK = 1 << 16  # values encoded per call: keeps the codec's float64 temporaries in cache
 B_SHARE_BYTES = 6 + 4 * (SEED_BYTES // 2)
 S_SHARE_BYTES = 6 + 4 * (kex.KEY_BYTES // 2)
 
@@ -100,9 +99,7 @@ class MaskingClient:
             raise MalformedUpdateError(f"weight {weight!r} must be in (0, weight_bound={cfg.weight_bound}]")
         x = validate_update(update, cfg.dim)
         enc = np.empty(cfg.dim + 1, dtype=cfg.dtype)
-        values = enc[:-1]
-        for lo in range(0, cfg.dim, _ENCODE_CHUNK):  # the codec is elementwise: cache-sized pieces avoid
-            values[lo:lo + _ENCODE_CHUNK] = cfg.value_codec.encode(w * x[lo:lo + _ENCODE_CHUNK])  # D-sized temps
+        cfg.value_codec.encode(x, factor=w, out=enc[:-1])
         enc[-1:] = cfg.weight_codec.encode(np.array([w]))
         self._encoded = enc
         self._c_sk, self._s_sk = kex.generate(), kex.generate()

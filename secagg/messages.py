@@ -83,14 +83,15 @@ def _enc_bytes(v: bytes) -> bytes:
     return _U32.pack(len(v)) + bytes(v)
 
 
-def _enc_array(v: np.ndarray) -> bytes:
+def _enc_array(v: np.ndarray) -> tuple[bytes, memoryview]:
     if not isinstance(v, np.ndarray) or v.ndim != 1:
         raise MalformedMessageError("expected a 1-D numpy array")
     dt = v.dtype.newbyteorder("<") if v.dtype.byteorder == ">" else v.dtype
     code = _DTYPE_CODES.get(np.dtype(dt))
     if code is None:
         raise MalformedMessageError(f"dtype {v.dtype} is not allowed on the wire")
-    return bytes([code]) + _U32.pack(v.size) + np.ascontiguousarray(v, dtype=_DTYPES[code]).tobytes()
+    data = np.ascontiguousarray(v, dtype=_DTYPES[code])  # no copy when already contiguous little-endian
+    return bytes([code]) + _U32.pack(v.size), memoryview(data).cast("B")  # parts: joined once by to_bytes
 
 
 def _dec_array(r: _Reader) -> np.ndarray:
@@ -170,9 +171,15 @@ class Message:
         self.validate()
 
     def to_bytes(self) -> bytes:
-        body = b"".join(enc(getattr(self, name)) for name, enc, _ in self._codec)
-        head = _HEADER.pack(MAGIC, WIRE_VERSION, self.TAG, len(body)) + body
-        return head + _CRC.pack(zlib.crc32(head))
+        parts: list[bytes | memoryview] = []
+        for name, enc, _ in self._codec:
+            part = enc(getattr(self, name))
+            parts.extend(part) if isinstance(part, tuple) else parts.append(part)
+        head = _HEADER.pack(MAGIC, WIRE_VERSION, self.TAG, sum(len(p) for p in parts))
+        crc = zlib.crc32(head)
+        for p in parts:
+            crc = zlib.crc32(p, crc)
+        return b"".join([head, *parts, _CRC.pack(crc)])  # the one copy of large arrays
 
     @classmethod
     def from_bytes(cls: type[M], data: bytes) -> M:

@@ -291,7 +291,7 @@ def _plot(rows: list[dict], refs: dict, path: Path, n_plot: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    panels = (("client_s", "per-client time (s)"), ("server_s", "server + key holder time (s)"),
+    panels = (("client_s", "per-client time, all stages (s)"), ("server_s", "server + key holder time (s)"),
               ("up_bytes", "upload bytes per client"))
     for ax, (key, label) in zip(axes, panels):
         for scheme in SCHEMES:

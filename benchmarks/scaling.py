@@ -6,7 +6,9 @@ Every point is one real in-process round through the sans-I/O roles (every messa
 :func:`benchmarks.crypto_costs.measure_round`). "Round time" is the wall time of the whole simulated round with
 every role run one after another on this machine (so it is the sum of all clients' and the server's work, not a
 networked latency); server time is the aggregator's (plus the key holder's, for HE) share of it. Bytes are all
-messages of the round. Slopes are least-squares fits of log(y) on log(x); a slope of 1 is linear growth.
+messages of the round; round time includes the round's set-up (HE key generation). Slopes are least-squares fits
+of log(y) on log(x) over all points and over the largest three (the asymptote, free of fixed per-round costs); a
+slope of 1 is linear growth.
 
 * vs n at small D: masking (32-bit ring, SecAgg+ graph with the default degree k = 2*ceil(log2 n) + 1) up to
   n = 1000 simulated clients, packed BFV up to 1000 and CKKS add-only up to 300.
@@ -65,8 +67,10 @@ def _fits(rows: list[dict], var: str) -> dict:
         pts = sorted((r for r in rows if r["scheme"] == scheme), key=lambda r: r[var])
         if len(pts) >= 2:
             xs = [r[var] for r in pts]
-            out[scheme] = {key: slope(xs, [r[key] for r in pts])
-                           for key in ("round_s", "server_s", "client_s", "round_bytes", "bytes_per_client")}
+            keys = ("round_s", "server_s", "client_s", "round_bytes", "bytes_per_client")
+            out[scheme] = {key: slope(xs, [r[key] for r in pts]) for key in keys}
+            # over the largest three points only: the asymptotic growth, without fixed per-round costs
+            out[scheme] |= {f"{key}_tail": slope(xs[-3:], [r[key] for r in pts[-3:]]) for key in keys}
     return out
 
 
@@ -80,8 +84,9 @@ def _plot(by_n: list[dict], by_d: list[dict], fits: dict, path: Path) -> None:
             ax = axes[row][col]
             for scheme in sorted({r["scheme"] for r in rows}):
                 pts = sorted((r for r in rows if r["scheme"] == scheme), key=lambda r: r[var])
-                s = fits[var][scheme][key]
-                ax.plot([r[var] for r in pts], [r[key] for r in pts], "o-", label=f"{scheme} (slope {s:.2f})")
+                s, tail = fits[var][scheme][key], fits[var][scheme][f"{key}_tail"]
+                ax.plot([r[var] for r in pts], [r[key] for r in pts], "o-",
+                        label=f"{scheme} (slope {s:.2f}, top 3 points {tail:.2f})")
             ax.set(xscale="log", yscale="log", xlabel=label, ylabel=ylabel, title=f"{ylabel} vs {var}")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
@@ -106,12 +111,13 @@ def main() -> None:
     print(f"vs D at n={grid['n_for_d']}:")
     by_d = [_point(s, grid["n_for_d"], d) for s, ds in grid["dims"].items() for d in ds]
     fits = {"n": _fits(by_n, "n"), "dim": _fits(by_d, "dim")}
-    print("\nfitted log-log slopes (1 = linear):")
+    print("\nfitted log-log slopes, all points / largest three (1 = linear):")
     for var, per in fits.items():
         for scheme, f in per.items():
-            print(f"  vs {var:3} {scheme:13} round time {f['round_s']:5.2f}  server {f['server_s']:5.2f}  "
-                  f"client {f['client_s']:5.2f}  round bytes {f['round_bytes']:5.2f}  bytes/client "
-                  f"{f['bytes_per_client']:5.2f}")
+            print(f"  vs {var:3} {scheme:13} " + "  ".join(
+                f"{label} {f[key]:5.2f}/{f[key + '_tail']:5.2f}" for key, label in (
+                    ("round_s", "round time"), ("server_s", "server"), ("client_s", "client"),
+                    ("round_bytes", "round bytes"), ("bytes_per_client", "bytes/client"))))
     out = args.out or (QUICK_OUT if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scaling.json").write_text(json.dumps({

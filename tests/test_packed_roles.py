@@ -164,3 +164,15 @@ def test_corrupt_ciphertexts_inside_valid_messages_refused(session) -> None:
         agg.receive(0, PackedClient(0, other.public_context(), params, weight_bound=2.0, round_id=21)
                     .start(np.zeros(5), 1.0)[0].payload)
     assert agg.received == () and agg.receive(0, good.to_bytes()) == []
+
+
+def test_contexts_of_other_schemes_or_layouts_refused(session) -> None:
+    from secagg.ckks import KeyHolder
+    from secagg.packed.params import load_public_context
+    params, kh = session
+    with pytest.raises(ConfigurationError, match="BFV"):
+        load_public_context(KeyHolder("add-only").public_context(), params, need_public_key=True)
+    with pytest.raises(ConfigurationError, match="plaintext modulus"):  # 3 lanes of 15 bits: another t
+        load_public_context(kh.public_context(), PackedParams(max_cohort=2), need_public_key=True)
+    with pytest.raises(ConfigurationError):
+        load_public_context(b"not a context", params, need_public_key=True)

@@ -194,7 +194,8 @@ def plot(rows: list[dict], path: Path) -> None:
         if not sel:
             continue
         ns = [r["n"] for r in sel]
-        axes[0].plot(ns, [r["in_process"]["seconds"] for r in sel], marker=marker, ls="--", label=f"{scheme} in-process")
+        axes[0].plot(ns, [r["in_process"]["seconds"] for r in sel], marker=marker, ls="--",
+                     label=f"{scheme} in-process")
         axes[0].plot(ns, [r["grpc"]["seconds"] for r in sel], marker=marker, label=f"{scheme} gRPC+mTLS")
         axes[1].plot(ns, [r["in_process"]["protocol_bytes"] for r in sel], marker=marker, ls="--",
                      label=f"{scheme} in-process")

@@ -14,7 +14,6 @@ a time. Invariants:
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import threading
@@ -150,7 +149,8 @@ class Coordinator:
         end = time.monotonic() + timeout
         with self.cond:
             if privacy and self.state.reports.get(str(cid)) != report:
-                self._record_privacy(cid, privacy, report)
+                self.state.record_privacy(cid, privacy, report, self.ledger_budget)
+                self._save()  # durable before the client is told, so an acknowledged report is never lost
             self.assigned.pop(cid, None)
             if identity is not None:
                 self.identities[cid] = identity
@@ -172,22 +172,6 @@ class Coordinator:
                     self.waiting.pop(cid, None)
                     return pack({"type": "idle"})
                 self.cond.wait(min(left, 0.5))
-
-    def _record_privacy(self, cid: int, events: list, report: str) -> None:
-        from privacy.accounting import PrivacyLedger
-        from privacy.errors import PrivacyError
-        from privacy.events import PrivacyEvent
-
-        try:
-            evs = [PrivacyEvent(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in events]
-            old = self.state.ledgers.get(str(cid))
-            ledger = PrivacyLedger.from_json(json.dumps(old)) if old else PrivacyLedger(*self.ledger_budget)
-            ledger.spend_events(evs)
-        except (PrivacyError, KeyError, TypeError, ValueError) as exc:
-            raise MalformedMessageError(f"bad privacy report: {type(exc).__name__}: {exc}") from exc
-        self.state.ledgers[str(cid)] = ledger.to_dict()
-        self.state.reports[str(cid)] = report
-        self._save()  # durable before the client is told, so an acknowledged report is never lost
 
     def _round_for(self, cid: int, round_id: int) -> _Round | None:
         rnd = self.current

@@ -101,7 +101,8 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
     def on_round(rec: RoundRecord) -> None:
         row = {"round": rec.round + 1 if rec.status == "done" else rec.round, "round_id": rec.round_id,
                "status": rec.status, "seconds": round(rec.seconds, 4), "bytes_up": rec.bytes_up,
-               "bytes_down": rec.bytes_down + rec.task_bytes, "keyholder_bytes": rec.keyholder_bytes, "cohort": list(rec.cohort), "reason": rec.reason}
+               "bytes_down": rec.bytes_down + rec.task_bytes, "keyholder_bytes": rec.keyholder_bytes,
+               "cohort": list(rec.cohort), "reason": rec.reason}
         if rec.result is not None:
             row |= {"contributors": list(rec.result.contributors), "dropped": list(rec.result.dropped)}
             row |= work.evaluate(coord.state.model)

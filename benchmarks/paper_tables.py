@@ -1,0 +1,354 @@
+"""The seed paper's experiment (its Tables 2 and 3) at a scale that fits 2 CPU cores, measured side by side.
+
+Setup (paper Table 1, scaled down): 3 heterogeneous clouds (``training.platforms.DEFAULT_CLOUDS``: compute speed
+1.0 / 0.6 / 1.5, up-links 1000 / 500 / 200 Mbit/s, latency 15 / 35 / 70 ms), a tiny GPT-2 trained from scratch
+on the embedded Shakespeare corpus (``--wikitext DIR`` for a local WikiText-103), every update through the real
+secure aggregation (CKKS by default), no DP (the paper's experiment has none). Grid: aggregator {FedAvg (formula 1),
+dynamic loss-weighted (formula 2, softmax(−L_i) computed under secure aggregation), gradient (formula 3)} ×
+partitioning {fixed: equal static shares, IID; fixed-noniid: one group of plays per cloud; dynamic:
+capacity-aware shares and local steps ∝ measured platform throughput, re-balanced every round (paper §3.1)}.
+
+Measured per run: communication (real byte counts of every protocol message, the float32 global-model download and
+the one-time CKKS public context), training time = Σ_rounds max_cloud(local steps × t_step / speed + latency +
+bytes / bandwidth) + measured secure-aggregation time, final validation loss and next-token accuracy. t_step is one
+local step's time on this machine (fastest of 3 timed blocks, per run): the runner's own model uses each round's
+measured compute seconds, which another process's load on a shared 2-core machine distorts; that variant is kept
+in the JSON as ``modelled_seconds_measured_compute``. Because all aggregators move
+the same bytes per round here, we also report the bytes and time each needs to reach a common target loss (the
+worst final loss of its partition group) — the paper attributes its byte savings to faster convergence.
+
+Gradient aggregation: with server SGD and η = 1, formula 3 over pseudo-gradients is algebraically FedAvg, so the
+default ``--gradient-optimizer adam`` uses a server Adam step on the securely averaged pseudo-gradient (FedAdam);
+``--gradient-optimizer sgd --gradient-lr 1`` runs the literal formula (same numbers as FedAvg up to CKKS noise).
+
+Run: ``python -m benchmarks.paper_tables`` (``--quick`` for a smoke run). Timings come from a shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.privacy_utility import final_eval
+from training.config import RunConfig
+from training.local import build_model
+from training.platforms import DEFAULT_CLOUDS
+from training.runner import Runner
+
+RESULTS = Path(__file__).resolve().parent / "results"
+AGGREGATORS = ("fedavg", "loss-weighted", "gradient")
+PARTITIONS = {"fixed": "iid", "fixed-noniid": "by-document", "dynamic": "capacity"}
+LABEL = {"fedavg": "FedAvg", "loss-weighted": "Dynamic Weighted", "gradient": "Gradient Aggregation"}
+# The paper's Tables 2 and 3 (3 clouds, WikiText-103, a pre-trained LLM, 100 rounds).
+PAPER = {"fedavg": {"comm_gb": 4.5, "hours": 12.0, "accuracy": 87.5, "loss": 0.34},
+         "loss-weighted": {"comm_gb": 3.8, "hours": 10.5, "accuracy": 90.2, "loss": 0.29},
+         "gradient": {"comm_gb": 3.6, "hours": 9.8, "accuracy": 91.5, "loss": 0.27}}
+
+
+def config(args: argparse.Namespace, aggregator: str, partition: str) -> RunConfig:
+    cfg = RunConfig()
+    if args.wikitext:
+        cfg.data.corpus, cfg.data.wikitext_dir = "wikitext", args.wikitext
+    cfg.data.partition = PARTITIONS[partition]
+    cfg.data.max_blocks_per_client = args.blocks_per_client
+    cfg.data.vocab_size = args.vocab
+    cfg.model.n_layer, cfg.model.n_embd = args.layers, args.embd
+    t = cfg.train
+    t.rounds, t.local_steps, t.batch_size, t.lr, t.seed = args.rounds, args.local_steps, args.batch_size, args.lr, \
+        args.seed
+    f = cfg.federation
+    f.scheme, f.aggregator, f.update_clip = args.scheme, aggregator, args.update_clip
+    cfg.dp.enabled = False
+    if aggregator == "gradient":
+        cfg.aggregator_options = {"optimizer": args.gradient_optimizer, "lr": args.gradient_lr}
+    cfg.platforms = list(DEFAULT_CLOUDS)
+    return cfg
+
+
+def step_seconds(runner: Runner, batch_size: int, repeats: int = 3, steps: int = 4) -> float:
+    """Seconds of one local training step of this model on this machine: the fastest of ``repeats`` timed blocks
+    (a separate model copy, so the run itself is untouched). The least load-disturbed estimate on a shared box."""
+    model = build_model(runner.spec)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    blocks = runner.data.clients[0]
+    x = torch.from_numpy(np.asarray(blocks[:batch_size], dtype=np.int64))
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = model(input_ids=x, labels=x).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        best = min(best, (time.perf_counter() - t0) / steps)
+    return best
+
+
+def normalized_time(runner: Runner, steps_per_round: list[list[int]], t_step: float) -> list[float]:
+    """Per-round modelled time with compute = local steps x ``t_step`` / platform speed (instead of the measured,
+    load-disturbed seconds); transfer time and secure-aggregation time as the runner measured/modelled them."""
+    out = []
+    for rep, steps in zip(runner.fed.history, steps_per_round):
+        per = []
+        for c in rep.contributors:
+            p = runner.platforms[c]
+            comm = rep.modelled_seconds[c] - p.compute_seconds(rep.compute_seconds[c])
+            per.append(steps[c] * t_step / p.speed + comm)
+        out.append(max(per) + rep.secure_seconds)
+    return out
+
+
+def run_one(args: argparse.Namespace, aggregator: str, partition: str) -> dict:
+    cfg = config(args, aggregator, partition)
+    t0 = time.perf_counter()
+    runner = Runner(cfg)
+    steps = [[tr.local_steps for tr in runner.trainers]]  # steps used in round r: steps[r - 1]
+    rows = runner.run(lambda m: steps.append([tr.local_steps for tr in runner.trainers]))
+    wall = time.perf_counter() - t0
+    t_step = step_seconds(runner, args.batch_size)
+    norm = normalized_time(runner, steps, t_step)
+    ev = final_eval(runner)
+    assert abs(ev["val_loss"] - rows[-1].loss) < 1e-9, "final eval must agree with the runner's last round"
+    return {"aggregator": aggregator, "partition": partition, "data_partition": cfg.data.partition,
+            "aggregator_options": cfg.aggregator_options, **ev, "initial_loss": runner.initial_loss,
+            "bytes_up": sum(m.bytes_up for m in rows), "bytes_down": sum(m.bytes_down for m in rows),
+            "compute_seconds": sum(m.compute_seconds for m in rows),
+            "secure_seconds": sum(m.secure_seconds for m in rows),
+            "modelled_seconds": float(np.sum(norm)), "modelled_seconds_measured_compute": rows[-1].sim_time,
+            "step_seconds": t_step, "wall_seconds": wall, "local_steps_per_round": steps[:len(rows)],
+            "loss_curve": [m.loss for m in rows], "sim_time_curve": np.cumsum(norm).tolist(),
+            "bytes_curve": np.cumsum([m.bytes_up + m.bytes_down for m in rows]).tolist(),
+            "round_modelled_seconds": norm,
+            "client_blocks": [int(tr.num_samples) for tr in runner.trainers],
+            "client_local_steps": [int(tr.local_steps) for tr in runner.trainers],
+            "params": int(runner.fed.global_vec.size)}
+
+
+def to_target(run: dict, target: float) -> dict:
+    """Rounds, bytes and modelled seconds until the validation loss first reaches ``target`` (None if never)."""
+    for r, loss in enumerate(run["loss_curve"]):
+        if loss <= target + 1e-12:
+            return {"rounds": r + 1, "bytes": run["bytes_curve"][r], "modelled_seconds": run["sim_time_curve"][r]}
+    return {"rounds": None, "bytes": None, "modelled_seconds": None}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Per partition group: the common target loss, each run's cost to reach it, and ratios to FedAvg."""
+    out: dict = {}
+    for part in dict.fromkeys(r["partition"] for r in runs):
+        group = [r for r in runs if r["partition"] == part]
+        target = max(r["val_loss"] for r in group)
+        base = next((r for r in group if r["aggregator"] == "fedavg"), None)
+        rows = {}
+        for r in group:
+            tt = to_target(r, target)
+            row = {"comm_mb": (r["bytes_up"] + r["bytes_down"]) / 1e6, "modelled_seconds": r["modelled_seconds"],
+                   "accuracy_pct": 100 * r["val_next_token_accuracy"], "loss": r["val_loss"],
+                   "perplexity": r["val_perplexity"], "to_target": tt}
+            if base is not None:
+                bt = to_target(base, target)
+                row["ratio_to_fedavg"] = {
+                    "comm": row["comm_mb"] * 1e6 / (base["bytes_up"] + base["bytes_down"]),
+                    "modelled_seconds": r["modelled_seconds"] / base["modelled_seconds"],
+                    "comm_to_target": tt["bytes"] / bt["bytes"] if tt["bytes"] and bt["bytes"] else None,
+                    "time_to_target": tt["modelled_seconds"] / bt["modelled_seconds"]
+                    if tt["modelled_seconds"] and bt["modelled_seconds"] else None}
+            rows[r["aggregator"]] = row
+        out[part] = {"target_loss": target, "rows": rows}
+    parts = {r["partition"]: r for r in runs if r["aggregator"] == "fedavg"}
+    if "fixed" in parts and "dynamic" in parts:
+        f, d = parts["fixed"], parts["dynamic"]
+        out["dynamic_vs_fixed_fedavg"] = {
+            "modelled_seconds_ratio": d["modelled_seconds"] / f["modelled_seconds"],
+            "mean_round_seconds": {"fixed": float(np.mean(f["round_modelled_seconds"])),
+                                   "dynamic": float(np.mean(d["round_modelled_seconds"]))},
+            "loss": {"fixed": f["val_loss"], "dynamic": d["val_loss"]}}
+    return out
+
+
+def _fmt(x, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def tables(summary: dict, aggregators: list[str]) -> str:
+    """Tables 2 and 3 in the paper's layout, paper value next to ours, with ratios to FedAvg for comparison."""
+    lines = []
+    for part, grp in summary.items():
+        if part == "dynamic_vs_fixed_fedavg":
+            continue
+        rows = grp["rows"]
+        lines += ["", f"Table 2 ({part} partitioning): Communication Overhead and Training Time",
+                  f"{'Aggregation Algorithm':<22} {'paper GB':>8} {'ours MB':>9} {'ratio p/o':>11} "
+                  f"{'ours MB to tgt':>14} {'paper h':>7} {'ours s':>8} {'ratio p/o':>11} {'s to tgt':>8}"]
+        for a in aggregators:
+            if a not in rows:
+                continue
+            p, o = PAPER[a], rows[a]
+            rr = o.get("ratio_to_fedavg", {})
+            tt = o["to_target"]
+            lines.append(
+                f"{LABEL[a]:<22} {p['comm_gb']:>8.1f} {o['comm_mb']:>9.1f} "
+                f"{p['comm_gb'] / PAPER['fedavg']['comm_gb']:>5.2f}/{_fmt(rr.get('comm'), '.2f'):<5} "
+                f"{_fmt(tt['bytes'] and tt['bytes'] / 1e6, '.1f'):>14} {p['hours']:>7.1f} "
+                f"{o['modelled_seconds']:>8.1f} {p['hours'] / PAPER['fedavg']['hours']:>5.2f}/"
+                f"{_fmt(rr.get('modelled_seconds'), '.2f'):<5} {_fmt(tt['modelled_seconds'], '.1f'):>8}")
+        lines += ["", f"Table 3 ({part} partitioning): Model Convergence Accuracy and Loss "
+                      f"(ours: next-token accuracy and validation loss in nats/token; target {grp['target_loss']:.3f})",
+                  f"{'Aggregation Algorithm':<22} {'paper acc %':>11} {'ours acc %':>10} {'paper loss':>10} "
+                  f"{'ours loss':>9} {'ours ppl':>8} {'rounds to tgt':>13}"]
+        for a in aggregators:
+            if a not in rows:
+                continue
+            p, o = PAPER[a], rows[a]
+            lines.append(f"{LABEL[a]:<22} {p['accuracy']:>11.1f} {o['accuracy_pct']:>10.1f} {p['loss']:>10.2f} "
+                         f"{o['loss']:>9.3f} {o['perplexity']:>8.1f} {_fmt(o['to_target']['rounds'], 'd'):>13}")
+    d = summary.get("dynamic_vs_fixed_fedavg")
+    if d:
+        lines += ["", f"Dynamic vs fixed partitioning (FedAvg): modelled training time ratio "
+                      f"{d['modelled_seconds_ratio']:.2f} (mean round {d['mean_round_seconds']['fixed']:.2f} s -> "
+                      f"{d['mean_round_seconds']['dynamic']:.2f} s), final loss {d['loss']['fixed']:.3f} -> "
+                      f"{d['loss']['dynamic']:.3f}"]
+    return "\n".join(lines)
+
+
+def differences(summary: dict, aggregators: list[str]) -> list[str]:
+    """Plain statements of where our measurements disagree with the paper's claims (computed, not canned)."""
+    notes = []
+    for part, grp in summary.items():
+        if part == "dynamic_vs_fixed_fedavg" or "fedavg" not in grp["rows"]:
+            continue
+        rows = grp["rows"]
+        for a in aggregators:
+            if a == "fedavg" or a not in rows:
+                continue
+            rr, p = rows[a]["ratio_to_fedavg"], PAPER[a]
+            paper_comm = p["comm_gb"] / PAPER["fedavg"]["comm_gb"]
+            if abs(rr["comm"] - 1) < 0.02:
+                notes.append(f"[{part}] {LABEL[a]}: same bytes per round as FedAvg (ratio {rr['comm']:.3f}); the "
+                             f"paper reports {paper_comm:.2f}x for a fixed number of rounds.")
+            if rr["comm_to_target"] is not None:
+                c = rr["comm_to_target"]
+                verdict = "fewer" if c < 0.98 else "more" if c > 1.02 else "the same"
+                notes.append(f"[{part}] {LABEL[a]}: {rr['comm_to_target']:.2f}x FedAvg's bytes to reach the "
+                             f"target loss ({verdict}; paper {paper_comm:.2f}x).")
+            dl = rows[a]["loss"] - rows["fedavg"]["loss"]
+            da = rows[a]["accuracy_pct"] - rows["fedavg"]["accuracy_pct"]
+            notes.append(f"[{part}] {LABEL[a]}: final loss {rows[a]['loss']:.3f} vs FedAvg {rows['fedavg']['loss']:.3f}"
+                         f" ({dl:+.3f}), next-token accuracy {rows[a]['accuracy_pct']:.1f}% vs "
+                         f"{rows['fedavg']['accuracy_pct']:.1f}% ({da:+.1f} points); the paper reports "
+                         f"{p['loss'] - PAPER['fedavg']['loss']:+.2f} loss and "
+                         f"{p['accuracy'] - PAPER['fedavg']['accuracy']:+.1f} points.")
+    notes.append("Scale: the paper's absolute values (GB, hours, 87-92% accuracy, loss ~0.3) belong to a pre-trained "
+                 "LLM over 100 rounds; ours are a from-scratch tiny GPT-2 for a few rounds on 2 CPU cores, so only "
+                 "ratios to FedAvg are comparable, and next-token accuracy of a tiny model is far below 87%.")
+    return notes
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = list(dict.fromkeys(r["partition"] for r in runs))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {p: s for p, s in zip(parts, ["-", ":", "--"])}
+    for r in runs:
+        kw = dict(linestyle=styles[r["partition"]], marker="o", markersize=3,
+                  label=f"{LABEL[r['aggregator']]} / {r['partition']}")
+        axes[0].plot(range(1, len(r["loss_curve"]) + 1), r["loss_curve"], **kw)
+        axes[1].plot(r["sim_time_curve"], r["loss_curve"], **kw)
+    axes[0].set_xlabel("round")
+    axes[1].set_xlabel("modelled cross-cloud training time (s)")
+    for ax in axes:
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Paper Tables 2-3 at 2-core scale: 3 clouds, tiny GPT-2, secure aggregation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 rounds x 2 steps, fixed + dynamic only")
+    ap.add_argument("--aggregators", nargs="+", default=list(AGGREGATORS), choices=AGGREGATORS)
+    ap.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
+    ap.add_argument("--scheme", default="ckks", choices=["ckks", "masking"])
+    ap.add_argument("--wikitext", default=None, help="local WikiText-103 directory (raw or parquet layout)")
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--local-steps", type=int, default=8, help="per cloud per round (dynamic: scaled by share)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--gradient-optimizer", default="adam", choices=["adam", "sgd"])
+    ap.add_argument("--gradient-lr", type=float, default=None, help="server η (default: 1e-2 adam, 1.0 sgd)")
+    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--embd", type=int, default=64)
+    ap.add_argument("--blocks-per-client", type=int, default=256)
+    ap.add_argument("--update-clip", type=float, default=50.0, help="L2 clip of every update (does not bind)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="JSON path (PNG next to it)")
+    args = ap.parse_args(argv)
+    if args.gradient_lr is None:
+        args.gradient_lr = 1e-2 if args.gradient_optimizer == "adam" else 1.0
+    if args.quick:
+        args.rounds, args.local_steps, args.blocks_per_client, args.vocab = 2, 2, 64, 512
+        if args.partitions == list(PARTITIONS):
+            args.partitions = ["fixed", "dynamic"]
+    if args.out is None:
+        args.out = RESULTS / ("paper_tables_quick.json" if args.quick else "paper_tables.json")
+    return args
+
+
+def main(argv=None) -> dict:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    args = parse(argv)
+    torch.set_num_threads(max(1, int(os.environ.get("BENCH_THREADS", "1"))))
+    grid = [(a, p) for p in args.partitions for a in args.aggregators]
+    print(f"paper_tables: {len(grid)} runs, {args.rounds} rounds x {args.local_steps} local steps, scheme "
+          f"{args.scheme}, clouds {[(c.name, c.speed, c.up_mbps) for c in DEFAULT_CLOUDS]} "
+          "(timings on a shared 2-core machine)", flush=True)
+    t0 = time.perf_counter()
+    runs = []
+    for agg, part in grid:
+        r = run_one(args, agg, part)
+        runs.append(r)
+        print(f"{part:>12} {agg:>13}: loss {r['val_loss']:.3f} acc {100 * r['val_next_token_accuracy']:.1f}% "
+              f"comm {(r['bytes_up'] + r['bytes_down']) / 1e6:.1f} MB modelled {r['modelled_seconds']:.1f} s "
+              f"steps {r['client_local_steps']} wall {r['wall_seconds']:.0f} s "
+              f"(elapsed {time.perf_counter() - t0:.0f} s)", flush=True)
+    summary = summarize(runs)
+    notes = differences(summary, args.aggregators)
+    report = {"benchmark": "paper_tables", "quick": args.quick,
+              "command": "python -m benchmarks.paper_tables " + " ".join(argv or []),
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "torch_threads": torch.get_num_threads(), "note": "shared 2-core machine"},
+              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "platforms": [c.__dict__ for c in DEFAULT_CLOUDS], "paper": PAPER,
+              "total_seconds": time.perf_counter() - t0, "runs": runs, "summary": summary, "differences": notes}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1, default=str))
+    plot(runs, args.out.with_suffix(".png"))
+    print(tables(summary, args.aggregators))
+    print("\nWhere we differ from the paper:")
+    for n in notes:
+        print(" - " + n)
+    print(f"wrote {args.out} ({report['total_seconds']:.0f} s)")
+    return report
+
+
+if __name__ == "__main__":
+    main()

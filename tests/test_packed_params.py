@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.errors import ConfigurationError, MalformedMessageError
-from secagg.packed import PackedAggregate, PackedKeyHolder, PackedParams
+from secagg.packed import PackedAggregate, PackedKeyHolder, PackedParams, PackedResult
 from secagg.packed.params import NOISE_MARGIN_BITS, load_public_context, pack, unpack
 from secagg.roles import AGGREGATOR
 
@@ -96,7 +96,6 @@ def test_worst_case_sum_of_max_cohort_decrypts_exactly(max_cohort: int) -> None:
     assert budget.invariant_noise_budget(acc.ciphertext()[0]) >= 1
     agg = PackedAggregate(round_id=0, session_id=kh.session_id, dim=count - 1,
                           contributors=tuple(range(max_cohort)), chunks=(acc.serialize(),))
-    from secagg.packed.messages import PackedResult
     (out,) = kh.receive(AGGREGATOR, agg.to_bytes())
     slots = PackedResult.from_bytes(out.payload).slots
     assert np.all(unpack(slots, count, p) == max_cohort * (2 ** p.value_bits - 1))

@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from training.aggregation import BufferedAsync, FedAvg, GradientAggregation, LossWeighted, staleness_weight
+from training.aggregation import BufferedAsync, FedAvg, GradientAggregation, LossWeighted, RoundInfo, staleness_weight
 from training.federation import Federation
 from training.secure import SecureSum
 from training.update import ClientUpdate
@@ -118,21 +118,28 @@ def test_buffered_async_matches_formula_4_with_staleness(scheme, ckks_sum):
     assert np.allclose(fed.global_vec, w2, atol=ATOL, rtol=0)
 
 
-def test_async_with_buffer_of_one_is_formula_4_exactly(ckks_sum):
+def test_async_with_buffer_of_one_is_formula_4_exactly_and_secure_paths_refuse_a_lone_update(ckks_sum):
+    """K = 1 is formula 4 itself, but a secure sum of one update is that update: both schemes refuse it, so the
+    strategy's server half is checked on the plaintext aggregate a one-client round would produce."""
+    from secagg.errors import SecAggError
+    from secagg.roles import AggregateResult
+
     rng = np.random.default_rng(6)
-    w = rng.normal(size=DIM)
-    local = w + rng.uniform(-0.05, 0.05, DIM)
-    fed = Federation(w, BufferedAsync(buffer_size=1, alpha=0.3), SecureSum("masking", clip=1.0), [0, 1],
-                     update_clip=1.0)
-    # a single contributor: masking with threshold 1 is pointless, but CKKS refuses < min_contributors
-    with pytest.raises(Exception):
-        Federation(w, BufferedAsync(buffer_size=1), ckks_sum, [0, 1], update_clip=1.0).aggregate(
-            {0: ClientUpdate(0, local - w, 1, 1.0)})
-    try:
-        fed.aggregate({0: ClientUpdate(0, local - w, 1, 1.0)})
-    except Exception:
-        pytest.skip("the masking scheme refuses one-client rounds (nothing to hide the update in)")
-    assert np.allclose(fed.global_vec, w + 0.3 * (local - w), atol=ATOL, rtol=0)
+    w, w_stale = rng.normal(size=DIM), rng.normal(size=DIM)
+    strat = BufferedAsync(buffer_size=1, alpha=0.3, staleness="hinge", a=0.5, b=0)
+    strat.observe_version(0, w_stale)
+    strat.observe_version(1, w)
+    local = w_stale + rng.uniform(-0.05, 0.05, DIM)  # trained from version 0, arriving at version 1 (τ = 1)
+    c = strat.encode(ClientUpdate(0, local - w_stale, 1, 1.0, base_version=0), RoundInfo(2, 1, {0: 0}))
+    a = 0.3 * staleness_weight(1, "hinge", a=0.5, b=0)
+    assert c.weight == pytest.approx(a)
+    agg = AggregateResult(c.weight * c.vector, c.weight, (0,))
+    assert np.allclose(strat.apply(w, agg, RoundInfo(2, 1, {0: 0})), w + a * (local - w), atol=1e-12)
+    for secure in (ckks_sum, SecureSum("masking", clip=1.0)):
+        fed = Federation(w, BufferedAsync(buffer_size=1), secure, [0, 1], update_clip=1.0)
+        with pytest.raises(SecAggError):
+            fed.aggregate({0: ClientUpdate(0, local - w, 1, 1.0)})
+        assert np.array_equal(fed.global_vec, w) and fed.version == 0
 
 
 def _float_patterns(x: float) -> list[bytes]:

@@ -98,11 +98,12 @@ def simulate(
 ) -> np.ndarray:
     """Run one full secure-aggregation round in-process and return Σ w_i x_i / Σ w_i over surviving clients.
 
-    ``scheme`` is ``"ckks"`` or ``"masking"``. ``dropped`` clients vanish after sending their keys and shares but
-    before their masked input (masking), or never submit (ckks). ``seed`` fixes only public choices (the SecAgg+
+    ``scheme`` is ``"ckks"``, ``"masking"`` or ``"packed"`` (BFV lane packing). ``dropped`` clients vanish after
+    sending their keys and shares but before their masked input (masking), or never submit (ckks, packed). ``seed`` fixes only public choices (the SecAgg+
     graph); keys, masks and rounding always come from the OS CSPRNG. Other keyword options go to the scheme
     (ckks: ``params``, ``weighting``, ``min_contributors``; masking: ``threshold``, ``neighbors``,
-    ``ring_bits``, ``clip``, ``rounding``, ``sign``). Too few survivors raise a ``SecAggError`` subclass.
+    ``ring_bits``, ``clip``, ``rounding``, ``sign``; packed: ``max_cohort``, ``min_value_bits``, ``clip``,
+    ``rounding``, ``min_contributors``). Too few survivors raise a ``SecAggError`` subclass.
     """
     ups, ws = _check_inputs(updates, weights)
     n = len(ups)
@@ -113,8 +114,10 @@ def simulate(
         from secagg.ckks.setup import build_round
     elif scheme == "masking":
         from secagg.masking.setup import build_round
+    elif scheme == "packed":
+        from secagg.packed.setup import build_round
     else:
-        raise ConfigurationError(f"unknown scheme {scheme!r}; expected 'ckks' or 'masking'")
+        raise ConfigurationError(f"unknown scheme {scheme!r}; expected 'ckks', 'masking' or 'packed'")
     graph_seed = secrets.token_bytes(16) if seed is None else int(seed).to_bytes(16, "little", signed=True)
     rnd = build_round(list(range(n)), dim=ups[0].shape[0], weights=dict(enumerate(ws)), graph_seed=graph_seed,
                       **options)

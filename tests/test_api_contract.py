@@ -21,7 +21,7 @@ def _reference(updates, weights, dropped=()):
     return (w[:, None] * x).sum(0) / w.sum()
 
 
-@pytest.mark.parametrize("scheme", ["ckks", "masking"])
+@pytest.mark.parametrize("scheme", ["ckks", "masking", "packed"])
 def test_simulate_returns_weighted_mean_of_survivors(scheme: str) -> None:
     ups, ws = _updates(5, 300), [1.0, 2.5, 3.0, 0.5, 4.0]
     out = secagg.simulate(ups, ws, scheme=scheme, dropped=[3], seed=7)
@@ -29,7 +29,7 @@ def test_simulate_returns_weighted_mean_of_survivors(scheme: str) -> None:
     assert np.max(np.abs(out - _reference(ups, ws, dropped=[3]))) <= 1e-4
 
 
-@pytest.mark.parametrize("scheme", ["ckks", "masking"])
+@pytest.mark.parametrize("scheme", ["ckks", "masking", "packed"])
 def test_simulate_without_dropouts(scheme: str) -> None:
     ups, ws = _updates(3, 50, seed=1), [2.0, 1.0, 1.0]
     assert np.max(np.abs(secagg.simulate(ups, ws, scheme=scheme) - _reference(ups, ws))) <= 1e-4

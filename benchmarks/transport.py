@@ -154,7 +154,8 @@ def load_processes(n: int, dim: int, out: Path) -> dict:
     from training.transport.config import TransportConfig
     from training.transport.launcher import launch
 
-    cfg = TransportConfig(scheme="masking", clients=n, rounds=1, dim=dim, out=str(out), certs=str(out / "certs"),
+    cfg = TransportConfig(scheme="masking", trainer="synthetic", clients=n, rounds=1, dim=dim, out=str(out),
+                          certs=str(out / "certs"),
                           checkin_timeout=300.0, stage_timeout=120.0, poll_seconds=10.0).validate()
     peak, done = [0.0, 0.0], threading.Event()
 

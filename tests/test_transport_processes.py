@@ -32,7 +32,7 @@ def procs(tmp_path):
 
 
 def _config(tmp_path: Path, **kw) -> tuple[TransportConfig, Path]:
-    settings = dict(scheme="masking", clients=3, rounds=2, dim=DIM, certs=str(tmp_path / "certs"),
+    settings = dict(scheme="masking", trainer="synthetic", clients=3, rounds=2, dim=DIM, certs=str(tmp_path / "certs"),
                     out=str(tmp_path), stage_timeout=1.5, checkin_timeout=8.0, poll_seconds=1.0) | kw
     cfg = TransportConfig(**settings)
     init_certs(cfg.certs, cfg.clients)
@@ -80,7 +80,7 @@ def _start_client(procs: Procs, resolved: Path, cid: int, port: int, name: str |
 
 
 def test_up_runs_every_role_as_a_process(tmp_path):
-    cfg = TransportConfig(scheme="masking", clients=3, rounds=2, dim=DIM, out=str(tmp_path),
+    cfg = TransportConfig(scheme="masking", trainer="synthetic", clients=3, rounds=2, dim=DIM, out=str(tmp_path),
                           certs=str(tmp_path / "certs"), stage_timeout=2.0, checkin_timeout=8.0, poll_seconds=1.0)
     lines: list[str] = []
     rows = launch(cfg.validate(), timeout=90, echo=lines.append)

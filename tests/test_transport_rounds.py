@@ -146,3 +146,23 @@ def test_signed_masking_clients_refuse_keys_substituted_by_the_aggregator(caplog
     assert np.allclose(res.mean, _weighted_mean(updates, weights, [1, 2, 3]), atol=1e-4)
     refusals = [r.getMessage() for r in caplog.records if "client 0 refused a message" in r.getMessage()]
     assert refusals and all("AuthenticationError" in m for m in refusals)
+
+
+class SlowTrainer(FixedSource):
+    def compute(self, model, round_no):
+        import time
+
+        time.sleep(2.5)
+        return super().compute(model, round_no)
+
+
+@pytest.mark.parametrize("train_timeout,survivors", [(0.0, [0, 1]), (5.0, [0, 1, 2])])
+def test_the_first_stage_deadline_leaves_time_for_local_training(train_timeout, survivors):
+    updates, weights = _data(3, 8, seed=6)
+    sources = {i: FixedSource(u, w) for i, (u, w) in enumerate(zip(updates, weights))}
+    sources[2] = SlowTrainer(updates[2], weights[2])
+    with Deployment("masking", sources, 8, stage_timeout=1.0, train_timeout=train_timeout) as dep:
+        records = dep.run(timeout=90)
+    assert [r.status for r in records] == ["done"]
+    assert list(records[0].result.contributors) == survivors
+    assert np.allclose(records[0].result.mean, _weighted_mean(updates, weights, survivors), atol=1e-4)

@@ -142,7 +142,7 @@ def client_run(client_id: int = typer.Option(..., "--id", help="this client's id
 def up(clients: Optional[int] = typer.Option(None, "--clients", help="default: the config's (3)"),
        rounds: Optional[int] = typer.Option(None, "--rounds", help="default: the config's (3)"),
        config: Optional[Path] = ConfigOpt, scheme: Optional[str] = typer.Option(None),
-       trainer: Optional[str] = typer.Option(None, help="synthetic | local"),
+       trainer: Optional[str] = typer.Option(None, help="local (default: the run file's model) | synthetic"),
        dim: Optional[int] = typer.Option(None, help="model size of the synthetic trainer"),
        out: Optional[Path] = typer.Option(None, "--out", help="default: [transport] out (runs/transport)"),
        timeout: float = typer.Option(600.0, help="give up (and stop every process) after this many seconds")) -> None:

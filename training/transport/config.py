@@ -34,11 +34,12 @@ class TransportConfig:
     rounds: int = 3
     cohort: int | None = None             # clients per round (default: all)
     min_clients: int | None = None        # smallest cohort a round opens with (default: 2/3 of the cohort)
-    trainer: str = "synthetic"            # synthetic (a model-sized vector) | local (training.local on the corpus)
+    trainer: str = "local"                # local (the run file's model trained on its corpus) | synthetic (a vector)
     dim: int = 1000                       # model size for the synthetic trainer
     seed: int = 0
-    checkin_timeout: float = 5.0
-    stage_timeout: float = 10.0
+    checkin_timeout: float = 10.0         # a round opens with >= min_clients once the first has waited this long
+    stage_timeout: float = 10.0           # a protocol stage silent this long is closed (silent clients drop out)
+    train_timeout: float = 300.0          # extra time of a round's first stage, for the clients' local training
     poll_seconds: float = 10.0
     max_message_bytes: int = 256 << 20
     clip: float = 1.0                     # masking: public value bound
@@ -59,7 +60,8 @@ class TransportConfig:
             raise ConfigError(f"unknown trainer {self.trainer!r}; expected 'synthetic' or 'local'")
         if self.clients < 1 or self.rounds < 1 or self.dim < 1:
             raise ConfigError("clients, rounds and dim must be positive")
-        if not (self.stage_timeout > 0 and self.checkin_timeout >= 0 and self.poll_seconds > 0):
+        if not (self.stage_timeout > 0 and self.checkin_timeout >= 0 and self.train_timeout >= 0
+                and self.poll_seconds > 0):
             raise ConfigError("timeouts must be positive")
         if not 1 <= self.cohort_size <= self.clients or not 1 <= self.min_cohort <= self.cohort_size:
             raise ConfigError("need 1 <= min_clients <= cohort <= clients")

@@ -6,7 +6,8 @@ a time. Invariants:
 
 * a message reaches the role only if its round id is the open round's and its sender (the certificate identity)
   is in that round's cohort; anything else raises a named ``SecAggError`` and changes nothing;
-* a stage that makes no progress for ``stage_timeout`` seconds is closed (``close_stage``): silent or crashed
+* a stage that makes no progress for ``stage_timeout`` seconds (the first stage: plus ``train_timeout``, the
+  clients' local training) is closed (``close_stage``): silent or crashed
   clients become dropouts; if too few survive the round is aborted and retried with a fresh cohort and round id;
 * the global model changes only after a round's result is validated, and the new model and round counter are
   checkpointed together before any client is told the round ended.
@@ -49,6 +50,7 @@ class RoundPolicy:
     checkin_timeout: float = 5.0
     stage_timeout: float = 5.0
     max_closes: int = 4
+    train_timeout: float = 0.0  # extra time of a round's first stage: clients train before their first message
 
 
 @dataclass
@@ -328,6 +330,7 @@ class Coordinator:
         closes = 0
         with self.cond:
             stage, since = rnd.role.stage, time.monotonic()
+            extra = self.policy.train_timeout
             while not rnd.role.done:
                 if self.stopping:
                     raise StageError("aggregator is shutting down")
@@ -344,16 +347,16 @@ class Coordinator:
                             self._route(rnd, KEYHOLDER, rnd.role.receive(KEYHOLDER, out.payload))
                     continue
                 if rnd.role.stage != stage:
-                    stage, since, closes = rnd.role.stage, time.monotonic(), 0
+                    stage, since, closes, extra = rnd.role.stage, time.monotonic(), 0, 0.0
                     continue
-                left = since + self.policy.stage_timeout - time.monotonic()
+                left = since + self.policy.stage_timeout + extra - time.monotonic()
                 if left <= 0:
                     closes += 1
                     if closes > self.policy.max_closes:
                         raise StageError(f"stage {stage!r} made no progress after {closes - 1} deadlines")
                     log.info("round id %d: deadline of stage %r passed; closing it", rnd.round_id, stage)
                     self._route(rnd, AGGREGATOR, rnd.role.close_stage())
-                    since = time.monotonic()
+                    since, extra = time.monotonic(), 0.0
                     continue
                 self.cond.wait(min(left, 0.5))
             return rnd.role.result()

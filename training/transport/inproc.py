@@ -42,7 +42,8 @@ class Deployment:
                  options: dict | None = None, certs: str | Path | None = None, stage_timeout: float = 5.0,
                  checkin_timeout: float = 2.0, min_clients: int | None = None, poll_seconds: float = 2.0,
                  max_message_bytes: int = 256 << 20, keyholder=None, checkpoint_path: str | None = None,
-                 initial: np.ndarray | None = None, cert_clients: int | None = None) -> None:
+                 initial: np.ndarray | None = None, cert_clients: int | None = None,
+                 train_timeout: float = 0.0) -> None:
         self._tmp = None
         self.threads: list[threading.Thread] = []
         self.errors: dict[int, BaseException] = {}
@@ -73,7 +74,8 @@ class Deployment:
                                           max_message_bytes)
                 context, finalize = self.link.context(), self.link.finalize
             n = len(self.sources)
-            policy = RoundPolicy(rounds, n, min_clients or n, checkin_timeout, stage_timeout)
+            policy = RoundPolicy(rounds, n, min_clients or n, checkin_timeout, stage_timeout,
+                                 train_timeout=train_timeout)
             state = ServerState(np.zeros(dim) if initial is None else np.asarray(initial, dtype=np.float64))
             self.coordinator = Coordinator(self.scheme, state, policy, context=context, finalize=finalize,
                                            on_round=self.records.append, checkpoint_path=checkpoint_path)

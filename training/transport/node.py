@@ -115,7 +115,8 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
             log.warning("injected crash after %d rounds", applied[0])
             os._exit(9)
 
-    policy = RoundPolicy(cfg.rounds, cfg.cohort_size, cfg.min_cohort, cfg.checkin_timeout, cfg.stage_timeout)
+    policy = RoundPolicy(cfg.rounds, cfg.cohort_size, cfg.min_cohort, cfg.checkin_timeout, cfg.stage_timeout,
+                         train_timeout=cfg.train_timeout if cfg.trainer == "local" else 0.0)
     coord = Coordinator(scheme, state, policy, checkpoint_path=checkpoint, context=context, finalize=finalize,
                         apply=work.apply, on_round=on_round, ledger_budget=work.ledger_budget)
     server, port = serve_aggregator(coord, creds, cfg.host, cfg.aggregator_port,

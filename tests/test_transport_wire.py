@@ -231,3 +231,27 @@ def test_signing_identities_chain_to_the_ca_and_name_their_client(tmp_path):
         with pytest.raises(E.AuthenticationError):
             verify_signing_cert(ca, cert, ident)
     assert oct(os.stat(tmp_path / "a" / "client-1.sign.key").st_mode & 0o777) == "0o600"
+
+
+def test_mounted_cli_reads_the_run_file(tmp_path):
+    """`secagg certs init DIR` issues one certificate pair per client of the run file; `client run` takes the
+    aggregator's address from the file's fixed port or refuses to guess it (exit 2)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from training.transport.cli import mount
+
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    mount(app)
+    names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert names == {"up", "certs", "keyholder", "aggregator", "client"}
+    run = tmp_path / "run.toml"
+    run.write_text('[federation]\nclients = 4\nscheme = "masking"\n[transport]\ntrainer = "synthetic"\n')
+    result = CliRunner().invoke(app, ["certs", "init", str(tmp_path / "pki"), "--config", str(run)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "pki").glob("client-*.sign.pem")) == [
+        f"client-{i}.sign.pem" for i in range(4)]
+    assert not (tmp_path / "pki" / "client-4.pem").exists()
+    result = CliRunner().invoke(app, ["client", "run", "--id", "0", "--config", str(run)])
+    assert result.exit_code == 2 and "aggregator_port" in result.output

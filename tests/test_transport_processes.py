@@ -79,17 +79,27 @@ def _start_client(procs: Procs, resolved: Path, cid: int, port: int, name: str |
                                                  "--aggregator", f"127.0.0.1:{port}", *extra])
 
 
-def test_up_runs_every_role_as_a_process(tmp_path):
-    cfg = TransportConfig(scheme="masking", trainer="synthetic", clients=3, rounds=2, dim=DIM, out=str(tmp_path),
-                          certs=str(tmp_path / "certs"), stage_timeout=2.0, checkin_timeout=8.0, poll_seconds=1.0)
+@pytest.mark.parametrize("scheme", ["masking", "ckks"])
+def test_up_runs_every_role_as_a_process(tmp_path, scheme):
+    import secagg
+
+    cfg = TransportConfig(scheme=scheme, trainer="synthetic", clients=3, rounds=2, dim=DIM, out=str(tmp_path),
+                          certs=str(tmp_path / "certs"), stage_timeout=5.0, checkin_timeout=8.0, poll_seconds=1.0)
     lines: list[str] = []
-    rows = launch(cfg.validate(), timeout=90, echo=lines.append)
+    rows = launch(cfg.validate(), timeout=120, echo=lines.append)
     assert [r["status"] for r in rows] == ["done", "done"], "\n".join(lines)
     assert [r["contributors"] for r in rows] == [[0, 1, 2], [0, 1, 2]]
+    assert (rows[0]["keyholder_bytes"] > 0) == (scheme == "ckks")
     assert rows[1]["loss"] < rows[0]["loss"]
     state = checkpoint.load(tmp_path / "aggregator.ckpt")
     assert state.round == 2
-    assert np.allclose(state.model, _expected_model(cfg, [[0, 1, 2]] * 2), atol=1e-4)
+    expected = _expected_model(cfg, [[0, 1, 2]] * 2)
+    assert np.allclose(state.model, expected, atol=1e-4)
+    # the first step from the zero model is the weighted mean of the first updates: as secagg.simulate computes it
+    work = SyntheticWorkload(cfg.dim, cfg.clients, seed=cfg.seed, clip=cfg.clip)
+    first = [work.source(i).compute(np.zeros(DIM), 0) for i in range(3)]
+    step = secagg.simulate(first, [work.source(i).weight for i in range(3)], scheme=scheme, seed=1)
+    assert np.allclose(_expected_model(cfg, [[0, 1, 2]]), step, atol=1e-4)
     assert all("round" in line or "up:" in line for line in lines)
 
 

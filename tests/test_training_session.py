@@ -127,3 +127,25 @@ def test_async_session_closes_a_round_per_buffer_and_discounts_stale_clients():
     s = staleness_weight(1, "polynomial", a=1.0)  # client 0 is one version behind
     w2 = w1 + (s * (local[0] - w1) + (fresh - w1)) / 2
     assert np.allclose(fed.federation.global_vec, w2, atol=2e-5)
+
+
+@pytest.mark.parametrize("scheme", ["ckks", "masking"])
+def test_loss_weighted_session_matches_formula_2_and_shifts_by_the_cohort_aggregate(scheme):
+    torch.manual_seed(3)
+    model = torch.nn.Linear(4, 1)
+    fed = FederatedSession(model, clients=3, scheme=scheme, aggregator="loss-weighted", update_clip=1.0)
+    strategy = fed.federation.strategy
+    for rnd in range(2):
+        local, losses = [], []
+        for i in range(3):
+            x, y = _data(40 + 3 * rnd + i, 30)
+            with fed.client(i).round(model) as r:
+                loss = _plain_loop(model, x, y, steps=2 + i)
+                local.append(get_flat(model).copy())
+                losses.append(loss + 2.0 * i)  # distinct reported losses: distinct weights
+                r.report(num_samples=30, loss=losses[-1])
+        alpha = np.exp(-np.array(losses)) / np.exp(-np.array(losses)).sum()
+        assert np.allclose(fed.federation.global_vec, sum(a * w for a, w in zip(alpha, local)), atol=2e-5)
+        assert not np.allclose(fed.federation.global_vec, np.mean(local, axis=0), atol=1e-3)
+        # the next shift is the cohort's soft-min loss, computed by the server from the aggregate alone
+        assert strategy.cohort_loss == pytest.approx(-np.log(np.mean(np.exp(-np.array(losses)))), abs=1e-4)

@@ -78,7 +78,7 @@ class Federation:
         self.observer = observer
         self.version = 0
         self.round = 0
-        self.loss_reference = 0.0
+        self.loss_reference: float | None = None  # public reference loss (the runner's validation loss)
         self._joined: set[int] = set()
         self.history: list[RoundReport] = []
         strategy.observe_version(0, self.global_vec)

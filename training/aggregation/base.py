@@ -35,13 +35,14 @@ class Contribution:
 
 @dataclass(frozen=True)
 class RoundInfo:
-    """Public facts about a server step: its number, the current global version, and each contributor's base
-    version (the global version it trained from; staleness = ``version - base_versions[i]``)."""
+    """Public facts about a server step: its number, the current global version, each contributor's base
+    version (the global version it trained from; staleness = ``version - base_versions[i]``), and a public
+    reference loss when the server has one (e.g. its validation loss of the current model; ``None`` if not)."""
 
     round: int
     version: int
     base_versions: Mapping[int, int] = field(default_factory=dict)
-    loss_reference: float = 0.0
+    loss_reference: float | None = None
 
     def staleness(self, client_id: int) -> int:
         return self.version - self.base_versions.get(client_id, self.version)

@@ -10,7 +10,9 @@ the final sums Σ e^{−(L_i − s)/T} Δ_i and Σ e^{−(L_i − s)/T}; their q
 tiny e^{−L}. Weights are bounded for range checks: ``L_i − s`` is floored at ``−margin``, so a weight never
 exceeds ``e^{margin/T}`` (the floor only binds for a client whose loss is ``margin`` nats below the reference, and
 then caps its weight). By default ``s`` is the public reference loss of the round (the server's validation loss of
-the current global model). The total Σ e^{−(L_i − s)/T} is revealed to the server: it is an aggregate.
+the current global model); without one (e.g. in :class:`~training.session.FederatedSession`) it is the previous
+round's cohort soft-min loss ``s − T·log(Σ e^{−(L_i − s)/T} / m)``, computed from the aggregate alone (0 in the
+first round). The total Σ e^{−(L_i − s)/T} is revealed to the server: it is an aggregate.
 """
 
 from __future__ import annotations
@@ -46,9 +48,14 @@ class LossWeighted(Strategy):
         self.shift = shift
         self.margin = float(margin)
         self.server_lr = float(server_lr)
+        self.cohort_loss: float | None = None  # soft-min loss of the last cohort, from its aggregate only
 
     def _shift(self, info: RoundInfo) -> float:
-        return info.loss_reference if self.shift is None else float(self.shift)
+        if self.shift is not None:
+            return float(self.shift)
+        if info.loss_reference is not None:
+            return float(info.loss_reference)
+        return self.cohort_loss if self.cohort_loss is not None else 0.0
 
     def encode(self, update: ClientUpdate, info: RoundInfo) -> Contribution:
         w = loss_weight(update.loss, self._shift(info), self.temperature, self.margin)
@@ -61,4 +68,6 @@ class LossWeighted(Strategy):
         return math.exp(self.margin / self.temperature)
 
     def apply(self, global_vec: np.ndarray, agg: AggregateResult, info: RoundInfo) -> np.ndarray:
+        if agg.total_weight > 0 and agg.contributors:
+            self.cohort_loss = self._shift(info) - self.temperature * math.log(agg.total_weight / len(agg.contributors))
         return global_vec + self.server_lr * agg.mean

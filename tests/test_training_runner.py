@@ -134,3 +134,19 @@ def test_wikitext_from_a_local_directory_feeds_a_run(tmp_path):
     assert names <= {f"article-{i:05d}" for i in range(10)}  # max_articles honoured
     rows = runner.run()
     assert rows[0].loss < runner.initial_loss
+
+
+@pytest.mark.parametrize("aggregator", ["fedavg", "async"])
+def test_privacy_budget_ends_the_run_early_keeping_completed_rounds(tmp_path, aggregator):
+    cfg = _tiny(tmp_path, scheme="masking", aggregator=aggregator)
+    cfg.dp.enabled, cfg.dp.noise_multiplier, cfg.train.rounds = True, 1.0, 4
+    q = cfg.train.batch_size / cfg.data.max_blocks_per_client
+    one, two = (epsilon(1.0, q, k * cfg.train.local_steps, cfg.dp.delta) for k in (1, 2))
+    cfg.dp.epsilon_budget = (one + two) / 2  # every client can afford one round of local steps, not two
+    runner = Runner(cfg)
+    assert all(len(tr.blocks) == cfg.data.max_blocks_per_client for tr in runner.trainers)
+    rows = runner.run()
+    # sync: round 1, then round 2's first local run is refused; async: the first buffer's step completes, then
+    # its clients cannot train again
+    assert len(rows) == 1 and "privacy budget" in runner.stop_reason
+    assert all(e is not None and e <= cfg.dp.epsilon_budget for e in rows[0].epsilon_per_client.values())

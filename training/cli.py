@@ -92,14 +92,19 @@ def _execute(cfg: RunConfig, out: Path) -> None:
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
     typer.echo("")
     typer.echo(final_table(rows))
+    if runner.stop_reason:
+        typer.echo(f"stopped early: {runner.stop_reason}")
     typer.echo(f"wrote {out / 'metrics.jsonl'}, loss.png, epsilon.png (total {time.perf_counter() - t0:.1f} s)")
 
 
 def _run_or_exit(cfg: RunConfig, out: Path) -> None:
+    from privacy.errors import PrivacyError
+    from secagg.errors import SecAggError
+
     try:
         _execute(cfg, out)
-    except TrainingError as e:
-        typer.echo(f"error: {e}", err=True)
+    except (TrainingError, PrivacyError, SecAggError) as e:
+        typer.echo(f"error: {type(e).__name__}: {e}", err=True)
         raise typer.Exit(2) from None
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from privacy.errors import BudgetExceededError
+
 from training.aggregation import make_strategy
 from training.config import RunConfig
 from training.corpus import Prepared, prepare
@@ -71,6 +73,7 @@ class Runner:
 
     def __init__(self, cfg: RunConfig, *, observer=None) -> None:
         self.cfg = cfg.validate()
+        self.stop_reason: str | None = None
         f, t = cfg.federation, cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -146,11 +149,24 @@ class Runner:
 
     def run(self, progress: Callable[[RoundMetrics], None] | None = None, tick: Tick | None = None
             ) -> list[RoundMetrics]:
-        """Run ``train.rounds`` server steps; ``progress`` gets each round's metrics, ``tick`` finer progress."""
+        """Run ``train.rounds`` server steps; ``progress`` gets each round's metrics, ``tick`` finer progress.
+
+        A client whose privacy budget (``dp.epsilon_budget``) would be exceeded by its next round's steps ends the
+        run early: the rounds completed so far are returned and :attr:`stop_reason` says why.
+        """
         tick = tick or (lambda _r, _w: None)
-        if self.fed.strategy.name == "async":
-            return self._run_async(progress, tick)
-        out = []
+        out: list[RoundMetrics] = []
+        self.stop_reason = None
+        try:
+            if self.fed.strategy.name == "async":
+                self._run_async(progress, tick, out)
+            else:
+                self._run_sync(progress, tick, out)
+        except BudgetExceededError as e:
+            self.stop_reason = f"privacy budget reached after {len(out)} rounds: {e}"
+        return out
+
+    def _run_sync(self, progress, tick: Tick, out: list[RoundMetrics]) -> None:
         sim = 0.0
         for r in range(1, self.cfg.train.rounds + 1):
             t0 = time.perf_counter()
@@ -167,9 +183,8 @@ class Runner:
             out.append(self._metrics(rep, wall, sim, {c: 0 for c in rep.contributors}))
             if progress:
                 progress(out[-1])
-        return out
 
-    def _run_async(self, progress, tick: Tick) -> list[RoundMetrics]:
+    def _run_async(self, progress, tick: Tick, out: list[RoundMetrics]) -> None:
         k = self.fed.strategy.buffer_size
         events: list[tuple[float, int, ClientUpdate]] = []
         seq = 0
@@ -186,7 +201,6 @@ class Runner:
 
         for tr in self.trainers:
             launch(tr, 0.0, 0)
-        out = []
         for r in range(1, self.cfg.train.rounds + 1):
             t0 = time.perf_counter()
             batch = [heapq.heappop(events) for _ in range(min(k, len(events)))]
@@ -195,10 +209,15 @@ class Runner:
             staleness = {c: self.fed.version - u.base_version for c, u in updates.items()}
             rep = self.fed.aggregate(updates)
             tick(r, "secure aggregation")
-            for c in updates:
-                launch(self.trainers[c], now + rep.secure_seconds, r)
+            refused = None
+            try:
+                for c in updates:
+                    launch(self.trainers[c], now + rep.secure_seconds, r)
+            except BudgetExceededError as e:  # this server step is done; report it, then stop
+                refused = e
             wall = time.perf_counter() - t0
             out.append(self._metrics(rep, wall, now + rep.secure_seconds, staleness))
             if progress:
                 progress(out[-1])
-        return out
+            if refused is not None:
+                raise refused

@@ -150,3 +150,18 @@ def test_privacy_budget_ends_the_run_early_keeping_completed_rounds(tmp_path, ag
     # its clients cannot train again
     assert len(rows) == 1 and "privacy budget" in runner.stop_reason
     assert all(e is not None and e <= cfg.dp.epsilon_budget for e in rows[0].epsilon_per_client.values())
+
+
+def test_a_local_model_directory_is_loaded_without_download(tmp_path, monkeypatch):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = tmp_path / "my-model"
+    GPT2LMHeadModel(GPT2Config(vocab_size=384, n_positions=32, n_embd=24, n_layer=1, n_head=2)).save_pretrained(path)
+    cfg = _tiny(tmp_path, scheme="masking")
+    cfg.model.path, cfg.train.rounds = str(path), 1
+    runner = Runner(cfg)
+    assert runner.eval_model.config.n_embd == 24  # the saved architecture, not the [model] shape
+    assert runner.fed.global_vec.size == sum(p.numel() for p in runner.eval_model.parameters())
+    rows = runner.run()
+    assert rows[0].loss < runner.initial_loss

@@ -80,7 +80,9 @@ def _execute(cfg: RunConfig, out: Path) -> None:
         eps = f"{m.epsilon:.2f}" if m.epsilon is not None else "-"
         typer.echo(f"round {m.round:>3}: loss {m.loss:.3f} ppl {m.perplexity:8.1f} eps {eps:>6} "
                    f"up {human_bytes(m.bytes_up):>9} down {human_bytes(m.bytes_down):>9} {m.seconds:5.1f} s "
-                   f"clients {m.contributors}")
+                   f"clients {m.contributors}"
+                   + (f" staleness {dict(sorted(m.staleness.items()))}" if any(m.staleness.values()) else "")
+                   + (f" dropped {m.dropped}" if m.dropped else ""))
 
     try:
         rows = runner.run(progress, bars.tick)

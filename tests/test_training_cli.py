@@ -71,3 +71,51 @@ def test_example_run_file_sets_every_option_and_loads():
     from training.transport.config import load_transport_config
 
     assert load_transport_config(EXAMPLE).trainer == "local"  # the same file drives `secagg up`
+
+
+def test_run_command_follows_the_toml_file_and_keeps_rounds_before_a_budget_stop(tmp_path):
+    import json
+
+    from privacy.accounting import epsilon
+
+    one, two = (epsilon(1.0, 8 / 48, k * 3, 1e-5) for k in (1, 2))
+    run = tmp_path / "tiny.toml"
+    run.write_text(f"""
+[data]
+plays = ["macbeth", "the-tempest", "twelfth-night"]
+vocab_size = 384
+block_size = 32
+max_blocks_per_client = 48
+max_val_blocks = 16
+cache_dir = "{tmp_path / 'cache'}"
+[model]
+n_embd = 16
+n_layer = 1
+[train]
+rounds = 3
+local_steps = 3
+batch_size = 8
+[federation]
+scheme = "masking"
+aggregator = "gradient"
+[aggregator_options]
+optimizer = "adam"
+lr = 0.01
+[dp]
+noise_multiplier = 1.0
+epsilon_budget = {(one + two) / 2}
+""")
+    res = CliRunner().invoke(cli.app, ["run", "--config", str(run), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "scheme=masking, aggregator=gradient" in res.output
+    assert "stopped early: privacy budget reached after 1 rounds" in res.output
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1] and rows[0]["epsilon"] == pytest.approx(one, rel=0.02)
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["aggregator_options"] == {"optimizer": "adam", "lr": 0.01}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[federation]\naggregator = \"gradient\"\n[aggregator_options]\nmomentum = 0.9\n")
+    res = CliRunner().invoke(cli.app, ["run", "--config", str(bad)])
+    assert res.exit_code == 2 and "momentum" in res.output
+    with pytest.raises(ConfigError, match="momentum"):
+        load_config(bad)  # refused when the file is read, before anything is built

@@ -115,6 +115,9 @@ class RunConfig:
             raise ConfigError(f"train.threads must be >= 0, got {self.train.threads}")
         if self.platforms is not None and len(self.platforms) != f.clients:
             raise ConfigError(f"{len(self.platforms)} [[platforms]] for {f.clients} clients")
+        from training.aggregation import make_strategy
+
+        make_strategy(f.aggregator, **self.aggregator_options)  # refuses options the aggregator does not take
         return self
 
 

@@ -188,14 +188,18 @@ class Runner:
         k = self.fed.strategy.buffer_size
         events: list[tuple[float, int, ClientUpdate]] = []
         seq = 0
+        model_bytes = 4 * self.fed.global_vec.size
+        traffic: dict[int, tuple[int, int]] = {}  # client -> real (up, down) bytes of its latest round
 
         def launch(tr: LocalTrainer, now: float, r: int) -> None:
+            """Train now; the update arrives after the modelled compute and transfer time (the client's real bytes
+            of its previous round; the float32 model size before its first)."""
             nonlocal seq
             u = tr.train(self.fed.global_vec, self.fed.version)
             tick(r, f"client {tr.client_id} trained")
             p = self.platforms[tr.client_id]
-            model_bytes = 4 * self.fed.global_vec.size
-            finish = now + p.compute_seconds(u.seconds) + p.comm_seconds(model_bytes, model_bytes)
+            up, down = traffic.get(tr.client_id, (model_bytes, model_bytes))
+            finish = now + p.compute_seconds(u.seconds) + p.comm_seconds(up, down)
             heapq.heappush(events, (finish, seq, u))
             seq += 1
 
@@ -209,6 +213,7 @@ class Runner:
             staleness = {c: self.fed.version - u.base_version for c, u in updates.items()}
             rep = self.fed.aggregate(updates)
             tick(r, "secure aggregation")
+            traffic.update({c: (rep.bytes_up[c], rep.bytes_down[c]) for c in updates})
             refused = None
             try:
                 for c in updates:

@@ -82,8 +82,9 @@ def test_modelled_round_time_comes_from_the_real_byte_counts():
     for i, p in enumerate(plat):
         up, down = rep.bytes_up[i], rep.bytes_down[i]
         assert up > 4 * 500 and down >= 4 * 500  # masked vector and the float32 global model at least
-        assert rep.modelled_seconds[i] == pytest.approx(3.0 / p.speed + 8 * up / (p.up_mbps * 1e6)
-                                                        + 8 * down / (p.down_mbps * 1e6))
+        comm = 8 * up / (p.up_mbps * 1e6) + 8 * down / (p.down_mbps * 1e6)
+        assert rep.comm_seconds[i] == pytest.approx(comm)
+        assert rep.modelled_seconds[i] == pytest.approx(3.0 / p.speed + comm)
 
 
 def test_configured_dropout_and_dp_accounting_in_a_run(tmp_path):

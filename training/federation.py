@@ -46,6 +46,7 @@ class RoundReport:
     secure_seconds: float
     update_norm: float
     extra: dict = field(default_factory=dict)
+    comm_seconds: dict[int, float] = field(default_factory=dict)  # modelled transfer time per client
 
     @property
     def total_up(self) -> int:
@@ -125,7 +126,7 @@ class Federation:
 
     def _report(self, info, updates, contributors, dropped, traffic, secure_seconds, norm) -> RoundReport:
         model_bytes = 4 * self.global_vec.size  # the published global model, float32 on the wire
-        up, down, comp, modelled = {}, {}, {}, {}
+        up, down, comp, modelled, comm = {}, {}, {}, {}, {}
         for c, u in updates.items():
             setup = self.secure.setup_bytes if c not in self._joined else 0
             self._joined.add(c)
@@ -133,6 +134,7 @@ class Federation:
             down[c] = int(traffic.down.get(c, 0)) + model_bytes + setup
             comp[c] = u.seconds
             p = self.platforms[c]
-            modelled[c] = p.compute_seconds(u.seconds) + p.comm_seconds(up[c], down[c], traffic.messages.get(c, 0) + 1)
+            comm[c] = p.comm_seconds(up[c], down[c], traffic.messages.get(c, 0) + 1)
+            modelled[c] = p.compute_seconds(u.seconds) + comm[c]
         return RoundReport(info.round, self.version, tuple(contributors), tuple(dropped), up, down, comp, modelled,
-                           secure_seconds, norm, {"keyholder_bytes": traffic.keyholder})
+                           secure_seconds, norm, {"keyholder_bytes": traffic.keyholder}, comm)

@@ -19,7 +19,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -44,7 +44,14 @@ Tick = Callable[[int, str], None]
 
 @dataclass
 class RoundMetrics:
-    """One line of ``metrics.jsonl``: the global validation loss after the server step, and its costs."""
+    """One line of ``metrics.jsonl``: the global validation loss after the server step, and its costs.
+
+    Times: ``seconds`` is the measured wall time of the step on this machine (clients simulated one after another);
+    ``compute_seconds`` the measured local training summed over clients; ``secure_seconds`` the measured secure
+    round; ``comm_seconds_per_client`` each cloud's modelled transfer time (latency per message plus its real bytes
+    over its links); ``modelled_seconds`` the slowest cloud's compute / speed + transfer, plus the secure round;
+    ``sim_time`` the modelled clock at the end of the step.
+    """
 
     round: int
     loss: float
@@ -63,6 +70,7 @@ class RoundMetrics:
     contributors: list[int]
     dropped: list[int]
     staleness: dict[int, int]
+    comm_seconds_per_client: dict[int, float] = field(default_factory=dict)  # modelled cross-cloud transfer time
 
     def as_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -123,7 +131,7 @@ class Runner:
                             rep.total_up, rep.total_down, rep.bytes_up, rep.bytes_down, wall,
                             sum(rep.compute_seconds.values()), rep.secure_seconds,
                             max(rep.modelled_seconds.values()) + rep.secure_seconds, sim_time,
-                            list(rep.contributors), list(rep.dropped), staleness)
+                            list(rep.contributors), list(rep.dropped), staleness, dict(rep.comm_seconds))
 
     def rebalance(self, updates: dict[int, ClientUpdate]) -> None:
         """Capacity partitioning: fold each client's observed throughput (local steps per modelled compute

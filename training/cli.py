@@ -28,6 +28,8 @@ from training.config import RunConfig, load_config
 from training.errors import ConfigError, TrainingError
 from training.transport.cli import mount
 
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the BPE trainer's threads; runs fork no workers
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Federated training of a language model across clouds with secure aggregation and DP.")
 
@@ -180,5 +182,4 @@ def bench(ctx: typer.Context, name: str = typer.Argument(..., help="benchmark mo
 mount(app)  # certs init, keyholder serve, aggregator serve, client run, up
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()

@@ -28,7 +28,7 @@ from training.config import RunConfig, load_config
 from training.errors import ConfigError, TrainingError
 from training.transport.cli import mount
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the BPE trainer's threads; runs fork no workers
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no tokenizers thread pool: safe across fork()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Federated training of a language model across clouds with secure aggregation and DP.")

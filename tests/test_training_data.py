@@ -100,3 +100,24 @@ def test_lm_blocks_are_consecutive_full_rows(n, L):
     b = D.lm_blocks(ids, L)
     assert b.shape == (n // L, L)
     assert np.array_equal(b.ravel(), ids[: (n // L) * L])
+
+
+@pytest.mark.parametrize("partition", ["iid", "by-document"])
+def test_capped_clients_get_a_uniform_subset_of_their_share(tmp_path, partition):
+    from training.config import DataConfig
+    from training.corpus import prepare
+
+    plays = ["macbeth", "the-tempest", "twelfth-night", "hamlet", "othello", "king-lear"]
+    cfg = DataConfig(plays=plays, vocab_size=384, block_size=32, partition=partition, max_blocks_per_client=48,
+                     cache_dir=str(tmp_path))
+    prep = prepare(cfg, 3, np.random.default_rng(0))
+    docs = D.load_shakespeare(plays)
+    ids = D.encode_documents(D.train_tokenizer(list(docs.values()), 384, tmp_path), docs)
+    origin = {row.tobytes(): name for name, t in ids.items() for row in D.lm_blocks(t, 32)}
+    for blocks in prep.clients:
+        assert len(blocks) == 48
+        counts = {}
+        for row in blocks:
+            counts[origin[row.tobytes()]] = counts.get(origin[row.tobytes()], 0) + 1
+        # a prefix of the client's blocks would come (almost) entirely from its first document
+        assert max(counts.values()) <= 0.75 * 48 and len(counts) >= 2

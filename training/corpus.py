@@ -73,7 +73,13 @@ def prepare(cfg: DataConfig, n_clients: int, rng: np.random.Generator, shares: l
         clients = [allb[p] for p in parts]
         assignment = [sorted({names[k] for k in labels[p]}) for p in parts]
     if cfg.max_blocks_per_client is not None and cfg.partition != "capacity":
-        clients = [c[: cfg.max_blocks_per_client] for c in clients]
+        # a uniform subset (a prefix would keep mostly the client's first document and skew every split)
+        cap = cfg.max_blocks_per_client
+        subset = [np.sort(rng.choice(len(c), cap, replace=False)) if len(c) > cap else np.arange(len(c))
+                  for c in clients]
+        clients = [c[k] for c, k in zip(clients, subset)]
+        if cfg.partition != "by-document":
+            assignment = [sorted({names[j] for j in labels[p][k]}) for p, k in zip(parts, subset)]
     if any(len(c) == 0 for c in clients):
         raise DataError("a client received no training blocks; use fewer clients or more data")
     pool = np.concatenate(clients)

@@ -149,3 +149,31 @@ def test_loss_weighted_session_matches_formula_2_and_shifts_by_the_cohort_aggreg
         assert not np.allclose(fed.federation.global_vec, np.mean(local, axis=0), atol=1e-3)
         # the next shift is the cohort's soft-min loss, computed by the server from the aggregate alone
         assert strategy.cohort_loss == pytest.approx(-np.log(np.mean(np.exp(-np.array(losses)))), abs=1e-4)
+
+
+def test_close_round_runs_with_the_clients_that_submitted():
+    from secagg.errors import SecAggError
+
+    torch.manual_seed(4)
+    model = torch.nn.Linear(4, 1)
+    fed = FederatedSession(model, clients=3, scheme="masking", aggregator="fedavg", update_clip=10.0)
+    with pytest.raises(SessionError):
+        fed.close_round()  # nothing submitted
+    local, sizes = [], [20, 60]
+    for i in range(2):
+        x, y = _data(50 + i, sizes[i])
+        with fed.client(i).round(model) as r:
+            r.report(num_samples=sizes[i], loss=_plain_loop(model, x, y))
+            local.append(get_flat(model).copy())
+        if i == 0:
+            with pytest.raises(SecAggError):  # one update alone cannot be hidden
+                fed.close_round()
+            assert list(fed._pending) == [0]
+    with pytest.raises(RuntimeError):
+        with fed.client(2).round(model) as r:
+            raise RuntimeError("client 2's loop failed")
+    assert fed.federation.round == 0
+    report = fed.close_round()
+    assert report.contributors == (0, 1) and fed.federation.round == 1 and fed._pending == {}
+    ref = (sizes[0] * local[0] + sizes[1] * local[1]) / sum(sizes)
+    assert np.allclose(fed.federation.global_vec, ref, atol=2e-5)

@@ -12,7 +12,8 @@ clipped/noised per the session's config, encoded by the secure-aggregation clien
 cohort is complete (sync: every client; async: any ``buffer_size`` arrivals) the secure round runs, the server
 applies the strategy, and (sync) the model of the client that closed the round is loaded with the new global
 weights. With one thread per client, ``round(model, block=True)`` waits on exit until its round completed and
-then loads the new global model. A loop that raises inside the block submits nothing (the client drops out).
+then loads the new global model. A loop that raises inside the block submits nothing (and the exception
+propagates); ``fed.close_round()`` runs the open round with the clients that did submit.
 """
 
 from __future__ import annotations
@@ -138,12 +139,28 @@ class FederatedSession:
             round_no = self.federation.round + 1
             self._pending[update.client_id] = update
             if len(self._pending) >= self._cohort:
-                batch, self._pending = self._pending, {}
-                report = self.federation.aggregate(batch)
-                self._versions[self.federation.version] = self.federation.global_vec.copy()
-                self._completed[round_no] = report
-                self._cond.notify_all()
+                self._close_locked()
             return round_no
+
+    def close_round(self) -> RoundReport:
+        """Run the open round now with the clients that have submitted (the others are dropouts of this round).
+
+        Raises what the secure layer raises when too few have submitted (CKKS: fewer than ``min_contributors``;
+        masking: fewer than 2); the submissions then stay pending.
+        """
+        with self._cond:
+            if not self._pending:
+                raise SessionError("no client has submitted to the open round")
+            return self._close_locked()
+
+    def _close_locked(self) -> RoundReport:
+        round_no = self.federation.round + 1
+        report = self.federation.aggregate(self._pending)
+        self._pending = {}
+        self._versions[self.federation.version] = self.federation.global_vec.copy()
+        self._completed[round_no] = report
+        self._cond.notify_all()
+        return report
 
     def _wait_for(self, round_no: int, timeout: float = 600.0) -> RoundReport:
         with self._cond:

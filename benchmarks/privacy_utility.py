@@ -10,7 +10,8 @@ Initialisation: by default the tiny GPT-2 is first pre-trained non-privately on 
 disjoint from the clients' plays and from the validation blocks (WikiText: articles after the private ones) — and
 the federation then fine-tunes it with DP on the private plays (public pre-training + private fine-tuning, the
 standard DP recipe, and the paper's "pre-trained language model" setting). ``--pretrain-steps 0`` trains from
-scratch; the default run also spot-checks from scratch (ckks/fedavg at ε ∈ {8, ∞}) so both regimes are reported.
+scratch. The default run also spot-checks (ckks/fedavg at ε ∈ {8, ∞}) training from scratch, and LoRA adapters
+(rank 8) on the pre-trained model, where only the adapters are trained, noised and aggregated.
 
 Goal checked: at ε = 8 the perplexity is within 15% of the non-private run of the same scheme and aggregator.
 ``--sweep-scheme S`` (default ``ckks``, the product default) runs the whole ε sweep for S only and spot-checks the
@@ -28,6 +29,7 @@ import json
 import math
 import os
 import platform
+import tempfile
 import time
 import traceback
 from dataclasses import asdict
@@ -193,7 +195,10 @@ def calibrate(cfg: RunConfig, eps: float) -> dict:
 
 
 def run_one(args, scheme: str, aggregator: str, eps: float, init: str, sigmas: dict, model_path: str | None) -> dict:
-    cfg = base_config(args, model_path if init == "pretrained" else None)
+    """One federation; ``init``: "pretrained" (full fine-tuning), "lora" (pre-trained base frozen, LoRA adapters
+    trained and aggregated) or "scratch"."""
+    cfg = base_config(args, None if init == "scratch" else model_path)
+    cfg.model.lora = init == "lora"
     cfg.federation.aggregator = aggregator
     row: dict = {"scheme": scheme, "aggregator": aggregator, "init": init,
                  "epsilon_target": None if math.isinf(eps) else eps}
@@ -228,7 +233,7 @@ def run_one(args, scheme: str, aggregator: str, eps: float, init: str, sigmas: d
 
 def plan(args) -> list[tuple[str, str, float, str]]:
     """(scheme, aggregator, ε, init) runs: the sweep scheme(s) at every ε, the others at ε ∈ {8, ∞}, plus the
-    from-scratch spot check; plaintext first, then ckks, then masking."""
+    spot checks (from scratch; LoRA on the pre-trained model) at ε ∈ {8, ∞}; plaintext, then ckks, then masking."""
     eps_all = [float(e) for e in args.eps]
     init = "pretrained" if args.pretrain_steps > 0 else "scratch"
     out = []
@@ -236,11 +241,11 @@ def plan(args) -> list[tuple[str, str, float, str]]:
         full = args.sweep_scheme in ("all", scheme)
         eps_list = eps_all if full else [e for e in eps_all if e in (GOAL_EPS, math.inf)]
         out += [(scheme, agg, e, init) for agg in args.aggregators for e in eps_list]
-    if args.scratch_check and init == "pretrained":
-        out += [(args.schemes[0] if "ckks" not in args.schemes else "ckks", args.aggregators[0], e, "scratch")
-                for e in (GOAL_EPS, math.inf)]
+    if init == "pretrained":
+        scheme = "ckks" if "ckks" in args.schemes else args.schemes[0]
+        out += [(scheme, args.aggregators[0], e, check) for check in args.checks for e in (GOAL_EPS, math.inf)]
     order = {"plaintext": 0, "ckks": 1, "masking": 2}
-    return sorted(out, key=lambda t: (t[3] == "scratch", order.get(t[0], 3)))
+    return sorted(out, key=lambda t: (t[3] != init, order.get(t[0], 3)))
 
 
 def _eps_key(r: dict) -> str:
@@ -248,7 +253,7 @@ def _eps_key(r: dict) -> str:
 
 
 def _run_key(r: dict) -> str:
-    return f"{r['scheme']}/{r['aggregator']}" + ("/scratch" if r["init"] == "scratch" else "")
+    return f"{r['scheme']}/{r['aggregator']}" + ("" if r["init"] == "pretrained" else f"/{r['init']}")
 
 
 def summarize(results: list[dict]) -> dict:
@@ -264,6 +269,8 @@ def summarize(results: list[dict]) -> dict:
         any_run = next(iter(runs.values()))
         s: dict = {"initial_perplexity": any_run["initial_perplexity"],
                    "perplexity": {e: runs[e]["val_perplexity"] for e in runs},
+                   "val_loss": {e: runs[e]["val_loss"] for e in runs},
+                   "wall_seconds": {e: runs[e]["wall_seconds"] for e in runs},
                    "accuracy": {e: runs[e]["val_next_token_accuracy"] for e in runs}}
         if base is not None:
             s["ratio_to_nonprivate"] = {e: runs[e]["val_perplexity"] / base["val_perplexity"] for e in runs}
@@ -300,9 +307,9 @@ def plot(results: list[dict], path: Path) -> None:
     for key in sorted({_run_key(r) for r in ok}):
         pts = sorted((inf_x if r["epsilon_target"] is None else xs[r["epsilon_target"]], r["val_perplexity"])
                      for r in ok if _run_key(r) == key)
-        style = ":" if key.endswith("scratch") else "-" if "/fedavg" in key else "--"
+        style = ":" if key.endswith(("scratch", "lora")) else "-" if "/fedavg" in key else "--"
         ax.plot(*zip(*pts), marker="o", linestyle=style, label=key)
-    starts = {r["initial_perplexity"] for r in ok if r["init"] == "pretrained"}
+    starts = {r["initial_perplexity"] for r in ok if r["init"] != "scratch"}
     if starts:
         ax.axhline(min(starts), color="grey", linewidth=0.8, label="pre-trained start (public data)")
     ax.set_xticks(list(xs.values()) + [inf_x], [f"{e:g}" for e in finite] + ["∞ (no DP)"])
@@ -329,8 +336,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--pretrain-steps", type=int, default=300, help="public pre-training steps (0: from scratch)")
     ap.add_argument("--pretrain-lr", type=float, default=3e-3)
     ap.add_argument("--public-docs", type=int, default=None, help="public documents (default 6 plays / 600 articles)")
-    ap.add_argument("--no-scratch-check", dest="scratch_check", action="store_false",
-                    help="skip the from-scratch spot check (ckks/fedavg at ε ∈ {8, ∞})")
+    ap.add_argument("--checks", nargs="*", default=["scratch", "lora"], choices=["scratch", "lora"],
+                    help="spot checks at ε ∈ {8, ∞} (ckks/fedavg): from scratch; LoRA (rank 8) on the pre-trained "
+                         "model. Pass none to skip")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--local-steps", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=64, help="expected (Poisson) batch size of DP-SGD")
@@ -353,11 +361,13 @@ def parse(argv=None) -> argparse.Namespace:
         args.public_docs = 600 if args.wikitext else 6
     if args.quick:
         args.rounds, args.local_steps, args.blocks_per_client, args.pretrain_steps = 2, 2, 256, 20
-        args.eps, args.scratch_check = [GOAL_EPS, math.inf], False
+        args.eps, args.checks = [GOAL_EPS, math.inf], []
         if args.schemes == list(SCHEMES):
             args.schemes = ["plaintext"]
     if args.out is None:
-        args.out = RESULTS / ("privacy_utility_quick.json" if args.quick else "privacy_utility.json")
+        # a smoke run never overwrites the committed results
+        args.out = (Path(tempfile.gettempdir()) / "secagg-bench" if args.quick else RESULTS) / \
+            ("privacy_utility_quick.json" if args.quick else "privacy_utility.json")
     return args
 
 
@@ -366,16 +376,20 @@ def headline(report: dict) -> str:
     s = report["summary"]["by_run"]
     eps = [("inf" if e is None else f"{e:g}") for e in report["grid"]["epsilons"]]
     head = f"{'scheme/aggregator':<30} {'start':>7} " + " ".join(f"{'ε=' + e:>8}" for e in eps) + \
-        f" {'ppl8/ppl∞':>9} {'kept@8':>6}  goal(<= {GOAL_RATIO})"
+        f" {'ppl8/ppl∞':>9} {'kept@8':>6} {'s/run':>6}  goal(<= {GOAL_RATIO})"
     lines = [head, "-" * len(head)]
     for key, v in s.items():
         cells = " ".join(f"{v['perplexity'][e]:>8.1f}" if e in v["perplexity"] else f"{'-':>8}" for e in eps)
         ratio = v.get("goal_ratio_at_eps8")
         kept = v.get("improvement_kept", {}).get(f"{GOAL_EPS:g}")
         goal = "" if ratio is None else ("MET" if v["goal_met"] else "NOT met")
+        wall = sum(v["wall_seconds"].values()) / len(v["wall_seconds"])
         lines.append(f"{key:<30} {v['initial_perplexity']:>7.1f} {cells} "
                      f"{'-' if ratio is None else format(ratio, '.3f'):>9} "
-                     f"{'-' if kept is None else format(kept, '.2f'):>6}  {goal}")
+                     f"{'-' if kept is None else format(kept, '.2f'):>6} {wall:>6.0f}  {goal}")
+    for key, ratios in report["summary"]["scheme_ratio_to_plaintext"].items():
+        lines.append(f"perplexity / plaintext's, {key}: " + ", ".join(f"{s} {r:.3f}" for s, r in ratios.items()
+                                                                     if s != "plaintext"))
     return "\n".join(lines)
 
 

@@ -136,6 +136,11 @@ def pretrain(args: argparse.Namespace) -> dict:
         raise SystemExit("no public documents left for pre-training; pass --pretrain-steps 0")
     tok = D.train_tokenizer(list(private.values()), cfg.data.vocab_size, cfg.data.cache_dir)
     m, bs = cfg.model, cfg.data.block_size
+    # the federation's validation blocks must be rows of these documents under this tokenizer (same selection)
+    mine = {row.tobytes() for t in D.encode_documents(tok, private).values() for row in D.lm_blocks(t, bs)}
+    val = prepare(cfg.data, cfg.federation.clients, np.random.default_rng(cfg.train.seed)).val
+    if not all(row.tobytes() in mine for row in val):
+        raise SystemExit("pre-training would use other documents or another tokenizer than the federation")
     key = json.dumps([sorted(public), hashlib.sha256(tok.to_str().encode()).hexdigest(), bs, m.n_layer, m.n_embd,
                       m.n_head, args.pretrain_steps, args.batch_size, args.pretrain_lr, args.seed])
     path = D.default_cache_dir() / "pretrained" / hashlib.sha256(key.encode()).hexdigest()[:20]
@@ -438,6 +443,8 @@ def main(argv=None) -> dict:
     if any(r["status"] == "ok" for r in results):
         plot(results, args.out.with_suffix(".png"))
     print(headline(report))
+    if args.quick:
+        print("(smoke run: 4 local steps in all; these numbers say nothing about the goal)")
     print(f"wrote {args.out} ({report['total_seconds']:.0f} s)")
     return report
 

@@ -63,6 +63,14 @@ class BufferedAsync(Strategy):
         while len(self._history) > self.max_staleness + 1:
             self._history.popitem(last=False)
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The kept global versions, as ``"v<version>"`` arrays."""
+        return {f"v{version}": vec.copy() for version, vec in self._history.items()}
+
+    def load_state_dict(self, state) -> None:
+        self._history = OrderedDict((int(k[1:]), np.array(state[k], dtype=np.float64))
+                                    for k in sorted(state, key=lambda k: int(k[1:])))
+
     def encode(self, update: ClientUpdate, info: RoundInfo) -> Contribution:
         tau = info.version - update.base_version
         if tau > self.max_staleness:

@@ -68,3 +68,15 @@ class Strategy(ABC):
 
     def observe_version(self, version: int, global_vec: np.ndarray) -> None:
         """Called with every global model the server publishes (async strategies keep recent ones)."""
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The server-side state :meth:`apply` carries from round to round (e.g. optimizer moments) as named
+        arrays, for a checkpoint saved together with the model; ``{}`` for a stateless strategy."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_dict` returned (a resumed server then continues exactly)."""
+        if state:
+            from training.errors import ConfigError
+
+            raise ConfigError(f"strategy {self.name!r} keeps no state; got {sorted(state)}")

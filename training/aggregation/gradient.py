@@ -35,6 +35,22 @@ class GradientAggregation(Strategy):
         self._v: np.ndarray | None = None
         self._t = 0
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Adam's moments and step count (empty before the first Adam step, and always for SGD)."""
+        if self._m is None or self._v is None:
+            return {}
+        return {"m": self._m.copy(), "v": self._v.copy(), "t": np.array(self._t)}
+
+    def load_state_dict(self, state) -> None:
+        if not state:
+            self._m = self._v = None
+            self._t = 0
+            return
+        m, v, t = (np.asarray(state[k], dtype=np.float64) for k in ("m", "v", "t"))
+        if m.shape != v.shape or m.ndim != 1 or t.shape != () or t < 1:
+            raise ConfigError("server optimizer state has inconsistent shapes or step count")
+        self._m, self._v, self._t = m.copy(), v.copy(), int(t)
+
     def encode(self, update: ClientUpdate, info: RoundInfo) -> Contribution:
         return Contribution(-update.delta, float(update.num_samples))
 

@@ -64,6 +64,13 @@ class LossWeighted(Strategy):
                               "raise the temperature or set the shift closer to the clients' losses")
         return Contribution(update.delta, w)
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The last cohort's soft-min loss (an aggregate; the shift when a round has no reference loss)."""
+        return {} if self.cohort_loss is None else {"cohort_loss": np.array(self.cohort_loss)}
+
+    def load_state_dict(self, state) -> None:
+        self.cohort_loss = float(state["cohort_loss"]) if "cohort_loss" in state else None
+
     def weight_bound(self, info: RoundInfo) -> float:
         return math.exp(self.margin / self.temperature)
 

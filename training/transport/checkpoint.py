@@ -1,7 +1,8 @@
 """The aggregator's durable state, written atomically after every round.
 
 Invariant: the file on disk always holds a model together with the number of rounds already applied to it
-(``round``), never one without the other, because it is replaced in a single ``os.replace`` of a fully written
+(``round``) and the aggregation strategy's server state after those rounds (``strategy``: e.g. Adam's moments),
+never one without the others, because it is replaced in a single ``os.replace`` of a fully written
 and fsynced temporary file. ``next_round_id`` is written ahead of every attempt, so a restarted aggregator never
 reuses a round id (replays of any earlier attempt stay rejectable) and never applies a round twice. Privacy
 reports are saved before they are acknowledged, with the id of each client's last report (``reports``), so a
@@ -25,17 +26,20 @@ from training.errors import TrainingError
 
 __all__ = ["ServerState", "save", "load"]
 
+_STRATEGY = "strategy."  # npz entries holding the strategy's state arrays
+
 
 @dataclass
 class ServerState:
-    """Global model, rounds applied so far, the next unused round id, JSON privacy ledgers by client id, and the
-    id of the last privacy report recorded from each client."""
+    """Global model, rounds applied so far, the next unused round id, JSON privacy ledgers by client id, the
+    id of the last privacy report recorded from each client, and the strategy's ``state_dict()``."""
 
     model: np.ndarray
     round: int = 0
     next_round_id: int = 1
     ledgers: dict[str, Any] = field(default_factory=dict)
     reports: dict[str, str] = field(default_factory=dict)
+    strategy: dict[str, np.ndarray] = field(default_factory=dict)
 
     def record_privacy(self, cid: int, events: list, report: str, budget: tuple[float, float]) -> None:
         """Compose client ``cid``'s reported DP events (``PrivacyEvent.to_dict()`` forms) into its ledger (a new
@@ -64,7 +68,8 @@ def save(path: str | os.PathLike, state: ServerState) -> None:
             "reports": state.reports}
     buf = io.BytesIO()
     np.savez(buf, model=np.asarray(state.model, dtype=np.float64),
-             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+             **{_STRATEGY + k: np.asarray(v) for k, v in state.strategy.items()})
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(buf.getvalue())
@@ -87,10 +92,13 @@ def load(path: str | os.PathLike) -> ServerState | None:
         with np.load(p, allow_pickle=False) as z:
             model = np.array(z["model"], dtype=np.float64)
             meta = json.loads(bytes(z["meta"]).decode())
+            strategy = {k[len(_STRATEGY):]: np.array(z[k]) for k in z.files if k.startswith(_STRATEGY)}
         state = ServerState(model, int(meta["round"]), int(meta["next_round_id"]), dict(meta["ledgers"]),
-                            {str(k): str(v) for k, v in meta.get("reports", {}).items()})
+                            {str(k): str(v) for k, v in meta.get("reports", {}).items()}, strategy)
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise TrainingError(f"checkpoint {p} is damaged: {exc}") from exc
-    if model.ndim != 1 or not np.isfinite(model).all() or state.round < 0 or state.next_round_id <= state.round:
+    finite = all(np.isfinite(v).all() for v in strategy.values() if v.dtype.kind in "fiu")
+    if model.ndim != 1 or not np.isfinite(model).all() or not finite or state.round < 0 \
+            or state.next_round_id <= state.round:
         raise TrainingError(f"checkpoint {p} is inconsistent")
     return state

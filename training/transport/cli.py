@@ -2,7 +2,7 @@
 ``python -m training.transport.cli``)::
 
     certs init DIR --clients N          CA + aggregator, keyholder, client-0..N-1 certificates
-    keyholder serve                     CKKS key holder (decrypts aggregates from the aggregator only)
+    keyholder serve                     CKKS/packed key holder (decrypts aggregates from the aggregator only)
     aggregator serve [--keyholder H:P]  runs the rounds, checkpoints after each, resumes after a restart
     client run --id N [--aggregator H:P]  one client (its identity comes from certs/client-N.pem)
     up --clients N --rounds R           every role as its own process on 127.0.0.1, end to end
@@ -27,7 +27,7 @@ from training.transport.config import TransportConfig, load_transport_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Networked deployment over gRPC with mTLS.")
 certs_app = typer.Typer(no_args_is_help=True, help="Certificates for mutual TLS.")
-keyholder_app = typer.Typer(no_args_is_help=True, help="The CKKS key holder.")
+keyholder_app = typer.Typer(no_args_is_help=True, help="The key holder (ckks, packed).")
 aggregator_app = typer.Typer(no_args_is_help=True, help="The aggregator.")
 client_app = typer.Typer(no_args_is_help=True, help="A client.")
 app.add_typer(certs_app, name="certs")
@@ -95,7 +95,7 @@ def keyholder_serve(config: Optional[Path] = ConfigOpt, resolved: Optional[Path]
 def aggregator_serve(config: Optional[Path] = ConfigOpt, resolved: Optional[Path] = ResolvedOpt,
                      certs: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None),
                      port_file: Optional[str] = typer.Option(None),
-                     keyholder: Optional[str] = typer.Option(None, help="HOST:PORT of the key holder (ckks)"),
+                     keyholder: Optional[str] = typer.Option(None, help="HOST:PORT of the key holder (ckks, packed)"),
                      checkpoint: Optional[str] = typer.Option(None, help="default: OUT/aggregator.ckpt"),
                      scheme: Optional[str] = typer.Option(None), rounds: Optional[int] = typer.Option(None),
                      clients: Optional[int] = typer.Option(None), out: Optional[str] = typer.Option(None),
@@ -108,7 +108,7 @@ def aggregator_serve(config: Optional[Path] = ConfigOpt, resolved: Optional[Path
     _logging("aggregator", verbose)
     cfg = _cfg(config, resolved, certs=certs, aggregator_port=port, scheme=scheme, rounds=rounds, clients=clients,
                out=out)
-    keyholder = _address(keyholder, cfg, cfg.keyholder_port, "keyholder", cfg.scheme == "ckks")
+    keyholder = _address(keyholder, cfg, cfg.keyholder_port, "keyholder", cfg.scheme in ("ckks", "packed"))
     state = run_aggregator(cfg, checkpoint=checkpoint or str(Path(cfg.out) / "aggregator.ckpt"),
                            keyholder=keyholder, port_file=port_file, exit_after_rounds=exit_after_rounds)
     typer.echo(f"aggregator: {state.round} rounds applied")
@@ -117,7 +117,7 @@ def aggregator_serve(config: Optional[Path] = ConfigOpt, resolved: Optional[Path
 @client_app.command("run")
 def client_run(client_id: int = typer.Option(..., "--id", help="this client's id (its certificate client-ID)"),
                aggregator: Optional[str] = typer.Option(None, help="HOST:PORT of the aggregator"),
-               keyholder: Optional[str] = typer.Option(None, help="HOST:PORT of the key holder (ckks)"),
+               keyholder: Optional[str] = typer.Option(None, help="HOST:PORT of the key holder (ckks, packed)"),
                config: Optional[Path] = ConfigOpt, resolved: Optional[Path] = ResolvedOpt,
                certs: Optional[str] = typer.Option(None), scheme: Optional[str] = typer.Option(None),
                exit_after: Optional[int] = typer.Option(None, hidden=True,
@@ -132,7 +132,7 @@ def client_run(client_id: int = typer.Option(..., "--id", help="this client's id
     cfg = _cfg(config, resolved, certs=certs, scheme=scheme)
     aggregator = _address(aggregator, cfg, cfg.aggregator_port, "aggregator", aggregator_port_file is None)
     keyholder = _address(keyholder, cfg, cfg.keyholder_port, "keyholder",
-                         cfg.scheme == "ckks" and keyholder_port_file is None)
+                         cfg.scheme in ("ckks", "packed") and keyholder_port_file is None)
     done = run_client(cfg, client_id, aggregator=aggregator, keyholder=keyholder, exit_after=exit_after,
                       aggregator_port_file=aggregator_port_file, keyholder_port_file=keyholder_port_file)
     typer.echo(f"client-{client_id}: {done} rounds")

@@ -4,6 +4,11 @@ One agent is one client identity (its certificate). Per round it (1) checks in w
 events of its last training (re-sent under the same report id until acknowledged), (2) gets the
 task (round parameters and the global model), (3) computes its update with its :class:`UpdateSource`, (4) builds
 its own role from the public parameters and exchanges messages until its role is done or the round ends.
+A round with private weights (loss-weighted) asks the source for its contribution *and* weight
+(:meth:`UpdateSource.contribute`); the weight then goes only into the client's own encrypted or masked lane.
+For CKKS and packed rounds the task names the key holder's public context by hash; a client whose cached context
+differs re-fetches it from the key holder (which restarted with a new key) and refuses the round if it still
+differs.
 Every inbound payload is checked before use: the model must be a finite vector of the announced size, the round
 id must be the task's, and the client must be in the announced cohort. A refusal from the aggregator ends this
 client's part in the round (it rejoins at the next); a crash of the agent is, to the others, a dropout.
@@ -21,41 +26,78 @@ from typing import Protocol
 import numpy as np
 
 from secagg.encoding import validate_update
-from secagg.errors import MalformedMessageError, SecAggError
+from secagg.errors import ConfigurationError, MalformedMessageError, SecAggError
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
+from training.aggregation import FedAvg
+from training.aggregation.base import Strategy
 from training.transport.aggregator import POLL_SECONDS
 from training.transport.certs import Credentials
 from training.transport.rpc import Stub, open_channel
 from training.transport.schemes import Scheme
-from training.transport.wire import TransportError, field, pack, unpack
+from training.transport.step import encode_update
+from training.transport.wire import StaleKeyError, TransportError, context_id, field, pack, unpack
+from training.update import ClientUpdate
 
-__all__ = ["UpdateSource", "ClientAgent", "SyntheticSource"]
+__all__ = ["UpdateSource", "ClientAgent", "SyntheticSource", "contribution"]
 
 log = logging.getLogger("training.transport.client")
 
 
 class UpdateSource(Protocol):
-    """Where a client's update comes from: ``weight`` is public (announced at check-in)."""
+    """Where a client's update comes from: ``weight`` is public (announced at check-in).
+
+    ``contribute(model, round_no, terms) -> (vector, weight)`` is the general form: ``terms`` are the round's
+    public strategy terms (:mod:`.step`), and the weight is whatever the strategy encodes (secret when
+    ``terms["private_weights"]``). Sources without it have public weights only: ``compute`` gives the vector and
+    ``weight`` the weight."""
 
     weight: float
 
     def compute(self, model: np.ndarray, round_no: int) -> np.ndarray: ...
 
 
+def contribution(source: UpdateSource, model: np.ndarray, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
+    """The (vector, weight) ``source`` submits in a round with public strategy ``terms``."""
+    contribute = getattr(source, "contribute", None)
+    if contribute is not None:
+        vector, weight = contribute(model, round_no, terms)
+        return vector, float(weight)
+    if terms.get("private_weights"):
+        raise ConfigurationError("the round asks for private weights; this client's update source has public "
+                                 "weights only")
+    return source.compute(model, round_no), float(source.weight)
+
+
 class SyntheticSource:
     """A stand-in local trainer: each client pulls the model halfway toward its own fixed target vector.
 
-    The target is test data drawn from a seeded numpy Generator (nothing secret). Values stay in ``[-clip, clip]``.
+    The target is test data drawn from a seeded numpy Generator (nothing secret). The local step is the update
+    ``Δ = clip(0.5 (target − model))`` with ``1 + id % 3`` samples and loss ``mean((model − target)²)``; the
+    ``strategy`` (default FedAvg) encodes it as in ``secagg run``. Values stay in ``[-clip, clip]``.
     """
 
-    def __init__(self, client_id: int, dim: int, *, seed: int = 0, clip: float = 1.0) -> None:
+    def __init__(self, client_id: int, dim: int, *, seed: int = 0, clip: float = 1.0,
+                 strategy: Strategy | None = None) -> None:
         rng = np.random.default_rng([seed, client_id])
+        self.client_id = client_id
         self.target = rng.uniform(-0.5, 0.5, dim) * clip
         self.weight = float(1 + client_id % 3)
         self.clip = clip
+        self.strategy = FedAvg() if strategy is None else strategy
+
+    def update(self, model: np.ndarray, round_no: int) -> ClientUpdate:
+        """The local step from ``model`` (a ClientUpdate, before any encoding)."""
+        delta = np.clip(0.5 * (self.target - model), -self.clip, self.clip)
+        return ClientUpdate(self.client_id, delta, int(self.weight), float(np.mean((model - self.target) ** 2)),
+                            base_version=round_no)
+
+    def contribute(self, model: np.ndarray, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
+        c = encode_update(self.strategy, self.update(model, round_no), round_no, terms)
+        return np.clip(c.vector, -self.clip, self.clip), c.weight
 
     def compute(self, model: np.ndarray, round_no: int) -> np.ndarray:
-        return np.clip(0.5 * (self.target - model), -self.clip, self.clip)
+        """The vector of a public-weight round (whose weight is :attr:`weight`)."""
+        return self.contribute(model, round_no, {})[0]
 
 
 class ClientAgent:
@@ -80,8 +122,13 @@ class ClientAgent:
     def _rpc_timeout(self) -> float:
         return self.poll + 30.0
 
-    def context(self) -> bytes:
-        """The key holder's public context, fetched once over an mTLS channel that verifies the key holder."""
+    def context(self, expected: str | None = None) -> bytes:
+        """The key holder's public context, fetched over an mTLS channel that verifies the key holder, and kept;
+        re-fetched when ``expected`` (a task's ``context_id``) names another one (StaleKeyError if it still
+        differs: the task was made under a key the key holder does not serve)."""
+        if self._context is not None and expected is not None and context_id(self._context) != expected:
+            log.info("client %d: the round names another public context; re-fetching it", self.client_id)
+            self._context = None
         if self._context is None:
             if self.kh_address is None:
                 raise TransportError("this scheme needs the key holder's address")
@@ -91,6 +138,8 @@ class ClientAgent:
                                           .unary_stream("Context", pack({}), 60.0))
             finally:
                 channel.close()
+        if expected is not None and context_id(self._context) != expected:
+            raise StaleKeyError("the round names a public context the key holder does not serve")
         return self._context
 
     def run(self, max_rounds: int | None = None) -> int:
@@ -141,10 +190,12 @@ class ClientAgent:
         model = validate_update(np.frombuffer(body, dtype="<f8"), dim)
         if self.on_task is not None:
             self.on_task(header)
-        update = validate_update(np.asarray(self.source.compute(model.copy(), field(header, "round", int))), dim)
-        ctx = self.context() if self.scheme.needs_keyholder else None
+        terms = field(params, "strategy", dict, {})
+        vector, weight = contribution(self.source, model.copy(), field(header, "round", int), terms)
+        update = validate_update(np.asarray(vector), dim)
+        ctx = self.context(field(params, "context_id", str, None)) if self.scheme.needs_keyholder else None
         role = self.scheme.client_role(self.client_id, params, ctx, self.creds)
-        self._send(round_id, role.start(update, float(self.source.weight)))
+        self._send(round_id, role.start(update, weight))
         while not role.done and not self.stop.is_set():
             env = self.stub.unary_stream("Receive", pack({"client_id": self.client_id, "round_id": round_id}),
                                          self._rpc_timeout())

@@ -1,9 +1,13 @@
 """Settings of a networked deployment, read from the same TOML file as ``secagg run --config``.
 
-The run file's ``[federation]`` (clients, scheme, update_clip, ckks_params, min_contributors, ring_bits,
-threshold, neighbors) and ``[train]`` (rounds, seed) sections are honoured; deployment-only settings live in an
-optional ``[transport]`` table (keys: the fields of :class:`TransportConfig`). Unknown ``[transport]`` keys are
-refused (ConfigError). CLI flags override the file.
+The run file's ``[federation]`` (clients, scheme, aggregator, update_clip, ckks_params, min_contributors,
+ring_bits, threshold, neighbors), ``[train]`` (rounds, seed) and ``[aggregator_options]`` sections are honoured;
+deployment-only settings live in an optional ``[transport]`` table (keys: the fields of :class:`TransportConfig`).
+Unknown ``[transport]`` keys are refused (ConfigError). CLI flags override the file.
+
+Invariant: every setting read from the run file defaults to the run file's own default (taken from
+:mod:`training.config`, never restated here), so a file that omits a key means the same in ``secagg run`` and in
+``secagg up``.
 """
 
 from __future__ import annotations
@@ -15,9 +19,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.config import FederationConfig, TrainConfig
 from training.errors import ConfigError
 
-__all__ = ["TransportConfig", "load_transport_config"]
+__all__ = ["TransportConfig", "load_transport_config", "SCHEMES"]
+
+SCHEMES = ("masking", "ckks", "packed")
+
+_FROM_RUN = {("federation", "clients"): "clients", ("federation", "scheme"): "scheme",
+             ("federation", "aggregator"): "aggregator", ("federation", "update_clip"): "clip",
+             ("federation", "ckks_params"): "ckks_params", ("federation", "min_contributors"): "min_contributors",
+             ("federation", "ring_bits"): "ring_bits", ("federation", "threshold"): "threshold",
+             ("federation", "neighbors"): "neighbors", ("train", "rounds"): "rounds", ("train", "seed"): "seed"}
+
+
+def _run_defaults() -> dict[str, Any]:
+    """The run file's default of every setting :data:`_FROM_RUN` reads, by TransportConfig field name."""
+    tables = {"federation": FederationConfig, "train": TrainConfig}
+    fields = {sec: {f.name: f for f in dataclasses.fields(cls)} for sec, cls in tables.items()}
+    return {name: fields[sec][key].default for (sec, key), name in _FROM_RUN.items()}
+
+
+_RUN = _run_defaults()
+
+ASYNC_REFUSAL = ("aggregator 'async' is not supported over gRPC: its buffered rounds need clients that train "
+                 "on one model version and then join the cohort of whichever K finish first, while the round "
+                 "engine fixes a cohort at check-in and sends the current model with its task; use `secagg run` "
+                 "(simulated asynchrony) or fedavg, gradient or loss-weighted")
 
 
 @dataclass
@@ -29,33 +57,38 @@ class TransportConfig:
     keyholder_port: int = 0
     certs: str = "certs"
     out: str = "runs/transport"
-    scheme: str = "masking"
-    clients: int = 3
-    rounds: int = 3
+    scheme: str = _RUN["scheme"]           # masking | ckks | packed (defaults below: the run file's own)
+    clients: int = _RUN["clients"]
+    rounds: int = _RUN["rounds"]
+    aggregator: str = _RUN["aggregator"]   # fedavg | gradient | loss-weighted (the run file's [federation])
+    aggregator_options: dict = dataclasses.field(default_factory=dict)  # the run file's [aggregator_options]
     cohort: int | None = None             # clients per round (default: all)
     min_clients: int | None = None        # smallest cohort a round opens with (default: 2/3 of the cohort)
     trainer: str = "local"                # local (the run file's model trained on its corpus) | synthetic (a vector)
     dim: int = 1000                       # model size for the synthetic trainer
-    seed: int = 0
+    seed: int = _RUN["seed"]
     checkin_timeout: float = 10.0         # a round opens with >= min_clients once the first has waited this long
     stage_timeout: float = 10.0           # a protocol stage silent this long is closed (silent clients drop out)
     train_timeout: float = 300.0          # extra time of a round's first stage, for the clients' local training
     poll_seconds: float = 10.0
     max_message_bytes: int = 256 << 20
-    clip: float = 1.0                     # masking: public value bound
-    ring_bits: int = 32
-    threshold: int | None = None
-    neighbors: int | None = None
+    clip: float = _RUN["clip"]            # L2 clip of every contribution, also the masking/packed value bound
+    ring_bits: int = _RUN["ring_bits"]
+    threshold: int | None = _RUN["threshold"]
+    neighbors: int | None = _RUN["neighbors"]
     rounding: str = "stochastic"
     weight_bound: float | None = None
     signed: bool = True                   # masking: CA-certified Ed25519 signatures on keys and survivor lists
-    ckks_params: str = "default"
-    min_contributors: int = 2
+    ckks_params: str = _RUN["ckks_params"]
+    min_contributors: int = _RUN["min_contributors"]
+    min_value_bits: int = 14              # packed: smallest quantized value width (lanes per slot follow from it)
     run_config: str | None = None         # the run file itself (the ``local`` trainer reads its sections)
 
     def validate(self) -> "TransportConfig":
-        if self.scheme not in ("masking", "ckks"):
-            raise ConfigError(f"unknown scheme {self.scheme!r}; expected 'masking' or 'ckks'")
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"unknown scheme {self.scheme!r}; expected one of {list(SCHEMES)}")
+        if not (isinstance(self.clip, (int, float)) and self.clip > 0):
+            raise ConfigError(f"the update clip must be a positive number, got {self.clip!r}")
         if self.trainer not in ("synthetic", "local"):
             raise ConfigError(f"unknown trainer {self.trainer!r}; expected 'synthetic' or 'local'")
         if self.clients < 1 or self.rounds < 1 or self.dim < 1:
@@ -65,6 +98,9 @@ class TransportConfig:
             raise ConfigError("timeouts must be positive")
         if not 1 <= self.cohort_size <= self.clients or not 1 <= self.min_cohort <= self.cohort_size:
             raise ConfigError("need 1 <= min_clients <= cohort <= clients")
+        if self.aggregator == "async":
+            raise ConfigError(ASYNC_REFUSAL)
+        self.strategy()  # refuses an unknown aggregator or options it does not take (ConfigError)
         return self
 
     @property
@@ -80,16 +116,19 @@ class TransportConfig:
     def scheme_options(self) -> dict[str, Any]:
         if self.scheme == "ckks":
             return {"params": self.ckks_params, "min_contributors": self.min_contributors}
+        if self.scheme == "packed":
+            return {"max_cohort": max(2, self.cohort_size), "min_value_bits": self.min_value_bits,
+                    "clip": self.clip, "rounding": self.rounding, "weight_bound": self.weight_bound,
+                    "min_contributors": self.min_contributors}
         return {"clip": self.clip, "ring_bits": self.ring_bits, "threshold": self.threshold,
                 "neighbors": self.neighbors, "rounding": self.rounding, "weight_bound": self.weight_bound,
                 "signed": self.signed}
 
+    def strategy(self):
+        """A fresh instance of the run's aggregation strategy (each process builds its own)."""
+        from training.aggregation import make_strategy
 
-_FROM_RUN = {("federation", "clients"): "clients", ("federation", "scheme"): "scheme",
-             ("federation", "update_clip"): "clip", ("federation", "ckks_params"): "ckks_params",
-             ("federation", "min_contributors"): "min_contributors", ("federation", "ring_bits"): "ring_bits",
-             ("federation", "threshold"): "threshold", ("federation", "neighbors"): "neighbors",
-             ("train", "rounds"): "rounds", ("train", "seed"): "seed"}
+        return make_strategy(self.aggregator, **self.aggregator_options)
 
 
 def load_transport_config(path: str | Path | None = None, **overrides: Any) -> TransportConfig:
@@ -111,6 +150,10 @@ def load_transport_config(path: str | Path | None = None, **overrides: Any) -> T
         unknown = sorted(set(transport) - names)
         if unknown:
             raise ConfigError(f"unknown keys in [transport]: {unknown}")
+        options = raw.get("aggregator_options", {})
+        if not isinstance(options, dict):
+            raise ConfigError("[aggregator_options] must be a table")
+        values["aggregator_options"] = dict(options)
         values |= transport
         values["run_config"] = str(Path(path).resolve())
     values |= {k: v for k, v in overrides.items() if v is not None}

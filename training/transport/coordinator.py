@@ -9,8 +9,11 @@ a time. Invariants:
 * a stage that makes no progress for ``stage_timeout`` seconds (the first stage: plus ``train_timeout``, the
   clients' local training) is closed (``close_stage``): silent or crashed
   clients become dropouts; if too few survive the round is aborted and retried with a fresh cohort and round id;
-* the global model changes only after a round's result is validated, and the new model and round counter are
-  checkpointed together before any client is told the round ended.
+* the global model changes only after a round's result is validated, and the new model, the round counter and the
+  strategy's server state (``step.state_dict()``, e.g. Adam's moments) are checkpointed together before any
+  client is told the round ended; a server step that fails leaves the strategy's state as it was;
+* a round's public strategy terms (:mod:`.step`) are fixed when it opens, sent in its task, and used for its
+  server step, so clients' encoding and the server's apply always agree.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, AggregatorRole,
 from training.transport import checkpoint
 from training.transport.checkpoint import ServerState
 from training.transport.schemes import Scheme
-from training.transport.wire import pack
+from training.transport.step import StrategyStep
+from training.transport.wire import StaleKeyError, pack
 
 __all__ = ["RoundPolicy", "Coordinator", "RoundRecord"]
 
 log = logging.getLogger("training.transport.aggregator")
 Finalize = Callable[[int, bytes], list[Outbound]]
-Apply = Callable[[np.ndarray, AggregateResult, int], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class _Round:
     role: AggregatorRole
     task: bytes
     mail: dict[int, deque[bytes]]
+    terms: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     status: str = "open"
     reason: str = ""
@@ -99,24 +103,25 @@ def _as_secagg(exc: Exception) -> SecAggError:
     return StageError(f"internal error: {type(exc).__name__}: {exc}")
 
 
-def default_apply(model: np.ndarray, result: AggregateResult, round_no: int) -> np.ndarray:
-    """FedAvg of deltas with server learning rate 1: model + Σ w_i Δ_i / Σ w_i."""
-    return model + result.mean
-
-
 class Coordinator:
-    """Runs ``policy.rounds`` rounds of ``scheme`` over whoever checks in; see the module invariants."""
+    """Runs ``policy.rounds`` rounds of ``scheme`` over whoever checks in; see the module invariants.
+
+    ``step`` is the server half of the strategy (default: FedAvg with server learning rate 1); its state is
+    restored from ``state.strategy`` (a resumed checkpoint). ``refresh`` re-fetches the key holder's public
+    context after it refused an aggregate made under an earlier key (:class:`~.wire.StaleKeyError`)."""
 
     def __init__(self, scheme: Scheme, state: ServerState, policy: RoundPolicy, *,
                  checkpoint_path: str | None = None, context: bytes | None = None,
-                 finalize: Finalize | None = None, apply: Apply = default_apply,
+                 finalize: Finalize | None = None, step: StrategyStep | None = None,
                  on_round: Callable[[RoundRecord], None] | None = None,
-                 ledger_budget: tuple[float, float] = (1e9, 1e-5)) -> None:
+                 ledger_budget: tuple[float, float] = (1e9, 1e-5),
+                 refresh: Callable[[], bytes] | None = None) -> None:
         if scheme.needs_keyholder and (finalize is None or context is None):
             raise ValueError(f"scheme {scheme.name} needs a key holder (context and finalize)")
         self.scheme, self.state, self.policy = scheme, state, policy
         self.checkpoint_path, self.context, self.finalize = checkpoint_path, context, finalize
-        self.apply, self.on_round = apply, on_round
+        self.step, self.on_round, self.refresh = step or StrategyStep(), on_round, refresh
+        self.step.load_state_dict(state.strategy)
         self.cond = threading.Condition()
         self.waiting: dict[int, float] = {}
         self.waiting_since: float | None = None
@@ -288,11 +293,14 @@ class Coordinator:
         self._save()  # write-ahead: this round id is never handed out again, even after a crash
         ids = sorted(cohort)
         known = {c: self.identities[c] for c in ids if c in self.identities}
-        params, role = self.scheme.plan(round_id, ids, cohort, int(self.state.model.size), self.context, known)
+        terms = self.step.terms(self.state.model, self.state.round)
+        params, role = self.scheme.plan(round_id, ids, cohort, int(self.state.model.size), self.context, known,
+                                        private_bound=terms.get("weight_bound"))
+        params["strategy"] = terms
         header = {"type": "task", "round_id": round_id, "round": self.state.round, "scheme": self.scheme.name,
                   "params": params}
         task = pack(header, np.ascontiguousarray(self.state.model, dtype="<f8").tobytes())
-        rnd = _Round(round_id, self.state.round, frozenset(ids), role, task, {c: deque() for c in ids})
+        rnd = _Round(round_id, self.state.round, frozenset(ids), role, task, {c: deque() for c in ids}, terms)
         self.current = rnd
         for c in ids:
             self.assigned[c] = round_id
@@ -339,6 +347,12 @@ class Coordinator:
                     self.cond.release()
                     try:
                         outs = self.finalize(rnd.round_id, payload)  # type: ignore[misc]
+                    except StaleKeyError:  # e.g. the key holder restarted with new keys: this round is lost
+                        if self.refresh is not None:
+                            self.context = self.refresh()  # the next round is planned under the new key
+                            log.warning("key holder has a new key; round id %d aborted, the next uses the new "
+                                        "public context", rnd.round_id)
+                        raise
                     finally:
                         self.cond.acquire()
                     rnd.keyholder_bytes += len(payload) + sum(len(o.payload) for o in outs)
@@ -365,11 +379,17 @@ class Coordinator:
         mean = np.asarray(result.mean, dtype=np.float64)
         if mean.shape != self.state.model.shape or not np.isfinite(mean).all():
             raise MalformedMessageError(f"aggregate of shape {mean.shape} is not a finite model-sized vector")
-        new = np.asarray(self.apply(self.state.model, result, rnd.round), dtype=np.float64)
-        if new.shape != self.state.model.shape or not np.isfinite(new).all():
-            raise MalformedMessageError("the updated model is not finite")
+        before = self.step.state_dict()
+        try:
+            new = np.asarray(self.step.apply(self.state.model, result, rnd.round, rnd.terms), dtype=np.float64)
+            if new.shape != self.state.model.shape or not np.isfinite(new).all():
+                raise MalformedMessageError("the updated model is not finite")
+        except Exception:
+            self.step.load_state_dict(before)  # the strategy's state stays that of the checkpointed model
+            raise
         self.state.model = new
         self.state.round = rnd.round + 1
+        self.state.strategy = self.step.state_dict()
         self._save()
         log.info("round %d (id %d) applied: %d contributors, %d dropped", rnd.round, rnd.round_id,
                  len(result.contributors), len(result.dropped))

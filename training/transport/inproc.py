@@ -21,8 +21,22 @@ from training.transport.client import ClientAgent, UpdateSource
 from training.transport.coordinator import Coordinator, RoundPolicy, RoundRecord
 from training.transport.keyholder import serve_keyholder
 from training.transport.schemes import make_scheme
+from training.transport.step import StrategyStep
 
-__all__ = ["Deployment", "FixedSource"]
+__all__ = ["Deployment", "FixedSource", "default_keyholder"]
+
+
+def default_keyholder(scheme: str, options: dict, cohort: int):
+    """A fresh key-holder role for ``scheme`` ("ckks" or "packed") with the deployment's public ``options``."""
+    if scheme == "packed":
+        from secagg.packed import PackedKeyHolder, PackedParams
+
+        params = PackedParams(max_cohort=options.get("max_cohort") or max(2, cohort),
+                              min_value_bits=options.get("min_value_bits", 14))
+        return PackedKeyHolder(params, min_contributors=options.get("min_contributors", 2))
+    from secagg.ckks import KeyHolder
+
+    return KeyHolder(**{k: v for k, v in options.items() if k in ("params", "min_contributors")})
 
 
 class FixedSource:
@@ -36,14 +50,15 @@ class FixedSource:
 
 
 class Deployment:
-    """Key holder (ckks), aggregator and one :class:`ClientAgent` thread per source, all on 127.0.0.1."""
+    """Key holder (ckks, packed), aggregator and one :class:`ClientAgent` thread per source, all on 127.0.0.1.
+    ``step`` is the server half of the strategy (default FedAvg); ``keyholder`` a ready key-holder role."""
 
     def __init__(self, scheme: str, sources: Mapping[int, UpdateSource], dim: int, *, rounds: int = 1,
                  options: dict | None = None, certs: str | Path | None = None, stage_timeout: float = 5.0,
                  checkin_timeout: float = 2.0, min_clients: int | None = None, poll_seconds: float = 2.0,
                  max_message_bytes: int = 256 << 20, keyholder=None, checkpoint_path: str | None = None,
                  initial: np.ndarray | None = None, cert_clients: int | None = None,
-                 train_timeout: float = 0.0) -> None:
+                 train_timeout: float = 0.0, step: StrategyStep | None = None) -> None:
         self._tmp = None
         self.threads: list[threading.Thread] = []
         self.errors: dict[int, BaseException] = {}
@@ -52,6 +67,8 @@ class Deployment:
             certs = self._tmp.name
             init_certs(certs, cert_clients or max(sources) + 1)
         self.certs, self.sources = str(certs), dict(sources)
+        if scheme == "packed":  # the key holder's lane layout is fixed for the deployment's largest cohort
+            options = {"max_cohort": max(2, len(self.sources))} | dict(options or {})
         self.scheme = make_scheme(scheme, options)
         self.records: list[RoundRecord] = []
         self.servers: list = []
@@ -62,14 +79,12 @@ class Deployment:
         try:
             if self.scheme.needs_keyholder:
                 if keyholder is None:
-                    from secagg.ckks import KeyHolder
-
-                    keyholder = KeyHolder(**{k: v for k, v in (options or {}).items()
-                                             if k in ("params", "min_contributors")})
+                    keyholder = default_keyholder(scheme, options or {}, len(self.sources))
                 server, kport = serve_keyholder(keyholder, Credentials.load(certs, KEYHOLDER), "127.0.0.1", 0,
                                                 max_message_bytes=max_message_bytes)
                 self.servers.append(server)
                 self.keyholder_address = f"127.0.0.1:{kport}"
+                self.keyholder_port = kport
                 self.link = KeyHolderLink(Credentials.load(certs, AGGREGATOR), self.keyholder_address,
                                           max_message_bytes)
                 context, finalize = self.link.context(), self.link.finalize
@@ -78,7 +93,8 @@ class Deployment:
                                  train_timeout=train_timeout)
             state = ServerState(np.zeros(dim) if initial is None else np.asarray(initial, dtype=np.float64))
             self.coordinator = Coordinator(self.scheme, state, policy, context=context, finalize=finalize,
-                                           on_round=self.records.append, checkpoint_path=checkpoint_path)
+                                           on_round=self.records.append, checkpoint_path=checkpoint_path,
+                                           step=step, refresh=None if self.link is None else self.link.context)
             server, port = serve_aggregator(self.coordinator, Credentials.load(certs, AGGREGATOR), "127.0.0.1", 0,
                                             max_message_bytes=max_message_bytes, workers=2 * n + 16,
                                             poll_seconds=poll_seconds)

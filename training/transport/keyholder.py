@@ -3,11 +3,21 @@
 * ``Context``  (unary→stream)  → the public context (no secret key), to any authenticated role;
 * ``Finalize`` (stream→stream) ``{"round_id"}`` + an aggregate → the finalizer's outbound messages.
 
+Serves either scheme with a key holder: CKKS (:class:`secagg.ckks.KeyHolder`) or packed BFV
+(:class:`secagg.packed.PackedKeyHolder`); each role applies its own checks (contributor count, one decryption per
+round, ciphertext parameters matching its session) before it decrypts anything.
+
 Invariants: ``Finalize`` is served only to the peer whose certificate names the aggregator; round ids must
 strictly increase and match the round id inside the aggregate, so an aggregate from any earlier round (a replay)
-is refused as ``WrongRoundError``; a refused
-request changes nothing, so the genuine aggregate of the same round is still accepted afterwards. Calls are
-serialized: the secret-key object sees one request at a time.
+is refused as ``WrongRoundError``; an aggregate made under another public key than this process's is refused as
+``StaleKeyError`` (see below); a refused request changes nothing, so the genuine aggregate of the same round is
+still accepted afterwards. Calls are serialized: the secret-key object sees one request at a time.
+
+Restarts: the secret key lives only in this process's memory and is never written to disk. A restarted key
+holder has a fresh key pair, and its round counter starts over, which is safe because nothing made under the old
+key can be decrypted by it: every aggregate of an earlier process is refused as ``StaleKeyError`` (never decrypted
+into a wrong sum); the aggregator then re-fetches the public context and retries the round under the new key,
+and clients re-fetch the context when a task names a context id other than theirs.
 """
 
 from __future__ import annotations
@@ -23,11 +33,21 @@ from secagg.roles import AGGREGATOR, KEYHOLDER, FinalizerRole
 from training.transport.aggregator import encode_outbounds
 from training.transport.certs import Credentials, peer_identity
 from training.transport.rpc import guarded_stream, start_server
-from training.transport.wire import field, join, pack, split, unpack
+from training.transport.wire import StaleKeyError, field, join, pack, split, unpack
 
-__all__ = ["KeyHolderService", "serve_keyholder"]
+__all__ = ["KeyHolderService", "serve_keyholder", "key_id"]
 
 SERVICE = "secagg.KeyHolder"
+
+
+def key_id(obj: object) -> bytes | None:
+    """The key/session id a key holder or an aggregate message carries (CKKS ``context_id``, packed
+    ``session_id``), or None."""
+    for name in ("context_id", "session_id"):
+        value = getattr(obj, name, None)
+        if isinstance(value, bytes):
+            return value
+    return None
 
 
 class KeyHolderService:
@@ -50,9 +70,14 @@ class KeyHolderService:
             raise AuthenticationError("only the aggregator may submit aggregates to the key holder")
         header, payload = unpack(join(request_iterator, self.limit))
         round_id = field(header, "round_id", int)
-        inner = getattr(decode(payload), "round_id", round_id)  # validates the whole message before any work
+        msg = decode(payload)  # validates the whole message before any work
+        inner = getattr(msg, "round_id", round_id)
         if inner != round_id:
             raise WrongRoundError(f"aggregate of round {inner} submitted as round {round_id}")
+        theirs, ours = key_id(msg), key_id(self.kh)
+        if theirs is not None and ours is not None and theirs != ours:
+            raise StaleKeyError("aggregate was made under a public key this key holder does not hold (it restarted "
+                                "with fresh keys, or the aggregate is forged); re-fetch the public context")
         with self.lock:
             if round_id <= self.last_round:
                 raise WrongRoundError(f"round {round_id} is not after the last finalized round {self.last_round}")

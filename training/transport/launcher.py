@@ -88,13 +88,14 @@ def launch(cfg: TransportConfig, *, timeout: float = 600.0, echo: Callable[[str]
         # ports afterwards. Servers: the key holder first (the aggregator fetches its public context at start).
         kh_args: list[str] = []
         client_kh: list[str] = []
-        if cfg.scheme == "ckks":
+        needs_keyholder = cfg.scheme in ("ckks", "packed")
+        if needs_keyholder:
             kh = procs.start("keyholder", ["keyholder", "serve", *base, "--port-file", str(out / "keyholder.port")])
             client_kh = ["--keyholder-port-file", str(out / "keyholder.port")]
         for i in range(cfg.clients):
             procs.start(f"client-{i}", ["client", "run", "--id", str(i), *base, "--aggregator-port-file",
                                         str(out / "aggregator.port"), *client_kh])
-        if cfg.scheme == "ckks":
+        if needs_keyholder:
             kh_port = read_port_file(out / "keyholder.port", _left(t0, timeout), lambda: kh.poll() is None)
             kh_args = ["--keyholder", f"{cfg.host}:{kh_port}"]
         agg = procs.start("aggregator", ["aggregator", "serve", *base, "--port-file", str(out / "aggregator.port"),

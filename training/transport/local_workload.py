@@ -4,7 +4,9 @@ its own shard of the run file's corpus; the aggregator applies the run's strateg
 Each process derives the same data split from the run file and seed (``training.corpus.prepare``), then keeps
 only its part: client i its shard, the aggregator the validation blocks. Contributions are encoded exactly as in
 the in-process federation (strategy encode, L2 clip to ``update_clip``, optional distributed-noise share, clamp).
-Public weights only (FedAvg, gradient): private-weight strategies need a per-round weight bound not carried yet.
+Loss-weighted rounds use the aggregator's validation loss of the round's model as the public reference loss, as
+``secagg run`` does; each client's own loss stays inside its process and only its secret weight e^{-(L-s)/T}
+enters the client's encrypted or masked lane.
 """
 
 from __future__ import annotations
@@ -13,20 +15,25 @@ import dataclasses
 
 import numpy as np
 
-from secagg.roles import AggregateResult
 from training.errors import ConfigError
 from training.transport.config import TransportConfig
+from training.transport.step import StrategyStep, encode_update
 
 __all__ = ["LocalWorkload", "run_config"]
 
 
 def run_config(path: str | None, cfg: TransportConfig):
-    """The run file's RunConfig, parsed and validated exactly as ``secagg run`` does, with clients, scheme, rounds
-    and seed taken from ``cfg`` (which read them from the same file unless a flag overrode them)."""
+    """The run file's RunConfig, parsed and validated exactly as ``secagg run`` does, with clients, scheme,
+    aggregator (and its options), update clip, rounds and seed taken from ``cfg`` (which read them from the same
+    file unless a flag or ``[transport]`` overrode them). The packed scheme exists only over the network, so the
+    RunConfig keeps the file's own scheme then (it is not used by the trainer)."""
     from training.config import RunConfig, load_config
 
     run = load_config(path) if path else RunConfig()
-    run.federation = dataclasses.replace(run.federation, clients=cfg.clients, scheme=cfg.scheme)
+    scheme = run.federation.scheme if cfg.scheme == "packed" else cfg.scheme
+    run.federation = dataclasses.replace(run.federation, clients=cfg.clients, scheme=scheme,
+                                         aggregator=cfg.aggregator, update_clip=cfg.clip)
+    run.aggregator_options = dict(cfg.aggregator_options)
     run.train = dataclasses.replace(run.train, rounds=cfg.rounds, seed=cfg.seed)
     return run.validate()
 
@@ -41,15 +48,14 @@ class _TrainerSource:
                                     lr=r.train.lr, local_steps=r.train.local_steps, optimizer=r.train.optimizer,
                                     dp=r.dp if r.dp.enabled else None, seed=r.train.seed)
         self.weight = float(self.trainer.num_samples)
+        self.strategy = work.make_strategy()  # this client's own instance (encode side)
         self.events: tuple = ()
 
-    def compute(self, model: np.ndarray, round_no: int) -> np.ndarray:
-        from training.aggregation.base import RoundInfo
-
+    def contribute(self, model: np.ndarray, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
         update = self.trainer.train(model, round_no)
         self.events = tuple(update.privacy)
-        c = self.work.strategy.encode(update, RoundInfo(round_no + 1, round_no))
-        if float(c.weight) != self.weight:
+        c = encode_update(self.strategy, update, round_no, terms)
+        if not self.strategy.private_weights and float(c.weight) != self.weight:
             raise ConfigError("the strategy's weight differs from the one announced at check-in")
         x = np.asarray(c.vector, dtype=np.float64)
         f = self.work.run.federation
@@ -63,14 +69,16 @@ class _TrainerSource:
                 share = gaussian_share(x.size, noise_multiplier=f.noise_multiplier, clip_norm=f.update_clip,
                                        n_clients=self.work.cohort)
                 x = np.clip(x + share, -f.update_clip, f.update_clip)
-        return x
+        return x, float(c.weight)
+
+    def compute(self, model: np.ndarray, round_no: int) -> np.ndarray:
+        return self.contribute(model, round_no, {})[0]
 
 
 class LocalWorkload:
     """A tiny GPT-2 (or a local HF model) trained by every client; see the module docstring."""
 
     def __init__(self, cfg: TransportConfig) -> None:
-        from training.aggregation import make_strategy
         from training.corpus import prepare
         from training.local import ModelSpec
 
@@ -79,11 +87,7 @@ class LocalWorkload:
             import torch
 
             torch.set_num_threads(run.train.threads)
-        self.strategy = make_strategy(run.federation.aggregator, **run.aggregator_options)
-        if self.strategy.private_weights or self.strategy.name == "async":
-            raise ConfigError(f"strategy {self.strategy.name!r} is not supported over gRPC yet (needs public weights)")
-        if cfg.scheme == "masking" and run.federation.update_clip is None:
-            raise ConfigError("masking needs a public value bound: set federation.update_clip")
+        self.make_strategy = cfg.strategy
         self.data = prepare(run.data, cfg.clients, np.random.default_rng(run.train.seed), None)
         m = run.model
         self.spec = ModelSpec(m.path, self.data.vocab_size, run.data.block_size, m.n_layer, m.n_embd, m.n_head,
@@ -92,6 +96,7 @@ class LocalWorkload:
         self.ledger_budget = (run.dp.epsilon_budget or 1e9, run.dp.delta)
         self._eval_model = None
         self._initial = None
+        self._last: tuple[bytes, dict[str, float]] | None = None
 
     @property
     def dim(self) -> int:
@@ -108,14 +113,19 @@ class LocalWorkload:
     def source(self, client_id: int) -> _TrainerSource:
         return _TrainerSource(self, client_id)
 
-    def apply(self, model: np.ndarray, result: AggregateResult, round_no: int) -> np.ndarray:
-        from training.aggregation.base import RoundInfo
-
-        return self.strategy.apply(model, result, RoundInfo(round_no + 1, round_no))
+    def step(self) -> StrategyStep:
+        """The aggregator's strategy instance; each round's reference loss is the validation loss of its model."""
+        return StrategyStep(self.make_strategy(), reference=lambda m: self.evaluate(m)["loss"])
 
     def evaluate(self, model: np.ndarray) -> dict[str, float]:
+        """Validation loss of ``model`` on the held-out blocks (the last model's value is remembered)."""
+        import hashlib
+
         from training.local import evaluate, set_flat
 
-        self.initial_model()
-        set_flat(self._eval_model, model)
-        return {"loss": float(evaluate(self._eval_model, self.data.val))}
+        key = hashlib.sha256(np.ascontiguousarray(model, dtype=np.float64).tobytes()).digest()
+        if self._last is None or self._last[0] != key:
+            self.initial_model()
+            set_flat(self._eval_model, model)
+            self._last = (key, {"loss": float(evaluate(self._eval_model, self.data.val))})
+        return dict(self._last[1])

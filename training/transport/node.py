@@ -27,7 +27,7 @@ from training.transport.keyholder import serve_keyholder
 from training.transport.schemes import make_scheme
 from training.transport.trainer import make_workload
 
-__all__ = ["run_keyholder", "run_aggregator", "run_client", "write_port_file", "read_port_file"]
+__all__ = ["run_keyholder", "make_keyholder", "run_aggregator", "run_client", "write_port_file", "read_port_file"]
 
 log = logging.getLogger("training.transport")
 
@@ -56,12 +56,24 @@ def _on_term(stop) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop())
 
 
-def run_keyholder(cfg: TransportConfig, *, port_file: str | None = None) -> None:
-    """Generate the CKKS keys and serve them until SIGTERM/SIGINT."""
+def make_keyholder(cfg: TransportConfig):
+    """The key holder of ``cfg.scheme`` (fresh keys, in memory only): CKKS, or packed BFV for the cohort bound."""
+    if cfg.scheme == "packed":
+        from secagg.packed import PackedKeyHolder, PackedParams
+
+        opts = cfg.scheme_options()
+        return PackedKeyHolder(PackedParams(max_cohort=opts["max_cohort"], min_value_bits=opts["min_value_bits"]),
+                               min_contributors=cfg.min_contributors)
     from secagg.ckks import KeyHolder
 
+    return KeyHolder(params=cfg.ckks_params, min_contributors=cfg.min_contributors)
+
+
+def run_keyholder(cfg: TransportConfig, *, port_file: str | None = None) -> None:
+    """Generate the keys (CKKS or packed) and serve them until SIGTERM/SIGINT. The secret key is never written
+    anywhere: a restarted key holder has new keys (see :mod:`.keyholder` for how the federation recovers)."""
     creds = Credentials.load(cfg.certs, KEYHOLDER)
-    kh = KeyHolder(params=cfg.ckks_params, min_contributors=cfg.min_contributors)
+    kh = make_keyholder(cfg)
     server, port = serve_keyholder(kh, creds, cfg.host, cfg.keyholder_port, max_message_bytes=cfg.max_message_bytes)
     write_port_file(port_file, port)
     log.info("key holder serving on %s:%d", cfg.host, port)
@@ -92,7 +104,7 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
     link = context = finalize = None
     if scheme.needs_keyholder:
         if keyholder is None:
-            raise ValueError("scheme ckks needs --keyholder HOST:PORT")
+            raise ValueError(f"scheme {cfg.scheme} needs --keyholder HOST:PORT")
         link = KeyHolderLink(creds, keyholder, cfg.max_message_bytes)
         context, finalize = link.context(), link.finalize
     out = Path(cfg.out)
@@ -118,7 +130,8 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
     policy = RoundPolicy(cfg.rounds, cfg.cohort_size, cfg.min_cohort, cfg.checkin_timeout, cfg.stage_timeout,
                          train_timeout=cfg.train_timeout if cfg.trainer == "local" else 0.0)
     coord = Coordinator(scheme, state, policy, checkpoint_path=checkpoint, context=context, finalize=finalize,
-                        apply=work.apply, on_round=on_round, ledger_budget=work.ledger_budget)
+                        step=work.step(), on_round=on_round, ledger_budget=work.ledger_budget,
+                        refresh=None if link is None else link.context)
     server, port = serve_aggregator(coord, creds, cfg.host, cfg.aggregator_port,
                                     max_message_bytes=cfg.max_message_bytes, workers=2 * cfg.clients + 16,
                                     poll_seconds=cfg.poll_seconds)

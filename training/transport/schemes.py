@@ -6,6 +6,11 @@ another party's role, so secrets stay where they are created: masking keys in ea
 the key holder. CKKS clients take the public context from the key holder itself (authenticated by mTLS), never
 from the aggregator, so the aggregator cannot substitute a key it could decrypt with. Signed masking rounds list the
 cohort's signing certificates in the parameters; each client checks every one against its own CA copy before use.
+
+Weights: a round with public weights (FedAvg, gradient) lets the CKKS aggregator apply the checked-in weights;
+with ``private_bound`` (loss-weighted: weights are secret) every scheme has clients pre-weight ``[w·x, w]``
+inside the encryption or masking, and ``private_bound`` is the public bound each ``w`` must respect.
+CKKS and packed tasks name the key holder's public context by its SHA-256 (``context_id``).
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from secagg.errors import AuthenticationError, ConfigurationError, MalformedMessageError
 from secagg.roles import AggregatorRole, ClientRole
 from training.transport.certs import Credentials, verify_signing_cert
+from training.transport.wire import context_id
 
 Identities = Mapping[int, tuple[str, Ed25519PublicKey]]  # client id -> (signing certificate PEM, its verified key)
 
-__all__ = ["Scheme", "MaskingScheme", "CKKSScheme", "make_scheme"]
+__all__ = ["Scheme", "MaskingScheme", "CKKSScheme", "PackedScheme", "make_scheme"]
 
 
 @dataclass
@@ -34,9 +40,11 @@ class Scheme:
     name = ""
 
     def plan(self, round_id: int, cohort: list[int], weights: dict[int, float], dim: int,
-             context: bytes | None, identities: Identities | None = None) -> tuple[dict[str, Any], AggregatorRole]:
+             context: bytes | None, identities: Identities | None = None, *,
+             private_bound: float | None = None) -> tuple[dict[str, Any], AggregatorRole]:
         """Public round parameters (JSON-able) and the aggregator's role built from exactly those.
-        ``identities``: the cohort's verified signing identities (required when :attr:`needs_identities`)."""
+        ``identities``: the cohort's verified signing identities (required when :attr:`needs_identities`);
+        ``private_bound``: weights are private (clients pre-weight) and at most this."""
         raise NotImplementedError
 
     def client_role(self, client_id: int, params: dict[str, Any], context: bytes | None,
@@ -77,11 +85,13 @@ class MaskingScheme(Scheme):
     def needs_identities(self) -> bool:
         return bool(self.options.get("signed", True))
 
-    def plan(self, round_id, cohort, weights, dim, context, identities=None):
+    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None):
         from secagg.masking import MaskingServer
 
         opts = dict(self.options)
-        if opts.get("weight_bound") is None:
+        if private_bound is not None:
+            opts["weight_bound"] = float(private_bound)
+        elif opts.get("weight_bound") is None:
             opts["weight_bound"] = max(weights.values())
         params = {k: opts.get(k) for k in self._KEYS} | {
             "round_id": round_id, "cohort": sorted(cohort), "dim": dim, "graph_seed": secrets.token_hex(16)}
@@ -112,7 +122,8 @@ class MaskingScheme(Scheme):
 
 
 class CKKSScheme(Scheme):
-    """CKKS: public weights applied by the aggregator; the key holder refuses sums of too few contributors."""
+    """CKKS: public weights applied by the aggregator (private ones: clients pre-weight, the aggregator only adds);
+    the key holder refuses sums of too few contributors."""
 
     name = "ckks"
 
@@ -120,14 +131,16 @@ class CKKSScheme(Scheme):
     def needs_keyholder(self) -> bool:
         return True
 
-    def plan(self, round_id, cohort, weights, dim, context, identities=None):
+    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None):
         from secagg.ckks import CKKSAggregator
 
         if context is None:
             raise ConfigurationError("CKKS needs the key holder's public context")
-        params = {"round_id": round_id, "cohort": sorted(cohort), "dim": dim}
+        private = private_bound is not None
+        params = {"round_id": round_id, "cohort": sorted(cohort), "dim": dim, "preweight": private,
+                  "context_id": context_id(context)}
         agg = CKKSAggregator(context, sorted(cohort), dim=dim, round_id=round_id,
-                             weights={c: float(weights[c]) for c in cohort},
+                             weights=None if private else {c: float(weights[c]) for c in cohort},
                              min_contributors=int(self.options.get("min_contributors", 2)))
         return params, agg
 
@@ -136,12 +149,68 @@ class CKKSScheme(Scheme):
 
         if context is None:
             raise ConfigurationError("CKKS needs the key holder's public context")
-        return CKKSClient(client_id, context, round_id=int(params["round_id"]), preweight=False)
+        preweight = params.get("preweight", False)
+        if not isinstance(preweight, bool):
+            raise MalformedMessageError("the round's preweight flag is not a boolean")
+        return CKKSClient(client_id, context, round_id=int(params["round_id"]), preweight=preweight,
+                          max_cohort=max(1, len(params["cohort"])))
+
+
+class PackedScheme(Scheme):
+    """Packed BFV (several quantized values per slot): clients always pre-weight ``[w·x, w]`` within the public
+    ``weight_bound`` (the largest checked-in weight, or ``private_bound``) and value bound ``clip``; the key
+    holder (a :class:`secagg.packed.PackedKeyHolder` for the same ``max_cohort``/``min_value_bits``) decrypts sums
+    of ``min_contributors..max_cohort`` clients only."""
+
+    name = "packed"
+    _KEYS = ("max_cohort", "min_value_bits", "clip", "rounding")
+
+    @property
+    def needs_keyholder(self) -> bool:
+        return True
+
+    @staticmethod
+    def _parse(params: dict[str, Any]):
+        from secagg.packed import PackedParams
+
+        try:
+            packed = PackedParams(max_cohort=params["max_cohort"], min_value_bits=params["min_value_bits"])
+            common = {"weight_bound": float(params["weight_bound"]), "clip": float(params["clip"]),
+                      "rounding": str(params["rounding"]), "round_id": int(params["round_id"])}
+            return packed, common, [int(c) for c in params["cohort"]], int(params["dim"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedMessageError(f"bad packed round parameters: {exc!r}") from exc
+
+    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None):
+        from secagg.packed import PackedAggregator
+
+        if context is None:
+            raise ConfigurationError("the packed scheme needs the key holder's public context")
+        if "max_cohort" not in self.options:
+            raise ConfigurationError("the packed scheme needs max_cohort (the key holder's cohort bound)")
+        opts = {"min_value_bits": 14, "clip": 1.0, "rounding": "stochastic"} | {
+            k: v for k, v in self.options.items() if v is not None}
+        bound = private_bound if private_bound is not None else opts.get("weight_bound") or max(weights.values())
+        params = {k: opts[k] for k in self._KEYS} | {
+            "round_id": round_id, "cohort": sorted(cohort), "dim": dim, "weight_bound": float(bound),
+            "context_id": context_id(context)}
+        packed, common, ids, dim = self._parse(params)
+        agg = PackedAggregator(context, packed, ids, dim=dim, min_contributors=int(opts.get("min_contributors", 2)),
+                               **common)
+        return params, agg
+
+    def client_role(self, client_id, params, context, creds=None):
+        from secagg.packed import PackedClient
+
+        if context is None:
+            raise ConfigurationError("the packed scheme needs the key holder's public context")
+        packed, common, _, _ = self._parse(params)
+        return PackedClient(client_id, context, packed, **common)
 
 
 def make_scheme(name: str, options: dict[str, Any] | None = None) -> Scheme:
-    """The scheme called ``name`` ("masking" or "ckks") with public ``options``."""
-    table = {"masking": MaskingScheme, "ckks": CKKSScheme}
+    """The scheme called ``name`` ("masking", "ckks" or "packed") with public ``options``."""
+    table = {"masking": MaskingScheme, "ckks": CKKSScheme, "packed": PackedScheme}
     if name not in table:
-        raise ConfigurationError(f"unknown scheme {name!r}; expected 'masking' or 'ckks'")
+        raise ConfigurationError(f"unknown scheme {name!r}; expected 'masking', 'ckks' or 'packed'")
     return table[name](dict(options or {}))

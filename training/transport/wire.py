@@ -12,6 +12,7 @@ A ``secagg.errors.SecAggError`` crosses the wire as a status whose details are `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections.abc import Iterable, Iterator
@@ -21,8 +22,9 @@ import grpc
 
 from secagg import errors as E
 
-__all__ = ["CHUNK", "MAX_GRPC_MESSAGE", "OversizeMessageError", "TransportError", "split", "join", "pack",
-           "unpack", "field", "status_code", "abort", "raise_rpc_error", "channel_options", "server_options"]
+__all__ = ["CHUNK", "MAX_GRPC_MESSAGE", "OversizeMessageError", "StaleKeyError", "TransportError", "split",
+           "join", "pack", "unpack", "field", "status_code", "abort", "raise_rpc_error", "channel_options",
+           "server_options", "context_id"]
 
 CHUNK = 1 << 20
 MAX_GRPC_MESSAGE = CHUNK + (64 << 10)
@@ -35,8 +37,19 @@ class OversizeMessageError(E.MalformedMessageError):
     """A streamed message grew past the receiver's size limit."""
 
 
+class StaleKeyError(E.DecryptionError):
+    """The key holder was handed an aggregate made under a public key it does not hold (it restarted with fresh
+    keys, or the aggregate is forged): nothing is decrypted; the aggregator re-fetches the key holder's public
+    context, and the round is aborted and retried under it."""
+
+
 class TransportError(E.SecAggError):
     """The transport failed (peer unreachable, handshake refused, or a status without a secagg error name)."""
+
+
+def context_id(context: bytes) -> str:
+    """The public name (SHA-256, hex) of a serialized public context, sent in tasks so clients can spot a new key."""
+    return hashlib.sha256(context).hexdigest()
 
 
 def channel_options(server_role: str) -> list[tuple[str, Any]]:
@@ -124,10 +137,12 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (E.StageError, grpc.StatusCode.FAILED_PRECONDITION),
     (E.TooFewContributorsError, grpc.StatusCode.FAILED_PRECONDITION),
     (E.DropoutError, grpc.StatusCode.ABORTED),
+    (StaleKeyError, grpc.StatusCode.FAILED_PRECONDITION),
     (E.SecAggError, grpc.StatusCode.INVALID_ARGUMENT),
 ]
 _BY_NAME: dict[str, type[E.SecAggError]] = {
     name: getattr(E, name) for name in E.__all__} | {"OversizeMessageError": OversizeMessageError,
+                                                      "StaleKeyError": StaleKeyError,
                                                       "TransportError": TransportError}
 
 

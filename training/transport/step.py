@@ -1,0 +1,83 @@
+"""The server half of an aggregation strategy as the networked aggregator drives it, and the client half's rule.
+
+A deployment runs the same :class:`~training.aggregation.base.Strategy` objects as ``secagg run``: each client
+process encodes with ``strategy.encode`` and the aggregator applies ``strategy.apply`` to the secure aggregate.
+What the two halves must agree on travels as public *round terms* in the task (``params["strategy"]``):
+
+* ``name``: the strategy's name (a client refuses a round of another strategy);
+* ``private_weights``: the weight is secret (loss-weighted): clients pre-weight ``[w·x, w]`` inside the secure
+  sum and never announce ``w``; ``weight_bound`` is then the public bound every ``w`` stays within;
+* ``loss_reference``: the aggregator's validation loss of the round's global model (public; the loss-weighted
+  shift), or ``None``.
+
+Invariant: :meth:`StrategyStep.apply` sees only the aggregate and these public terms; the strategy's server state
+(e.g. Adam's moments) is exposed through ``state_dict``/``load_state_dict`` so the coordinator checkpoints it in the
+same atomic write as the model it belongs to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from secagg.errors import MalformedMessageError
+from secagg.roles import AggregateResult
+from training.aggregation import FedAvg
+from training.aggregation.base import Contribution, RoundInfo, Strategy
+from training.update import ClientUpdate
+
+__all__ = ["StrategyStep", "round_info", "encode_update"]
+
+
+def round_info(round_no: int, terms: Mapping[str, Any]) -> RoundInfo:
+    """The public RoundInfo of server step ``round_no`` (0-based: rounds already applied) under ``terms``."""
+    ref = terms.get("loss_reference")
+    if ref is not None and not (isinstance(ref, (int, float)) and np.isfinite(ref)):
+        raise MalformedMessageError(f"loss_reference must be a finite number or null, got {ref!r}")
+    return RoundInfo(round_no + 1, round_no, {}, None if ref is None else float(ref))
+
+
+def encode_update(strategy: Strategy, update: ClientUpdate, round_no: int, terms: Mapping[str, Any]) -> Contribution:
+    """Client side: the strategy's contribution for a round announced with ``terms`` (checked to be this
+    strategy's: a client never lets the aggregator switch its weights between public and private)."""
+    if terms.get("name", strategy.name) != strategy.name:
+        raise MalformedMessageError(f"the round runs strategy {terms.get('name')!r}; this client runs "
+                                    f"{strategy.name!r}")
+    if bool(terms.get("private_weights", False)) != strategy.private_weights:
+        raise MalformedMessageError("the round's private_weights flag contradicts this client's strategy")
+    return strategy.encode(update, round_info(round_no, terms))
+
+
+class StrategyStep:
+    """Server step = ``strategy.apply`` on the aggregate; ``reference(model)`` (optional) is the public
+    validation loss that becomes each round's ``loss_reference``."""
+
+    def __init__(self, strategy: Strategy | None = None,
+                 reference: Callable[[np.ndarray], float] | None = None) -> None:
+        self.strategy = FedAvg() if strategy is None else strategy
+        self.reference = reference
+
+    @property
+    def private_weights(self) -> bool:
+        return self.strategy.private_weights
+
+    def terms(self, model: np.ndarray, round_no: int) -> dict[str, Any]:
+        """The public terms of the round that starts from ``model`` after ``round_no`` applied rounds."""
+        ref = None if self.reference is None else float(self.reference(model))
+        terms: dict[str, Any] = {"name": self.strategy.name, "private_weights": self.strategy.private_weights,
+                                 "loss_reference": ref if ref is not None and np.isfinite(ref) else None}
+        if self.strategy.private_weights:
+            terms["weight_bound"] = float(self.strategy.weight_bound(round_info(round_no, terms)))
+        return terms
+
+    def apply(self, model: np.ndarray, result: AggregateResult, round_no: int,
+              terms: Mapping[str, Any]) -> np.ndarray:
+        return self.strategy.apply(model, result, round_info(round_no, terms))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return self.strategy.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self.strategy.load_state_dict(state)

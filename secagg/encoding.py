@@ -9,6 +9,7 @@ is refused (``ConfigurationError``) when fewer than ``min_precision_bits`` bits 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -18,13 +19,13 @@ import numpy as np
 from secagg.errors import ConfigurationError, MalformedUpdateError
 from secagg.hazmat.prg import U32Stream
 
-_ENCODE_BLOCK = 1 << 15  # values per block: the float64 buffers stay in L2
+_ENCODE_BLOCK = 1 << 16  # values per block: the float64 buffers stay in L2
 
 __all__ = ["validate_update", "flatten", "unflatten", "FlatSpec", "FixedPoint", "ring_dtype"]
 
 
-def validate_update(x: object, dim: int | None = None) -> np.ndarray:
-    """Return ``x`` as a finite 1-D float64 array of length ``dim`` (if given), else raise MalformedUpdateError."""
+def _shape_checked(x: object, dim: int | None = None) -> np.ndarray:
+    """``x`` unchanged if it is a non-empty 1-D numeric array of length ``dim`` (if given), else raise."""
     if not isinstance(x, np.ndarray):
         raise MalformedUpdateError(f"update must be a numpy array, got {type(x).__name__}")
     if x.ndim != 1:
@@ -35,11 +36,24 @@ def validate_update(x: object, dim: int | None = None) -> np.ndarray:
         raise MalformedUpdateError(f"update has length {x.shape[0]}, expected {dim}")
     if x.size == 0:
         raise MalformedUpdateError("update is empty")
-    out = x.astype(np.float64, copy=False)
-    if not np.isfinite(out).all():
-        bad = int(np.count_nonzero(~np.isfinite(out)))
+    return x
+
+
+def _extremes(x: np.ndarray, whole: np.ndarray) -> tuple[float, float]:
+    """Minimum and maximum of ``x`` (part of ``whole``), raising MalformedUpdateError if ``x`` holds NaN/Inf
+    (a NaN propagates through both reductions, an infinity is an extreme): no temporaries."""
+    lo, hi = float(x.min()), float(x.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad = int(np.count_nonzero(~np.isfinite(whole)))
         raise MalformedUpdateError(f"update holds {bad} NaN/Inf values")
-    return out
+    return lo, hi
+
+
+def validate_update(x: object, dim: int | None = None) -> np.ndarray:
+    """Return ``x`` as a finite 1-D float64 array of length ``dim`` (if given), else raise MalformedUpdateError."""
+    v = _shape_checked(x, dim)
+    _extremes(v, v)
+    return v.astype(np.float64, copy=False)
 
 
 @dataclass(frozen=True)
@@ -144,31 +158,70 @@ class FixedPoint:
 
     def encode(self, x: np.ndarray, factor: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
         """Quantize the finite vector ``factor * x`` to ring elements (the range check applies to ``factor * x``),
-        into ``out`` if given (same length, the ring dtype); nothing is written when a check fails.
+        into ``out`` if given (same length, the ring dtype). A failed check raises MalformedUpdateError; ``out``
+        may then hold a partial encoding (checks run block by block, in the same pass as the encoding).
 
-        Stochastic rounding is unbiased: it rounds up with probability equal to the fractional part, at 32-bit
-        CSPRNG resolution. Works in cache-sized blocks with reused buffers (no vector-sized float temporaries).
+        Stochastic rounding is unbiased at 32-bit CSPRNG resolution: a value ``q + f`` (``q`` an integer level,
+        ``0 <= f < 1``) rounds up with probability ``ceil(f * 2^32) / 2^32``. Works in cache-sized blocks with
+        reused buffers (no vector-sized temporaries); float32/integer inputs are widened block by block.
         """
-        v = validate_update(x)
+        v = _shape_checked(x)
         if not math.isfinite(factor):
             raise MalformedUpdateError(f"factor {factor} is not finite")
-        if self.out_of_range == "raise":
-            worst = float(np.max(np.abs(v))) * abs(factor)
-            if worst > self.clip:
-                raise MalformedUpdateError(f"value {worst:.6g} outside the clip range [-{self.clip}, {self.clip}]")
-        n, step = v.size, min(v.size, _ENCODE_BLOCK)
+        n = v.size
         if out is None:
             out = np.empty(n, dtype=self.dtype)
         elif out.shape != (n,) or out.dtype != self.dtype:
             raise ValueError(f"out must be a length-{n} {self.dtype} vector")
+        if self.rounding == "stochastic" and self.max_level < (1 << 31):
+            self._encode_fixed32(v, float(factor), out)
+        else:
+            self._encode_float(v, float(factor), out)
+        if self.ring_bits < 8 * out.itemsize:
+            out &= out.dtype.type((1 << self.ring_bits) - 1)
+        return out
+
+    def _check(self, block: np.ndarray, whole: np.ndarray, factor: float) -> None:
+        lo, hi = _extremes(block, whole)
+        if self.out_of_range == "raise":
+            worst = max(abs(lo), abs(hi)) * abs(factor)
+            if worst > self.clip:
+                raise MalformedUpdateError(f"value {worst:.6g} outside the clip range [-{self.clip}, {self.clip}]")
+
+    def _encode_fixed32(self, v: np.ndarray, factor: float, out: np.ndarray) -> None:
+        """Stochastic rounding in integers: with ``F = ceil(factor * scale * x * 2^32)`` (exact in int64, as
+        ``|F| < max_level * 2^32 < 2^63``) and a uniform 32-bit ``u``, the level is ``floor((F + u) / 2^32)``:
+        the high 32-bit word of ``F + u``, which is ``q + 1`` exactly when ``u >= 2^32 - ceil(f * 2^32)``."""
+        step = min(v.size, _ENCODE_BLOCK)
+        scaled, fixed = np.empty(step), np.empty(step, dtype=np.int64)
+        high = fixed.view(np.uint32)[1 if sys.byteorder == "little" else 0::2]  # floor(F / 2^32) mod 2^32
+        uniforms = U32Stream(step)
+        mult = np.float64(factor * self.scale * 4294967296.0)  # exact power-of-two rescaling of factor * scale
+        bound = self.clip * self.scale * 4294967296.0
+        for lo in range(0, v.size, step):
+            m = min(step, v.size - lo)
+            s, f, part = scaled[:m], fixed[:m], v[lo:lo + m]
+            self._check(part, v, factor)
+            np.multiply(part, mult, out=s)  # float64 product whatever v's dtype (np.float64 is strong)
+            if self.out_of_range == "clip":
+                np.clip(s, -bound, bound, out=s)
+            np.ceil(s, out=s)
+            np.copyto(f, s, casting="unsafe")  # exact: an integer below 2^63 in magnitude
+            np.add(f, uniforms.next(m), out=f)
+            np.copyto(out[lo:lo + m], high[:m], casting="unsafe")  # wraps into narrower rings
+
+    def _encode_float(self, v: np.ndarray, factor: float, out: np.ndarray) -> None:
+        """Deterministic rounding, and stochastic rounding for rings wider than 32 bits, in float64 blocks."""
+        n, step = v.size, min(v.size, _ENCODE_BLOCK)
         scaled, low, ints = np.empty(step), np.empty(step), np.empty(step, dtype=np.int64)
         up = np.empty(step, dtype=bool)
         uniforms = U32Stream(step) if self.rounding == "stochastic" else None
-        mult = float(factor) * self.scale
+        mult = np.float64(factor * self.scale)
         for lo in range(0, n, step):
             m = min(step, n - lo)
-            s, q = scaled[:m], low[:m]
-            np.multiply(v[lo:lo + m], mult, out=s)
+            s, q, part = scaled[:m], low[:m], v[lo:lo + m]
+            self._check(part, v, factor)
+            np.multiply(part, mult, out=s)
             if self.out_of_range == "clip":
                 np.clip(s, -self.clip * self.scale, self.clip * self.scale, out=s)
             if uniforms is None:
@@ -181,9 +234,6 @@ class FixedPoint:
                 np.add(q, up[:m], out=q)
             np.copyto(ints[:m], q, casting="unsafe")  # exact: |q| <= max_level <= 2^52
             np.copyto(out[lo:lo + m], ints[:m], casting="unsafe")  # wraps mod 2^bits (two's complement)
-        if self.ring_bits < 8 * out.itemsize:
-            out &= out.dtype.type((1 << self.ring_bits) - 1)
-        return out
 
     def decode_sum(self, total: np.ndarray) -> np.ndarray:
         """Interpret a ring element (a sum of at most ``n_clients`` encodings) as a signed float vector."""

@@ -78,14 +78,14 @@ def add_masks(acc: np.ndarray, plus: Iterable[bytes] = (), minus: Iterable[bytes
     if not streams:
         return
     size = acc.dtype.itemsize
-    zeros = memoryview(bytes(_BLOCK))
-    buf = bytearray(_BLOCK + 15)
+    zeros = _zero_view(_BLOCK)
+    buf = bytearray(_BLOCK + 15)  # update_into needs block_size - 1 spare bytes
     block = np.frombuffer(buf, dtype=acc.dtype, count=_BLOCK // size)
     per = _BLOCK // size
     for start in range(0, acc.size, per):
         part = acc[start:start + per]
         nbytes = part.size * size
-        src, ks = zeros[:nbytes], block[:part.size]
+        src, ks = zeros[:nbytes], block[:part.size]  # one AES pass per stream, added while the block is in L2
         for enc, op in streams:
             enc.update_into(src, buf)
             op(part, ks, out=part)

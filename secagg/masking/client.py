@@ -28,7 +28,6 @@ from collections.abc import Mapping
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from secagg.encoding import validate_update
 from secagg.errors import AuthenticationError, ConfigurationError, DecryptionError, DropoutError, \
     DuplicateMessageError, MalformedMessageError, MalformedUpdateError, StageError, UnknownClientError, \
     WrongRoundError
@@ -97,9 +96,10 @@ class MaskingClient:
         w = float(weight) if isinstance(weight, (int, float, np.floating, np.integer)) else math.nan
         if not (math.isfinite(w) and 0 < w <= cfg.weight_bound):
             raise MalformedUpdateError(f"weight {weight!r} must be in (0, weight_bound={cfg.weight_bound}]")
-        x = validate_update(update, cfg.dim)
+        if isinstance(update, np.ndarray) and update.ndim == 1 and update.shape[0] != cfg.dim:
+            raise MalformedUpdateError(f"update has length {update.shape[0]}, expected {cfg.dim}")
         enc = np.empty(cfg.dim + 1, dtype=cfg.dtype)
-        cfg.value_codec.encode(x, factor=w, out=enc[:-1])
+        cfg.value_codec.encode(update, factor=w, out=enc[:-1])  # validates (finite, numeric, 1-D, in range)
         enc[-1:] = cfg.weight_codec.encode(np.array([w]))
         self._encoded = enc
         self._c_sk, self._s_sk = kex.generate(), kex.generate()

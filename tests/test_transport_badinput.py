@@ -90,6 +90,28 @@ def _ckks_craft(agent: Rogue, rid: int, payload: bytes):
     ]
 
 
+def _packed_craft(agent: Rogue, rid: int, payload: bytes):
+    from secagg.packed import PackedClient, PackedKeyHolder, PackedParams
+
+    h = {"client_id": 0, "round_id": rid}
+    params = PackedParams(max_cohort=3)  # the deployment's (its cohort bound)
+    mine = decode(payload)
+    other = PackedKeyHolder(params)  # same parameters, another key
+    wider = PackedKeyHolder(PackedParams(max_cohort=64))  # another lane layout and plaintext modulus
+    theirs = PackedClient(0, other.public_context(), params, round_id=rid).start(np.zeros(DIM), 1.0)
+    odd = PackedClient(0, wider.public_context(), wider.params, round_id=rid).start(np.zeros(DIM), 1.0)
+    forged = dataclasses.replace(decode(odd[0].payload), session_id=mine.session_id)
+    short = PackedClient(0, agent.context(), params, weight_bound=4.0, round_id=rid).start(np.zeros(DIM - 2), 1.0)
+    return [
+        ("another key holder's session", E.MalformedMessageError, pack(h, theirs[0].payload)),
+        ("ciphertext parameters differ from the session's", E.MalformedMessageError, pack(h, forged.to_bytes())),
+        ("shape", E.MalformedMessageError, pack(h, short[0].payload)),
+        ("sender identity in the message", E.AuthenticationError,
+         pack(h, dataclasses.replace(mine, client_id=2).to_bytes())),
+        ("round id in the message", E.WrongRoundError, pack(h, dataclasses.replace(mine, round_id=rid + 5).to_bytes())),
+    ]
+
+
 def _raw(header_json: bytes) -> bytes:
     return b"ST" + struct.pack("<I", len(header_json)) + header_json
 
@@ -127,13 +149,13 @@ def _bad_requests(dep: Deployment) -> list[tuple[str, type, str, bytes]]:
     return bad
 
 
-@pytest.mark.parametrize("scheme", ["masking", "ckks"])
+@pytest.mark.parametrize("scheme", ["masking", "ckks", "packed"])
 def test_bad_messages_get_named_errors_and_the_round_continues(scheme, caplog):
     rng = np.random.default_rng(11)
     updates = [rng.uniform(-1, 1, DIM) for _ in range(3)]
     weights = [1.0, 2.0, 3.0]
     sources = {i: FixedSource(updates[i], weights[i]) for i in range(3)}
-    craft = _masking_craft if scheme == "masking" else _ckks_craft
+    craft = {"masking": _masking_craft, "ckks": _ckks_craft, "packed": _packed_craft}[scheme]
     caplog.set_level(logging.WARNING, logger="training.transport")
     with Deployment(scheme, sources, DIM, stage_timeout=5.0, max_message_bytes=LIMIT) as dep:
         early = []

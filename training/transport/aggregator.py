@@ -25,7 +25,7 @@ from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
 from training.transport.certs import Credentials, peer_identity, verify_signing_cert
 from training.transport.coordinator import Coordinator
 from training.transport.rpc import Stub, guarded, guarded_stream, open_channel, start_server
-from training.transport.wire import field, join, pack, split, unpack
+from training.transport.wire import TransportError, field, join, pack, split, unpack
 
 __all__ = ["AggregatorService", "KeyHolderLink", "serve_aggregator", "status_of", "encode_outbounds",
            "decode_outbounds", "POLL_SECONDS"]
@@ -116,9 +116,17 @@ class KeyHolderLink:
         self.timeout = timeout
 
     def context(self, wait: float = 30.0) -> bytes:
-        grpc.channel_ready_future(self.channel).result(timeout=wait)
+        """The key holder's public context (waits up to ``wait`` s for it to be reachable; TransportError else)."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=wait)
+        except grpc.FutureTimeoutError as exc:
+            raise TransportError(f"key holder not reachable within {wait} s") from exc
         header, body = unpack(self.stub.unary_stream("Context", pack({}), self.timeout))
         return body
+
+    def refresh(self) -> bytes:
+        """The context again, after a failure (a short wait: the round engine is blocked meanwhile)."""
+        return self.context(wait=5.0)
 
     def finalize(self, round_id: int, payload: bytes) -> list[Outbound]:
         header, body = unpack(self.stub.stream_stream("Finalize", pack({"round_id": round_id}, payload),

@@ -35,7 +35,7 @@ from training.transport import checkpoint
 from training.transport.checkpoint import ServerState
 from training.transport.schemes import Scheme
 from training.transport.step import StrategyStep
-from training.transport.wire import StaleKeyError, pack
+from training.transport.wire import StaleKeyError, TransportError, pack
 
 __all__ = ["RoundPolicy", "Coordinator", "RoundRecord"]
 
@@ -108,7 +108,9 @@ class Coordinator:
 
     ``step`` is the server half of the strategy (default: FedAvg with server learning rate 1); its state is
     restored from ``state.strategy`` (a resumed checkpoint). ``refresh`` re-fetches the key holder's public
-    context after it refused an aggregate made under an earlier key (:class:`~.wire.StaleKeyError`)."""
+    context after it refused an aggregate made under a key it does not hold (:class:`~.wire.StaleKeyError`: it
+    restarted with fresh keys) or failed (``TransportError``); the round is aborted and the next one is planned
+    under the context it serves now."""
 
     def __init__(self, scheme: Scheme, state: ServerState, policy: RoundPolicy, *,
                  checkpoint_path: str | None = None, context: bytes | None = None,
@@ -347,11 +349,8 @@ class Coordinator:
                     self.cond.release()
                     try:
                         outs = self.finalize(rnd.round_id, payload)  # type: ignore[misc]
-                    except StaleKeyError:  # e.g. the key holder restarted with new keys: this round is lost
-                        if self.refresh is not None:
-                            self.context = self.refresh()  # the next round is planned under the new key
-                            log.warning("key holder has a new key; round id %d aborted, the next uses the new "
-                                        "public context", rnd.round_id)
+                    except (StaleKeyError, TransportError):  # e.g. the key holder restarted: this round is lost
+                        self._refresh_context(rnd.round_id)
                         raise
                     finally:
                         self.cond.acquire()
@@ -374,6 +373,22 @@ class Coordinator:
                     continue
                 self.cond.wait(min(left, 0.5))
             return rnd.role.result()
+
+    def _refresh_context(self, round_id: int) -> None:
+        """After the key holder refused or failed round ``round_id``: re-fetch its public context (called without
+        the lock), so the next round is planned under whatever key it holds now (a restart means new keys)."""
+        if self.refresh is None:
+            return
+        try:
+            fresh = self.refresh()
+        except SecAggError as exc:
+            log.warning("round id %d: key holder unavailable (%s: %s); its context is re-fetched after the next "
+                        "failure", round_id, type(exc).__name__, exc)
+            return
+        if fresh != self.context:
+            log.warning("key holder serves a new public key; round id %d is aborted and the next round uses it",
+                        round_id)
+            self.context = fresh
 
     def _commit(self, rnd: _Round, result: AggregateResult) -> None:
         mean = np.asarray(result.mean, dtype=np.float64)

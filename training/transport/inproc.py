@@ -94,7 +94,7 @@ class Deployment:
             state = ServerState(np.zeros(dim) if initial is None else np.asarray(initial, dtype=np.float64))
             self.coordinator = Coordinator(self.scheme, state, policy, context=context, finalize=finalize,
                                            on_round=self.records.append, checkpoint_path=checkpoint_path,
-                                           step=step, refresh=None if self.link is None else self.link.context)
+                                           step=step, refresh=None if self.link is None else self.link.refresh)
             server, port = serve_aggregator(self.coordinator, Credentials.load(certs, AGGREGATOR), "127.0.0.1", 0,
                                             max_message_bytes=max_message_bytes, workers=2 * n + 16,
                                             poll_seconds=poll_seconds)

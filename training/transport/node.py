@@ -131,7 +131,7 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
                          train_timeout=cfg.train_timeout if cfg.trainer == "local" else 0.0)
     coord = Coordinator(scheme, state, policy, checkpoint_path=checkpoint, context=context, finalize=finalize,
                         step=work.step(), on_round=on_round, ledger_budget=work.ledger_budget,
-                        refresh=None if link is None else link.context)
+                        refresh=None if link is None else link.refresh)
     server, port = serve_aggregator(coord, creds, cfg.host, cfg.aggregator_port,
                                     max_message_bytes=cfg.max_message_bytes, workers=2 * cfg.clients + 16,
                                     poll_seconds=cfg.poll_seconds)

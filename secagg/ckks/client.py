@@ -13,15 +13,13 @@ most 1), or, pre-weighted, ``max(|w*x|, w) <= fresh_value_bound / max_cohort`` f
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import tenseal as ts
 
 from secagg.ckks.messages import CKKSContribution
 from secagg.ckks.params import PublicContext, load_public_context, np_chunks
-from secagg.encoding import validate_update
-from secagg.errors import ConfigurationError, KeyMisuseError, MalformedUpdateError, StageError
+from secagg.errors import ConfigurationError, KeyMisuseError, MalformedUpdateError
+from secagg.he_round import HEClient, check_int
 from secagg.roles import AGGREGATOR, Outbound
 
 __all__ = ["CKKSClient", "DEFAULT_MAX_COHORT"]
@@ -29,18 +27,14 @@ __all__ = ["CKKSClient", "DEFAULT_MAX_COHORT"]
 DEFAULT_MAX_COHORT = 1024
 
 
-class CKKSClient:
+class CKKSClient(HEClient):
     """One client of one round. Stages: ``"ready"`` -> ``start`` -> ``"done"``."""
 
     def __init__(self, client_id: int, public_context: bytes | PublicContext, *, round_id: int = 0,
                  preweight: bool = False, max_cohort: int = DEFAULT_MAX_COHORT) -> None:
-        if isinstance(client_id, bool) or not isinstance(client_id, int) or client_id < 0:
-            raise ConfigurationError(f"client_id must be an int >= 0, got {client_id!r}")
-        if isinstance(round_id, bool) or not isinstance(round_id, int) or round_id < 0:
-            raise ConfigurationError(f"round_id must be an int >= 0, got {round_id!r}")
-        if isinstance(max_cohort, bool) or not isinstance(max_cohort, int) or max_cohort < 1:
-            raise ConfigurationError(f"max_cohort must be an int >= 1, got {max_cohort!r}")
-        self.client_id, self.round_id, self.preweight = client_id, round_id, bool(preweight)
+        self.client_id, self.round_id = check_int("client_id", client_id), check_int("round_id", round_id)
+        check_int("max_cohort", max_cohort, 1)
+        self.preweight = bool(preweight)
         self._pc = public_context if isinstance(public_context, PublicContext) else \
             load_public_context(public_context, need_public_key=True)
         if self._pc.context.is_private():
@@ -53,24 +47,10 @@ class CKKSClient:
         self.slot_bound = p.fresh_value_bound / max_cohort if self.preweight else p.weighted_value_bound
         self._stage = "ready"
 
-    @property
-    def stage(self) -> str:
-        return self._stage
-
-    @property
-    def done(self) -> bool:
-        return self._stage == "done"
-
     def start(self, update: np.ndarray, weight: float) -> list[Outbound]:
         """Encrypt ``update`` (and, pre-weighted, ``weight``); a refused input leaves the client ready to retry."""
-        if self._stage != "ready":
-            raise StageError(f"client {self.client_id} already submitted its contribution")
-        x = validate_update(update)
-        try:
-            w = float(weight)
-        except (TypeError, ValueError) as exc:
-            raise MalformedUpdateError(f"weight must be a number, got {weight!r}") from exc
-        if not (math.isfinite(w) and w > 0):
+        x, w = self._begin(update, weight)
+        if not w > 0:
             raise MalformedUpdateError(f"weight must be a positive finite number, got {w}")
         lanes = np.append(w * x, w) if self.preweight else x
         peak = float(np.max(np.abs(lanes)))
@@ -83,7 +63,3 @@ class CKKSClient:
                                dim=int(x.shape[0]), preweighted=self.preweight, chunks=chunks)
         self._stage = "done"
         return [Outbound(AGGREGATOR, msg.to_bytes())]
-
-    def receive(self, payload: bytes) -> list[Outbound]:
-        """CKKS clients are sent nothing: always raises StageError."""
-        raise StageError(f"CKKS client {self.client_id} expects no messages (stage {self._stage!r})")

@@ -30,24 +30,21 @@ import numpy as np
 import tenseal as ts
 
 from secagg.ckks.messages import CKKSAggregate, CKKSResult
-from secagg.ckks.params import CKKSParams, chunk_lengths, fresh_level, load_chunk, resolve
-from secagg.errors import AuthenticationError, ConfigurationError, DecryptionError, DuplicateMessageError, \
-    MalformedMessageError, TooFewContributorsError
-from secagg.messages import decode
-from secagg.roles import AGGREGATOR, Outbound
+from secagg.ckks.params import CKKSParams, chunk_lengths, load_chunk, resolve
+from secagg.errors import DecryptionError, MalformedMessageError
+from secagg.he_round import HEKeyHolder, fresh_level
 
 __all__ = ["KeyHolder"]
 
 
-class KeyHolder:
+class KeyHolder(HEKeyHolder):
     """Generates a CKKS key pair for ``params`` and decrypts aggregates of at least ``min_contributors`` clients."""
+
+    aggregate_type = CKKSAggregate
 
     def __init__(self, params: str | CKKSParams = "default", *, min_contributors: int = 2) -> None:
         self.params = resolve(params)
-        if isinstance(min_contributors, bool) or not isinstance(min_contributors, int) or min_contributors < 2:
-            raise ConfigurationError(f"min_contributors must be an int >= 2 (a sum of one client is that client's "
-                                     f"update), got {min_contributors!r}")
-        self.min_contributors = min_contributors
+        self._init_keyholder(min_contributors)
         p = self.params
         self._context = ts.context(ts.SCHEME_TYPE.CKKS, p.poly_modulus_degree,
                                    coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes))
@@ -56,37 +53,12 @@ class KeyHolder:
                                                save_galois_keys=False, save_relin_keys=False)
         self.context_id = hashlib.sha256(self._public).digest()
         self._fresh = fresh_level(self._context)
-        self._finalized: set[int] = set()
 
-    def public_context(self) -> bytes:
-        """The serialized context with the public key only: no secret, relinearization or Galois keys."""
-        return self._public
-
-    @property
-    def finalized_rounds(self) -> frozenset[int]:
-        """Round ids whose aggregate has been decrypted (each can be decrypted only once)."""
-        return frozenset(self._finalized)
-
-    def receive(self, sender: int, payload: bytes) -> list[Outbound]:
-        """Decrypt the aggregate in ``payload`` from the aggregator; return the CKKSResult addressed to it."""
-        if sender != AGGREGATOR:
-            raise AuthenticationError(f"the key holder accepts aggregates from the aggregator only, not {sender}")
-        msg = decode(payload)
-        if not isinstance(msg, CKKSAggregate):
-            raise MalformedMessageError(f"the key holder decrypts CKKSAggregate only, got {type(msg).__name__}")
+    def _check_session(self, msg: CKKSAggregate) -> None:
         if msg.context_id != self.context_id:
             raise DecryptionError("aggregate was encrypted under a different public context (another key holder)")
-        if len(msg.contributors) < self.min_contributors:
-            raise TooFewContributorsError(
-                f"aggregate of {len(msg.contributors)} contributor(s); at least {self.min_contributors} required")
-        if msg.round_id in self._finalized:
-            raise DuplicateMessageError(f"an aggregate of round {msg.round_id} was already decrypted")
-        values = self._decrypt(msg)
-        self._finalized.add(msg.round_id)
-        result = CKKSResult(round_id=msg.round_id, contributors=msg.contributors, values=values)
-        return [Outbound(AGGREGATOR, result.to_bytes())]
 
-    def _decrypt(self, msg: CKKSAggregate) -> np.ndarray:
+    def _decrypt(self, msg: CKKSAggregate) -> CKKSResult:
         lengths = chunk_lengths(msg.dim + int(msg.weight_lane), self.params.slots)
         if len(msg.chunks) != len(lengths):
             raise MalformedMessageError(f"aggregate has {len(msg.chunks)} chunks, dim {msg.dim} needs {len(lengths)}")
@@ -102,4 +74,4 @@ class KeyHolder:
             raise DecryptionError(f"aggregate does not decrypt: {exc}") from exc
         if values.shape[0] != sum(lengths) or not np.isfinite(values).all():
             raise DecryptionError("aggregate decrypted to a vector of the wrong size or with non-finite values")
-        return values
+        return CKKSResult(round_id=msg.round_id, contributors=msg.contributors, values=values)

@@ -25,9 +25,10 @@ import numpy as np
 import tenseal as ts
 
 from secagg.errors import ConfigurationError, KeyMisuseError, MalformedMessageError
+from secagg.he_round import load_ciphertext
 
 __all__ = ["CKKSParams", "PARAMS", "MAX_COEFF_BITS", "resolve", "PublicContext", "load_public_context",
-           "chunk_lengths", "load_chunk", "fresh_level", "np_chunks", "params_of"]
+           "chunk_lengths", "load_chunk", "np_chunks", "params_of"]
 
 #: HomomorphicEncryption.org security standard (2018), Table 1: largest log2(q) for 128-bit security, ternary secret.
 MAX_COEFF_BITS: dict[int, int] = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
@@ -191,32 +192,13 @@ def chunk_lengths(length: int, slots: int) -> list[int]:
     return [slots] * full + ([rest] if rest else [])
 
 
-def fresh_level(context: ts.Context) -> list[int]:
-    """parms_id of the fresh (first data) level, the only level any CKKS message may use."""
-    return list(context.seal_context().data.first_parms_id())
-
-
 def load_chunk(context: ts.Context, data: bytes, *, length: int, level: list[int], scale: float) -> ts.CKKSVector:
     """Deserialize one chunk and check it is a 2-polynomial ciphertext of ``length`` values at level ``level``
     (a parms_id) and scale ``scale``; anything else raises MalformedMessageError."""
-    if not data:
-        raise MalformedMessageError("empty ciphertext")
-    try:
-        vec = ts.ckks_vector_from(context, data)
-        cts = vec.ciphertext()
-    except Exception as exc:  # ValueError/RuntimeError from protobuf or SEAL's validity checks
-        raise MalformedMessageError(f"ciphertext does not deserialize under this context: {exc}") from exc
-    if len(cts) != 1:
-        raise MalformedMessageError(f"chunk holds {len(cts)} ciphertexts, expected 1")
-    ct = cts[0]
-    if ct.size() != 2 or ct.is_transparent() or not ct.is_ntt_form():
-        raise MalformedMessageError("chunk is not a valid 2-polynomial CKKS ciphertext")
-    if list(ct.parms_id()) != level:
-        raise MalformedMessageError("ciphertext is at an unexpected level or from other parameters")
+    vec, ct = load_ciphertext(ts.ckks_vector_from, context, data, length=length, level=level, ntt=True,
+                              kind="CKKS")
     if ct.scale != scale:
         raise MalformedMessageError(f"ciphertext scale {ct.scale} differs from the session's {scale}")
-    if vec.size() != length:
-        raise MalformedMessageError(f"chunk holds {vec.size()} values, expected {length}")
     return vec
 
 

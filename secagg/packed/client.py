@@ -9,13 +9,11 @@ it sends lies in ``[1, 2^b - 1]`` (see :mod:`secagg.packed.codec`), so an honest
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import tenseal as ts
 
-from secagg.encoding import validate_update
-from secagg.errors import ConfigurationError, MalformedUpdateError, StageError
+from secagg.errors import ConfigurationError
+from secagg.he_round import HEClient, check_int
 from secagg.packed.codec import PackedCodec
 from secagg.packed.messages import PackedContribution
 from secagg.packed.params import PackedParams, PublicBFV, load_public_context, pack
@@ -24,19 +22,13 @@ from secagg.roles import AGGREGATOR, Outbound
 __all__ = ["PackedClient"]
 
 
-def _check_id(name: str, v: object) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ConfigurationError(f"{name} must be an int >= 0, got {v!r}")
-    return v
-
-
-class PackedClient:
+class PackedClient(HEClient):
     """One client of one round. Stages: ``"ready"`` -> ``start`` -> ``"done"``."""
 
     def __init__(self, client_id: int, public_context: bytes | PublicBFV, params: PackedParams, *,
                  weight_bound: float = 1.0, clip: float = 1.0, rounding: str = "stochastic",
                  round_id: int = 0) -> None:
-        self.client_id, self.round_id = _check_id("client_id", client_id), _check_id("round_id", round_id)
+        self.client_id, self.round_id = check_int("client_id", client_id), check_int("round_id", round_id)
         self._pub = public_context if isinstance(public_context, PublicBFV) else \
             load_public_context(public_context, params, need_public_key=True)
         if self._pub.params != params:
@@ -45,25 +37,9 @@ class PackedClient:
         self.codec = PackedCodec(params.value_bits, clip=clip, weight_bound=weight_bound, rounding=rounding)
         self._stage = "ready"
 
-    @property
-    def stage(self) -> str:
-        return self._stage
-
-    @property
-    def done(self) -> bool:
-        return self._stage == "done"
-
     def start(self, update: np.ndarray, weight: float) -> list[Outbound]:
         """Encode, pack and encrypt ``[weight * update, weight]``."""
-        if self._stage != "ready":
-            raise StageError(f"client {self.client_id} already submitted its contribution")
-        x = validate_update(update)
-        try:
-            w = float(weight)
-        except (TypeError, ValueError) as exc:
-            raise MalformedUpdateError(f"weight must be a number, got {weight!r}") from exc
-        if not math.isfinite(w):
-            raise MalformedUpdateError(f"weight must be finite, got {w}")
+        x, w = self._begin(update, weight)
         slots = pack(self.codec.encode(x, w), self.params)
         ctx, n = self._pub.context, self.params.slots
         chunks = tuple(ts.bfv_vector(ctx, slots[i:i + n].tolist()).serialize() for i in range(0, slots.size, n))
@@ -71,7 +47,3 @@ class PackedClient:
                                  dim=int(x.shape[0]), chunks=chunks)
         self._stage = "done"
         return [Outbound(AGGREGATOR, msg.to_bytes())]
-
-    def receive(self, payload: bytes) -> list[Outbound]:
-        """Packed clients are sent nothing: always raises StageError."""
-        raise StageError(f"packed client {self.client_id} expects no messages (stage {self._stage!r})")

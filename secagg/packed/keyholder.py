@@ -19,67 +19,36 @@ from __future__ import annotations
 
 import numpy as np
 
-from secagg.errors import AuthenticationError, ConfigurationError, DecryptionError, DuplicateMessageError, \
-    MalformedMessageError, TooFewContributorsError
-from secagg.messages import decode
+from secagg.errors import ConfigurationError, DecryptionError, MalformedMessageError
+from secagg.he_round import HEKeyHolder, fresh_level
 from secagg.packed.messages import PackedAggregate, PackedResult
-from secagg.packed.params import PackedParams, fresh_level, load_chunk, make_context, session_id
-from secagg.roles import AGGREGATOR, Outbound
+from secagg.packed.params import PackedParams, load_chunk, make_context, session_id
 
 __all__ = ["PackedKeyHolder"]
 
 
-class PackedKeyHolder:
+class PackedKeyHolder(HEKeyHolder):
     """Generates a BFV key pair for ``params`` and decrypts aggregates of ``min_contributors..max_cohort`` clients."""
+
+    aggregate_type = PackedAggregate
 
     def __init__(self, params: PackedParams | None = None, *, min_contributors: int = 2) -> None:
         self.params = PackedParams() if params is None else params
         if not isinstance(self.params, PackedParams):
             raise ConfigurationError("params must be a PackedParams")
-        if isinstance(min_contributors, bool) or not isinstance(min_contributors, int) or \
-                not 2 <= min_contributors <= self.params.max_cohort:
-            raise ConfigurationError(f"min_contributors must be an int in [2, max_cohort={self.params.max_cohort}] "
-                                     f"(a sum of one client is that client's update), got {min_contributors!r}")
-        self.min_contributors = min_contributors
+        self._init_keyholder(min_contributors, self.params.max_cohort)
         self._context = make_context(self.params)
         self._public = self._context.serialize(save_public_key=True, save_secret_key=False,
                                                save_galois_keys=False, save_relin_keys=False)
         self.session_id = session_id(self._public, self.params)
         self._fresh = fresh_level(self._context)
         self._t = self.params.plain_modulus
-        self._finalized: set[int] = set()
 
-    def public_context(self) -> bytes:
-        """The serialized context with the public key only: no secret, relinearization or Galois keys."""
-        return self._public
-
-    @property
-    def finalized_rounds(self) -> frozenset[int]:
-        return frozenset(self._finalized)
-
-    def receive(self, sender: int, payload: bytes) -> list[Outbound]:
-        """Decrypt the aggregate in ``payload`` from the aggregator; return the PackedResult addressed to it."""
-        if sender != AGGREGATOR:
-            raise AuthenticationError(f"the key holder accepts aggregates from the aggregator only, not {sender}")
-        msg = decode(payload)
-        if not isinstance(msg, PackedAggregate):
-            raise MalformedMessageError(f"the key holder decrypts PackedAggregate only, got {type(msg).__name__}")
+    def _check_session(self, msg: PackedAggregate) -> None:
         if msg.session_id != self.session_id:
             raise DecryptionError("aggregate was made under another session (other key or lane layout)")
-        if len(msg.contributors) < self.min_contributors:
-            raise TooFewContributorsError(
-                f"aggregate of {len(msg.contributors)} contributor(s); at least {self.min_contributors} required")
-        if len(msg.contributors) > self.params.max_cohort:
-            raise MalformedMessageError(f"aggregate of {len(msg.contributors)} contributors exceeds max_cohort="
-                                        f"{self.params.max_cohort}: lanes could carry into each other")
-        if msg.round_id in self._finalized:
-            raise DuplicateMessageError(f"an aggregate of round {msg.round_id} was already decrypted")
-        slots = self._decrypt(msg)
-        self._finalized.add(msg.round_id)
-        return [Outbound(AGGREGATOR, PackedResult(round_id=msg.round_id, contributors=msg.contributors,
-                                                  slots=slots).to_bytes())]
 
-    def _decrypt(self, msg: PackedAggregate) -> np.ndarray:
+    def _decrypt(self, msg: PackedAggregate) -> PackedResult:
         lengths = self.params.chunk_lengths(msg.dim + 1)
         if len(msg.chunks) != len(lengths):
             raise MalformedMessageError(f"aggregate has {len(msg.chunks)} chunks, dim {msg.dim} needs {len(lengths)}")
@@ -90,4 +59,5 @@ class PackedKeyHolder:
             raise DecryptionError(f"aggregate does not decrypt: {exc}") from exc
         if signed.shape[0] != sum(lengths):
             raise DecryptionError("aggregate decrypted to a vector of the wrong size")
-        return np.mod(signed, np.int64(self._t)).astype(np.uint64)  # SEAL decodes t/2.. as negative
+        slots = np.mod(signed, np.int64(self._t)).astype(np.uint64)  # SEAL decodes t/2.. as negative
+        return PackedResult(round_id=msg.round_id, contributors=msg.contributors, slots=slots)

@@ -33,8 +33,9 @@ import tenseal as ts
 import tenseal.sealapi as sealapi
 
 from secagg.errors import ConfigurationError, KeyMisuseError, MalformedMessageError
+from secagg.he_round import load_ciphertext
 
-__all__ = ["PackedParams", "PublicBFV", "load_public_context", "load_chunk", "fresh_level", "pack", "unpack",
+__all__ = ["PackedParams", "PublicBFV", "load_public_context", "load_chunk", "pack", "unpack",
            "POLY_MODULUS_DEGREE", "COEFF_MOD_BIT_SIZES", "MAX_COHORT_LIMIT"]
 
 POLY_MODULUS_DEGREE = 4096
@@ -199,28 +200,7 @@ def load_public_context(data: bytes, params: PackedParams, *, need_public_key: b
     return PublicBFV(ctx, params, session_id(data, params))
 
 
-def fresh_level(context: ts.Context) -> list[int]:
-    """parms_id of the single data level, the only level a packed ciphertext may use."""
-    return list(context.seal_context().data.first_parms_id())
-
-
 def load_chunk(context: ts.Context, data: bytes, *, length: int, level: list[int]) -> ts.BFVVector:
     """Deserialize one chunk; anything but one fresh-level 2-polynomial BFV ciphertext of ``length`` slots raises
     MalformedMessageError."""
-    if not data:
-        raise MalformedMessageError("empty ciphertext")
-    try:
-        vec = ts.bfv_vector_from(context, data)
-        cts = vec.ciphertext()
-    except Exception as exc:  # ValueError/RuntimeError from protobuf or SEAL's validity checks
-        raise MalformedMessageError(f"ciphertext does not deserialize under this context: {exc}") from exc
-    if len(cts) != 1:
-        raise MalformedMessageError(f"chunk holds {len(cts)} ciphertexts, expected 1")
-    ct = cts[0]
-    if ct.size() != 2 or ct.is_transparent() or ct.is_ntt_form():
-        raise MalformedMessageError("chunk is not a valid 2-polynomial BFV ciphertext")
-    if list(ct.parms_id()) != level:
-        raise MalformedMessageError("ciphertext is at an unexpected level or from other parameters")
-    if vec.size() != length:
-        raise MalformedMessageError(f"chunk holds {vec.size()} slots, expected {length}")
-    return vec
+    return load_ciphertext(ts.bfv_vector_from, context, data, length=length, level=level, ntt=False, kind="BFV")[0]

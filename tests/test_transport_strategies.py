@@ -6,6 +6,7 @@ restarted with fresh keys costs one named, aborted round, never a wrong aggregat
 from __future__ import annotations
 
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -56,9 +57,12 @@ def test_a_run_file_without_update_clip_gives_secagg_up_the_clip_of_secagg_run(t
                                                                                                      0.1)
 
 
-def test_async_and_bad_aggregator_options_are_refused_by_name():
-    with pytest.raises(ConfigError, match="not supported over gRPC"):
-        load_transport_config(None, aggregator="async")
+def test_async_buffers_size_the_cohort_and_bad_aggregator_options_are_refused_by_name():
+    cfg = load_transport_config(None, aggregator="async", aggregator_options={"buffer_size": 2}, clients=5)
+    assert cfg.cohort_size == 2 and cfg.min_cohort == 2
+    assert load_transport_config(None, aggregator="async", aggregator_options={"buffer_size": 9}).cohort_size == 3
+    with pytest.raises(ConfigError, match="buffer_size"):
+        load_transport_config(None, aggregator="async", aggregator_options={"buffer_size": 0})
     with pytest.raises(ConfigError, match="loss-weighted"):
         load_transport_config(None, aggregator="loss-weighted", aggregator_options={"optimizer": "adam"})
     with pytest.raises(ConfigError, match="clip"):
@@ -211,3 +215,43 @@ def _refinalize(dep: Deployment, payload: bytes) -> None:
 
     msg = dataclasses.replace(decode(payload), round_id=10_000)
     dep.link.finalize(10_000, msg.to_bytes())
+
+
+# ---- buffered asynchronous (formula 4) ---------------------------------------------------------------------------
+@pytest.mark.parametrize("scheme", ["masking", "ckks"])
+def test_async_buffers_apply_formula_4_with_the_staleness_of_a_late_client(scheme, tmp_path):
+    """K = 2 of 3 clients per buffer. Client 2 joins while round 1 runs, trains on version 0 and so enters round 2
+    one version stale; every step must equal formula 4 computed directly from the recorded buffers."""
+    from training.aggregation import BufferedAsync
+
+    dim, alpha = 12, 0.8
+    work = SyntheticWorkload(dim, 3, seed=3, clip=1.0, strategy=lambda: BufferedAsync(buffer_size=2, alpha=alpha))
+    sources = {i: work.source(i) for i in range(3)}
+    path = tmp_path / "agg.ckpt"
+    with Deployment(scheme, {0: sources[0], 1: sources[1]}, dim, rounds=4, step=work.step(), cert_clients=3,
+                    checkpoint_path=str(path)) as dep:
+        def on_task(header):  # round 1 cannot finish before client 2 waits with an update trained on version 0
+            if header["round"] == 0 and 2 not in dep.agents:
+                dep.agents[2] = dep.agent(2, sources[2])
+                dep.start_agent(2)
+                for _ in range(200):
+                    if 2 in dep.coordinator.bases:
+                        break
+                    time.sleep(0.05)
+
+        dep.agents[0].on_task = on_task
+        records = dep.run(timeout=90)
+        model = dep.coordinator.state.model
+    assert [r.status for r in records] == ["done"] * 4, [r.reason for r in records]
+    bases = [{int(c): b for c, b in r.terms["base_versions"].items()} for r in records]
+    assert all(len(b) == 2 for b in bases) and bases[1].get(2) == 0  # client 2: one version stale in round 2
+    history = [np.zeros(dim)]
+    for version, members in enumerate(bases):  # w += (1/K) Σ α s(τ_i) (w_i − w), w_i = w^{base} + Δ_i
+        w = history[-1]
+        step = sum(alpha * (1 + version - b) ** -0.5 * (history[b] + np.clip(0.5 * (sources[c].target - history[b]),
+                                                                              -1, 1) - w)
+                   for c, b in members.items())
+        history.append(w + step / len(members))
+    assert np.allclose(model, history[-1], atol=1e-4)
+    kept = checkpoint.load(path).strategy  # the published versions a resumed aggregator needs for staleness
+    assert sorted(kept) == [f"v{v}" for v in range(5)] and np.allclose(kept["v4"], model)

@@ -2,9 +2,11 @@
 
 Methods (each carries one envelope per direction, chunked to 1 MiB):
 
-* ``Checkin``  (unary→stream)  ``{"weight", "privacy"?, "report"?, "identity"?}`` → the next round's task
-  (header + global model) | idle | finished; ``privacy`` lists DP events under the report id ``report`` (see
-  Coordinator.checkin); ``identity`` is the client's signing certificate (PEM), required for signed masking
+* ``Checkin``  (unary→stream)  ``{"weight", "privacy"?, "report"?, "identity"?, "base"?}`` → the next round's
+  task (header + global model) | idle | finished | (asynchronous strategies) model + version to train on;
+  ``privacy`` lists DP events under the report id ``report`` (see Coordinator.checkin); ``base`` is the version
+  a trained update started from; ``identity`` is the client's signing certificate (PEM), required for signed
+  masking
 * ``Send``     (stream→unary)  ``{"round_id"}`` + one secagg message → ``{"ok": true}``
 * ``Receive``  (unary→stream)  ``{"round_id"}`` → the next secagg message for the caller | end | idle
 * ``Status``   (unary→stream)  → round counter, waiting clients, rejection counts (any authenticated peer)
@@ -71,6 +73,7 @@ class AggregatorService:
         weight = field(header, "weight", (int, float))
         privacy = field(header, "privacy", list, [])
         report = field(header, "report", str, "")
+        base = field(header, "base", int, None)
         identity = None
         if self.coord.scheme.needs_identities:
             pem = field(header, "identity", str, None)
@@ -78,7 +81,7 @@ class AggregatorService:
                 raise AuthenticationError("this deployment signs masking rounds: check in with a signing certificate")
             identity = (pem, verify_signing_cert(self.ca, pem, cid))
         yield from split(self.coord.checkin(cid, float(weight), self.poll, context.is_active, privacy, report,
-                                            identity))
+                                            identity, base))
 
     @guarded
     def Send(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:

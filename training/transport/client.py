@@ -6,6 +6,10 @@ task (round parameters and the global model), (3) computes its update with its :
 its own role from the public parameters and exchanges messages until its role is done or the round ends.
 A round with private weights (loss-weighted) asks the source for its contribution *and* weight
 (:meth:`UpdateSource.contribute`); the weight then goes only into the client's own encrypted or masked lane.
+Asynchronous (buffered) strategies: the aggregator answers a check-in without a trained update with the current
+model and its version (``model``); the client trains on it at once (its source's ``update``), checks in again
+with that ``base`` version and, once it is in a buffer's cohort, encodes the update under the task's public
+terms (its source's ``encode``: the staleness weight) and runs the protocol; the task then carries no model.
 For CKKS and packed rounds the task names the key holder's public context by hash; a client whose cached context
 differs re-fetches it from the key holder (which restarted with a new key) and refuses the round if it still
 differs.
@@ -49,7 +53,8 @@ class UpdateSource(Protocol):
     ``contribute(model, round_no, terms) -> (vector, weight)`` is the general form: ``terms`` are the round's
     public strategy terms (:mod:`.step`), and the weight is whatever the strategy encodes (secret when
     ``terms["private_weights"]``). Sources without it have public weights only: ``compute`` gives the vector and
-    ``weight`` the weight."""
+    ``weight`` the weight. Sources for asynchronous strategies split ``contribute`` into ``update(model,
+    version) -> ClientUpdate`` (local training) and ``encode(update, round_no, terms) -> (vector, weight)``."""
 
     weight: float
 
@@ -91,9 +96,12 @@ class SyntheticSource:
         return ClientUpdate(self.client_id, delta, int(self.weight), float(np.mean((model - self.target) ** 2)),
                             base_version=round_no)
 
-    def contribute(self, model: np.ndarray, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
-        c = encode_update(self.strategy, self.update(model, round_no), round_no, terms)
+    def encode(self, update: ClientUpdate, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
+        c = encode_update(self.strategy, update, round_no, terms)
         return np.clip(c.vector, -self.clip, self.clip), c.weight
+
+    def contribute(self, model: np.ndarray, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
+        return self.encode(self.update(model, round_no), round_no, terms)
 
     def compute(self, model: np.ndarray, round_no: int) -> np.ndarray:
         """The vector of a public-weight round (whose weight is :attr:`weight`)."""
@@ -118,6 +126,7 @@ class ClientAgent:
         self.stop = threading.Event()
         self.on_task: Callable[[dict], None] | None = None  # test hook: sees each task header before training
         self._report: tuple[str, list[dict]] | None = None  # DP events sent but not yet acknowledged
+        self._trained: ClientUpdate | None = None  # asynchronous rounds: trained, waiting for a buffer
 
     def _rpc_timeout(self) -> float:
         return self.poll + 30.0
@@ -154,6 +163,8 @@ class ClientAgent:
                 header["identity"] = self.creds.sign_cert.decode()
             if self._report is not None:
                 header |= {"report": self._report[0], "privacy": self._report[1]}
+            if self._trained is not None:
+                header["base"] = self._trained.base_version
             try:
                 env = self.stub.unary_stream("Checkin", pack(header), self._rpc_timeout())
             except TransportError:  # aggregator down or restarting: retry within the patience window
@@ -169,14 +180,31 @@ class ClientAgent:
             kind = field(header, "type", str)
             if kind == "finished":
                 break
-            if kind == "task":
-                try:
+            try:
+                if kind == "model":
+                    self._train(header, body)
+                elif kind == "task":
                     if self.participate(header, body):
                         self.rounds_done += 1
-                except SecAggError as exc:
-                    log.warning("client %d left round %s: %s: %s", self.client_id, header.get("round_id"),
-                                type(exc).__name__, exc)
+            except SecAggError as exc:
+                log.warning("client %d left round %s: %s: %s", self.client_id, header.get("round_id"),
+                            type(exc).__name__, exc)
+            finally:
+                if kind == "task":
+                    self._trained = None  # an asynchronous update joins one round at most
         return self.rounds_done
+
+    def _train(self, header: dict, body: bytes) -> None:
+        """Asynchronous mode: train on the model version the aggregator sent (kept until a buffer takes it)."""
+        version = field(header, "version", int)
+        if version < 0 or not body or len(body) % 8:
+            raise MalformedMessageError("the model reply is not a versioned vector of float64 values")
+        model = validate_update(np.frombuffer(body, dtype="<f8"))
+        train = getattr(self.source, "update", None)
+        if train is None:
+            raise ConfigurationError("an asynchronous strategy needs an update source that trains (update) and "
+                                     "encodes (encode) separately")
+        self._trained = train(model.copy(), version)
 
     def participate(self, header: dict, body: bytes) -> bool:
         """One round from its task envelope; True when this client's role finished."""
@@ -185,13 +213,27 @@ class ClientAgent:
         if field(params, "round_id", int) != round_id or self.client_id not in field(params, "cohort", list):
             raise MalformedMessageError("task does not match its round or does not include this client")
         dim = field(params, "dim", int)
+        terms = field(params, "strategy", dict, {})
+        if self._trained is not None:  # asynchronous: trained already, the task carries no model
+            if body or self._trained.delta.size != dim:
+                raise MalformedMessageError("an asynchronous task carries no model, and this update has another size")
+            bases = field(terms, "base_versions", dict, {})
+            if bases.get(str(self.client_id)) != self._trained.base_version:
+                raise MalformedMessageError("the task misstates the version this client's update was trained from")
+            if self.on_task is not None:
+                self.on_task(header)
+            vector, weight = self.source.encode(self._trained, field(header, "round", int), terms)  # type: ignore
+            return self._run_role(round_id, params, vector, float(weight), dim)
         if len(body) != 8 * dim:
             raise MalformedMessageError(f"global model of {len(body)} bytes is not {dim} float64 values")
         model = validate_update(np.frombuffer(body, dtype="<f8"), dim)
         if self.on_task is not None:
             self.on_task(header)
-        terms = field(params, "strategy", dict, {})
         vector, weight = contribution(self.source, model.copy(), field(header, "round", int), terms)
+        return self._run_role(round_id, params, vector, weight, dim)
+
+    def _run_role(self, round_id: int, params: dict, vector: np.ndarray, weight: float, dim: int) -> bool:
+        """Build this client's role from the round's public parameters and exchange messages until it is done."""
         update = validate_update(np.asarray(vector), dim)
         ctx = self.context(field(params, "context_id", str, None)) if self.scheme.needs_keyholder else None
         role = self.scheme.client_role(self.client_id, params, ctx, self.creds)

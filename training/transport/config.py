@@ -42,10 +42,6 @@ def _run_defaults() -> dict[str, Any]:
 
 _RUN = _run_defaults()
 
-ASYNC_REFUSAL = ("aggregator 'async' is not supported over gRPC: its buffered rounds need clients that train "
-                 "on one model version and then join the cohort of whichever K finish first, while the round "
-                 "engine fixes a cohort at check-in and sends the current model with its task; use `secagg run` "
-                 "(simulated asynchrony) or fedavg, gradient or loss-weighted")
 
 
 @dataclass
@@ -60,7 +56,7 @@ class TransportConfig:
     scheme: str = _RUN["scheme"]           # masking | ckks | packed (defaults below: the run file's own)
     clients: int = _RUN["clients"]
     rounds: int = _RUN["rounds"]
-    aggregator: str = _RUN["aggregator"]   # fedavg | gradient | loss-weighted (the run file's [federation])
+    aggregator: str = _RUN["aggregator"]   # fedavg | gradient | loss-weighted | async (the run file's)
     aggregator_options: dict = dataclasses.field(default_factory=dict)  # the run file's [aggregator_options]
     cohort: int | None = None             # clients per round (default: all)
     min_clients: int | None = None        # smallest cohort a round opens with (default: 2/3 of the cohort)
@@ -98,13 +94,14 @@ class TransportConfig:
             raise ConfigError("timeouts must be positive")
         if not 1 <= self.cohort_size <= self.clients or not 1 <= self.min_cohort <= self.cohort_size:
             raise ConfigError("need 1 <= min_clients <= cohort <= clients")
-        if self.aggregator == "async":
-            raise ConfigError(ASYNC_REFUSAL)
         self.strategy()  # refuses an unknown aggregator or options it does not take (ConfigError)
         return self
 
     @property
     def cohort_size(self) -> int:
+        """Clients per round; for ``async`` the buffer size K (capped at the clients)."""
+        if self.aggregator == "async":
+            return min(self.clients, int(self.strategy().buffer_size))  # type: ignore[attr-defined]
         return self.cohort or self.clients
 
     @property

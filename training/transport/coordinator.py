@@ -13,7 +13,11 @@ a time. Invariants:
   strategy's server state (``step.state_dict()``, e.g. Adam's moments) are checkpointed together before any
   client is told the round ended; a server step that fails leaves the strategy's state as it was;
 * a round's public strategy terms (:mod:`.step`) are fixed when it opens, sent in its task, and used for its
-  server step, so clients' encoding and the server's apply always agree.
+  server step, so clients' encoding and the server's apply always agree;
+* buffered asynchronous strategies (``step.buffer_size`` = K): a client without a trained update is sent the
+  current model and its version at once (``model`` reply) and trains on it; it checks in again with that
+  ``base`` version, and the first K such arrivals (in order) form one secure cohort, weighted publicly by their
+  staleness. An update staler than the strategy's ``max_staleness`` is answered with the current model instead.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class RoundRecord:
     keyholder_bytes: int = 0
     result: AggregateResult | None = None
     reason: str = ""
+    terms: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,6 +129,7 @@ class Coordinator:
         self.checkpoint_path, self.context, self.finalize = checkpoint_path, context, finalize
         self.step, self.on_round, self.refresh = step or StrategyStep(), on_round, refresh
         self.step.load_state_dict(state.strategy)
+        self.step.start(state.model, state.round)
         self.cond = threading.Condition()
         self.waiting: dict[int, float] = {}
         self.waiting_since: float | None = None
@@ -134,6 +140,7 @@ class Coordinator:
         self.failure: BaseException | None = None
         self.rejections: dict[str, int] = {}
         self.identities: dict[int, tuple] = {}
+        self.bases: dict[int, tuple[int, float]] = {}  # async: client -> (base version, waiting since)
         self.ledger_budget = ledger_budget
 
     @property
@@ -142,8 +149,10 @@ class Coordinator:
 
     # ---- handler side -------------------------------------------------------------------------------------
     def checkin(self, cid: int, weight: float, timeout: float, alive: Callable[[], bool] = lambda: True,
-                privacy: list | None = None, report: str = "", identity: tuple | None = None) -> bytes:
-        """Wait up to ``timeout`` s to be put in a cohort; the task envelope, or ``idle`` / ``finished``.
+                privacy: list | None = None, report: str = "", identity: tuple | None = None,
+                base: int | None = None) -> bytes:
+        """Wait up to ``timeout`` s to be put in a cohort; the task envelope, or ``idle`` / ``finished`` (or, in
+        asynchronous mode, ``model`` for a client whose ``base`` version is missing or too stale).
 
         ``privacy``: the DP events (``PrivacyEvent.to_dict()``) of the client's training since its last check-in,
         under the client-chosen ``report`` id; they are composed into its ledger in ``state.ledgers`` and
@@ -163,6 +172,10 @@ class Coordinator:
             self.assigned.pop(cid, None)
             if identity is not None:
                 self.identities[cid] = identity
+            if self.step.buffer_size is not None:
+                reply = self._admit(cid, base)
+                if reply is not None:
+                    return reply
             self.waiting[cid] = float(weight)
             if self.waiting_since is None:
                 self.waiting_since = time.monotonic()
@@ -181,6 +194,22 @@ class Coordinator:
                     self.waiting.pop(cid, None)
                     return pack({"type": "idle"})
                 self.cond.wait(min(left, 0.5))
+
+    def _admit(self, cid: int, base: int | None) -> bytes | None:
+        """Asynchronous mode: the current model for a client with nothing (fresh enough) to contribute, else None
+        after noting the version its update was trained from (and since when it waits with it)."""
+        version = self.state.round
+        if self.finished:
+            return pack({"type": "finished", "round": version})
+        if base is not None and not 0 <= base <= version:
+            raise MalformedMessageError(f"base version {base} is not in [0, {version}]")
+        if base is None or not self.step.fresh_enough(base, version):
+            self.bases.pop(cid, None)
+            return pack({"type": "model", "version": version},
+                        np.ascontiguousarray(self.state.model, dtype="<f8").tobytes())
+        if self.bases.get(cid, (None,))[0] != base:
+            self.bases[cid] = (base, time.monotonic())
+        return None
 
     def _round_for(self, cid: int, round_id: int) -> _Round | None:
         rnd = self.current
@@ -279,10 +308,16 @@ class Coordinator:
     def _gather(self) -> dict[int, float] | None:
         p = self.policy
         while not self.finished:
+            if self.step.buffer_size is not None:  # too stale to join any more: its check-in ends idle
+                for c in [c for c in self.waiting if not self.step.fresh_enough(self.bases[c][0], self.state.round)]:
+                    del self.waiting[c], self.bases[c]
             n = len(self.waiting)
             waited = time.monotonic() - (self.waiting_since or time.monotonic())
             if n >= p.cohort_size or (n >= p.min_clients and waited >= p.checkin_timeout):
-                chosen = secrets.SystemRandom().sample(sorted(self.waiting), min(n, p.cohort_size))
+                if self.step.buffer_size is None:
+                    chosen = secrets.SystemRandom().sample(sorted(self.waiting), min(n, p.cohort_size))
+                else:  # a buffer: the first arrivals with a trained update
+                    chosen = sorted(self.waiting, key=lambda c: self.bases[c][1])[:p.cohort_size]
                 cohort = {c: self.waiting.pop(c) for c in chosen}
                 self.waiting_since = time.monotonic() if self.waiting else None
                 return cohort
@@ -295,13 +330,21 @@ class Coordinator:
         self._save()  # write-ahead: this round id is never handed out again, even after a crash
         ids = sorted(cohort)
         known = {c: self.identities[c] for c in ids if c in self.identities}
-        terms = self.step.terms(self.state.model, self.state.round)
+        version, body = self.state.round, np.ascontiguousarray(self.state.model, dtype="<f8").tobytes()
+        if self.step.buffer_size is None:
+            terms = self.step.terms(self.state.model, version)
+        else:  # members trained already: public staleness weights replace the checked-in ones, no model is sent
+            bases = {c: self.bases[c][0] for c in ids}
+            terms, body = self.step.terms(self.state.model, version, bases), b""
+            cohort = self.step.public_weights(bases, version)
         params, role = self.scheme.plan(round_id, ids, cohort, int(self.state.model.size), self.context, known,
                                         private_bound=terms.get("weight_bound"))
         params["strategy"] = terms
-        header = {"type": "task", "round_id": round_id, "round": self.state.round, "scheme": self.scheme.name,
+        for c in ids:
+            self.bases.pop(c, None)
+        header = {"type": "task", "round_id": round_id, "round": version, "scheme": self.scheme.name,
                   "params": params}
-        task = pack(header, np.ascontiguousarray(self.state.model, dtype="<f8").tobytes())
+        task = pack(header, body)
         rnd = _Round(round_id, self.state.round, frozenset(ids), role, task, {c: deque() for c in ids}, terms)
         self.current = rnd
         for c in ids:
@@ -333,7 +376,7 @@ class Coordinator:
             log.warning("round %d (id %d) aborted: %s", rnd.round, rnd.round_id, rnd.reason)
         return RoundRecord(rnd.round, rnd.round_id, tuple(sorted(rnd.cohort)), rnd.status,
                            time.monotonic() - rnd.started, rnd.bytes_up, rnd.bytes_down, rnd.task_bytes,
-                           rnd.keyholder_bytes, result if error is None else None, rnd.reason)
+                           rnd.keyholder_bytes, result if error is None else None, rnd.reason, rnd.terms)
 
     def _pump(self, rnd: _Round) -> AggregateResult:
         """Advance ``rnd`` until its role is done: forward to the key holder, close overdue stages."""

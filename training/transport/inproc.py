@@ -89,6 +89,8 @@ class Deployment:
                                           max_message_bytes)
                 context, finalize = self.link.context(), self.link.finalize
             n = len(self.sources)
+            if step is not None and step.buffer_size is not None:  # asynchronous: each buffer holds K arrivals
+                n = min(n, step.buffer_size)
             policy = RoundPolicy(rounds, n, min_clients or n, checkin_timeout, stage_timeout,
                                  train_timeout=train_timeout)
             state = ServerState(np.zeros(dim) if initial is None else np.asarray(initial, dtype=np.float64))

@@ -51,9 +51,17 @@ class _TrainerSource:
         self.strategy = work.make_strategy()  # this client's own instance (encode side)
         self.events: tuple = ()
 
-    def contribute(self, model: np.ndarray, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
-        update = self.trainer.train(model, round_no)
+    def update(self, model: np.ndarray, version: int):
+        """Local training from global ``version`` (its DP events are reported at the next check-in)."""
+        update = self.trainer.train(model, version)
         self.events = tuple(update.privacy)
+        return update
+
+    def contribute(self, model: np.ndarray, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
+        return self.encode(self.update(model, round_no), round_no, terms)
+
+    def encode(self, update, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
+        """The strategy's contribution, L2-clipped, with this client's distributed-noise share (as in-process)."""
         c = encode_update(self.strategy, update, round_no, terms)
         if not self.strategy.private_weights and float(c.weight) != self.weight:
             raise ConfigError("the strategy's weight differs from the one announced at check-in")

@@ -127,8 +127,9 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
             log.warning("injected crash after %d rounds", applied[0])
             os._exit(9)
 
+    trains_in_round = cfg.trainer == "local" and cfg.aggregator != "async"  # async clients train before joining
     policy = RoundPolicy(cfg.rounds, cfg.cohort_size, cfg.min_cohort, cfg.checkin_timeout, cfg.stage_timeout,
-                         train_timeout=cfg.train_timeout if cfg.trainer == "local" else 0.0)
+                         train_timeout=cfg.train_timeout if trains_in_round else 0.0)
     coord = Coordinator(scheme, state, policy, checkpoint_path=checkpoint, context=context, finalize=finalize,
                         step=work.step(), on_round=on_round, ledger_budget=work.ledger_budget,
                         refresh=None if link is None else link.refresh)

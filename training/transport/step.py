@@ -8,7 +8,10 @@ What the two halves must agree on travels as public *round terms* in the task (`
 * ``private_weights``: the weight is secret (loss-weighted): clients pre-weight ``[w·x, w]`` inside the secure
   sum and never announce ``w``; ``weight_bound`` is then the public bound every ``w`` stays within;
 * ``loss_reference``: the aggregator's validation loss of the round's global model (public; the loss-weighted
-  shift), or ``None``.
+  shift), or ``None``;
+* asynchronous (buffered) rounds also carry ``version`` (the global version the buffer is applied to) and
+  ``base_versions`` (the version each member trained from; staleness = version − base): the aggregator alone
+  chose them, from what each client announced when it checked in with a trained update.
 
 Invariant: :meth:`StrategyStep.apply` sees only the aggregate and these public terms; the strategy's server state
 (e.g. Adam's moments) is exposed through ``state_dict``/``load_state_dict`` so the coordinator checkpoints it in the
@@ -36,7 +39,14 @@ def round_info(round_no: int, terms: Mapping[str, Any]) -> RoundInfo:
     ref = terms.get("loss_reference")
     if ref is not None and not (isinstance(ref, (int, float)) and np.isfinite(ref)):
         raise MalformedMessageError(f"loss_reference must be a finite number or null, got {ref!r}")
-    return RoundInfo(round_no + 1, round_no, {}, None if ref is None else float(ref))
+    bases = terms.get("base_versions", {})
+    try:
+        bases = {int(c): int(b) for c, b in bases.items()}
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise MalformedMessageError(f"bad base_versions {bases!r}") from exc
+    if any(not 0 <= b <= round_no for b in bases.values()):
+        raise MalformedMessageError("a base version lies outside [0, the round's version]")
+    return RoundInfo(round_no + 1, round_no, bases, None if ref is None else float(ref))
 
 
 def encode_update(strategy: Strategy, update: ClientUpdate, round_no: int, terms: Mapping[str, Any]) -> Contribution:
@@ -63,18 +73,42 @@ class StrategyStep:
     def private_weights(self) -> bool:
         return self.strategy.private_weights
 
-    def terms(self, model: np.ndarray, round_no: int) -> dict[str, Any]:
-        """The public terms of the round that starts from ``model`` after ``round_no`` applied rounds."""
+    @property
+    def buffer_size(self) -> int | None:
+        """K of a buffered asynchronous strategy (the server steps after K arrivals); None for synchronous ones."""
+        k = getattr(self.strategy, "buffer_size", None)
+        return None if k is None else int(k)
+
+    def fresh_enough(self, base: int, version: int) -> bool:
+        """Whether an update trained from ``base`` may still join a buffer applied to ``version``."""
+        return version - base <= int(getattr(self.strategy, "max_staleness", 0))
+
+    def public_weights(self, bases: Mapping[int, int], version: int) -> dict[int, float]:
+        """Asynchronous rounds: each member's public staleness weight α·s(version − base)."""
+        return {c: float(self.strategy.mixing_weight(version - b)) for c, b in bases.items()}  # type: ignore
+
+    def start(self, model: np.ndarray, version: int) -> None:
+        """The coordinator's model at start-up (or resume): published as ``version`` (async keeps recent ones)."""
+        self.strategy.observe_version(version, model)
+
+    def terms(self, model: np.ndarray, round_no: int, bases: Mapping[int, int] | None = None) -> dict[str, Any]:
+        """The public terms of the round that starts from ``model`` after ``round_no`` applied rounds (``bases``:
+        the members' base versions, for an asynchronous round)."""
         ref = None if self.reference is None else float(self.reference(model))
         terms: dict[str, Any] = {"name": self.strategy.name, "private_weights": self.strategy.private_weights,
                                  "loss_reference": ref if ref is not None and np.isfinite(ref) else None}
+        if bases is not None:
+            terms |= {"version": round_no, "base_versions": {str(c): int(b) for c, b in sorted(bases.items())}}
         if self.strategy.private_weights:
             terms["weight_bound"] = float(self.strategy.weight_bound(round_info(round_no, terms)))
         return terms
 
     def apply(self, model: np.ndarray, result: AggregateResult, round_no: int,
               terms: Mapping[str, Any]) -> np.ndarray:
-        return self.strategy.apply(model, result, round_info(round_no, terms))
+        """The new model; it is published as version ``round_no + 1``."""
+        new = self.strategy.apply(model, result, round_info(round_no, terms))
+        self.strategy.observe_version(round_no + 1, np.asarray(new, dtype=np.float64))
+        return new
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return self.strategy.state_dict()

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.privacy_utility import final_eval
+from benchmarks._lm import final_eval
 from training.config import RunConfig
 from training.local import build_model
 from training.platforms import DEFAULT_CLOUDS

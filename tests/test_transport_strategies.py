@@ -41,9 +41,10 @@ def test_a_run_file_without_update_clip_gives_secagg_up_the_clip_of_secagg_run(t
     run, cfg = load_config(f), load_transport_config(f)
     assert cfg.clip == run.federation.update_clip == RunConfig().federation.update_clip
     assert TransportConfig().clip == RunConfig().federation.update_clip  # no file at all: the same default
-    for name, value in [("scheme", run.federation.scheme), ("rounds", run.train.rounds),
-                        ("aggregator", run.federation.aggregator), ("min_contributors", run.federation.min_contributors),
-                        ("ckks_params", run.federation.ckks_params), ("seed", run.train.seed)]:
+    f_run = run.federation
+    for name, value in [("scheme", f_run.scheme), ("rounds", run.train.rounds), ("aggregator", f_run.aggregator),
+                        ("min_contributors", f_run.min_contributors), ("ckks_params", f_run.ckks_params),
+                        ("ring_bits", f_run.ring_bits), ("seed", run.train.seed)]:
         assert getattr(cfg, name) == value, name
     # the local trainer clips to the deployment's clip, which a [transport] or file setting moves in both places
     assert run_config(str(f), cfg).federation.update_clip == cfg.clip

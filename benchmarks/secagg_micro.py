@@ -10,8 +10,13 @@ keys and removes their pairwise masks). Reported:
 * client time: the median over clients, in the 0% round, of the sum of its calls in all five stages (encode and
   key generation, key sharing, masking, consistency, unmask), and its parts;
 * the AES-CTR bound: (k+1)*D*4 bytes of keystream at the AES-128-CTR speed measured in the same run: the median
-  of 4*D-byte ``update_into`` calls made right after every timed client call (same load as the client work);
+  time of 4*D bytes of keystream (256 KiB ``update_into`` calls into a cache-resident buffer) generated right
+  after every timed client call (same load as the client work);
   the ratio to a best-case bound (fastest of 15 calls) is recorded too;
+* the client's main costs, each timed alone at the same D and k right after the round (same load): fixed-point
+  encoding (with its own AES-CTR rounding stream, also timed alone), expanding and adding the k+1 mask keystreams,
+  serialising the masked input (CRC-32 and one copy, in ``secagg.messages``), and 2k X25519 + HKDF key agreements
+  (channel keys and mask seeds); each also as a multiple of the AES time of 4*D bytes sampled right after it;
 * server unmask time: the server's time in the unmask stage (receiving every UnmaskResponse, Shamir
   reconstruction, key agreement for dropped clients, re-expanding and removing the masks, decoding);
 * bytes per client up and down (all messages), and upload relative to float32 (4*D bytes).
@@ -41,7 +46,10 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from benchmarks import ckks_micro
+from secagg.hazmat import kex
+from secagg.hazmat.prg import U32Stream, add_masks
 from secagg.masking import MaskingClient, MaskingConfig, MaskingServer
+from secagg.masking.messages import MaskedInput
 from secagg.roles import AGGREGATOR, Outbound
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,20 +60,24 @@ CLOCK = time.process_time  # CPU time of this single-threaded process: other job
 
 
 class AesProbe:
-    """Times AES-128-CTR keystream generation (``update_into`` of ``nbytes`` zeros) in CPU seconds.
+    """Times AES-128-CTR keystream generation of ``nbytes`` (``update_into`` of zeros) in CPU seconds.
 
-    The round calls it right after every timed client call, so the AES reference is sampled under the same load
-    as the client work it is compared with."""
+    The keystream is produced 256 KiB at a time into one reused, cache-resident buffer: the cipher's own speed,
+    which memory traffic from other jobs barely slows (one 4*D-byte call into a DRAM buffer slows several-fold
+    under such load and would flatter the ratio). The round calls it right after every timed client call, so the
+    AES reference is sampled under the same load as the client work it is compared with."""
 
     def __init__(self, nbytes: int) -> None:
         self.nbytes = nbytes
         self._enc = Cipher(algorithms.AES(os.urandom(16)), modes.CTR(bytes(16))).encryptor()
-        self._src, self._dst = bytes(nbytes), bytearray(nbytes + 15)
+        chunk = min(nbytes, 1 << 18)
+        self._src, self._dst = memoryview(bytes(chunk)), bytearray(chunk + 15)
         self.samples: list[float] = []
 
     def __call__(self) -> None:
         t = CLOCK()
-        self._enc.update_into(self._src, self._dst)
+        for lo in range(0, self.nbytes, len(self._src)):
+            self._enc.update_into(self._src[:min(len(self._src), self.nbytes - lo)], self._dst)
         self.samples.append(CLOCK() - t)
 
     def best_speed(self, repeats: int = 15) -> float:
@@ -157,6 +169,37 @@ def masking_round(n: int, dim: int, drop_frac: float, round_id: int, probe: AesP
     }
 
 
+def client_parts(n: int, dim: int, repeats: int = 7) -> tuple[dict[str, float], float]:
+    """Median CPU seconds of the masking client's main costs at this D and k, each timed alone, and the median
+    AES-CTR time of 4*D bytes sampled right after each of them (the unit they are compared with)."""
+    cfg = MaskingConfig(participants=tuple(range(n)), dim=dim, weight_bound=2.0)
+    k = int(cfg.neighbors)  # type: ignore[arg-type]
+    x = np.random.default_rng(0).uniform(-1, 1, dim)  # test data only
+    enc = np.empty(dim + 1, dtype=cfg.dtype)
+    seeds = [os.urandom(16) for _ in range(k + 1)]
+    sk, pk = kex.generate(), kex.public_bytes(kex.generate())
+
+    def rounding_stream() -> None:
+        words = U32Stream(1 << 15)
+        for lo in range(0, dim, 1 << 15):
+            words.next(min(1 << 15, dim - lo))
+
+    parts = {"encode": lambda: cfg.value_codec.encode(x, factor=0.7, out=enc[:-1]),
+             "rounding stream (in encode)": rounding_stream,
+             "masks": lambda: add_masks(enc, seeds[:k // 2 + 1], seeds[k // 2 + 1:]),
+             "serialise": lambda: MaskedInput(round_id=0, client_id=0, masked=enc).to_bytes(),
+             "key agreement": lambda: [kex.mask_seed(sk, pk, round_id=0, u=0, v=1) for _ in range(2 * k)]}
+    times: dict[str, list[float]] = defaultdict(list)
+    probe = AesProbe(4 * dim)
+    for _ in range(repeats):
+        for name, fn in parts.items():
+            t = CLOCK()
+            fn()
+            times[name].append(CLOCK() - t)
+            probe()
+    return {name: statistics.median(v) for name, v in times.items()}, statistics.median(probe.samples)
+
+
 def run_masking(ns: list[int], dim: int) -> list[dict]:
     """Per n: a 0% and a 10% dropout round; client time against (k+1) x the AES time sampled during the 0% round."""
     out = []
@@ -169,10 +212,12 @@ def run_masking(ns: list[int], dim: int) -> list[dict]:
         k1 = clean["k"] + 1
         bound, best_bound = k1 * aes_4d, k1 * 4 * dim / best
         client, encode = clean["client_s_median"], clean["client_stage_s_median"]["encode+keys"]
+        parts, aes_parts = client_parts(n, dim)
         out.append({"n": n, "dim": dim, "aes_ctr_bytes_per_s": 4 * dim / aes_4d, "aes_ctr_best_bytes_per_s": best,
                     "aes_bound_s": bound, "aes_bound_best_s": best_bound,
                     "client_vs_aes_bound": client / bound, "client_vs_best_aes_bound": client / best_bound,
                     "masking_only_vs_aes_bound": (client - encode) / bound,
+                    "client_parts_s": parts, "client_parts_vs_aes_4d": {p: v / aes_parts for p, v in parts.items()},
                     "no_dropout": clean, "dropout_10pct": drop})
     return out
 
@@ -278,6 +323,9 @@ def main() -> None:
               f"{max(c['max_abs_error'], d['max_abs_error']):8.1e}")
         parts = ", ".join(f"{s} {v * 1e3:.1f}" for s, v in c["client_stage_s_median"].items())
         print(f"{'':10} client stages (ms, median): {parts}")
+        parts = ", ".join(f"{p} {v * 1e3:.2f} ({m['client_parts_vs_aes_4d'][p]:.2f})"
+                          for p, v in m["client_parts_s"].items())
+        print(f"{'':10} client parts timed alone (ms, x AES of 4D bytes; masks: k+1={c['k'] + 1} streams): {parts}")
         print(f"{'':10} AES-128-CTR {m['aes_ctr_bytes_per_s'] / 1e9:.2f} GB/s during the round (best "
               f"{m['aes_ctr_best_bytes_per_s'] / 1e9:.2f} GB/s: client / best-case bound "
               f"{m['client_vs_best_aes_bound']:.2f}); server unmask wall s: {c['server_unmask_wall_s']:.3f} (0%), "

@@ -227,6 +227,7 @@ batch_size = 8
 [federation]
 clients = 5
 scheme = "masking"
+aggregator = "loss-weighted"
 update_clip = 1.0
 
 [dp]
@@ -242,7 +243,8 @@ checkin_timeout = 120.0
 
 def test_secagg_up_trains_a_real_model_with_every_role_a_process(tmp_path):
     """`secagg up --clients 3 --rounds 2` through the mounted CLI: a tiny GPT-2 with DP-SGD in every client process,
-    masking over gRPC; the flags override the run file's clients/rounds; ledgers compose every client's events."""
+    loss-weighted masking over gRPC (secret weights e^{-(L-s)} in the masked lanes, s the aggregator's validation
+    loss); the flags override the run file's clients/rounds; ledgers compose every client's events."""
     import typer
     from typer.testing import CliRunner
 
@@ -265,6 +267,7 @@ def test_secagg_up_trains_a_real_model_with_every_role_a_process(tmp_path):
     assert all(np.isfinite(r["loss"]) and r["bytes_up"] > 0 for r in rows)
     state = checkpoint.load(out / "aggregator.ckpt")
     assert state.round == 2 and state.model.size > 10_000  # the tiny GPT-2's trainable parameters
+    assert "cohort_loss" in state.strategy  # the loss-weighted server state went into the checkpoint
     assert sorted(state.ledgers) == ["0", "1", "2"]
     for raw in state.ledgers.values():  # two local trainings each, reported once each
         ledger = PrivacyLedger.from_json(json.dumps(raw))

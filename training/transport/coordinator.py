@@ -28,15 +28,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from secagg.errors import MalformedMessageError, SecAggError, StageError, UnknownClientError, WrongRoundError
-from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, AggregatorRole, Outbound
+from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, Outbound
 from training.transport import checkpoint
 from training.transport.checkpoint import ServerState
+from training.transport.rounds import Round, RoundPolicy, RoundRecord
 from training.transport.schemes import Scheme
 from training.transport.step import StrategyStep
 from training.transport.wire import StaleKeyError, TransportError, pack
@@ -45,60 +45,6 @@ __all__ = ["RoundPolicy", "Coordinator", "RoundRecord"]
 
 log = logging.getLogger("training.transport.aggregator")
 Finalize = Callable[[int, bytes], list[Outbound]]
-
-
-@dataclass(frozen=True)
-class RoundPolicy:
-    """When rounds open and how long each stage may wait. ``min_clients`` is the smallest cohort ever opened."""
-
-    rounds: int
-    cohort_size: int
-    min_clients: int
-    checkin_timeout: float = 5.0
-    stage_timeout: float = 5.0
-    max_closes: int = 4
-    train_timeout: float = 0.0  # extra time of a round's first stage: clients train before their first message
-
-
-@dataclass
-class RoundRecord:
-    """What one finished (or aborted) attempt did; passed to the ``on_round`` callback.
-
-    Bytes: ``bytes_up``/``bytes_down`` are secagg message payloads from/to clients, ``keyholder_bytes`` those
-    exchanged with the key holder, ``task_bytes`` the task envelopes (round parameters + global model) sent out.
-    """
-
-    round: int
-    round_id: int
-    cohort: tuple[int, ...]
-    status: str
-    seconds: float
-    bytes_up: int
-    bytes_down: int
-    task_bytes: int = 0
-    keyholder_bytes: int = 0
-    result: AggregateResult | None = None
-    reason: str = ""
-    terms: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class _Round:
-    round_id: int
-    round: int
-    cohort: frozenset[int]
-    role: AggregatorRole
-    task: bytes
-    mail: dict[int, deque[bytes]]
-    terms: dict[str, Any] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
-    status: str = "open"
-    reason: str = ""
-    to_keyholder: deque[bytes] = field(default_factory=deque)
-    bytes_up: int = 0
-    bytes_down: int = 0
-    task_bytes: int = 0
-    keyholder_bytes: int = 0
 
 
 def _as_secagg(exc: Exception) -> SecAggError:
@@ -134,13 +80,14 @@ class Coordinator:
         self.waiting: dict[int, float] = {}
         self.waiting_since: float | None = None
         self.assigned: dict[int, int] = {}
-        self.current: _Round | None = None
+        self.current: Round | None = None
         self.outcomes: dict[int, str] = {}
         self.stopping = False
         self.failure: BaseException | None = None
         self.rejections: dict[str, int] = {}
         self.identities: dict[int, tuple] = {}
         self.bases: dict[int, tuple[int, float]] = {}  # async: client -> (base version, waiting since)
+        self.model_bytes = 0  # async: model replies sent since the last round opened
         self.ledger_budget = ledger_budget
 
     @property
@@ -205,13 +152,15 @@ class Coordinator:
             raise MalformedMessageError(f"base version {base} is not in [0, {version}]")
         if base is None or not self.step.fresh_enough(base, version):
             self.bases.pop(cid, None)
-            return pack({"type": "model", "version": version},
-                        np.ascontiguousarray(self.state.model, dtype="<f8").tobytes())
+            reply = pack({"type": "model", "version": version},
+                         np.ascontiguousarray(self.state.model, dtype="<f8").tobytes())
+            self.model_bytes += len(reply)  # counted as task bytes of the next round
+            return reply
         if self.bases.get(cid, (None,))[0] != base:
             self.bases[cid] = (base, time.monotonic())
         return None
 
-    def _round_for(self, cid: int, round_id: int) -> _Round | None:
+    def _round_for(self, cid: int, round_id: int) -> Round | None:
         rnd = self.current
         if rnd is not None and rnd.round_id == round_id:
             if cid not in rnd.cohort:
@@ -263,7 +212,7 @@ class Coordinator:
             name = type(exc).__name__
             self.rejections[name] = self.rejections.get(name, 0) + 1
 
-    def _route(self, rnd: _Round, sender: int, outs: list[Outbound]) -> None:
+    def _route(self, rnd: Round, sender: int, outs: list[Outbound]) -> None:
         for out in outs:
             if out.to == KEYHOLDER:
                 rnd.to_keyholder.append(out.payload)
@@ -324,7 +273,7 @@ class Coordinator:
             self.cond.wait(0.2)
         return None
 
-    def _open(self, cohort: dict[int, float]) -> _Round:
+    def _open(self, cohort: dict[int, float]) -> Round:
         round_id = self.state.next_round_id
         self.state.next_round_id += 1
         self._save()  # write-ahead: this round id is never handed out again, even after a crash
@@ -345,7 +294,8 @@ class Coordinator:
         header = {"type": "task", "round_id": round_id, "round": version, "scheme": self.scheme.name,
                   "params": params}
         task = pack(header, body)
-        rnd = _Round(round_id, self.state.round, frozenset(ids), role, task, {c: deque() for c in ids}, terms)
+        rnd = Round(round_id, self.state.round, frozenset(ids), role, task, {c: deque() for c in ids}, terms)
+        rnd.task_bytes, self.model_bytes = self.model_bytes, 0
         self.current = rnd
         for c in ids:
             self.assigned[c] = round_id
@@ -353,7 +303,7 @@ class Coordinator:
         self.cond.notify_all()
         return rnd
 
-    def _drive(self, rnd: _Round) -> RoundRecord:
+    def _drive(self, rnd: Round) -> RoundRecord:
         result, error = None, None
         try:
             result = self._pump(rnd)
@@ -378,7 +328,7 @@ class Coordinator:
                            time.monotonic() - rnd.started, rnd.bytes_up, rnd.bytes_down, rnd.task_bytes,
                            rnd.keyholder_bytes, result if error is None else None, rnd.reason, rnd.terms)
 
-    def _pump(self, rnd: _Round) -> AggregateResult:
+    def _pump(self, rnd: Round) -> AggregateResult:
         """Advance ``rnd`` until its role is done: forward to the key holder, close overdue stages."""
         closes = 0
         with self.cond:
@@ -433,7 +383,7 @@ class Coordinator:
                         round_id)
             self.context = fresh
 
-    def _commit(self, rnd: _Round, result: AggregateResult) -> None:
+    def _commit(self, rnd: Round, result: AggregateResult) -> None:
         mean = np.asarray(result.mean, dtype=np.float64)
         if mean.shape != self.state.model.shape or not np.isfinite(mean).all():
             raise MalformedMessageError(f"aggregate of shape {mean.shape} is not a finite model-sized vector")

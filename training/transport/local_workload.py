@@ -63,7 +63,8 @@ class _TrainerSource:
     def encode(self, update, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
         """The strategy's contribution, L2-clipped, with this client's distributed-noise share (as in-process)."""
         c = encode_update(self.strategy, update, round_no, terms)
-        if not self.strategy.private_weights and float(c.weight) != self.weight:
+        public_checkin = not self.strategy.private_weights and "base_versions" not in terms  # async: set by server
+        if public_checkin and float(c.weight) != self.weight:
             raise ConfigError("the strategy's weight differs from the one announced at check-in")
         x = np.asarray(c.vector, dtype=np.float64)
         f = self.work.run.federation

@@ -115,6 +115,8 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
                "status": rec.status, "seconds": round(rec.seconds, 4), "bytes_up": rec.bytes_up,
                "bytes_down": rec.bytes_down + rec.task_bytes, "keyholder_bytes": rec.keyholder_bytes,
                "cohort": list(rec.cohort), "reason": rec.reason}
+        if "base_versions" in rec.terms:  # asynchronous: how many versions behind each member's update was
+            row["staleness"] = {c: rec.round - b for c, b in rec.terms["base_versions"].items()}
         if rec.result is not None:
             row |= {"contributors": list(rec.result.contributors), "dropped": list(rec.result.dropped)}
             row |= work.evaluate(coord.state.model)

@@ -1,0 +1,69 @@
+"""Round bookkeeping of the aggregator's round engine: the opening policy, one attempt's state, and its record."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from secagg.roles import AggregateResult, AggregatorRole
+
+__all__ = ["RoundPolicy", "RoundRecord", "Round"]
+
+
+@dataclass(frozen=True)
+class RoundPolicy:
+    """When rounds open and how long each stage may wait. ``min_clients`` is the smallest cohort ever opened."""
+
+    rounds: int
+    cohort_size: int
+    min_clients: int
+    checkin_timeout: float = 5.0
+    stage_timeout: float = 5.0
+    max_closes: int = 4
+    train_timeout: float = 0.0  # extra time of a round's first stage: clients train before their first message
+
+
+@dataclass
+class RoundRecord:
+    """What one finished (or aborted) attempt did; passed to the ``on_round`` callback.
+
+    Bytes: ``bytes_up``/``bytes_down`` are secagg message payloads from/to clients, ``keyholder_bytes`` those
+    exchanged with the key holder, ``task_bytes`` the task envelopes (round parameters + global model) sent out,
+    and for asynchronous strategies the model replies sent since the previous round opened.
+    """
+
+    round: int
+    round_id: int
+    cohort: tuple[int, ...]
+    status: str
+    seconds: float
+    bytes_up: int
+    bytes_down: int
+    task_bytes: int = 0
+    keyholder_bytes: int = 0
+    result: AggregateResult | None = None
+    reason: str = ""
+    terms: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Round:
+    """An open (or just closed) attempt: its cohort, role, task, mailboxes, public terms and byte counts."""
+
+    round_id: int
+    round: int
+    cohort: frozenset[int]
+    role: AggregatorRole
+    task: bytes
+    mail: dict[int, deque[bytes]]
+    terms: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    status: str = "open"
+    reason: str = ""
+    to_keyholder: deque[bytes] = field(default_factory=deque)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    task_bytes: int = 0
+    keyholder_bytes: int = 0

@@ -206,6 +206,35 @@ def test_killed_aggregator_resumes_server_adam_exactly_as_an_uninterrupted_run(t
     assert np.max(np.abs(_adam_trajectory(cfg, 4, restart_at=2) - uninterrupted)) > 1e-2
 
 
+def test_keyholder_process_restarted_with_new_keys_costs_one_named_abort(tmp_path, procs):
+    """The CKKS key holder dies after the aggregator fetched its context and comes back (same port) with a fresh
+    key. The first round names the dead key's context: clients get only the new one and refuse it by name, the round
+    is aborted, the aggregator re-fetches the context, and every later round is exact under the new key."""
+    cfg, resolved = _config(tmp_path, scheme="ckks", rounds=2, min_clients=3)
+    pf = tmp_path / "keyholder.port"
+    kh = procs.start("keyholder", ["keyholder", "serve", "--resolved", str(resolved), "--port-file", str(pf)])
+    kport = read_port_file(pf, 60, lambda: kh.poll() is None)
+    agg, port = _start_aggregator(procs, tmp_path, resolved, 0, "aggregator", "--keyholder", f"127.0.0.1:{kport}")
+    for cid in (0, 1):  # no round opens before all three clients wait (min_clients = 3)
+        _start_client(procs, resolved, cid, port, None, "--keyholder", f"127.0.0.1:{kport}")
+    procs.kill("keyholder")
+    pf.unlink()
+    kh2 = procs.start("keyholder-2", ["keyholder", "serve", "--resolved", str(resolved), "--port", str(kport),
+                                      "--port-file", str(pf)])
+    assert read_port_file(pf, 60, lambda: kh2.poll() is None) == kport
+    _start_client(procs, resolved, 2, port, None, "--keyholder", f"127.0.0.1:{kport}")
+    _wait(lambda: agg.poll() is not None, 90, "the aggregator to finish")
+    assert agg.returncode == 0
+    rows = _rows(tmp_path)
+    aborted, done = [r for r in rows if r["status"] == "aborted"], [r for r in rows if r["status"] == "done"]
+    assert aborted and all(r["reason"].split(":")[0] in ("DropoutError", "StaleKeyError") for r in aborted), rows
+    assert rows[0]["status"] == "aborted" and [r["round"] for r in done] == [1, 2]
+    logs = "".join((tmp_path / "logs" / f"client-{i}.log").read_text() for i in range(3))
+    assert "StaleKeyError" in logs  # the clients' refusal of the context the first round named
+    state = checkpoint.load(tmp_path / "agg.ckpt")
+    assert np.allclose(state.model, _expected_model(cfg, [[0, 1, 2]] * 2), atol=1e-4)
+
+
 RUN_TOML = """
 [data]
 n_documents = 3

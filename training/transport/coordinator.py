@@ -39,7 +39,7 @@ from training.transport.checkpoint import ServerState
 from training.transport.rounds import Round, RoundPolicy, RoundRecord
 from training.transport.schemes import Scheme
 from training.transport.step import StrategyStep
-from training.transport.wire import StaleKeyError, TransportError, pack
+from training.transport.wire import pack
 
 __all__ = ["RoundPolicy", "Coordinator", "RoundRecord"]
 
@@ -59,9 +59,9 @@ class Coordinator:
 
     ``step`` is the server half of the strategy (default: FedAvg with server learning rate 1); its state is
     restored from ``state.strategy`` (a resumed checkpoint). ``refresh`` re-fetches the key holder's public
-    context after it refused an aggregate made under a key it does not hold (:class:`~.wire.StaleKeyError`: it
-    restarted with fresh keys) or failed (``TransportError``); the round is aborted and the next one is planned
-    under the context it serves now."""
+    context after every aborted round: a key holder that restarted with fresh keys refuses aggregates made under
+    the old one (:class:`~.wire.StaleKeyError`), and clients cannot get a context the round names; the next round
+    is planned under the context it serves now."""
 
     def __init__(self, scheme: Scheme, state: ServerState, policy: RoundPolicy, *,
                  checkpoint_path: str | None = None, context: bytes | None = None,
@@ -309,6 +309,7 @@ class Coordinator:
             result = self._pump(rnd)
         except Exception as exc:
             error = _as_secagg(exc)
+            self._refresh_context(rnd.round_id)  # a new key at the key holder fails rounds in several ways
         with self.cond:
             if result is not None:
                 try:
@@ -342,9 +343,6 @@ class Coordinator:
                     self.cond.release()
                     try:
                         outs = self.finalize(rnd.round_id, payload)  # type: ignore[misc]
-                    except (StaleKeyError, TransportError):  # e.g. the key holder restarted: this round is lost
-                        self._refresh_context(rnd.round_id)
-                        raise
                     finally:
                         self.cond.acquire()
                     rnd.keyholder_bytes += len(payload) + sum(len(o.payload) for o in outs)
@@ -368,8 +366,9 @@ class Coordinator:
             return rnd.role.result()
 
     def _refresh_context(self, round_id: int) -> None:
-        """After the key holder refused or failed round ``round_id``: re-fetch its public context (called without
-        the lock), so the next round is planned under whatever key it holds now (a restart means new keys)."""
+        """After round ``round_id`` failed (the key holder refused its aggregate as made under a key it does not
+        hold, failed, or clients could not get the context the round named): re-fetch the key holder's public
+        context (without the lock), so the next round is planned under the key it holds now."""
         if self.refresh is None:
             return
         try:

@@ -58,7 +58,7 @@ class TransportConfig:
     rounds: int = _RUN["rounds"]
     aggregator: str = _RUN["aggregator"]   # fedavg | gradient | loss-weighted | async (the run file's)
     aggregator_options: dict = dataclasses.field(default_factory=dict)  # the run file's [aggregator_options]
-    cohort: int | None = None             # clients per round (default: all)
+    cohort: int | None = None             # clients per round (default: all; async: its buffer_size)
     min_clients: int | None = None        # smallest cohort a round opens with (default: 2/3 of the cohort)
     trainer: str = "local"                # local (the run file's model trained on its corpus) | synthetic (a vector)
     dim: int = 1000                       # model size for the synthetic trainer

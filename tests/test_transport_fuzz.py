@@ -90,12 +90,13 @@ def test_aggregator_refuses_mutations_and_the_round_stays_correct(mutations, fuz
     assert np.allclose(res.mean, expected, atol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def ckks_capture():
+@pytest.fixture(scope="module", params=["ckks", "packed"])
+def keyholder_capture(request):
+    """A finished one-round deployment of a key-holder scheme and the aggregate its key holder decrypted."""
     rng = np.random.default_rng(8)
     updates = [rng.uniform(-1, 1, 10) for _ in range(3)]
     sources = {i: FixedSource(updates[i], 1.0) for i in range(3)}
-    dep = Deployment("ckks", sources, 10)
+    dep = Deployment(request.param, sources, 10)
     captured = []
     inner = dep.coordinator.finalize
 
@@ -114,8 +115,8 @@ def ckks_capture():
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(MUTATION.filter(lambda op: op[0] in ("flip", "truncate", "append", "random")))
-def test_keyholder_refuses_mutated_aggregates_without_crashing(ckks_capture, op):
-    dep, (round_id, payload), _ = ckks_capture
+def test_keyholder_refuses_mutated_aggregates_without_crashing(keyholder_capture, op):
+    dep, (round_id, payload), _ = keyholder_capture
     bad = mutate(payload, op)
     if bad == payload:
         return
@@ -124,8 +125,8 @@ def test_keyholder_refuses_mutated_aggregates_without_crashing(ckks_capture, op)
     assert not isinstance(info.value, TransportError), info.value  # a named refusal, not a crash
 
 
-def test_keyholder_refuses_replays(ckks_capture):
-    dep, (round_id, payload), expected = ckks_capture
+def test_keyholder_refuses_replays(keyholder_capture):
+    dep, (round_id, payload), expected = keyholder_capture
     with pytest.raises(WrongRoundError):
         dep.link.finalize(round_id, payload)
     with pytest.raises(WrongRoundError):
@@ -157,7 +158,7 @@ class Replayer(ClientAgent):
             self.old.append((round_id, out.payload))
 
 
-@pytest.mark.parametrize("scheme", ["ckks", "masking"])
+@pytest.mark.parametrize("scheme", ["ckks", "masking", "packed"])
 def test_replays_of_an_earlier_round_are_refused(scheme):
     rng = np.random.default_rng(9)
     updates = [rng.uniform(-1, 1, 6) for _ in range(3)]

@@ -171,6 +171,29 @@ def test_adam_state_is_checkpointed_with_the_model_and_restored_into_a_fresh_str
         StrategyStep().load_state_dict(saved.strategy)  # FedAvg keeps no state: a mismatched checkpoint is refused
 
 
+def test_a_failed_server_step_leaves_model_round_and_strategy_state_untouched(tmp_path):
+    from secagg.roles import AggregateResult
+    from training.transport.coordinator import Coordinator, RoundPolicy
+    from training.transport.rounds import Round
+    from training.transport.schemes import make_scheme
+
+    path = tmp_path / "agg.ckpt"
+    start = np.full(4, -1e308)  # finite, but one Adam step of lr 1e308 overflows it to -inf
+    coord = Coordinator(make_scheme("masking", {"signed": False}), checkpoint.ServerState(start.copy()),
+                        RoundPolicy(1, 2, 2), checkpoint_path=str(path),
+                        step=StrategyStep(GradientAggregation(lr=1e308, optimizer="adam")))
+    coord.state.next_round_id = 3  # as _open would have left it (write-ahead round ids)
+    with pytest.raises(E.MalformedMessageError, match="not finite"), np.errstate(over="ignore"):
+        coord._commit(Round(1, 0, frozenset({0, 1}), None, b"", {}), AggregateResult(np.ones(4), 1.0, (0, 1)))
+    assert coord.step.state_dict() == {} and coord.state.round == 0 and np.array_equal(coord.state.model, start)
+    assert not path.exists()  # nothing was checkpointed
+    coord.step.strategy.lr = 1e-3  # a sane step now commits model, round and the first moments together
+    coord.state.model = np.zeros(4)
+    coord._commit(Round(2, 0, frozenset({0, 1}), None, b"", {}), AggregateResult(np.ones(4), 1.0, (0, 1)))
+    saved = checkpoint.load(path)
+    assert saved.round == 1 and int(saved.strategy["t"]) == 1 and np.allclose(saved.model, coord.state.model)
+
+
 # ---- a key holder restarted with fresh keys ----------------------------------------------------------------------
 @pytest.mark.parametrize("scheme", ["ckks", "packed"])
 def test_restarted_keyholder_costs_a_named_aborted_round_never_a_wrong_aggregate(scheme):

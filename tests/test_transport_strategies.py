@@ -70,6 +70,21 @@ def test_async_buffers_size_the_cohort_and_bad_aggregator_options_are_refused_by
         load_transport_config(None, clip=-1.0)
 
 
+def test_up_refuses_an_unknown_aggregator_by_name(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from training.transport.cli import mount
+
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    mount(app)
+    result = CliRunner().invoke(app, ["up", "--aggregator", "median", "--out", str(tmp_path), "--trainer",
+                                      "synthetic"])
+    assert result.exit_code == 2 and "unknown aggregator 'median'" in result.output
+    assert not (tmp_path / "certs").exists()  # refused before anything was started
+
+
 # ---- loss-weighted (formula 2) -----------------------------------------------------------------------------------
 def _formula_2(work: SyntheticWorkload, rounds: int, clip: float, margin: float = 4.0) -> tuple[np.ndarray, list]:
     """The loss-weighted trajectory computed directly: w += Σ e^{-(L_i - s)} Δ_i / Σ e^{-(L_i - s)}, with s the

@@ -6,6 +6,7 @@
     aggregator serve [--keyholder H:P]  runs the rounds, checkpoints after each, resumes after a restart
     client run --id N [--aggregator H:P]  one client (its identity comes from certs/client-N.pem)
     up --clients N --rounds R           every role as its own process on 127.0.0.1, end to end
+       [--scheme S] [--aggregator A]
 
 Every command takes ``--config run.toml`` (the ``secagg run`` file; deployment settings in ``[transport]``) and
 flags that override it. Addresses default to ``[transport] host`` with ``aggregator_port``/``keyholder_port`` when
@@ -35,7 +36,7 @@ app.add_typer(keyholder_app, name="keyholder")
 app.add_typer(aggregator_app, name="aggregator")
 app.add_typer(client_app, name="client")
 
-ConfigOpt = typer.Option(None, "--config", help="TOML run file ([federation], [train], [transport])")
+ConfigOpt = typer.Option(None, "--config", help="TOML run file (\\[federation], \\[train], \\[transport])")
 ResolvedOpt = typer.Option(None, "--resolved", hidden=True, help="JSON of a resolved TransportConfig (from `up`)")
 
 
@@ -139,18 +140,20 @@ def client_run(client_id: int = typer.Option(..., "--id", help="this client's id
 
 
 @app.command("up")
-def up(clients: Optional[int] = typer.Option(None, "--clients", help="default: the config's (3)"),
-       rounds: Optional[int] = typer.Option(None, "--rounds", help="default: the config's (3)"),
+def up(clients: Optional[int] = typer.Option(None, "--clients", help="default: the run file's (as `secagg run`)"),
+       rounds: Optional[int] = typer.Option(None, "--rounds", help="default: the run file's (as `secagg run`)"),
        config: Optional[Path] = ConfigOpt, scheme: Optional[str] = typer.Option(None),
+       aggregator: Optional[str] = typer.Option(None, help="fedavg | loss-weighted | gradient | async "
+                                                             "(default: the run file's)"),
        trainer: Optional[str] = typer.Option(None, help="local (default: the run file's model) | synthetic"),
        dim: Optional[int] = typer.Option(None, help="model size of the synthetic trainer"),
-       out: Optional[Path] = typer.Option(None, "--out", help="default: [transport] out (runs/transport)"),
+       out: Optional[Path] = typer.Option(None, "--out", help="default: \\[transport] out (runs/transport)"),
        timeout: float = typer.Option(600.0, help="give up (and stop every process) after this many seconds")) -> None:
-    """Start the key holder (ckks), the aggregator and N clients as separate processes and run R rounds."""
+    """Start the key holder (ckks, packed), the aggregator and N clients as separate processes and run R rounds."""
     from training.transport.launcher import launch
 
-    cfg = _cfg(config, None, clients=clients, rounds=rounds, scheme=scheme, trainer=trainer, dim=dim,
-               out=None if out is None else str(out))
+    cfg = _cfg(config, None, clients=clients, rounds=rounds, scheme=scheme, aggregator=aggregator, trainer=trainer,
+               dim=dim, out=None if out is None else str(out))
     cfg = dataclasses.replace(cfg, certs=str(Path(cfg.out) / "certs"))  # a fresh federation gets a fresh PKI
     rows = launch(cfg, timeout=timeout, echo=typer.echo)
     if sum(r.get("status") == "done" for r in rows) < cfg.rounds:

@@ -152,6 +152,7 @@ class Coordinator:
             raise MalformedMessageError(f"base version {base} is not in [0, {version}]")
         if base is None or not self.step.fresh_enough(base, version):
             self.bases.pop(cid, None)
+            self.waiting.pop(cid, None)  # an earlier check-in of this client (e.g. before it restarted) is void
             reply = pack({"type": "model", "version": version},
                          np.ascontiguousarray(self.state.model, dtype="<f8").tobytes())
             self.model_bytes += len(reply)  # counted as task bytes of the next round
@@ -257,9 +258,11 @@ class Coordinator:
     def _gather(self) -> dict[int, float] | None:
         p = self.policy
         while not self.finished:
-            if self.step.buffer_size is not None:  # too stale to join any more: its check-in ends idle
-                for c in [c for c in self.waiting if not self.step.fresh_enough(self.bases[c][0], self.state.round)]:
-                    del self.waiting[c], self.bases[c]
+            if self.step.buffer_size is not None:  # no (fresh enough) update any more: its check-in ends idle
+                for c in [c for c in self.waiting if c not in self.bases
+                          or not self.step.fresh_enough(self.bases[c][0], self.state.round)]:
+                    self.waiting.pop(c)
+                    self.bases.pop(c, None)
             n = len(self.waiting)
             waited = time.monotonic() - (self.waiting_since or time.monotonic())
             if n >= p.cohort_size or (n >= p.min_clients and waited >= p.checkin_timeout):

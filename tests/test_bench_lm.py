@@ -1,0 +1,79 @@
+"""Helpers of the language-model benchmarks (benchmarks/_lm.py) and privacy_utility's lr selection."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from benchmarks import privacy_utility as PU
+from benchmarks._lm import PlainSum, clipped_signal, documents
+from training.aggregation.base import Contribution
+from training.config import RunConfig
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_plain_sum_is_the_weighted_sum_of_the_survivors(n, d, seed):
+    rng = np.random.default_rng(seed)
+    vecs = rng.normal(size=(n, d))
+    weights = rng.uniform(0.1, 5.0, size=n)
+    drop = tuple(i for i in range(n) if i and rng.random() < 0.3)
+    res, traffic = PlainSum().aggregate({i: Contribution(vecs[i], float(weights[i])) for i in range(n)},
+                                        private=False, drop=drop)
+    keep = [i for i in range(n) if i not in drop]
+    np.testing.assert_allclose(res.weighted_sum, (weights[keep, None] * vecs[keep]).sum(0), rtol=1e-12)
+    assert res.total_weight == pytest.approx(weights[keep].sum())
+    assert res.contributors == tuple(keep) and res.dropped == drop
+    assert {i: traffic.up[i] for i in keep} == {i: 4 * (d + 1) for i in keep}
+
+
+def _small_config() -> RunConfig:
+    cfg = RunConfig()
+    cfg.data.plays = ["the-tempest", "macbeth"]
+    cfg.data.vocab_size, cfg.data.block_size, cfg.data.max_blocks_per_client = 300, 16, 64
+    cfg.model.n_layer, cfg.model.n_embd = 1, 16
+    cfg.federation.clients = 2
+    return cfg
+
+
+def test_public_documents_are_disjoint_from_the_private_ones():
+    private, public = documents(_small_config().data, 3)
+    assert set(private) == {"the-tempest", "macbeth"} and len(public) == 3 and not set(public) & set(private)
+
+
+@pytest.mark.parametrize("clip", [1e-3, 100.0])
+def test_clipped_signal_is_at_most_the_clip_norm_and_counts_clipping(clip):
+    cfg = _small_config()
+    cfg.dp.max_grad_norm = clip
+    s = clipped_signal(cfg, None, batch_size=8, repeats=2)
+    assert 0 < s["clipped_mean_grad_norm"] <= clip * (1 + 1e-6)  # a mean of vectors of norm <= C
+    assert s["fraction_clipped"] == (1.0 if clip < 1e-2 else 0.0) and s["median_grad_norm"] > 0
+    assert s["params"] > 0 and s["batch_size"] == 8
+
+
+def test_lr_selection_gives_each_side_its_best_grid_value(monkeypatch):
+    # validation loss as a function of (lr, private): the best lr differs between the two sides
+    loss = {(1e-3, True): 4.0, (3e-3, True): 3.9, (1e-2, True): 3.95,
+            (1e-3, False): 3.7, (3e-3, False): 3.8, (1e-2, False): 3.75}
+    seen = []
+
+    def fake_run(args, scheme, agg, eps, init, sigmas, path):
+        private = not math.isinf(eps)
+        lr = args.dp_lr if private else args.lr
+        seen.append((scheme, agg, eps, lr))
+        return {"scheme": scheme, "aggregator": agg, "init": init, "status": "ok", "lr": lr,
+                "epsilon_target": eps if private else None, "val_loss": loss[(lr, private)],
+                "val_perplexity": math.exp(loss[(lr, private)]), "initial_loss": 4.1, "wall_seconds": 0.0,
+                "epsilon_spent": eps if private else None, "val_next_token_accuracy": 0.1}
+
+    monkeypatch.setattr(PU, "run_one", fake_run)
+    args = argparse.Namespace(lr_grid=[1e-3, 3e-3, 1e-2], lr=None, dp_lr=None)
+    rows, chosen = PU.tune_lr(args, [("plaintext", "fedavg", 8.0, "pretrained")], {}, None, 0.0)
+    assert len(rows) == 6 and {(s, a) for s, a, _, _ in seen} == {("plaintext", "fedavg")}
+    assert (args.dp_lr, args.lr) == (3e-3, 1e-3)
+    assert [(r["epsilon_target"], r["lr"]) for r in chosen] == [(8.0, 3e-3), (None, 1e-3)]

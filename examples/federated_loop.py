@@ -4,7 +4,7 @@ Three "clouds" each hold one Shakespeare play; every round each cloud runs its o
 inside ``with fed.client(i).round(model) as r:``; the updates are combined by secure aggregation (CKKS by
 default), so the server only ever decrypts the weighted sum. Run:
 
-    .venv/bin/python examples/federated_loop.py [--scheme masking] [--aggregator loss-weighted]
+    .venv/bin/python examples/federated_loop.py [--scheme masking|packed] [--aggregator loss-weighted]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from training.session import FederatedSession
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--scheme", default="ckks", choices=["ckks", "masking"])
+    ap.add_argument("--scheme", default="ckks", choices=["ckks", "masking", "packed"])
     ap.add_argument("--aggregator", default="fedavg", choices=["fedavg", "loss-weighted", "gradient", "async"])
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()

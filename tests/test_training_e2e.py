@@ -26,7 +26,7 @@ def _tiny(tmp_path, **fed) -> RunConfig:
     return cfg
 
 
-@pytest.mark.parametrize("scheme,aggregator", [("ckks", "fedavg"), ("masking", "loss-weighted")])
+@pytest.mark.parametrize("scheme,aggregator", [("ckks", "fedavg"), ("masking", "loss-weighted"), ("packed", "gradient")])
 def test_federated_run_decreases_validation_loss(tmp_path, scheme, aggregator):
     runner = Runner(_tiny(tmp_path, scheme=scheme, aggregator=aggregator))
     rows = runner.run()

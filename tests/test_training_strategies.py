@@ -1,4 +1,4 @@
-"""Each strategy through the real secure path (CKKS and masking) against a plaintext reference of its formula,
+"""Each strategy through the real secure path (CKKS, masking and packed BFV) against a plaintext reference of its formula,
 and the loss-weighted strategy's privacy: no message or object the aggregator/key holder sees holds a client's
 loss or loss weight."""
 
@@ -17,7 +17,7 @@ from training.update import ClientUpdate
 
 DIM = 40
 ATOL = 2e-5
-SCHEMES = ["ckks", "masking"]
+SCHEMES = ["ckks", "masking", "packed"]
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,8 @@ def ckks_sum():
 
 
 def _secure(scheme, ckks_sum):
+    if scheme == "packed":
+        return SecureSum("packed", clip=1.0, max_cohort=3)
     return ckks_sum if scheme == "ckks" else SecureSum("masking", clip=1.0)
 
 
@@ -135,7 +137,7 @@ def test_async_with_buffer_of_one_is_formula_4_exactly_and_secure_paths_refuse_a
     assert c.weight == pytest.approx(a)
     agg = AggregateResult(c.weight * c.vector, c.weight, (0,))
     assert np.allclose(strat.apply(w, agg, RoundInfo(2, 1, {0: 0})), w + a * (local - w), atol=1e-12)
-    for secure in (ckks_sum, SecureSum("masking", clip=1.0)):
+    for secure in (ckks_sum, SecureSum("masking", clip=1.0), SecureSum("packed", clip=1.0, max_cohort=2)):
         fed = Federation(w, BufferedAsync(buffer_size=1), secure, [0, 1], update_clip=1.0)
         with pytest.raises(SecAggError):
             fed.aggregate({0: ClientUpdate(0, local - w, 1, 1.0)})
@@ -216,3 +218,23 @@ def test_no_party_but_the_client_sees_an_individual_loss(scheme, ckks_sum):
     assert _find_close_floats(fed.history + [{"x": losses[2]}], secrets) != []  # the object scan can fail too
     alpha = np.exp(-np.array(losses)) / np.exp(-np.array(losses)).sum()
     assert np.allclose(fed.global_vec, sum(alpha[i] * (w + deltas[i]) for i in range(3)), atol=ATOL, rtol=0)
+
+
+def test_packed_sum_needs_a_cohort_bound_and_uploads_a_fraction_of_ckks(ckks_sum):
+    from training.aggregation.base import Contribution
+    from training.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_cohort"):
+        SecureSum("packed")
+    rng = np.random.default_rng(8)
+    vecs = [rng.uniform(-1, 1, 5000) for _ in range(3)]
+    ws = [3.0, 1.0, 2.0]
+    contribs = {i: Contribution(v, w) for i, (v, w) in enumerate(zip(vecs, ws))}
+    packed = SecureSum("packed", clip=1.0, max_cohort=3)
+    res, traffic = packed.aggregate(contribs, private=True, weight_bound=3.0)
+    assert np.allclose(res.weighted_sum, sum(w * v for v, w in zip(vecs, ws)), atol=1e-4, rtol=0)
+    assert res.total_weight == pytest.approx(6.0, abs=1e-4)
+    _, ckks_traffic = ckks_sum.aggregate(contribs, private=True, weight_bound=3.0)
+    assert sum(traffic.up.values()) < 0.3 * sum(ckks_traffic.up.values())
+    with pytest.raises(ConfigError, match="packed clip"):
+        packed.aggregate({0: Contribution(2 * vecs[0], 1.0), 1: contribs[1]}, private=True, weight_bound=3.0)

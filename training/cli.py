@@ -115,7 +115,7 @@ def _run_or_exit(cfg: RunConfig, out: Path) -> None:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="output directory"),
-    scheme: str = typer.Option("ckks", help="secure aggregation: ckks | masking"),
+    scheme: str = typer.Option("ckks", help="secure aggregation: ckks | masking | packed"),
     aggregator: str = typer.Option("fedavg", help="fedavg | loss-weighted | gradient | async"),
     rounds: int = typer.Option(6, help="server steps"),
     dp: bool = typer.Option(True, "--dp/--no-dp", help="DP-SGD on every client"),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from training.errors import ConfigError
 from training.platforms import PlatformProfile
+from training.secure import SCHEMES
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "FederationConfig", "DPConfig", "RunConfig", "load_config"]
 
@@ -61,7 +62,7 @@ class TrainConfig:
 @dataclass
 class FederationConfig:
     clients: int = 3
-    scheme: str = "ckks"                 # ckks | masking
+    scheme: str = "ckks"                 # ckks | masking | packed
     aggregator: str = "fedavg"           # fedavg | loss-weighted | gradient | async
     update_clip: float | None = 10.0     # L2 clip of every contribution (the masking value bound)
     noise_multiplier: float = 0.0        # distributed DP on the update (z; shares summing to N(0, (zC)^2))
@@ -99,8 +100,8 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         f = self.federation
-        if f.scheme not in ("ckks", "masking"):
-            raise ConfigError(f"unknown scheme {f.scheme!r}")
+        if f.scheme not in SCHEMES:
+            raise ConfigError(f"unknown scheme {f.scheme!r}; expected one of {', '.join(SCHEMES)}")
         if f.aggregator not in ("fedavg", "loss-weighted", "gradient", "async"):
             raise ConfigError(f"unknown aggregator {f.aggregator!r}")
         if self.data.partition not in ("by-document", "iid", "dirichlet", "capacity"):

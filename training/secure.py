@@ -1,4 +1,4 @@
-"""The secure-sum backend a federation uses: one scheme (CKKS or masking), real roles, bytes counted per party.
+"""The secure-sum backend a federation uses: one scheme (CKKS, masking or packed BFV), real roles, bytes counted.
 
 :class:`SecureSum` runs one secure-aggregation round over a cohort's :class:`Contribution` s with the real
 ``secagg`` roles driven by :func:`secagg.run_round` (every message is ``bytes``). Each role is wrapped to count
@@ -6,8 +6,8 @@ bytes sent/received per client and to let an optional ``observer(party, payload)
 the aggregator or key holder (tests use it to prove that no individual loss ever reaches them).
 
 Weights: with public weights the CKKS aggregator applies them itself; with private weights (``private=True``) the
-clients pre-weight and nobody but the client sees its weight. Masking clients always pre-weight; the value range
-``[-clip, clip]`` and the weight bound are public and checked before encoding.
+clients pre-weight and nobody but the client sees its weight. Masking and packed clients always pre-weight; the
+value range ``[-clip, clip]`` and the weight bound are public and checked before encoding.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from secagg.roles import AggregateResult, Outbound
 from training.aggregation.base import Contribution
 from training.errors import ConfigError
 
-__all__ = ["SecureSum", "RoundTraffic", "Observer"]
+__all__ = ["SecureSum", "RoundTraffic", "Observer", "SCHEMES"]
+
+SCHEMES = ("ckks", "masking", "packed")
 
 Observer = Callable[[str, bytes], None]
 
@@ -105,17 +107,18 @@ class _ObservedFinalizer:
 
 
 class SecureSum:
-    """One federation's secure aggregation. CKKS keeps ONE key holder (and public context) for its lifetime.
+    """One federation's secure aggregation. CKKS and packed keep ONE key holder (and public context) for life.
 
     Options — ckks: ``params`` ("default" | "add-only"), ``min_contributors``; masking: ``clip`` (L∞ bound of
-    every value), ``ring_bits``, ``threshold``, ``neighbors``, ``rounding``.
+    every value), ``ring_bits``, ``threshold``, ``neighbors``, ``rounding``; packed: ``clip``, ``rounding``,
+    ``min_contributors`` and ``max_cohort`` (required: the largest cohort, which fixes the lane layout).
     """
 
     def __init__(self, scheme: str = "ckks", *, params: str = "default", min_contributors: int = 2,
                  clip: float = 1.0, ring_bits: int = 32, threshold: int | None = None,
-                 neighbors: int | None = None, rounding: str = "stochastic") -> None:
-        if scheme not in ("ckks", "masking"):
-            raise ConfigError(f"unknown scheme {scheme!r}; expected 'ckks' or 'masking'")
+                 neighbors: int | None = None, rounding: str = "stochastic", max_cohort: int | None = None) -> None:
+        if scheme not in SCHEMES:
+            raise ConfigError(f"unknown scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
         self.scheme = scheme
         self.min_contributors = int(min_contributors)
         self.clip, self.ring_bits, self.threshold, self.neighbors = float(clip), int(ring_bits), threshold, neighbors
@@ -131,10 +134,20 @@ class SecureSum:
             self._keyholder = KeyHolder(params=params, min_contributors=self.min_contributors)
             self._context = self._keyholder.public_context()
             self._public = load_public_context(self._context, need_public_key=True)  # parsed once, shared
+        elif scheme == "packed":
+            from secagg.packed import PackedKeyHolder, PackedParams
+            from secagg.packed.params import load_public_context as load_packed_context
+
+            if max_cohort is None:
+                raise ConfigError("the packed scheme needs max_cohort (the largest cohort: it fixes the lane layout)")
+            self._packed = PackedParams(max_cohort=max(2, int(max_cohort)))
+            self._keyholder = PackedKeyHolder(self._packed, min_contributors=self.min_contributors)
+            self._context = self._keyholder.public_context()
+            self._public = load_packed_context(self._context, self._packed, need_public_key=True)
 
     @property
     def setup_bytes(self) -> int:
-        """Bytes each client downloads once when joining (the CKKS public context; 0 for masking)."""
+        """Bytes each client downloads once when joining (the HE public context; 0 for masking)."""
         return len(self._context) if self._context is not None else 0
 
     def _roles(self, ids: list[int], dim: int, weights: dict[int, float], private: bool, weight_bound: float,
@@ -148,6 +161,14 @@ class SecureSum:
                                  weights=None if private else weights,
                                  min_contributors=self.min_contributors)
             return clients, agg, self._keyholder, CKKSContribution.TAG
+        if self.scheme == "packed":
+            from secagg.packed import PackedAggregator, PackedClient, PackedContribution
+
+            common = dict(weight_bound=weight_bound, clip=self.clip, rounding=self.rounding, round_id=round_id)
+            clients = {i: PackedClient(i, self._public, self._packed, **common) for i in ids}
+            agg = PackedAggregator(self._public, self._packed, ids, dim=dim, min_contributors=self.min_contributors,
+                                   **common)
+            return clients, agg, self._keyholder, PackedContribution.TAG
         from secagg.masking import MaskedInput, MaskingClient, MaskingConfig, MaskingServer
 
         cfg = MaskingConfig(participants=tuple(ids), dim=dim, threshold=self.threshold, neighbors=self.neighbors,
@@ -175,11 +196,11 @@ class SecureSum:
         if private and weight_bound is None:
             raise ConfigError("private weights need a public weight_bound")
         wb = float(weight_bound) if weight_bound is not None else max(weights.values())
-        if self.scheme == "masking":
+        if self.scheme != "ckks":
             worst = max(float(np.max(np.abs(v))) for v in vecs.values())
             if worst > self.clip:
-                raise ConfigError(f"an update value {worst:.4g} exceeds the masking clip {self.clip}; clip updates "
-                                  "in L2 to at most the masking clip first")
+                raise ConfigError(f"an update value {worst:.4g} exceeds the {self.scheme} clip {self.clip}; clip "
+                                  f"updates in L2 to at most that clip first")
         traffic = RoundTraffic()
         clients, agg, fin, drop_tag = self._roles(ids, dim, weights, private, wb, round_id)
         self.last_roles = (clients, agg, fin)

@@ -107,8 +107,10 @@ class FederatedSession:
             raise SessionError("clients must be distinct ids")
         strategy = aggregator if isinstance(aggregator, Strategy) else \
             make_strategy(aggregator, **(aggregator_options or {}))
-        secure = SecureSum(scheme, **({"clip": update_clip} if scheme == "masking" and update_clip else {}),
-                           **(secure_options or {}))
+        defaults = {"clip": update_clip} if scheme in ("masking", "packed") and update_clip else {}
+        if scheme == "packed":
+            defaults["max_cohort"] = len(ids)
+        secure = SecureSum(scheme, **(defaults | (secure_options or {})))
         self.federation = Federation(get_flat(model), strategy, secure, ids, platforms=platforms,
                                      update_clip=update_clip, noise_multiplier=noise_multiplier)
         self._lock = threading.RLock()

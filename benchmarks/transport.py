@@ -13,7 +13,7 @@ For n ∈ {3, 10, 100} clients (masking; CKKS for n ≤ 10 by default) and a sma
   download; other traffic on ``lo`` at the same time adds noise), and the process's peak RSS.
 
 Prints the gRPC/in-process ratios and writes ``benchmarks/results/transport.json`` and ``transport.png``.
-Usage: ``python -m benchmarks.transport [--dim 10000] [--sizes 3,10,100] [--ckks-max 10] [--schemes masking,ckks]``.
+Usage: ``python -m benchmarks.transport [--dim 10000] [--sizes 3,10,100] [--ckks-max 10] [--schemes masking,ckks,packed]``.
 
 Load mode (``--load 100``): one masking round with 100 concurrent clients whose updates have the size of the demo's
 tiny GPT-2 (235,264 parameters; the clients do not train: this measures transport and protocol). ``threads``: the
@@ -78,9 +78,11 @@ class _Counting:
 
 
 def in_process(scheme: str, updates, weights, options: dict) -> dict:
-    """One round with every role an object of this process; setup (CKKS key generation) is timed apart."""
+    """One round with every role an object of this process; setup (HE key generation) is timed apart."""
     if scheme == "ckks":
         from secagg.ckks.setup import build_round
+    elif scheme == "packed":
+        from secagg.packed.setup import build_round
     else:
         from secagg.masking.setup import build_round
     n = len(updates)
@@ -190,7 +192,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for scheme, marker in (("masking", "o"), ("ckks", "s")):
+    for scheme, marker in (("masking", "o"), ("ckks", "s"), ("packed", "^")):
         sel = [r for r in rows if r["scheme"] == scheme]
         if not sel:
             continue
@@ -219,8 +221,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dim", type=int, default=10_000)
     ap.add_argument("--sizes", default="3,10,100")
-    ap.add_argument("--ckks-max", type=int, default=10, help="largest n for the CKKS rows")
-    ap.add_argument("--schemes", default="masking,ckks")
+    ap.add_argument("--ckks-max", type=int, default=10, help="largest n for the CKKS and packed rows")
+    ap.add_argument("--schemes", default="masking,ckks,packed")
     ap.add_argument("--out", default="benchmarks/results/transport.json")
     ap.add_argument("--load", type=int, default=0, help="load mode: one masking round with this many clients")
     ap.add_argument("--load-dim", type=int, default=235_264, help="update size (default: the demo's tiny GPT-2)")
@@ -247,12 +249,12 @@ def main() -> None:
     rows = []
     for n in [int(x) for x in args.sizes.split(",")]:
         for scheme in args.schemes.split(","):
-            if scheme == "ckks" and n > args.ckks_max:
+            if scheme in ("ckks", "packed") and n > args.ckks_max:
                 continue
             updates = [rng.uniform(-1, 1, args.dim) for _ in range(n)]
             weights = [float(w) for w in rng.integers(1, 4, n)]
-            opts = {"min_contributors": 2} if scheme == "ckks" else {}
-            local = in_process(scheme, updates, weights, opts if scheme == "ckks" else {"sign": True})
+            opts = {"ckks": {"min_contributors": 2}, "packed": {"min_contributors": 2, "clip": 1.0}}.get(scheme, {})
+            local = in_process(scheme, updates, weights, opts if opts else {"sign": True})
             remote = over_grpc(scheme, updates, weights, opts)  # masking over gRPC signs (the default)
             err = float(np.max(np.abs(remote.pop("mean") - local.pop("mean"))))
             row = {"scheme": scheme, "n": n, "dim": args.dim, "in_process": local, "grpc": remote,

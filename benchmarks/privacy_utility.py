@@ -10,8 +10,12 @@ Initialisation: by default the tiny GPT-2 is first pre-trained non-privately on 
 disjoint from the clients' plays and from the validation blocks (WikiText: articles after the private ones) — and
 the federation then fine-tunes it with DP on the private plays (public pre-training + private fine-tuning, the
 standard DP recipe, and the paper's "pre-trained language model" setting). ``--pretrain-steps 0`` trains from
-scratch. The default run also spot-checks (ckks/fedavg at ε ∈ {8, ∞}) training from scratch, and LoRA adapters
-(rank 8) on the pre-trained model, where only the adapters are trained, noised and aggregated.
+scratch. The default run also spot-checks (ckks/fedavg at ε ∈ {8, ∞}) LoRA adapters (rank 8) on the pre-trained
+model, where only the adapters are trained, noised and aggregated (``--checks scratch lora`` adds from scratch).
+
+Learning rates: before the grid, the first (scheme, aggregator) runs at ε = 8 and ε = ∞ for every value of
+``--lr-grid``; each side keeps its best (every finite ε uses the ε = 8 choice), recorded under ``lr_selection``.
+The JSON also records, at the start model, the mean clipped gradient's norm against each ε's noise norm.
 
 Goal checked: at ε = 8 the perplexity is within 15% of the non-private run of the same scheme and aggregator.
 ``--sweep-scheme S`` (default ``ckks``, the product default) runs the whole ε sweep for S only and spot-checks the

@@ -46,6 +46,7 @@ class ModelConfig:
     n_head: int = 2
     lora: bool = False
     lora_rank: int = 8
+    freeze_embeddings: bool = False      # token embedding (tied to the output layer) not trained; for dp.mode ghost
 
 
 @dataclass
@@ -82,10 +83,13 @@ class DPConfig:
     delta: float = 1e-5
     accountant: str = "prv"
     epsilon_budget: float | None = None
+    mode: str = "hooks"                  # hooks (per-sample gradients) | ghost (ghost clipping, less memory)
 
     def __post_init__(self) -> None:
         if self.enabled and not (self.noise_multiplier >= 0 and self.max_grad_norm > 0 and 0 < self.delta < 1):
             raise ConfigError("DP needs noise_multiplier >= 0, max_grad_norm > 0 and 0 < delta < 1")
+        if self.mode not in ("hooks", "ghost"):
+            raise ConfigError(f"unknown dp.mode {self.mode!r}; expected 'hooks' or 'ghost' (LoRA: [model] lora)")
 
 
 @dataclass

@@ -35,6 +35,13 @@ class ModelSpec:
     lora: bool = False
     lora_rank: int = 8
     seed: int = 0
+    freeze_embeddings: bool = False     # the (tied) token embedding does not train: needed by ghost clipping
+
+    @classmethod
+    def from_config(cls, model, vocab_size: int, block_size: int, seed: int) -> "ModelSpec":
+        """The spec of a run file's ``[model]`` section (:class:`training.config.ModelConfig`)."""
+        return cls(model.path, vocab_size, block_size, model.n_layer, model.n_embd, model.n_head, model.lora,
+                   model.lora_rank, seed, model.freeze_embeddings)
 
 
 def build_model(spec: ModelSpec) -> torch.nn.Module:
@@ -57,6 +64,8 @@ def build_model(spec: ModelSpec) -> torch.nn.Module:
         targets = ["c_attn", "c_proj"] if spec.path is None else None
         model = get_peft_model(model, LoraConfig(r=spec.lora_rank, lora_alpha=2 * spec.lora_rank,
                                                  target_modules=targets, lora_dropout=0.0))
+    if spec.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)  # the tied output layer shares this weight
     model.train()
     return model
 
@@ -145,11 +154,17 @@ class LocalTrainer:
         from torch.utils.data import DataLoader, TensorDataset
 
         d = self.dp
+        tied = None
+        if d.mode == "ghost":  # ghost clipping cannot clip a weight used twice; untying would change the shared model
+            if self.model.get_input_embeddings().weight.requires_grad:
+                raise ConfigError("dp.mode = 'ghost' in a federation needs [model] freeze_embeddings = true or "
+                                  "lora = true (untying the tied embedding would change the model every client shares)")
+            tied = "freeze"
         ledger = PrivacyLedger(d.epsilon_budget, d.delta, d.accountant) if d.epsilon_budget else None
         loader = DataLoader(TensorDataset(torch.from_numpy(blocks)), batch_size=min(self.batch_size, len(blocks)))
         return make_private(self.model, self.optimizer, loader, max_grad_norm=d.max_grad_norm,
                             noise_multiplier=d.noise_multiplier, delta=d.delta, ledger=ledger,
-                            accountant=d.accountant)
+                            accountant=d.accountant, mode=d.mode, tied=tied)
 
     @property
     def num_samples(self) -> int:

@@ -92,8 +92,7 @@ class Runner:
         shares = list(self.capacity.shares()) if self.capacity else None
         self.data: Prepared = prepare(cfg.data, f.clients, self.rng, shares)
         m = cfg.model
-        self.spec = ModelSpec(m.path, self.data.vocab_size, cfg.data.block_size, m.n_layer, m.n_embd, m.n_head,
-                              m.lora, m.lora_rank, t.seed)
+        self.spec = ModelSpec.from_config(m, self.data.vocab_size, cfg.data.block_size, t.seed)
         self.eval_model = build_model(self.spec)
         dp = cfg.dp if cfg.dp.enabled else None
         self.trainers = [LocalTrainer(i, self.spec, self.data.clients[i], batch_size=t.batch_size, lr=t.lr,

@@ -99,8 +99,7 @@ class LocalWorkload:
         self.make_strategy = cfg.strategy
         self.data = prepare(run.data, cfg.clients, np.random.default_rng(run.train.seed), None)
         m = run.model
-        self.spec = ModelSpec(m.path, self.data.vocab_size, run.data.block_size, m.n_layer, m.n_embd, m.n_head,
-                              m.lora, m.lora_rank, run.train.seed)
+        self.spec = ModelSpec.from_config(m, self.data.vocab_size, run.data.block_size, run.train.seed)
         self.cohort = cfg.cohort_size
         self.ledger_budget = (run.dp.epsilon_budget or 1e9, run.dp.delta)
         self._eval_model = None

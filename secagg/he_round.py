@@ -31,7 +31,7 @@ from secagg.errors import AuthenticationError, ConfigurationError, DropoutError,
     MalformedMessageError, MalformedUpdateError, StageError, TooFewContributorsError, UnknownClientError, \
     WrongRoundError
 from secagg.messages import decode
-from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, Outbound
+from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, Outbound, StagedRole
 
 __all__ = ["check_int", "fresh_level", "load_ciphertext", "HEClient", "HEAggregator", "HEKeyHolder"]
 
@@ -72,19 +72,10 @@ def load_ciphertext(vector_from: Callable[[ts.Context, bytes], Any], context: ts
     return vec, ct
 
 
-class HEClient:
+class HEClient(StagedRole):
     """Stages ``"ready"`` -> ``start`` -> ``"done"``; a refused input leaves the client ready to retry."""
 
     client_id: int
-    _stage: str
-
-    @property
-    def stage(self) -> str:
-        return self._stage
-
-    @property
-    def done(self) -> bool:
-        return self._stage == "done"
 
     def _begin(self, update: np.ndarray, weight: float) -> tuple[np.ndarray, float]:
         """The validated ``(update, weight)``: a finite float64 vector and a finite float."""
@@ -105,7 +96,7 @@ class HEClient:
                          f"(stage {self._stage!r})")
 
 
-class HEAggregator(ABC):
+class HEAggregator(StagedRole, ABC):
     """Collects one contribution per participant; subclasses check and add ciphertexts and decode the result."""
 
     contribution_type: ClassVar[type]
@@ -129,14 +120,6 @@ class HEAggregator(ABC):
         self._sent: tuple[int, ...] = ()
         self._result: AggregateResult | None = None
         self._stage = "collect"
-
-    @property
-    def stage(self) -> str:
-        return self._stage
-
-    @property
-    def done(self) -> bool:
-        return self._stage == "done"
 
     @property
     def received(self) -> tuple[int, ...]:

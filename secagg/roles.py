@@ -26,7 +26,7 @@ import numpy as np
 from secagg.errors import MalformedMessageError
 
 __all__ = ["AGGREGATOR", "KEYHOLDER", "Outbound", "AggregateResult", "ClientRole", "AggregatorRole",
-           "FinalizerRole", "RoundSetup", "message_tag"]
+           "FinalizerRole", "RoundSetup", "StagedRole", "message_tag"]
 
 AGGREGATOR = -1
 KEYHOLDER = -2
@@ -53,6 +53,20 @@ class AggregateResult:
     def mean(self) -> np.ndarray:
         """Σ w_i x_i / Σ w_i over the contributors, as float64."""
         return self.weighted_sum / self.total_weight
+
+
+class StagedRole:
+    """Base of the scheme roles: ``stage`` names the protocol stage; ``done`` once it is ``"done"``."""
+
+    _stage: str
+
+    @property
+    def stage(self) -> str:
+        return self._stage
+
+    @property
+    def done(self) -> bool:
+        return self._stage == "done"
 
 
 @runtime_checkable

@@ -37,7 +37,7 @@ from secagg.masking.config import MaskingConfig
 from secagg.masking.messages import AdvertiseKeys, ConsistencyRequest, ConsistencyResponse, KeyRoster, \
     MaskedInput, ShareDelivery, ShareKeys, UnmaskRequest, UnmaskResponse, advertise_payload, survivors_payload
 from secagg.messages import decode
-from secagg.roles import AGGREGATOR, Outbound
+from secagg.roles import AGGREGATOR, Outbound, StagedRole
 
 __all__ = ["MaskingClient", "share_ad", "B_SHARE_BYTES", "S_SHARE_BYTES"]
 
@@ -63,7 +63,7 @@ def parse_share_pair(plaintext: bytes, owner: int, holder: int) -> tuple[shamir.
     return b, s
 
 
-class MaskingClient:
+class MaskingClient(StagedRole):
     """One participant of a masking round. ``identity`` signs its messages; ``peer_identities`` verify others'."""
 
     def __init__(self, client_id: int, config: MaskingConfig, *, identity: Ed25519PrivateKey | None = None,
@@ -79,14 +79,6 @@ class MaskingClient:
         self._handlers = {KeyRoster: ("advertised", self._on_roster), ShareDelivery: ("shared", self._on_delivery),
                           ConsistencyRequest: ("masked", self._on_consistency),
                           UnmaskRequest: ("checked", self._on_unmask)}
-
-    @property
-    def stage(self) -> str:
-        return self._stage
-
-    @property
-    def done(self) -> bool:
-        return self._stage == "done"
 
     def start(self, update: np.ndarray, weight: float) -> list[Outbound]:
         """Encode ``[w*x, w]`` and advertise two fresh X25519 public keys (signed when an identity is set)."""

@@ -32,7 +32,7 @@ from secagg.masking.config import MaskingConfig
 from secagg.masking.messages import AdvertiseKeys, ConsistencyRequest, ConsistencyResponse, KeyRoster, \
     MaskedInput, ShareDelivery, ShareKeys, UnmaskRequest, UnmaskResponse, advertise_payload, survivors_payload
 from secagg.messages import decode
-from secagg.roles import AggregateResult, Outbound
+from secagg.roles import AggregateResult, Outbound, StagedRole
 
 __all__ = ["MaskingServer"]
 
@@ -40,7 +40,7 @@ _STAGES = {AdvertiseKeys: "advertise", ShareKeys: "share", MaskedInput: "masked"
            ConsistencyResponse: "consistency", UnmaskResponse: "unmask"}
 
 
-class MaskingServer:
+class MaskingServer(StagedRole):
     """The untrusted aggregator of one masking round; ``peer_identities`` verifies client signatures."""
 
     def __init__(self, config: MaskingConfig, *, peer_identities: Mapping[int, Ed25519PublicKey] | None = None) -> None:
@@ -53,14 +53,6 @@ class MaskingServer:
         self._sets: dict[str, frozenset[int]] = {}
         self._acc = np.zeros(config.dim + 1, dtype=config.dtype)
         self._result: AggregateResult | None = None
-
-    @property
-    def stage(self) -> str:
-        return self._stage
-
-    @property
-    def done(self) -> bool:
-        return self._stage == "done"
 
     @property
     def survivors(self) -> dict[str, frozenset[int]]:

@@ -56,16 +56,26 @@ class CSPRNG:
         if len(key) != 32:
             raise ConfigurationError("CSPRNG key must be 32 bytes")
         self._enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+        self._zeros, self._out = b"", bytearray()
+
+    def _keystream(self, n: int) -> np.ndarray:
+        """The next ``n`` keystream bytes as a uint8 view of a reused buffer (valid until the next call)."""
+        if len(self._zeros) < n:
+            self._zeros, self._out = bytes(n), bytearray(n + 15)  # update_into wants block_size - 1 spare bytes
+        self._enc.update_into(memoryview(self._zeros)[:n], self._out)
+        return np.frombuffer(self._out, dtype=np.uint8, count=n)
 
     def random_bytes(self, n: int) -> bytes:
-        return self._enc.update(bytes(n))
+        return self._keystream(n).tobytes()
 
     def uint64(self, n: int) -> np.ndarray:
-        return np.frombuffer(self.random_bytes(8 * n), dtype="<u8").astype(np.uint64)
+        return self._keystream(8 * n).view("<u8").astype(np.uint64)
 
     def uniform(self, n: int) -> np.ndarray:
         """n uniforms on the 2⁻⁵³ grid of [0, 1)."""
-        return (self.uint64(n) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        out = (self._keystream(8 * n).view("<u8") >> np.uint64(11)).astype(np.float64)
+        out *= 2.0**-53
+        return out
 
     def below(self, bound: int, n: int) -> np.ndarray:
         """n independent uniform integers in [0, bound), 1 <= bound <= 2^63, by rejection (exact)."""
@@ -82,18 +92,36 @@ class CSPRNG:
         return out
 
 
+_PAIRS = 4096  # uniform pairs per block of the Gaussian sampler: temporaries stay small, heap-reused, in cache
+
+
 def gaussian(size: int, std: float, *, rng: CSPRNG | None = None) -> np.ndarray:
-    """``size`` iid N(0, std²) float64 samples (Box–Muller on CSPRNG uniforms)."""
+    """``size`` iid N(0, std²) float64 samples: Marsaglia's polar method on CSPRNG uniforms (a pair (v1, v2)
+    uniform in the unit disc gives two independent normals v·sqrt(-2 ln s / s), s = v1² + v2²), in blocks."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ConfigurationError(f"size must be an integer >= 0, got {size!r}")
     if not (math.isfinite(std) and std >= 0):
         raise ConfigurationError(f"std must be finite and >= 0, got {std!r}")
     rng = rng or CSPRNG()
-    half = (size + 1) // 2
-    u1 = 1.0 - rng.uniform(half)  # (0, 1]: log is finite
-    angle = 2.0 * np.pi * rng.uniform(half)
-    radius = np.sqrt(-2.0 * np.log(u1))
-    return (np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:size]) * std
+    out = np.empty(size)
+    filled = 0
+    while filled < size:
+        v = rng.uniform(2 * _PAIRS)
+        v *= 2.0
+        v -= 1.0  # [-1, 1) on the 2⁻⁵² grid
+        s = v[:_PAIRS] * v[:_PAIRS]
+        s += v[_PAIRS:] * v[_PAIRS:]
+        inside = np.flatnonzero((s > 0.0) & (s < 1.0))
+        s = s[inside]
+        factor = np.sqrt(np.log(s) * -2.0 / s)
+        for half in (v[:_PAIRS], v[_PAIRS:]):  # the first values needed are kept: a count, never a value test
+            z = half[inside]
+            z *= factor
+            take = min(z.size, size - filled)
+            out[filled:filled + take] = z[:take]
+            filled += take
+    out *= std
+    return out
 
 
 # -- exact Bernoulli and discrete Laplace/Gaussian samplers (Canonne, Kamath & Steinke 2020) -------------------

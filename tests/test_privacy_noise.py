@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from scipy.stats import chi2
+from scipy.stats import chi2, kstest
 
 from privacy.errors import ConfigurationError
 from privacy.noise import (CSPRNG, DiscreteGaussian, _bernoulli_exp, discrete_gaussian_share, discrete_share_sigma,
@@ -47,6 +47,18 @@ def test_gaussian_variance_and_mean():
     assert x.shape == (200_001,)
     _assert_gaussian_variance(x, 2.5**2)
     assert abs(x.mean()) <= Z * 2.5 / math.sqrt(x.size)
+
+
+@pytest.mark.parametrize("size", [1, 4095, 8199, 60_013])
+def test_gaussian_has_the_normal_distribution_across_sampler_blocks(size):
+    """Polar-method blocks (4096 pairs) are stitched by count: exact size, no repeated draw, and the normal law
+    (Kolmogorov-Smirnov on a fixed key, so the check is deterministic), also between the two halves of a pair."""
+    x = gaussian(size, 1.0, rng=CSPRNG(bytes(range(32))))
+    assert x.shape == (size,) and np.unique(x).size == size
+    if size > 1000:
+        assert kstest(x, "norm").pvalue > ALPHA
+        assert abs(float(np.corrcoef(x[:-1], x[1:])[0, 1])) <= Z / math.sqrt(size)
+        assert abs(float(np.mean(x**4)) - 3.0) <= Z * math.sqrt(96.0 / size)  # 4th moment 3, variance 96
 
 
 @pytest.mark.parametrize("n,survivors", [(7, 7), (7, 4), (1, 1)])

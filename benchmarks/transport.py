@@ -37,8 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from secagg import run_round
+from secagg.errors import SecAggError
+from secagg.messages import decode
 from secagg.roles import Outbound
 from training.transport.inproc import Deployment, FixedSource
+from training.transport.wire import unpack
 
 
 def _lo_bytes() -> int:
@@ -99,21 +102,108 @@ def in_process(scheme: str, updates, weights, options: dict) -> dict:
             "mean": res.mean}
 
 
-def over_grpc(scheme: str, updates, weights, options: dict) -> dict:
+class _Tally:
+    """Counts the round role's inbound and outbound payload bytes by message type (``up:``/``down:`` + class)."""
+
+    def __init__(self, inner, tally: dict[str, int]) -> None:
+        self._inner, self._tally = inner, tally
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def _add(self, kind: str, payload: bytes) -> None:
+        try:
+            name = type(decode(payload)).__name__
+        except SecAggError:
+            name = "opaque"
+        self._tally[f"{kind}:{name}"] = self._tally.get(f"{kind}:{name}", 0) + len(payload)
+
+    def _down(self, outs: list[Outbound]) -> list[Outbound]:
+        for o in outs:
+            self._add("down" if o.to >= 0 else "keyholder", o.payload)
+        return outs
+
+    def receive(self, sender, payload):
+        self._add("up" if sender >= 0 else "keyholder", payload)
+        return self._down(self._inner.receive(sender, payload))
+
+    def close_stage(self):
+        return self._down(self._inner.close_stage())
+
+
+def _task_parts(task: bytes, members: int) -> dict[str, int]:
+    """A task envelope's bytes (times the ``members`` it is sent to) by part: model body, identities, the rest."""
+    header, body = unpack(task)
+    ids = header.get("params", {}).get("identities")
+    ident = 0 if ids is None else len(json.dumps({"identities": ids}, separators=(",", ":")))
+    return {"model": members * len(body), "identities": members * ident,
+            "header": members * (len(task) - len(body) - ident)}
+
+
+def _snapshot(dep: Deployment) -> dict[str, int]:
+    return {"lo": _lo_bytes(), "agents": sum(a.bytes_up + a.bytes_down for a in dep.agents.values()),
+            "certs": sum(a.cert_bytes for a in dep.agents.values())}
+
+
+def _breakdown(tally: dict[str, int], task: dict[str, int], start: dict, end: dict) -> dict[str, int]:
+    """Bytes of one round (between two snapshots) by kind: protocol messages by type, the task (model body,
+    identities, other header), certificate fetches, envelope headers and polls (what the agents counted beyond
+    those), and the rest of the loopback traffic (TLS records, HTTP/2 and gRPC framing, the key-holder link's
+    envelopes, and whatever else used ``lo`` meanwhile)."""
+    out = dict(sorted(tally.items())) | {f"task:{k}": v for k, v in task.items()}
+    out["certificate_fetches"] = end["certs"] - start["certs"]
+    agents = end["agents"] - start["agents"]
+    counted = sum(v for k, v in out.items() if k.startswith(("up:", "down:", "task:"))) + out["certificate_fetches"]
+    out["envelopes_and_polls"] = agents - counted
+    keyholder = sum(v for k, v in tally.items() if k.startswith("keyholder:"))
+    out["tls_http2_grpc_and_other"] = end["lo"] - start["lo"] - agents - keyholder
+    return out
+
+
+def over_grpc(scheme: str, updates, weights, options: dict, rounds: int = 2) -> dict:
+    """``rounds`` rounds of the same fixed updates; the last one is reported (steady state: clients hold their
+    peers' verified certificates), the first one's breakdown too (cold caches: every certificate is fetched)."""
     sources = {i: FixedSource(u, w) for i, (u, w) in enumerate(zip(updates, weights))}
     t0 = time.perf_counter()
     lo0 = _lo_bytes()
-    with Deployment(scheme, sources, updates[0].size, options=options, stage_timeout=60.0,
+    tallies: list[dict[str, int]] = []
+    tasks: list[dict[str, int]] = []
+    marks: list[dict[str, int]] = []
+    with Deployment(scheme, sources, updates[0].size, options=options, stage_timeout=60.0, rounds=rounds,
                     checkin_timeout=30.0, poll_seconds=5.0) as dep:
+        plan, open_round = dep.scheme.plan, dep.coordinator._open
+
+        def counted_plan(*args, **kw):
+            params, role = plan(*args, **kw)
+            tallies.append({})
+            return params, _Tally(role, tallies[-1])
+
+        def counted_open(cohort):
+            marks.append(_snapshot(dep))
+            rnd = open_round(cohort)
+            tasks.append(_task_parts(rnd.task, len(rnd.cohort)))
+            return rnd
+
+        dep.scheme.plan = counted_plan  # type: ignore[method-assign]
+        dep.coordinator._open = counted_open  # type: ignore[method-assign]
         records = dep.run(timeout=900)
+        marks.append(_snapshot(dep))
+    lo_total = _lo_bytes() - lo0
     wall = time.perf_counter() - t0
-    rec = records[-1]
-    if rec.status != "done":
-        raise RuntimeError(f"round failed: {rec.reason}")
+    if len(records) != rounds or any(r.status != "done" for r in records):
+        raise RuntimeError(f"a round failed: {[(r.status, r.reason) for r in records]}")
+    parts = [_breakdown(tallies[k], tasks[k], marks[k], marks[k + 1]) for k in range(rounds)]
+    rec, n = records[-1], len(updates)
     protocol = rec.bytes_up + rec.bytes_down + rec.keyholder_bytes
-    return {"seconds": rec.seconds, "wall_seconds_incl_setup": wall, "protocol_bytes": protocol,
-            "task_bytes": rec.task_bytes, "transport_bytes": protocol + rec.task_bytes,
-            "loopback_bytes": _lo_bytes() - lo0, "peak_rss_mb": _rss_mb(), "mean": rec.result.mean}
+    return {"seconds": rec.seconds, "wall_seconds_incl_setup": wall, "rounds": rounds, "protocol_bytes": protocol,
+            "task_bytes": rec.task_bytes, "cert_bytes": rec.cert_bytes,
+            "transport_bytes": protocol + rec.task_bytes + rec.cert_bytes,
+            "first_round_transport_bytes": sum(records[0].__dict__[k] for k in (
+                "bytes_up", "bytes_down", "keyholder_bytes", "task_bytes", "cert_bytes")),
+            "loopback_bytes": marks[-1]["lo"] - marks[-2]["lo"], "loopback_bytes_all_rounds_incl_setup": lo_total,
+            "peak_rss_mb": _rss_mb(), "mean": rec.result.mean,
+            "per_client_bytes": {k: v / n for k, v in parts[-1].items()},
+            "per_client_bytes_first_round": {k: v / n for k, v in parts[0].items()}}
 
 
 def _tree_memory_mb() -> tuple[float, float]:

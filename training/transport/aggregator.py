@@ -9,6 +9,8 @@ Methods (each carries one envelope per direction, chunked to 1 MiB):
   masking
 * ``Send``     (stream→unary)  ``{"round_id"}`` + one secagg message → ``{"ok": true}``
 * ``Receive``  (unary→stream)  ``{"round_id"}`` → the next secagg message for the caller | end | idle
+* ``Certificates`` (unary→stream) ``{"round_id", "ids"}`` → body: JSON ``{id: signing certificate PEM}`` of those
+  members of the caller's open signed round (for certificates the caller has not cached; see :mod:`.peers`)
 * ``Status``   (unary→stream)  → round counter, waiting clients, rejection counts (any authenticated peer)
 
 The caller's client id is the one in its verified certificate. A header may repeat it as ``client_id``; a value
@@ -24,7 +26,7 @@ import grpc
 
 from secagg.errors import AuthenticationError, MalformedMessageError
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
-from training.transport.certs import Credentials, peer_identity, verify_signing_cert
+from training.transport.certs import Credentials, peer_identity, verify_signing_identity
 from training.transport.coordinator import Coordinator
 from training.transport.rpc import Stub, guarded, guarded_stream, open_channel, start_server
 from training.transport.wire import TransportError, field, join, pack, split, unpack
@@ -79,7 +81,7 @@ class AggregatorService:
             pem = field(header, "identity", str, None)
             if pem is None or self.ca is None:
                 raise AuthenticationError("this deployment signs masking rounds: check in with a signing certificate")
-            identity = (pem, verify_signing_cert(self.ca, pem, cid))
+            identity = verify_signing_identity(self.ca, pem, cid)
         yield from split(self.coord.checkin(cid, float(weight), self.poll, context.is_active, privacy, report,
                                             identity, base))
 
@@ -97,6 +99,15 @@ class AggregatorService:
         yield from split(self.coord.receive(cid, field(header, "round_id", int), self.poll, context.is_active))
 
     @guarded_stream
+    def Certificates(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        header = _small(request)
+        cid = _client(context, header)
+        ids = field(header, "ids", list)
+        if not ids or not all(type(c) is int for c in ids):
+            raise MalformedMessageError("ids must be a non-empty list of client ids")
+        yield from split(pack({}, self.coord.certificates(cid, field(header, "round_id", int), ids)))
+
+    @guarded_stream
     def Status(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         peer_identity(context)
         yield pack(self.coord.status())
@@ -106,6 +117,7 @@ class AggregatorService:
             "Checkin": grpc.unary_stream_rpc_method_handler(self.Checkin),
             "Send": grpc.stream_unary_rpc_method_handler(self.Send),
             "Receive": grpc.unary_stream_rpc_method_handler(self.Receive),
+            "Certificates": grpc.unary_stream_rpc_method_handler(self.Certificates),
             "Status": grpc.unary_stream_rpc_method_handler(self.Status),
         })
 

@@ -32,7 +32,7 @@ from secagg.errors import AuthenticationError
 from secagg.roles import AGGREGATOR, KEYHOLDER
 
 __all__ = ["init_certs", "issue", "role_name", "parse_identity", "peer_identity", "Credentials",
-           "verify_signing_cert"]
+           "verify_signing_cert", "verify_signing_identity", "SigningIdentity", "fingerprint"]
 
 _CLIENT_RE = re.compile(r"client-(0|[1-9][0-9]{0,8})")
 _SERVERS = {"aggregator": AGGREGATOR, "keyholder": KEYHOLDER}
@@ -154,18 +154,39 @@ def issue(directory: str | os.PathLike, identity: int) -> None:
         _write(d / f"{name}.sign.pem", scert.public_bytes(serialization.Encoding.PEM))
 
 
-def verify_signing_cert(ca_pem: bytes, cert_pem: bytes | str, identity: int) -> ed25519.Ed25519PublicKey:
-    """The Ed25519 key of ``identity``'s signing certificate; AuthenticationError unless the certificate is issued
-    by the CA, currently valid, named ``client-<identity>``, restricted to signatures, and holds an Ed25519 key."""
+@dataclass(frozen=True)
+class SigningIdentity:
+    """A client's signing certificate after :func:`verify_signing_identity`: its PEM, Ed25519 key, SHA-256
+    fingerprint (hex, of the DER encoding) and the end of its validity."""
+
+    identity: int
+    pem: str
+    key: ed25519.Ed25519PublicKey
+    fingerprint: str
+    not_after: dt.datetime
+
+    def valid_now(self) -> bool:
+        return dt.datetime.now(dt.timezone.utc) <= self.not_after
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """The SHA-256 fingerprint (hex) of a certificate's DER encoding: the name rounds use for it."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def verify_signing_identity(ca_pem: bytes, cert_pem: bytes | str, identity: int) -> SigningIdentity:
+    """``identity``'s signing certificate, verified; AuthenticationError unless it is issued by the CA, currently
+    valid, named ``client-<identity>``, restricted to signatures, and holds an Ed25519 key."""
+    pem = cert_pem.decode() if isinstance(cert_pem, bytes) else cert_pem
     try:
-        cert = x509.load_pem_x509_certificate(cert_pem.encode() if isinstance(cert_pem, str) else cert_pem)
+        cert = x509.load_pem_x509_certificate(pem.encode())
         ca = x509.load_pem_x509_certificate(ca_pem)
         cert.verify_directly_issued_by(ca)
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
         names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     except InvalidSignature as exc:
         raise AuthenticationError(f"signing certificate of client {identity} is not issued by this CA") from exc
-    except (ValueError, TypeError, x509.ExtensionNotFound) as exc:
+    except (ValueError, TypeError, UnicodeError, x509.ExtensionNotFound) as exc:
         raise AuthenticationError(f"signing certificate of client {identity} is not valid: {exc}") from exc
     now = dt.datetime.now(dt.timezone.utc)
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
@@ -175,7 +196,12 @@ def verify_signing_cert(ca_pem: bytes, cert_pem: bytes | str, identity: int) -> 
     key = cert.public_key()
     if not isinstance(key, ed25519.Ed25519PublicKey) or not usage.digital_signature or usage.key_cert_sign:
         raise AuthenticationError(f"certificate of client {identity} is not an Ed25519 signing certificate")
-    return key
+    return SigningIdentity(identity, pem, key, fingerprint(cert), cert.not_valid_after_utc)
+
+
+def verify_signing_cert(ca_pem: bytes, cert_pem: bytes | str, identity: int) -> ed25519.Ed25519PublicKey:
+    """The Ed25519 key of ``identity``'s signing certificate (checked as by :func:`verify_signing_identity`)."""
+    return verify_signing_identity(ca_pem, cert_pem, identity).key
 
 
 def init_certs(directory: str | os.PathLike, n_clients: int) -> pathlib.Path:

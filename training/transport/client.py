@@ -10,6 +10,9 @@ Asynchronous (buffered) strategies: the aggregator answers a check-in without a 
 model and its version (``model``); the client trains on it at once (its source's ``update``), checks in again
 with that ``base`` version and, once it is in a buffer's cohort, encodes the update under the task's public
 terms (its source's ``encode``: the staleness weight) and runs the protocol; the task then carries no model.
+The model arrives as float32 (:func:`~.wire.model_bytes`). Signed masking tasks name the cohort's signing
+certificates by fingerprint; the agent keeps the ones it verified (:class:`~.peers.PeerCertificates`, seeded
+with its own) and fetches only the others (``Certificates``), so a steady cohort costs a fingerprint per peer.
 For CKKS and packed rounds the task names the key holder's public context by hash; a client whose cached context
 differs re-fetches it from the key holder (which restarted with a new key) and refuses the round if it still
 differs.
@@ -20,6 +23,7 @@ client's part in the round (it rejoins at the next); a crash of the agent is, to
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import threading
@@ -36,10 +40,11 @@ from training.aggregation import FedAvg
 from training.aggregation.base import Strategy
 from training.transport.aggregator import POLL_SECONDS
 from training.transport.certs import Credentials
+from training.transport.peers import PeerCertificates
 from training.transport.rpc import Stub, open_channel
 from training.transport.schemes import Scheme
 from training.transport.step import encode_update
-from training.transport.wire import StaleKeyError, TransportError, context_id, field, pack, unpack
+from training.transport.wire import StaleKeyError, TransportError, context_id, field, model_from, pack, unpack
 from training.update import ClientUpdate
 
 __all__ = ["UpdateSource", "ClientAgent", "SyntheticSource", "contribution"]
@@ -123,6 +128,10 @@ class ClientAgent:
         self._context: bytes | None = None
         self.rounds_done = 0
         self.bytes_up = self.bytes_down = 0
+        self.cert_bytes = 0  # certificate fetches (also in bytes_down)
+        self.peers = PeerCertificates(creds.ca)
+        if scheme.needs_identities and creds.sign_cert is not None and claim is None:
+            self.peers.add(creds.sign_cert, self.client_id)  # its own certificate is never fetched
         self.stop = threading.Event()
         self.on_task: Callable[[dict], None] | None = None  # test hook: sees each task header before training
         self._report: tuple[str, list[dict]] | None = None  # DP events sent but not yet acknowledged
@@ -197,9 +206,9 @@ class ClientAgent:
     def _train(self, header: dict, body: bytes) -> None:
         """Asynchronous mode: train on the model version the aggregator sent (kept until a buffer takes it)."""
         version = field(header, "version", int)
-        if version < 0 or not body or len(body) % 8:
-            raise MalformedMessageError("the model reply is not a versioned vector of float64 values")
-        model = validate_update(np.frombuffer(body, dtype="<f8"))
+        if version < 0:
+            raise MalformedMessageError("the model reply has a negative version")
+        model = validate_update(model_from(body))
         train = getattr(self.source, "update", None)
         if train is None:
             raise ConfigurationError("an asynchronous strategy needs an update source that trains (update) and "
@@ -224,9 +233,7 @@ class ClientAgent:
                 self.on_task(header)
             vector, weight = self.source.encode(self._trained, field(header, "round", int), terms)  # type: ignore
             return self._run_role(round_id, params, vector, float(weight), dim)
-        if len(body) != 8 * dim:
-            raise MalformedMessageError(f"global model of {len(body)} bytes is not {dim} float64 values")
-        model = validate_update(np.frombuffer(body, dtype="<f8"), dim)
+        model = validate_update(model_from(body, dim), dim)
         if self.on_task is not None:
             self.on_task(header)
         vector, weight = contribution(self.source, model.copy(), field(header, "round", int), terms)
@@ -236,7 +243,10 @@ class ClientAgent:
         """Build this client's role from the round's public parameters and exchange messages until it is done."""
         update = validate_update(np.asarray(vector), dim)
         ctx = self.context(field(params, "context_id", str, None)) if self.scheme.needs_keyholder else None
-        role = self.scheme.client_role(self.client_id, params, ctx, self.creds)
+        peers = None
+        if "identities" in params:
+            peers = self.peers.resolve(params["identities"], lambda ids: self._certificates(round_id, ids))
+        role = self.scheme.client_role(self.client_id, params, ctx, self.creds, peers)
         self._send(round_id, role.start(update, weight))
         while not role.done and not self.stop.is_set():
             env = self.stub.unary_stream("Receive", pack({"client_id": self.client_id, "round_id": round_id}),
@@ -255,6 +265,22 @@ class ClientAgent:
                     continue
                 self._send(round_id, outs)
         return role.done
+
+    def _certificates(self, round_id: int, ids: list[int]) -> dict[int, str]:
+        """The signing certificates (PEM, unverified) the open round names for ``ids``, from the aggregator."""
+        env = self.stub.unary_stream("Certificates", pack({"client_id": self.client_id, "round_id": round_id,
+                                                           "ids": ids}), self._rpc_timeout())
+        self.bytes_down += len(env)
+        self.cert_bytes += len(env)
+        _, body = unpack(env)
+        try:
+            got = json.loads(body)
+        except ValueError as exc:
+            raise MalformedMessageError(f"the certificate reply is not JSON: {exc}") from exc
+        if not isinstance(got, dict) or not all(isinstance(k, str) and k.isdigit() and isinstance(v, str)
+                                                for k, v in got.items()):
+            raise MalformedMessageError("the certificate reply is not a mapping of client ids to PEM")
+        return {int(k): v for k, v in got.items()}
 
     def _send(self, round_id: int, outs: list[Outbound]) -> None:
         for out in outs:

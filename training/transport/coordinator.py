@@ -17,11 +17,16 @@ a time. Invariants:
 * buffered asynchronous strategies (``step.buffer_size`` = K): a client without a trained update is sent the
   current model and its version at once (``model`` reply) and trains on it; it checks in again with that
   ``base`` version, and the first K such arrivals (in order) form one secure cohort, weighted publicly by their
-  staleness. An update staler than the strategy's ``max_staleness`` is answered with the current model instead.
+  staleness. An update staler than the strategy's ``max_staleness`` is answered with the current model instead;
+* the global model is kept in float64 and sent to clients as little-endian float32 (what they train in); a model
+  that float32 cannot hold finitely is never applied;
+* a signed masking task names the cohort's signing certificates by fingerprint; :meth:`certificates` serves the
+  certificates themselves, to that round's members only and only those the round names.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import threading
@@ -33,13 +38,14 @@ from typing import Any
 import numpy as np
 
 from secagg.errors import MalformedMessageError, SecAggError, StageError, UnknownClientError, WrongRoundError
+from training.transport.certs import SigningIdentity
 from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, Outbound
 from training.transport import checkpoint
 from training.transport.checkpoint import ServerState
 from training.transport.rounds import Round, RoundPolicy, RoundRecord
 from training.transport.schemes import Scheme
 from training.transport.step import StrategyStep
-from training.transport.wire import pack
+from training.transport.wire import model_bytes, pack
 
 __all__ = ["RoundPolicy", "Coordinator", "RoundRecord"]
 
@@ -85,7 +91,7 @@ class Coordinator:
         self.stopping = False
         self.failure: BaseException | None = None
         self.rejections: dict[str, int] = {}
-        self.identities: dict[int, tuple] = {}
+        self.identities: dict[int, SigningIdentity] = {}
         self.bases: dict[int, tuple[int, float]] = {}  # async: client -> (base version, waiting since)
         self.model_bytes = 0  # async: model replies sent since the last round opened
         self.ledger_budget = ledger_budget
@@ -96,7 +102,7 @@ class Coordinator:
 
     # ---- handler side -------------------------------------------------------------------------------------
     def checkin(self, cid: int, weight: float, timeout: float, alive: Callable[[], bool] = lambda: True,
-                privacy: list | None = None, report: str = "", identity: tuple | None = None,
+                privacy: list | None = None, report: str = "", identity: SigningIdentity | None = None,
                 base: int | None = None) -> bytes:
         """Wait up to ``timeout`` s to be put in a cohort; the task envelope, or ``idle`` / ``finished`` (or, in
         asynchronous mode, ``model`` for a client whose ``base`` version is missing or too stale).
@@ -104,8 +110,8 @@ class Coordinator:
         ``privacy``: the DP events (``PrivacyEvent.to_dict()``) of the client's training since its last check-in,
         under the client-chosen ``report`` id; they are composed into its ledger in ``state.ledgers`` and
         checkpointed before this call returns. A report whose id equals the client's last recorded one is a
-        re-send (the reply was lost) and is not composed again. ``identity``: the client's signing certificate and
-        its key, already verified against the CA by the service (listed in the tasks of signed rounds).
+        re-send (the reply was lost) and is not composed again. ``identity``: the client's signing certificate,
+        already verified against the CA by the service (named by fingerprint in the tasks of signed rounds).
         """
         if not (np.isfinite(weight) and weight > 0):
             raise MalformedMessageError(f"weight must be positive and finite, got {weight!r}")
@@ -153,8 +159,7 @@ class Coordinator:
         if base is None or not self.step.fresh_enough(base, version):
             self.bases.pop(cid, None)
             self.waiting.pop(cid, None)  # an earlier check-in of this client (e.g. before it restarted) is void
-            reply = pack({"type": "model", "version": version},
-                         np.ascontiguousarray(self.state.model, dtype="<f8").tobytes())
+            reply = pack({"type": "model", "version": version}, model_bytes(self.state.model))
             self.model_bytes += len(reply)  # counted as task bytes of the next round
             return reply
         if self.bases.get(cid, (None,))[0] != base:
@@ -206,6 +211,20 @@ class Coordinator:
                 if left <= 0 or not alive():
                     return pack({"type": "idle"})
                 self.cond.wait(min(left, 0.5))
+
+    def certificates(self, cid: int, round_id: int, ids: list[int]) -> bytes:
+        """The signing certificates (PEM) of clients ``ids`` as named by the open round ``round_id``, for its member
+        ``cid``: a JSON object ``{id: pem}`` (UnknownClientError for an id the round does not name)."""
+        with self.cond:
+            rnd = self._round_for(cid, round_id)
+            if rnd is None or rnd.status != "open":
+                raise WrongRoundError(f"round {round_id} is already closed")
+            bad = sorted(set(ids) - set(rnd.identities))
+            if bad:
+                raise UnknownClientError(f"round {round_id} names no signing certificate for clients {bad[:8]}")
+            body = json.dumps({str(c): rnd.identities[c].pem for c in sorted(set(ids))}).encode()
+            rnd.cert_bytes += len(body)
+            return body
 
     def note_rejection(self, exc: SecAggError) -> None:
         """Count a refused request by error name (the service logs it); reported by :meth:`status`."""
@@ -282,7 +301,7 @@ class Coordinator:
         self._save()  # write-ahead: this round id is never handed out again, even after a crash
         ids = sorted(cohort)
         known = {c: self.identities[c] for c in ids if c in self.identities}
-        version, body = self.state.round, np.ascontiguousarray(self.state.model, dtype="<f8").tobytes()
+        version, body = self.state.round, model_bytes(self.state.model)
         if self.step.buffer_size is None:
             terms = self.step.terms(self.state.model, version)
         else:  # members trained already: public staleness weights replace the checked-in ones, no model is sent
@@ -297,7 +316,8 @@ class Coordinator:
         header = {"type": "task", "round_id": round_id, "round": version, "scheme": self.scheme.name,
                   "params": params}
         task = pack(header, body)
-        rnd = Round(round_id, self.state.round, frozenset(ids), role, task, {c: deque() for c in ids}, terms)
+        rnd = Round(round_id, self.state.round, frozenset(ids), role, task, {c: deque() for c in ids}, terms,
+                    known if "identities" in params else {})
         rnd.task_bytes, self.model_bytes = self.model_bytes, 0
         self.current = rnd
         for c in ids:
@@ -330,7 +350,7 @@ class Coordinator:
             log.warning("round %d (id %d) aborted: %s", rnd.round, rnd.round_id, rnd.reason)
         return RoundRecord(rnd.round, rnd.round_id, tuple(sorted(rnd.cohort)), rnd.status,
                            time.monotonic() - rnd.started, rnd.bytes_up, rnd.bytes_down, rnd.task_bytes,
-                           rnd.keyholder_bytes, result if error is None else None, rnd.reason, rnd.terms)
+                           rnd.keyholder_bytes, result if error is None else None, rnd.reason, rnd.terms, rnd.cert_bytes)
 
     def _pump(self, rnd: Round) -> AggregateResult:
         """Advance ``rnd`` until its role is done: forward to the key holder, close overdue stages."""
@@ -392,8 +412,8 @@ class Coordinator:
         before = self.step.state_dict()
         try:
             new = np.asarray(self.step.apply(self.state.model, result, rnd.round, rnd.terms), dtype=np.float64)
-            if new.shape != self.state.model.shape or not np.isfinite(new).all():
-                raise MalformedMessageError("the updated model is not finite")
+            if new.shape != self.state.model.shape or not np.isfinite(new.astype(np.float32)).all():
+                raise MalformedMessageError("the updated model is not finite in float32")
         except Exception:
             self.step.load_state_dict(before)  # the strategy's state stays that of the checkpointed model
             raise

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from secagg.roles import AggregateResult, AggregatorRole
+from training.transport.certs import SigningIdentity
 
 __all__ = ["RoundPolicy", "RoundRecord", "Round"]
 
@@ -31,7 +32,8 @@ class RoundRecord:
 
     Bytes: ``bytes_up``/``bytes_down`` are secagg message payloads from/to clients, ``keyholder_bytes`` those
     exchanged with the key holder, ``task_bytes`` the task envelopes (round parameters + global model) sent out,
-    and for asynchronous strategies the model replies sent since the previous round opened.
+    and for asynchronous strategies the model replies sent since the previous round opened; ``cert_bytes`` the
+    signing certificates served to members that had not cached them.
     """
 
     round: int
@@ -46,11 +48,13 @@ class RoundRecord:
     result: AggregateResult | None = None
     reason: str = ""
     terms: dict[str, Any] = field(default_factory=dict)
+    cert_bytes: int = 0
 
 
 @dataclass
 class Round:
-    """An open (or just closed) attempt: its cohort, role, task, mailboxes, public terms and byte counts."""
+    """An open (or just closed) attempt: its cohort, role, task, mailboxes, public terms, the signing certificates
+    its task names by fingerprint (signed masking; served to members that do not hold them) and byte counts."""
 
     round_id: int
     round: int
@@ -59,6 +63,7 @@ class Round:
     task: bytes
     mail: dict[int, deque[bytes]]
     terms: dict[str, Any] = field(default_factory=dict)
+    identities: dict[int, SigningIdentity] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     status: str = "open"
     reason: str = ""
@@ -67,3 +72,4 @@ class Round:
     bytes_down: int = 0
     task_bytes: int = 0
     keyholder_bytes: int = 0
+    cert_bytes: int = 0

@@ -4,8 +4,9 @@ Only the aggregator chooses a round's parameters (:meth:`Scheme.plan`); they tra
 task header, and every client rebuilds its own role from them (:meth:`Scheme.client_role`). No party ever builds
 another party's role, so secrets stay where they are created: masking keys in each client, the CKKS secret key in
 the key holder. CKKS clients take the public context from the key holder itself (authenticated by mTLS), never
-from the aggregator, so the aggregator cannot substitute a key it could decrypt with. Signed masking rounds list the
-cohort's signing certificates in the parameters; each client checks every one against its own CA copy before use.
+from the aggregator, so the aggregator cannot substitute a key it could decrypt with. Signed masking rounds name the
+cohort's signing certificates by SHA-256 fingerprint in the parameters; each client resolves them to keys it has
+verified against its own CA copy (cached, or fetched and verified: :mod:`.peers`) before use.
 
 Weights: a round with public weights (FedAvg, gradient) lets the CKKS aggregator apply the checked-in weights;
 with ``private_bound`` (loss-weighted: weights are secret) every scheme has clients pre-weight ``[w·x, w]``
@@ -24,10 +25,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from secagg.errors import AuthenticationError, ConfigurationError, MalformedMessageError
 from secagg.roles import AggregatorRole, ClientRole
-from training.transport.certs import Credentials, verify_signing_cert
+from training.transport.certs import Credentials, SigningIdentity
 from training.transport.wire import context_id
 
-Identities = Mapping[int, tuple[str, Ed25519PublicKey]]  # client id -> (signing certificate PEM, its verified key)
+Identities = Mapping[int, SigningIdentity]  # client id -> its verified signing certificate
 
 __all__ = ["Scheme", "MaskingScheme", "CKKSScheme", "PackedScheme", "make_scheme"]
 
@@ -48,8 +49,10 @@ class Scheme:
         raise NotImplementedError
 
     def client_role(self, client_id: int, params: dict[str, Any], context: bytes | None,
-                    creds: Credentials | None = None) -> ClientRole:
-        """This client's role for the round; ``creds`` (its CA and signing key) for signed rounds."""
+                    creds: Credentials | None = None,
+                    peers: Mapping[int, Ed25519PublicKey] | None = None) -> ClientRole:
+        """This client's role for the round; for signed rounds ``creds`` (its signing key) and ``peers``: the
+        verified key of every cohort member, resolved from the fingerprints in ``params["identities"]``."""
         raise NotImplementedError
 
     @property
@@ -99,11 +102,11 @@ class MaskingScheme(Scheme):
         if self.needs_identities:
             if identities is None or any(c not in identities for c in cohort):
                 raise AuthenticationError("a signed masking round needs every member's signing identity")
-            params["identities"] = {str(c): identities[c][0] for c in sorted(cohort)}
-            peers = {c: identities[c][1] for c in cohort}
+            params["identities"] = {str(c): identities[c].fingerprint for c in sorted(cohort)}
+            peers = {c: identities[c].key for c in cohort}
         return params, MaskingServer(self._config(params), peer_identities=peers)
 
-    def client_role(self, client_id, params, context, creds=None):
+    def client_role(self, client_id, params, context, creds=None, peers=None):
         from secagg.masking import MaskingClient
 
         config = self._config(params)
@@ -117,8 +120,9 @@ class MaskingScheme(Scheme):
             raise ConfigurationError(f"client {client_id} has no signing identity for a signed masking round")
         if not isinstance(listed, dict) or sorted(listed) != sorted(str(c) for c in config.participants):
             raise MalformedMessageError("the round's identities do not match its cohort")
-        peers = {c: verify_signing_cert(creds.ca, listed[str(c)], c) for c in config.participants}
-        return MaskingClient(client_id, config, identity=signer, peer_identities=peers)
+        if peers is None or set(peers) != set(config.participants):
+            raise AuthenticationError("a signed masking round needs a verified key for every cohort member")
+        return MaskingClient(client_id, config, identity=signer, peer_identities=dict(peers))
 
 
 class CKKSScheme(Scheme):
@@ -144,7 +148,7 @@ class CKKSScheme(Scheme):
                              min_contributors=int(self.options.get("min_contributors", 2)))
         return params, agg
 
-    def client_role(self, client_id, params, context, creds=None):
+    def client_role(self, client_id, params, context, creds=None, peers=None):
         from secagg.ckks import CKKSClient
 
         if context is None:
@@ -199,7 +203,7 @@ class PackedScheme(Scheme):
                                **common)
         return params, agg
 
-    def client_role(self, client_id, params, context, creds=None):
+    def client_role(self, client_id, params, context, creds=None, peers=None):
         from secagg.packed import PackedClient
 
         if context is None:

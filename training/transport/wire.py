@@ -19,12 +19,13 @@ from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
 
 import grpc
+import numpy as np
 
 from secagg import errors as E
 
 __all__ = ["CHUNK", "MAX_GRPC_MESSAGE", "OversizeMessageError", "StaleKeyError", "TransportError", "split",
            "join", "pack", "unpack", "field", "status_code", "abort", "raise_rpc_error", "channel_options",
-           "server_options", "context_id"]
+           "server_options", "context_id", "model_bytes", "model_from"]
 
 CHUNK = 1 << 20
 MAX_GRPC_MESSAGE = CHUNK + (64 << 10)
@@ -45,6 +46,21 @@ class StaleKeyError(E.DecryptionError):
 
 class TransportError(E.SecAggError):
     """The transport failed (peer unreachable, handshake refused, or a status without a secagg error name)."""
+
+
+def model_bytes(model: np.ndarray) -> bytes:
+    """The global model as sent to clients (tasks, asynchronous model replies): little-endian float32, what they
+    train in; the aggregator keeps and updates it in float64."""
+    return np.ascontiguousarray(model, dtype="<f4").tobytes()
+
+
+def model_from(body: bytes, dim: int | None = None) -> np.ndarray:
+    """Inverse of :func:`model_bytes` as float64; MalformedMessageError unless ``body`` is a whole number of
+    float32 values (``dim`` of them, when given)."""
+    if not body or len(body) % 4 or (dim is not None and len(body) != 4 * dim):
+        raise E.MalformedMessageError(f"a model of {len(body)} bytes is not "
+                                      f"{'a vector' if dim is None else dim} of float32 values")
+    return np.frombuffer(body, dtype="<f4").astype(np.float64)
 
 
 def context_id(context: bytes) -> str:

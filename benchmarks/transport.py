@@ -5,12 +5,14 @@ For n ∈ {3, 10, 100} clients (masking; CKKS for n ≤ 10 by default) and a sma
 * in-process: ``secagg.run_round`` on roles from ``build_round`` (every message passed as bytes; masking with
   Ed25519-signed advertisements and survivor lists, as over gRPC), seconds and protocol bytes (all payloads);
 * gRPC: a :class:`training.transport.inproc.Deployment` (aggregator, key holder and n client agents, each with its
-  own mTLS channel, on threads of this process): seconds per round (round opened → aggregate applied), protocol
-  bytes (the same payloads, counted by the aggregator: must equal the in-process count), transport bytes
-  (protocol + task envelopes carrying the round parameters, the cohort's signing certificates (masking) and the
-  global model as float64, which in-process has no counterpart for), the loopback interface's byte counter
-  (everything incl. TLS, HTTP/2 framing, connection setup and, for CKKS, each party's one-time public-context
-  download; other traffic on ``lo`` at the same time adds noise), and the process's peak RSS.
+  own mTLS channel, on threads of this process) running two rounds of the same updates; the second (steady state:
+  connections open, peers' signing certificates cached) is reported: seconds (round opened → aggregate applied),
+  protocol bytes (the same payloads, counted by the aggregator: must equal the in-process count), transport bytes
+  (protocol + task envelopes with the round parameters, the cohort's certificate fingerprints (signed masking) and
+  the global model as float32, which in-process has no counterpart for, + certificates fetched), the loopback
+  interface's byte counter over that round (everything incl. TLS and HTTP/2 framing; other traffic on ``lo`` at the
+  same time adds noise), and the process's peak RSS. ``per_client_bytes`` (and ``..._first_round``: cold caches,
+  every peer certificate fetched) break a round's bytes down per client by message type and part of the task.
 
 Prints the gRPC/in-process ratios and writes ``benchmarks/results/transport.json`` and ``transport.png``.
 Usage: ``python -m benchmarks.transport [--dim 10000] [--sizes 3,10,100] [--ckks-max 10] [--schemes masking,ckks,packed]``.
@@ -198,8 +200,9 @@ def over_grpc(scheme: str, updates, weights, options: dict, rounds: int = 2) -> 
     return {"seconds": rec.seconds, "wall_seconds_incl_setup": wall, "rounds": rounds, "protocol_bytes": protocol,
             "task_bytes": rec.task_bytes, "cert_bytes": rec.cert_bytes,
             "transport_bytes": protocol + rec.task_bytes + rec.cert_bytes,
-            "first_round_transport_bytes": sum(records[0].__dict__[k] for k in (
+            "first_round_transport_bytes": sum(getattr(records[0], k) for k in (
                 "bytes_up", "bytes_down", "keyholder_bytes", "task_bytes", "cert_bytes")),
+            "first_round_seconds": records[0].seconds,
             "loopback_bytes": marks[-1]["lo"] - marks[-2]["lo"], "loopback_bytes_all_rounds_incl_setup": lo_total,
             "peak_rss_mb": _rss_mb(), "mean": rec.result.mean,
             "per_client_bytes": {k: v / n for k, v in parts[-1].items()},

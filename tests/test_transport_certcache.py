@@ -1,5 +1,5 @@
-"""Signed masking rounds name certificates by fingerprint: the client's verified-certificate cache, the aggregator's
-``Certificates`` service, and the float32 model in tasks."""
+"""Signed masking rounds name certificates by a roster digest of fingerprints: the client's verified-certificate
+cache, the aggregator's ``Certificates`` service, and the float32 model in tasks."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from secagg import errors as E
 from training.transport import wire
 from training.transport.certs import Credentials, SigningIdentity, init_certs, issue, verify_signing_identity
 from training.transport.inproc import Deployment, FixedSource
-from training.transport.peers import CertificateMismatchError, PeerCertificates
+from training.transport.peers import CertificateMismatchError, PeerCertificates, roster_digest
 
 N = 4
 
@@ -48,8 +48,8 @@ class Server:
         return {c: self.pems[c] for c in ids if c in self.pems}
 
 
-def _listing(ca: bytes, pems: dict[int, str]) -> dict[str, str]:
-    return {str(c): verify_signing_identity(ca, p, c).fingerprint for c, p in pems.items()}
+def _listing(ca: bytes, pems: dict[int, str]) -> dict[int, str]:
+    return {c: verify_signing_identity(ca, p, c).fingerprint for c, p in pems.items()}
 
 
 def test_cold_cache_fetches_verifies_then_uses_fingerprints_only(pki):
@@ -68,20 +68,20 @@ def test_unknown_fingerprint_falls_back_to_fetch_and_a_mismatch_is_refused(pki):
     _, ca, pems, _ = pki
     cache = PeerCertificates(ca)
     cache.resolve(_listing(ca, pems), Server(pems))
-    listing = _listing(ca, pems) | {"1": secrets.token_hex(32)}  # a fingerprint no certificate of client 1 has
+    listing = _listing(ca, pems) | {1: secrets.token_hex(32)}  # a fingerprint no certificate of client 1 has
     server = Server(pems)  # serves the cached (genuine) certificate, whose fingerprint is another
     with pytest.raises(CertificateMismatchError):
         cache.resolve(listing, server)
     assert server.asked == [[1]]  # only the unknown one was fetched; the others came from the cache
-    assert cache.cached(1, _listing(ca, pems)["1"]) is not None  # the refused fetch changed nothing
+    assert cache.cached(1, _listing(ca, pems)[1]) is not None  # the refused fetch changed nothing
 
 
 def test_cached_certificate_is_used_only_for_its_own_client(pki):
     _, ca, pems, _ = pki
     cache = PeerCertificates(ca)
     cache.resolve(_listing(ca, pems), Server(pems))
-    swapped = {"1": _listing(ca, pems)["2"]}  # client 2's (cached) fingerprint claimed for client 1
-    assert cache.cached(1, swapped["1"]) is None
+    swapped = {1: _listing(ca, pems)[2]}  # client 2's (cached) fingerprint claimed for client 1
+    assert cache.cached(1, swapped[1]) is None
     with pytest.raises(E.AuthenticationError):  # fetched and verified: the certificate names client-2
         cache.resolve(swapped, Server({1: pems[2]}))
 
@@ -90,7 +90,7 @@ def test_foreign_ca_certificate_is_refused_even_with_its_own_fingerprint(pki):
     _, ca, _, foreign = pki
     cache = PeerCertificates(ca)
     with pytest.raises(E.AuthenticationError):
-        cache.resolve({"2": _fp(foreign[2])}, Server({2: foreign[2]}))
+        cache.resolve({2: _fp(foreign[2])}, Server({2: foreign[2]}))
     assert len(cache) == 0
 
 
@@ -124,7 +124,7 @@ def test_missing_certificate_malformed_listing_and_expired_entry(pki):
     with pytest.raises(CertificateMismatchError):
         cache.resolve(_listing(ca, pems), Server({0: pems[0]}))
     assert len(cache) == 0  # nothing is cached from a fetch that failed as a whole
-    for bad in ({"x": "0" * 64}, {"1": "abc"}, {"1": 5}, ["1"]):
+    for bad in ({"1": "0" * 64}, {1: "abc"}, {1: "G" * 64}, {1: 5}, {-1: "0" * 64}, ["1"]):
         with pytest.raises(E.MalformedMessageError):
             cache.resolve(bad, Server(pems))
     ident = verify_signing_identity(ca, pems[0], 0)
@@ -145,7 +145,7 @@ def test_resolve_returns_only_keys_of_ca_certificates_with_the_named_fingerprint
         served = {"genuine": pems[c], "random": pems[c], "other-id": pems[(c + 1) % N], "foreign": foreign[c]}[how]
         listed = secrets.token_hex(32) if how == "random" else _fp(served)
         try:
-            keys = cache.resolve({str(c): listed}, Server({c: served}))
+            keys = cache.resolve({c: listed}, Server({c: served}))
         except E.AuthenticationError:
             assert how != "genuine"
             continue
@@ -177,9 +177,35 @@ def test_rounds_fetch_certificates_once_and_a_restarted_client_refetches():
     assert fetched == {0: 3, 1: 2, 2: 2}  # a cold client fetches its peers' certificates; its own is seeded
     for r in records:
         assert np.allclose(r.result.mean, expected, atol=1e-4)
-    ids = seen[0]["params"]["identities"]
-    assert sorted(ids) == ["0", "1", "2"] and all(len(fp) == 64 for fp in ids.values())
+    digest = seen[0]["params"]["identities"]
+    assert isinstance(digest, str) and len(digest) == 64 and all(h["params"]["identities"] == digest for h in seen)
     assert np.allclose(model, 3 * expected, atol=1e-4)
+
+
+def test_roster_digest_hits_the_cache_and_any_change_goes_through_the_listing(pki):
+    _, ca, pems, _ = pki
+    cohort, listing = list(range(N)), _listing(ca, pems)
+    digest, server, rosters = roster_digest(listing), Server(pems), []
+
+    def roster(table=listing):
+        rosters.append(1)
+        return table
+
+    cache = PeerCertificates(ca)
+    keys = cache.resolve_roster(cohort, digest, roster, server)
+    assert len(rosters) == 1 and server.asked == [cohort]  # cold: the listing, then every certificate
+    assert cache.resolve_roster(cohort, digest, roster, server).keys() == keys.keys()
+    assert len(rosters) == 1 and len(server.asked) == 1  # warm: the digest matched, nothing fetched
+    assert cache.resolve_roster(cohort[:3], roster_digest({c: listing[c] for c in cohort[:3]}), roster, server)
+    assert len(rosters) == 1  # a sub-cohort of cached peers also needs no fetch
+    tampered = listing | {2: listing[1]}
+    for table, want in ((tampered, digest),  # a listing that does not hash to the task's digest
+                        ({c: listing[c] for c in cohort[:3]}, roster_digest(listing)),  # one that omits a member
+                        (tampered, roster_digest(tampered))):  # hashes, but names client 1's certificate for 2
+        with pytest.raises(E.AuthenticationError):
+            PeerCertificates(ca).resolve_roster(cohort, want, lambda t=table: t, server)
+    assert roster_digest(listing) != roster_digest(tampered)
+    assert roster_digest({1: "a" * 64, 12: "b" * 64}) != roster_digest({11: "a" * 64, 2: "b" * 64})
 
 
 def test_model_travels_as_float32():

@@ -9,8 +9,9 @@ Methods (each carries one envelope per direction, chunked to 1 MiB):
   masking
 * ``Send``     (stream→unary)  ``{"round_id"}`` + one secagg message → ``{"ok": true}``
 * ``Receive``  (unary→stream)  ``{"round_id"}`` → the next secagg message for the caller | end | idle
-* ``Certificates`` (unary→stream) ``{"round_id", "ids"}`` → body: JSON ``{id: signing certificate PEM}`` of those
-  members of the caller's open signed round (for certificates the caller has not cached; see :mod:`.peers`)
+* ``Certificates`` (unary→stream) ``{"round_id", "ids"?}`` → body: JSON ``{id: signing certificate PEM}`` of those
+  members of the caller's open signed round, or without ``ids`` ``{id: fingerprint}`` of all of them (for a caller
+  whose cached certificates do not match the task's roster digest; see :mod:`.peers`)
 * ``Status``   (unary→stream)  → round counter, waiting clients, rejection counts (any authenticated peer)
 
 The caller's client id is the one in its verified certificate. A header may repeat it as ``client_id``; a value
@@ -102,8 +103,8 @@ class AggregatorService:
     def Certificates(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         header = _small(request)
         cid = _client(context, header)
-        ids = field(header, "ids", list)
-        if not ids or not all(type(c) is int for c in ids):
+        ids = field(header, "ids", list, None)
+        if ids is not None and not (ids and all(type(c) is int for c in ids)):
             raise MalformedMessageError("ids must be a non-empty list of client ids")
         yield from split(pack({}, self.coord.certificates(cid, field(header, "round_id", int), ids)))
 

@@ -8,8 +8,9 @@ stand in for the aggregator or the key holder.
 
 Clients also get a *signing identity*: an Ed25519 key and a CA-issued certificate for it (``client-<id>.sign.pem``,
 key usage: digital signature only). Masking clients sign their key advertisements and consistency responses with
-it; the untrusted aggregator relays the certificates, and every party checks each one against the CA and the id it
-is used for (:func:`verify_signing_cert`), so an aggregator cannot substitute keys between clients.
+it; the untrusted aggregator relays the certificates (tasks name them by SHA-256 :func:`fingerprint`; clients
+keep the ones they verified, see :mod:`.peers`), and every party checks each one against the CA and the id it is
+used for (:func:`verify_signing_identity`), so an aggregator cannot substitute keys between clients.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ model and its version (``model``); the client trains on it at once (its source's
 with that ``base`` version and, once it is in a buffer's cohort, encodes the update under the task's public
 terms (its source's ``encode``: the staleness weight) and runs the protocol; the task then carries no model.
 The model arrives as float32 (:func:`~.wire.model_bytes`). Signed masking tasks name the cohort's signing
-certificates by fingerprint; the agent keeps the ones it verified (:class:`~.peers.PeerCertificates`, seeded
-with its own) and fetches only the others (``Certificates``), so a steady cohort costs a fingerprint per peer.
+certificates by one digest; the agent keeps the ones it verified (:class:`~.peers.PeerCertificates`, seeded
+with its own) and fetches the fingerprint listing and the certificates it lacks only when its cache does not
+match the digest (``Certificates``), so a steady cohort costs one digest per task.
 For CKKS and packed rounds the task names the key holder's public context by hash; a client whose cached context
 differs re-fetches it from the key holder (which restarted with a new key) and refuses the round if it still
 differs.
@@ -245,7 +246,9 @@ class ClientAgent:
         ctx = self.context(field(params, "context_id", str, None)) if self.scheme.needs_keyholder else None
         peers = None
         if "identities" in params:
-            peers = self.peers.resolve(params["identities"], lambda ids: self._certificates(round_id, ids))
+            peers = self.peers.resolve_roster(field(params, "cohort", list), field(params, "identities", str),
+                                              lambda: self._certificates(round_id, None),
+                                              lambda ids: self._certificates(round_id, ids))
         role = self.scheme.client_role(self.client_id, params, ctx, self.creds, peers)
         self._send(round_id, role.start(update, weight))
         while not role.done and not self.stop.is_set():
@@ -266,10 +269,11 @@ class ClientAgent:
                 self._send(round_id, outs)
         return role.done
 
-    def _certificates(self, round_id: int, ids: list[int]) -> dict[int, str]:
-        """The signing certificates (PEM, unverified) the open round names for ``ids``, from the aggregator."""
-        env = self.stub.unary_stream("Certificates", pack({"client_id": self.client_id, "round_id": round_id,
-                                                           "ids": ids}), self._rpc_timeout())
+    def _certificates(self, round_id: int, ids: list[int] | None) -> dict[int, str]:
+        """From the aggregator: the signing certificates (PEM, unverified) the open round names for ``ids``, or
+        with ``ids`` None the round's fingerprint listing."""
+        ask = {"client_id": self.client_id, "round_id": round_id} | ({} if ids is None else {"ids": ids})
+        env = self.stub.unary_stream("Certificates", pack(ask), self._rpc_timeout())
         self.bytes_down += len(env)
         self.cert_bytes += len(env)
         _, body = unpack(env)
@@ -279,7 +283,7 @@ class ClientAgent:
             raise MalformedMessageError(f"the certificate reply is not JSON: {exc}") from exc
         if not isinstance(got, dict) or not all(isinstance(k, str) and k.isdigit() and isinstance(v, str)
                                                 for k, v in got.items()):
-            raise MalformedMessageError("the certificate reply is not a mapping of client ids to PEM")
+            raise MalformedMessageError("the certificate reply is not a mapping of client ids to strings")
         return {int(k): v for k, v in got.items()}
 
     def _send(self, round_id: int, outs: list[Outbound]) -> None:

@@ -20,13 +20,12 @@ a time. Invariants:
   staleness. An update staler than the strategy's ``max_staleness`` is answered with the current model instead;
 * the global model is kept in float64 and sent to clients as little-endian float32 (what they train in); a model
   that float32 cannot hold finitely is never applied;
-* a signed masking task names the cohort's signing certificates by fingerprint; :meth:`certificates` serves the
-  certificates themselves, to that round's members only and only those the round names.
+* a signed masking task names the cohort's signing certificates by a digest of their fingerprints;
+  :meth:`certificates` serves the fingerprints and certificates themselves, to that round's members only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import threading
@@ -212,19 +211,15 @@ class Coordinator:
                     return pack({"type": "idle"})
                 self.cond.wait(min(left, 0.5))
 
-    def certificates(self, cid: int, round_id: int, ids: list[int]) -> bytes:
-        """The signing certificates (PEM) of clients ``ids`` as named by the open round ``round_id``, for its member
-        ``cid``: a JSON object ``{id: pem}`` (UnknownClientError for an id the round does not name)."""
+    def certificates(self, cid: int, round_id: int, ids: list[int] | None) -> bytes:
+        """For member ``cid`` of the open round ``round_id``: the signing certificates it names for clients ``ids``
+        as a JSON object ``{id: pem}`` (UnknownClientError for another id), or with ``ids`` None the fingerprints
+        of all of them, ``{id: fingerprint}``."""
         with self.cond:
             rnd = self._round_for(cid, round_id)
             if rnd is None or rnd.status != "open":
                 raise WrongRoundError(f"round {round_id} is already closed")
-            bad = sorted(set(ids) - set(rnd.identities))
-            if bad:
-                raise UnknownClientError(f"round {round_id} names no signing certificate for clients {bad[:8]}")
-            body = json.dumps({str(c): rnd.identities[c].pem for c in sorted(set(ids))}).encode()
-            rnd.cert_bytes += len(body)
-            return body
+            return rnd.certificates(ids)
 
     def note_rejection(self, exc: SecAggError) -> None:
         """Count a refused request by error name (the service logs it); reported by :meth:`status`."""

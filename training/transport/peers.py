@@ -1,12 +1,16 @@
-"""A client's cache of verified peer signing certificates, so signed rounds name certificates by fingerprint.
+"""A client's cache of verified peer signing certificates, so signed rounds name certificates by digest.
 
-A signed masking task lists the cohort as ``{client id: SHA-256 fingerprint}`` instead of whole certificates.
-:meth:`PeerCertificates.resolve` turns that list into the Ed25519 keys the client's role verifies signatures with.
+A signed masking task names its cohort's signing certificates by one :func:`roster_digest` (SHA-256 over the
+sorted ``(client id, certificate fingerprint)`` pairs) instead of listing whole certificates.
+:meth:`PeerCertificates.resolve_roster` turns it into the Ed25519 keys the client's role verifies signatures with:
+from the cache when the certificates it holds for the cohort hash to the digest (nothing fetched), else from the
+round's fingerprint listing (fetched, checked against the digest) and :meth:`PeerCertificates.resolve`.
 Invariants:
 
 * a key is used only if its certificate was verified against this client's own CA copy for exactly that client id
   (:func:`~.certs.verify_signing_identity`), is still within its validity, and has exactly the fingerprint the
-  round names; the aggregator only ever chooses *which* CA-issued certificate a round uses, never a key;
+  round names (directly, or through the digest); the aggregator only ever chooses *which* CA-issued certificate a
+  round uses, never a key; a listing that does not hash to the task's digest is refused;
 * a fingerprint that is not cached (a new peer, a re-issued certificate, an empty cache after a restart), or that
   is cached for another client id, is never trusted: its certificate is fetched from the aggregator and verified;
   a fetched certificate whose fingerprint differs from the round's is refused (:class:`CertificateMismatchError`)
@@ -16,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -23,9 +28,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from secagg.errors import AuthenticationError, MalformedMessageError
 from training.transport.certs import SigningIdentity, verify_signing_identity
 
-__all__ = ["CertificateMismatchError", "PeerCertificates"]
+__all__ = ["CertificateMismatchError", "PeerCertificates", "roster_digest"]
 
 Fetch = Callable[[list[int]], Mapping[int, str]]  # client ids -> their signing certificates (PEM), from the aggregator
+FetchRoster = Callable[[], Mapping[int, str]]  # the round's {client id: fingerprint} listing, from the aggregator
+
+
+def roster_digest(listing: Mapping[int, str]) -> str:
+    """SHA-256 (hex) over a round's sorted ``client id: certificate fingerprint`` pairs (unambiguous: ids are
+    integers, fingerprints 64 hex digits)."""
+    h = hashlib.sha256(b"secagg/transport/roster/v1")
+    for c in sorted(listing):
+        h.update(f"{int(c)}:{listing[c]};".encode())
+    return h.hexdigest()
+
+
+def _is_fingerprint(fp: object) -> bool:
+    return isinstance(fp, str) and len(fp) == 64 and all(ch in "0123456789abcdef" for ch in fp)
 
 
 class CertificateMismatchError(AuthenticationError):
@@ -68,16 +87,27 @@ class PeerCertificates:
             return None
         return ident.key
 
-    def resolve(self, listed: Mapping[str, str], fetch: Fetch) -> dict[int, Ed25519PublicKey]:
-        """The verified key of every client in ``listed`` (``{str(id): fingerprint}``, a round's parameters);
-        certificates not cached under their fingerprint are fetched with ``fetch(ids)`` and verified first."""
-        if not isinstance(listed, Mapping):
-            raise MalformedMessageError("the round's identities are not a mapping of client ids to fingerprints")
-        wanted: dict[int, str] = {}
-        for key, fp in listed.items():
-            if not (isinstance(key, str) and key.isdigit() and isinstance(fp, str) and len(fp) == 64):
-                raise MalformedMessageError("the round's identities are not client ids with SHA-256 fingerprints")
-            wanted[int(key)] = fp
+    def resolve_roster(self, cohort: list[int], digest: str, fetch_roster: FetchRoster,
+                       fetch: Fetch) -> dict[int, Ed25519PublicKey]:
+        """The verified key of every client of ``cohort``, whose certificates the round names by ``digest``
+        (:func:`roster_digest`): cached ones if they hash to it, else through the fetched listing (refused with
+        CertificateMismatchError unless it covers exactly ``cohort`` and hashes to ``digest``)."""
+        current = {c: self._fp_of.get(c) for c in cohort}
+        if all(current.values()) and roster_digest(current) == digest:  # type: ignore[arg-type]
+            keys = {c: self.cached(c, fp) for c, fp in current.items()}  # type: ignore[arg-type]
+            if all(k is not None for k in keys.values()):
+                return keys  # type: ignore[return-value]
+        listing = fetch_roster()
+        if sorted(listing) != sorted(cohort) or roster_digest(listing) != digest:
+            raise CertificateMismatchError("the fingerprint listing does not match the round's roster digest")
+        return self.resolve(listing, fetch)
+
+    def resolve(self, wanted: Mapping[int, str], fetch: Fetch) -> dict[int, Ed25519PublicKey]:
+        """The verified key of every client in ``wanted`` (``{id: fingerprint}``); certificates not cached under
+        their fingerprint are fetched with ``fetch(ids)`` and verified first."""
+        if not isinstance(wanted, Mapping) or not all(type(c) is int and c >= 0 and _is_fingerprint(fp)
+                                                      for c, fp in wanted.items()):
+            raise MalformedMessageError("the round's identities are not client ids with SHA-256 fingerprints")
         keys = {c: k for c, fp in wanted.items() if (k := self.cached(c, fp)) is not None}
         missing = sorted(set(wanted) - set(keys))
         if missing:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from secagg.errors import UnknownClientError
 from secagg.roles import AggregateResult, AggregatorRole
 from training.transport.certs import SigningIdentity
 
@@ -73,3 +75,15 @@ class Round:
     task_bytes: int = 0
     keyholder_bytes: int = 0
     cert_bytes: int = 0
+
+    def certificates(self, ids: list[int] | None) -> bytes:
+        """JSON ``{id: pem}`` of the signing certificates this round names for ``ids`` (UnknownClientError for
+        another id), or with ``ids`` None ``{id: fingerprint}`` of all of them; counted in :attr:`cert_bytes`."""
+        if ids is None:
+            body = json.dumps({str(c): i.fingerprint for c, i in sorted(self.identities.items())}).encode()
+        elif bad := sorted(set(ids) - set(self.identities)):
+            raise UnknownClientError(f"round {self.round_id} names no signing certificate for clients {bad[:8]}")
+        else:
+            body = json.dumps({str(c): self.identities[c].pem for c in sorted(set(ids))}).encode()
+        self.cert_bytes += len(body)
+        return body

@@ -5,8 +5,8 @@ task header, and every client rebuilds its own role from them (:meth:`Scheme.cli
 another party's role, so secrets stay where they are created: masking keys in each client, the CKKS secret key in
 the key holder. CKKS clients take the public context from the key holder itself (authenticated by mTLS), never
 from the aggregator, so the aggregator cannot substitute a key it could decrypt with. Signed masking rounds name the
-cohort's signing certificates by SHA-256 fingerprint in the parameters; each client resolves them to keys it has
-verified against its own CA copy (cached, or fetched and verified: :mod:`.peers`) before use.
+cohort's signing certificates by one digest of their fingerprints in the parameters (``identities``); each client
+resolves it to keys it has verified against its own CA copy (cached, or fetched and verified: :mod:`.peers`).
 
 Weights: a round with public weights (FedAvg, gradient) lets the CKKS aggregator apply the checked-in weights;
 with ``private_bound`` (loss-weighted: weights are secret) every scheme has clients pre-weight ``[w·x, w]``
@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from secagg.errors import AuthenticationError, ConfigurationError, MalformedMessageError
 from secagg.roles import AggregatorRole, ClientRole
 from training.transport.certs import Credentials, SigningIdentity
+from training.transport.peers import roster_digest
 from training.transport.wire import context_id
 
 Identities = Mapping[int, SigningIdentity]  # client id -> its verified signing certificate
@@ -52,7 +53,7 @@ class Scheme:
                     creds: Credentials | None = None,
                     peers: Mapping[int, Ed25519PublicKey] | None = None) -> ClientRole:
         """This client's role for the round; for signed rounds ``creds`` (its signing key) and ``peers``: the
-        verified key of every cohort member, resolved from the fingerprints in ``params["identities"]``."""
+        verified key of every cohort member, resolved from the roster digest ``params["identities"]``."""
         raise NotImplementedError
 
     @property
@@ -102,7 +103,7 @@ class MaskingScheme(Scheme):
         if self.needs_identities:
             if identities is None or any(c not in identities for c in cohort):
                 raise AuthenticationError("a signed masking round needs every member's signing identity")
-            params["identities"] = {str(c): identities[c].fingerprint for c in sorted(cohort)}
+            params["identities"] = roster_digest({c: identities[c].fingerprint for c in cohort})
             peers = {c: identities[c].key for c in cohort}
         return params, MaskingServer(self._config(params), peer_identities=peers)
 
@@ -118,8 +119,8 @@ class MaskingScheme(Scheme):
         signer = creds.signer() if creds is not None else None
         if signer is None:
             raise ConfigurationError(f"client {client_id} has no signing identity for a signed masking round")
-        if not isinstance(listed, dict) or sorted(listed) != sorted(str(c) for c in config.participants):
-            raise MalformedMessageError("the round's identities do not match its cohort")
+        if not isinstance(listed, str):
+            raise MalformedMessageError("the round's identities are not a roster digest")
         if peers is None or set(peers) != set(config.participants):
             raise AuthenticationError("a signed masking round needs a verified key for every cohort member")
         return MaskingClient(client_id, config, identity=signer, peer_identities=dict(peers))

@@ -29,7 +29,7 @@ __all__ = ["CHUNK", "MAX_GRPC_MESSAGE", "OversizeMessageError", "StaleKeyError",
 
 CHUNK = 1 << 20
 MAX_GRPC_MESSAGE = CHUNK + (64 << 10)
-MAX_HEADER = 1 << 20   # a task header lists the cohort's signing certificates (about 0.5 KiB per client)
+MAX_HEADER = 1 << 20   # a task header names the cohort's signing certificates (about 70 bytes per client)
 _MAGIC = b"ST"
 _LEN = struct.Struct("<I")
 

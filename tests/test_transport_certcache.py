@@ -204,6 +204,12 @@ def test_roster_digest_hits_the_cache_and_any_change_goes_through_the_listing(pk
                         (tampered, roster_digest(tampered))):  # hashes, but names client 1's certificate for 2
         with pytest.raises(E.AuthenticationError):
             PeerCertificates(ca).resolve_roster(cohort, want, lambda t=table: t, server)
+    other = listing | {1: secrets.token_hex(32)}  # the round commits to a certificate of client 1 no one cached
+    with pytest.raises(CertificateMismatchError):  # so the warm cache is not used: listing, then a failed fetch
+        cache.resolve_roster(cohort, roster_digest(other), lambda: other, server)
+    assert len(rosters) == 1 and server.asked[-1] == [1]
+    with pytest.raises(CertificateMismatchError):  # a genuine listing that is not the one the digest commits to
+        PeerCertificates(ca).resolve_roster(cohort, roster_digest(other), roster, server)
     assert roster_digest(listing) != roster_digest(tampered)
     assert roster_digest({1: "a" * 64, 12: "b" * 64}) != roster_digest({11: "a" * 64, 2: "b" * 64})
 

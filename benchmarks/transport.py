@@ -304,7 +304,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xlabel("clients n")
         ax.set_title(title)
         ax.legend(fontsize=7)
-    fig.suptitle(f"one secure-aggregation round, dim {rows[0]['dim']} (shared 2-core machine)", fontsize=9)
+    fig.suptitle(f"one secure-aggregation round (the 2nd of 2: steady state), dim {rows[0]['dim']} "
+                 "(shared 2-core machine)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

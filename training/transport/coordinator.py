@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from secagg.errors import MalformedMessageError, SecAggError, StageError, UnknownClientError, WrongRoundError
-from training.transport.certs import SigningIdentity
 from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, Outbound
 from training.transport import checkpoint
+from training.transport.certs import SigningIdentity
 from training.transport.checkpoint import ServerState
 from training.transport.rounds import Round, RoundPolicy, RoundRecord
 from training.transport.schemes import Scheme

@@ -21,7 +21,7 @@ from secagg.hazmat.prg import U32Stream
 
 _ENCODE_BLOCK = 1 << 16  # values per block: the float64 buffers stay in L2
 
-__all__ = ["validate_update", "flatten", "unflatten", "FlatSpec", "FixedPoint", "ring_dtype"]
+__all__ = ["check_weight", "validate_update", "flatten", "unflatten", "FlatSpec", "FixedPoint", "ring_dtype"]
 
 
 def _shape_checked(x: object, dim: int | None = None) -> np.ndarray:
@@ -47,6 +47,19 @@ def _extremes(x: np.ndarray, whole: np.ndarray) -> tuple[float, float]:
         bad = int(np.count_nonzero(~np.isfinite(whole)))
         raise MalformedUpdateError(f"update holds {bad} NaN/Inf values")
     return lo, hi
+
+
+def check_weight(weight: object, bound: float | None = None) -> float:
+    """``weight`` as a float if it is a real number (not a bool, string or array), finite, ``> 0`` and at most
+    ``bound`` (if given); otherwise MalformedUpdateError. Every scheme's client checks its weight with this."""
+    if isinstance(weight, (bool, np.bool_)) or not isinstance(weight, (int, float, np.integer, np.floating)):
+        raise MalformedUpdateError(f"weight must be a real number, got {type(weight).__name__} {weight!r}")
+    w = float(weight)
+    if not (math.isfinite(w) and w > 0):
+        raise MalformedUpdateError(f"weight must be a positive finite number, got {w}")
+    if bound is not None and w > bound:
+        raise MalformedUpdateError(f"weight {w} exceeds the public weight bound {bound}")
+    return w
 
 
 def validate_update(x: object, dim: int | None = None) -> np.ndarray:

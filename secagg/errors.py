@@ -6,11 +6,14 @@
     ├── DropoutError                too few survivors to finish; no partial result is produced
     ├── KeyMisuseError              a secret key where only public material belongs (e.g. private context to aggregator)
     ├── DecryptionError             ciphertext/share failed authentication or does not decrypt under this key
-    │   └── TooFewContributorsError an aggregate with fewer contributors than the key holder's minimum
+    │   ├── TooFewContributorsError an aggregate with fewer contributors than the key holder's minimum
+    │   └── VerificationError       an aggregate or a revealed share that is not what its contributors committed to
+    ├── CapacityError               a bounded store (pending seeds) is full; nothing was accepted
     ├── AuthenticationError         bad signature or wrong sender identity
     ├── MalformedUpdateError        bad input vector: wrong shape/dtype, NaN/Inf, out of the encodable range
     └── MalformedMessageError       bytes that do not decode to a valid message (truncated, bit-flipped, bad sizes)
         ├── WrongRoundError         a message for another round (replays of earlier rounds land here)
+        │   └── ReplayError         a round session a client already took part in (its nonce was reused)
         ├── DuplicateMessageError   a second message from the same sender for the same stage
         └── UnknownClientError      a sender/recipient that is not part of this round
 """
@@ -25,6 +28,9 @@ __all__ = [
     "KeyMisuseError",
     "DecryptionError",
     "TooFewContributorsError",
+    "VerificationError",
+    "CapacityError",
+    "ReplayError",
     "AuthenticationError",
     "MalformedUpdateError",
     "MalformedMessageError",
@@ -62,6 +68,15 @@ class TooFewContributorsError(DecryptionError):
     """The key holder refuses an aggregate with fewer contributors than its configured minimum."""
 
 
+class VerificationError(DecryptionError):
+    """An aggregate that is not the sum of exactly the named contributions of this round under this key, or a
+    revealed share that does not open its dealer's commitment; nothing is released or reconstructed from it."""
+
+
+class CapacityError(SecAggError):
+    """A bounded store (for instance the key holder's pending pad seeds) is full; the message was not accepted."""
+
+
 class AuthenticationError(SecAggError):
     """A signature did not verify or a sender claimed an identity that is not its own."""
 
@@ -76,6 +91,10 @@ class MalformedMessageError(SecAggError, ValueError):
 
 class WrongRoundError(MalformedMessageError):
     """A well-formed message for a different round than the one in progress (including replays)."""
+
+
+class ReplayError(WrongRoundError):
+    """A round session (nonce) this party already took part in: a replay, refused before any secret is used."""
 
 
 class DuplicateMessageError(MalformedMessageError):

@@ -1,17 +1,24 @@
-"""The one-shot round both homomorphic-encryption schemes run (:mod:`secagg.ckks`, :mod:`secagg.packed`).
+"""The verifiable one-shot round both homomorphic-encryption schemes run (:mod:`secagg.ckks`, :mod:`secagg.packed`).
 
-Each client sends one encrypted contribution to the aggregator and receives nothing. The aggregator adds
-ciphertexts without any key and sends the sum to the key holder once every participant submitted, or at
-``close_stage()`` with whoever did. The key holder decrypts only an aggregate from the aggregator, under its own
-session, of at least ``min_contributors`` clients, at most once per round.
+Each client sends the key holder its sealed pad seed (:mod:`secagg.he_pads`) and the aggregator one padded
+contribution: ``[w*x, w]`` and zero *guard* values, encrypted under the key holder's public key, with a secret
+uniform pad added to ``c0`` of every ciphertext, in the compact raw form of :mod:`secagg.hazmat.rlwe`. The
+aggregator adds residues mod ``q`` without any key and sends the sum to the key holder once every participant
+submitted, or at ``close_stage()`` with whoever did. The key holder removes the named contributors' pads, decrypts,
+and releases the sum only if every guard decrypts to zero: otherwise the aggregate was not the sum of exactly the
+named contributions under this key and this round (``VerificationError``), and nothing is released.
 
 Invariants kept here for both schemes:
 
 * the aggregator checks every contribution (stage, participant, round, sender = the client it names, no duplicate,
-  then the scheme's own checks in ``_add``) before any of it touches the running sum, so a rejected message never
-  corrupts it;
+  session, layout, every residue reduced) before any of it touches the running sum;
 * fewer than ``min_contributors`` at the deadline raises ``DropoutError`` (stage ``"failed"``), nothing decrypted;
+* the key holder bounds every size field (``max_dim``, chunk count, contributors) before it allocates anything,
+  decrypts at most one aggregate per round, and consumes that round's seeds whether it releases or refuses;
 * a key-holder result must answer the aggregate that was sent (round and contributor set).
+
+Public material travels as a *bundle* (:func:`bundle`): the TenSEAL public context (no secret key) and the key
+holder's X25519 sealing key; its SHA-256 is the session id every message names.
 
 Aggregator stages: ``"collect"`` -> ``"finalize"`` (sum sent, waiting for the key holder) -> ``"done"``.
 """
@@ -20,20 +27,29 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import tenseal as ts
+import tenseal.sealapi  # noqa: F401  (registers SEAL's types, e.g. Modulus, with pybind)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from secagg.encoding import validate_update
-from secagg.errors import AuthenticationError, ConfigurationError, DropoutError, DuplicateMessageError, \
-    MalformedMessageError, MalformedUpdateError, StageError, TooFewContributorsError, UnknownClientError, \
-    WrongRoundError
+from secagg.encoding import check_weight, validate_update
+from secagg.errors import AuthenticationError, CapacityError, ConfigurationError, DecryptionError, DropoutError, \
+    DuplicateMessageError, MalformedMessageError, StageError, TooFewContributorsError, UnknownClientError, \
+    VerificationError, WrongRoundError
+from secagg.he_pads import PadSeed, fresh_seed, open_seed, pad_for, seal_seed
+from secagg.hazmat import kex, rlwe
 from secagg.messages import decode
 from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, Outbound, StagedRole
 
-__all__ = ["check_int", "fresh_level", "load_ciphertext", "HEClient", "HEAggregator", "HEKeyHolder"]
+__all__ = ["check_int", "bundle", "unbundle", "ring_of", "HEClient", "HEAggregator", "HEKeyHolder",
+           "DEFAULT_MAX_DIM", "MAX_PENDING_SEEDS"]
+
+_BUNDLE_MAGIC = b"SAHE\x01"
+DEFAULT_MAX_DIM = 1 << 28  # values per aggregate the key holder accepts unless told otherwise
+MAX_PENDING_SEEDS = 1 << 16  # seeds of undecrypted rounds a key holder keeps at most
 
 
 def check_int(name: str, v: object, lo: int = 0) -> int:
@@ -43,64 +59,89 @@ def check_int(name: str, v: object, lo: int = 0) -> int:
     return v
 
 
-def fresh_level(context: ts.Context) -> list[int]:
-    """parms_id of the fresh (first data) level, the only level any contribution or aggregate may use."""
-    return list(context.seal_context().data.first_parms_id())
+def bundle(context: bytes, seal_key: bytes) -> bytes:
+    """The public bundle: magic, the X25519 sealing key, then the serialized public TenSEAL context."""
+    return _BUNDLE_MAGIC + seal_key + bytes(context)
 
 
-def load_ciphertext(vector_from: Callable[[ts.Context, bytes], Any], context: ts.Context, data: bytes, *,
-                    length: int, level: list[int], ntt: bool, kind: str) -> tuple[Any, Any]:
-    """Deserialize one chunk with ``vector_from`` and return ``(vector, ciphertext)``; anything but one valid
-    2-polynomial ciphertext (NTT form iff ``ntt``) at ``level`` holding ``length`` values raises
-    MalformedMessageError."""
-    if not data:
-        raise MalformedMessageError("empty ciphertext")
+def unbundle(data: bytes) -> tuple[bytes, bytes]:
+    """(context bytes, sealing key) of a bundle; anything else raises ConfigurationError."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise ConfigurationError(f"public context must be bytes, got {type(data).__name__}")
+    head = len(_BUNDLE_MAGIC) + kex.KEY_BYTES
+    if len(data) <= head or bytes(data[:len(_BUNDLE_MAGIC)]) != _BUNDLE_MAGIC:
+        raise ConfigurationError("not a secagg public bundle (key holder context and sealing key)")
+    key = bytes(data[len(_BUNDLE_MAGIC):head])
     try:
-        vec = vector_from(context, data)
-        cts = vec.ciphertext()
-    except Exception as exc:  # ValueError/RuntimeError from protobuf or SEAL's validity checks
-        raise MalformedMessageError(f"ciphertext does not deserialize under this context: {exc}") from exc
-    if len(cts) != 1:
-        raise MalformedMessageError(f"chunk holds {len(cts)} ciphertexts, expected 1")
-    ct = cts[0]
-    if ct.size() != 2 or ct.is_transparent() or ct.is_ntt_form() != ntt:
-        raise MalformedMessageError(f"chunk is not a valid 2-polynomial {kind} ciphertext")
-    if list(ct.parms_id()) != level:
-        raise MalformedMessageError("ciphertext is at an unexpected level or from other parameters")
-    if vec.size() != length:
-        raise MalformedMessageError(f"chunk holds {vec.size()} values, expected {length}")
-    return vec, ct
+        kex.check_public(key)
+    except MalformedMessageError as exc:
+        raise ConfigurationError(f"the bundle's sealing key is unusable: {exc}") from exc
+    return bytes(data[head:]), key
 
 
-class HEClient(StagedRole):
-    """Stages ``"ready"`` -> ``start`` -> ``"done"``; a refused input leaves the client ready to retry."""
+def ring_of(context: ts.Context, *, ntt: bool) -> tuple[rlwe.RingLayout, list[int]]:
+    """The fresh-level ring layout of ``context`` and that level's parms_id."""
+    data = context.seal_context().data.first_context_data()
+    parms = data.parms()
+    layout = rlwe.RingLayout(parms.poly_modulus_degree(), tuple(q.value() for q in parms.coeff_modulus()), ntt)
+    return layout, list(data.parms_id())
+
+
+class HEClient(StagedRole, ABC):
+    """Stages ``"ready"`` -> ``start`` -> ``"done"``; a refused input leaves the client ready to retry.
+
+    Subclasses set ``client_id``, ``round_id``, ``_layout``, ``_session_id``, ``_seal_key``, ``_identity`` and
+    implement :meth:`_encrypt` and :meth:`_contribution`."""
 
     client_id: int
+    round_id: int
+    _layout: rlwe.RingLayout
+    _session_id: bytes
+    _seal_key: bytes
+    _identity: Ed25519PrivateKey | None
 
-    def _begin(self, update: np.ndarray, weight: float) -> tuple[np.ndarray, float]:
-        """The validated ``(update, weight)``: a finite float64 vector and a finite float."""
+    def start(self, update: np.ndarray, weight: float) -> list[Outbound]:
+        """Encrypt and pad ``[weight * update, weight]``: the sealed seed to the key holder, then the contribution."""
         if self._stage != "ready":
             raise StageError(f"client {self.client_id} already submitted its contribution")
         x = validate_update(update)
-        try:
-            w = float(weight)
-        except (TypeError, ValueError) as exc:
-            raise MalformedUpdateError(f"weight must be a number, got {weight!r}") from exc
-        if not math.isfinite(w):
-            raise MalformedUpdateError(f"weight must be finite, got {w}")
-        return x, w
+        w = check_weight(weight)
+        serialized = self._encrypt(x, w)  # raises on out-of-range input before any randomness is spent
+        seed = fresh_seed()
+        pads = pad_for(seed, self._layout, len(serialized), session_id=self._session_id, round_id=self.round_id,
+                       client_id=self.client_id)
+        chunks = []
+        for raw, pad in zip(serialized, pads):
+            residues = rlwe.extract(raw, self._layout)
+            rlwe.add_into(residues[0], pad, self._layout)
+            chunks.append(rlwe.pack(residues, self._layout))
+        sealed = seal_seed(seed, self._seal_key, session_id=self._session_id, round_id=self.round_id,
+                           client_id=self.client_id, identity=self._identity)
+        msg = self._contribution(int(x.shape[0]), tuple(chunks))
+        self._stage = "done"
+        return [Outbound(KEYHOLDER, sealed.to_bytes()), Outbound(AGGREGATOR, msg.to_bytes())]
 
     def receive(self, payload: bytes) -> list[Outbound]:
         """HE clients are sent nothing: always raises StageError."""
         raise StageError(f"client {self.client_id} of a one-shot HE round expects no messages "
                          f"(stage {self._stage!r})")
 
+    @abstractmethod
+    def _encrypt(self, x: np.ndarray, weight: float) -> list[bytes]:
+        """One serialized one-ciphertext TenSEAL vector per chunk of ``[w*x, w, guards]``."""
+
+    @abstractmethod
+    def _contribution(self, dim: int, chunks: tuple[bytes, ...]) -> Any:
+        """The contribution message carrying the padded, packed ``chunks``."""
+
 
 class HEAggregator(StagedRole, ABC):
-    """Collects one contribution per participant; subclasses check and add ciphertexts and decode the result."""
+    """Collects one contribution per participant and adds their residues; subclasses check headers and decode."""
 
     contribution_type: ClassVar[type]
     result_type: ClassVar[type]
+    _layout: rlwe.RingLayout
+    _chunks: int
 
     def _init_round(self, participants: Iterable[int], *, dim: int, round_id: int, min_contributors: int,
                     max_cohort: int | None = None) -> None:
@@ -115,7 +156,7 @@ class HEAggregator(StagedRole, ABC):
             raise ConfigurationError(f"min_contributors={min_contributors} exceeds the {len(ids)} participants")
         self.participants, self.dim, self.round_id = tuple(sorted(ids)), dim, round_id
         self.min_contributors = min_contributors
-        self._sum: list[Any] | None = None
+        self._sum: np.ndarray | None = None
         self._received: list[int] = []
         self._sent: tuple[int, ...] = ()
         self._result: AggregateResult | None = None
@@ -141,7 +182,15 @@ class HEAggregator(StagedRole, ABC):
             raise AuthenticationError(f"sender {sender} sent a contribution naming client {msg.client_id}")
         if sender in self._received:
             raise DuplicateMessageError(f"client {sender} already contributed to round {self.round_id}")
-        self._add(msg)
+        self._check_header(msg)
+        if msg.dim != self.dim or len(msg.chunks) != self._chunks:
+            raise MalformedMessageError(f"contribution of dim {msg.dim} in {len(msg.chunks)} chunks; expected dim "
+                                        f"{self.dim} in {self._chunks}")
+        parts = np.stack([rlwe.unpack(c, self._layout) for c in msg.chunks])  # all checked before any is added
+        if self._sum is None:
+            self._sum = parts
+        else:
+            rlwe.add_into(self._sum, parts, self._layout)
         self._received.append(sender)
         return self._send() if len(self._received) == len(self.participants) else []
 
@@ -160,7 +209,8 @@ class HEAggregator(StagedRole, ABC):
     def _send(self) -> list[Outbound]:
         assert self._sum is not None
         self._sent = tuple(sorted(self._received))
-        msg = self._aggregate(self._sent, tuple(v.serialize() for v in self._sum))
+        chunks = tuple(rlwe.pack(s, self._layout) for s in self._sum)
+        msg = self._aggregate(self._sent, chunks)
         self._sum, self._stage = None, "finalize"
         return [Outbound(KEYHOLDER, msg.to_bytes())]
 
@@ -185,8 +235,8 @@ class HEAggregator(StagedRole, ABC):
         return self._result
 
     @abstractmethod
-    def _add(self, msg: Any) -> None:
-        """Check ``msg`` fully (session, layout, ciphertexts), then add it to ``self._sum``."""
+    def _check_header(self, msg: Any) -> None:
+        """MalformedMessageError unless ``msg`` names this round's session (and layout)."""
 
     @abstractmethod
     def _aggregate(self, contributors: tuple[int, ...], chunks: tuple[bytes, ...]) -> Any:
@@ -198,12 +248,15 @@ class HEAggregator(StagedRole, ABC):
 
 
 class HEKeyHolder(ABC):
-    """Decrypts aggregates only; subclasses own the secret context and the decryption."""
+    """Decrypts verified aggregates only; subclasses own the secret context, the chunk layout and the guard check."""
 
     aggregate_type: ClassVar[type]
+    session_id: bytes
     _public: bytes
+    _layout: rlwe.RingLayout
 
-    def _init_keyholder(self, min_contributors: int, max_contributors: int | None = None) -> None:
+    def _init_keyholder(self, min_contributors: int, max_contributors: int | None, max_dim: int,
+                        peer_identities: Mapping[int, Ed25519PublicKey] | None) -> None:
         top = max_contributors if max_contributors is not None else math.inf
         if isinstance(min_contributors, bool) or not isinstance(min_contributors, int) or \
                 not 2 <= min_contributors <= top:
@@ -211,42 +264,97 @@ class HEKeyHolder(ABC):
             raise ConfigurationError(f"min_contributors must be an int >= 2{bound} (a sum of one client is that "
                                      f"client's update), got {min_contributors!r}")
         self.min_contributors, self._max_contributors = min_contributors, max_contributors
+        self.max_dim = check_int("max_dim", max_dim, 1)
+        self._peers = dict(peer_identities) if peer_identities is not None else None
+        self._seal = kex.generate()
+        self.seal_key = kex.public_bytes(self._seal)
         self._finalized: set[int] = set()
+        self._seeds: dict[int, dict[int, bytes]] = {}
 
     def public_context(self) -> bytes:
-        """The serialized context with the public key only: no secret, relinearization or Galois keys."""
+        """The public bundle: the context with the public key only (no secret, relinearization or Galois keys)
+        and the X25519 key clients seal their pad seeds to."""
         return self._public
 
     @property
     def finalized_rounds(self) -> frozenset[int]:
-        """Round ids whose aggregate has been decrypted (each can be decrypted only once)."""
+        """Round ids whose aggregate has been decrypted or refused (each is processed only once)."""
         return frozenset(self._finalized)
 
     def receive(self, sender: int, payload: bytes) -> list[Outbound]:
-        """Decrypt the aggregate in ``payload`` from the aggregator; return the result addressed to it."""
+        """A client's sealed pad seed, or an aggregate from the aggregator (answered with the verified sum)."""
+        msg = decode(payload)
+        if isinstance(msg, PadSeed):
+            return self._on_seed(sender, msg)
         if sender != AGGREGATOR:
             raise AuthenticationError(f"the key holder accepts aggregates from the aggregator only, not {sender}")
-        msg = decode(payload)
         if not isinstance(msg, self.aggregate_type):
             raise MalformedMessageError(f"the key holder decrypts {self.aggregate_type.__name__} only, "
                                         f"got {type(msg).__name__}")
-        self._check_session(msg)
-        if len(msg.contributors) < self.min_contributors:
-            raise TooFewContributorsError(
-                f"aggregate of {len(msg.contributors)} contributor(s); at least {self.min_contributors} required")
-        if self._max_contributors is not None and len(msg.contributors) > self._max_contributors:
-            raise MalformedMessageError(f"aggregate of {len(msg.contributors)} contributors exceeds max_cohort="
-                                        f"{self._max_contributors}: lanes could carry into each other")
+        if self._session_of(msg) != self.session_id:
+            raise DecryptionError("aggregate was made under another session (another key holder or layout)")
+        if msg.dim > self.max_dim:
+            raise MalformedMessageError(f"aggregate of dim {msg.dim} exceeds this key holder's max_dim={self.max_dim}")
+        if len(msg.chunks) != self._chunk_count(msg.dim):
+            raise MalformedMessageError(f"aggregate has {len(msg.chunks)} chunks, dim {msg.dim} needs "
+                                        f"{self._chunk_count(msg.dim)}")
+        n = len(msg.contributors)
+        if n < self.min_contributors:
+            raise TooFewContributorsError(f"aggregate of {n} contributor(s); at least {self.min_contributors} required")
+        if self._max_contributors is not None and n > self._max_contributors:
+            raise MalformedMessageError(f"aggregate of {n} contributors exceeds max_cohort={self._max_contributors}: "
+                                        "lanes could carry into each other")
         if msg.round_id in self._finalized:
-            raise DuplicateMessageError(f"an aggregate of round {msg.round_id} was already decrypted")
-        result = self._decrypt(msg)
-        self._finalized.add(msg.round_id)
-        return [Outbound(AGGREGATOR, result.to_bytes())]
+            raise DuplicateMessageError(f"an aggregate of round {msg.round_id} was already processed")
+        seeds = self._seeds.get(msg.round_id, {})
+        missing = [c for c in msg.contributors if c not in seeds]
+        if missing:
+            raise VerificationError(f"no pad seed from clients {missing} for round {msg.round_id}: not decrypted")
+        residues = np.stack([rlwe.unpack(c, self._layout) for c in msg.chunks])
+        self._finalized.add(msg.round_id)  # consumed from here on, released or not
+        del self._seeds[msg.round_id]
+        for c in msg.contributors:
+            pads = pad_for(seeds[c], self._layout, residues.shape[0], session_id=self.session_id,
+                           round_id=msg.round_id, client_id=c)
+            rlwe.sub_into(residues[:, 0], pads, self._layout)
+        return [Outbound(AGGREGATOR, self._decrypt(msg, residues).to_bytes())]
+
+    def _on_seed(self, sender: int, msg: PadSeed) -> list[Outbound]:
+        if msg.session_id != self.session_id:
+            raise DecryptionError("pad seed for another session (another key holder)")
+        identity = None
+        if self._peers is not None:
+            if msg.client_id not in self._peers:
+                raise UnknownClientError(f"no identity key for client {msg.client_id}")
+            if sender not in (AGGREGATOR, msg.client_id):
+                raise AuthenticationError(f"sender {sender} relayed a seed naming client {msg.client_id}")
+            identity = self._peers[msg.client_id]
+        elif sender != msg.client_id:
+            raise AuthenticationError(f"without identities a seed must come from its client over an authenticated "
+                                      f"channel; sender {sender} named client {msg.client_id}")
+        if msg.round_id in self._finalized:
+            raise WrongRoundError(f"round {msg.round_id} was already processed")
+        pending = self._seeds.setdefault(msg.round_id, {})
+        if msg.client_id in pending:
+            raise DuplicateMessageError(f"client {msg.client_id} already sent its seed for round {msg.round_id}")
+        if sum(len(s) for s in self._seeds.values()) >= MAX_PENDING_SEEDS:
+            raise CapacityError(f"{MAX_PENDING_SEEDS} seeds of undecrypted rounds are pending")
+        pending[msg.client_id] = open_seed(msg, self._seal, identity)
+        return []
+
+    def _guard_error(self, what: str) -> VerificationError:
+        return VerificationError(f"{what}: the aggregate is not the sum of the named contributions of this round "
+                                 "under this key (or it is corrupted); nothing released")
+
+    @staticmethod
+    def _session_of(msg: Any) -> bytes:
+        return msg.context_id if hasattr(msg, "context_id") else msg.session_id
 
     @abstractmethod
-    def _check_session(self, msg: Any) -> None:
-        """DecryptionError unless ``msg`` was made under this key holder's public context."""
+    def _chunk_count(self, dim: int) -> int:
+        """Ciphertexts an aggregate of ``dim`` values has (computed, never allocated)."""
 
     @abstractmethod
-    def _decrypt(self, msg: Any) -> Any:
-        """The result message for the aggregate ``msg`` (all checks passed); nothing changes if it raises."""
+    def _decrypt(self, msg: Any, residues: np.ndarray) -> Any:
+        """The result message for the pad-free ``residues`` of ``msg``; VerificationError if a guard is not zero."""
+

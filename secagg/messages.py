@@ -26,7 +26,7 @@ from secagg.errors import MalformedMessageError
 __all__ = ["Message", "message", "decode", "WIRE_VERSION", "MAX_MESSAGE_BYTES"]
 
 MAGIC = b"SA"
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 MAX_MESSAGE_BYTES = 1 << 31
 _HEADER = struct.Struct("<2sBBI")
 _CRC = struct.Struct("<I")

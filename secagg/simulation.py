@@ -7,13 +7,15 @@ when nothing is in flight and the aggregator is not done, declares the stage's d
 
 from __future__ import annotations
 
+import inspect
 import secrets
 from collections import deque
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from secagg.errors import ConfigurationError, MalformedUpdateError, StageError
+from secagg.encoding import check_weight
+from secagg.errors import ConfigurationError, MalformedUpdateError, SecAggError, StageError
 from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, AggregatorRole, ClientRole, FinalizerRole, \
     Outbound, message_tag
 
@@ -29,11 +31,16 @@ def run_round(
     finalizer: FinalizerRole | None = None,
     drop_at: Mapping[int, int] | None = None,
     max_deadlines: int = 16,
+    rejected: list[tuple[int, SecAggError]] | None = None,
 ) -> AggregateResult:
     """Run one round to completion and return the aggregator's result.
 
     ``drop_at[i] = tag`` makes client ``i`` vanish instead of sending its first message with wire tag ``tag``:
-    that message and everything after it is lost, and the client receives nothing more.
+    that message and everything after it is lost, and the client receives nothing more. A client message the
+    aggregator or key holder refuses (a named ``SecAggError``) is dropped, as a networked deployment drops it, and
+    the round goes on without it; a client that refuses a message leaves the round. ``rejected`` (if given)
+    collects ``(party, error)``. Errors of the
+    aggregator's own stage transitions (too few survivors, a dealer's inconsistent shares) end the round.
     """
     drop_at = dict(drop_at or {})
     gone: set[int] = set()
@@ -61,13 +68,36 @@ def run_round(
             continue
         sender, out = queue.popleft()
         if out.to == AGGREGATOR:
-            emit(AGGREGATOR, aggregator.receive(sender, out.payload))
+            try:
+                outs = aggregator.receive(sender, out.payload)
+            except SecAggError as exc:
+                if sender < 0 or aggregator.stage == "failed":
+                    raise
+                if rejected is not None:
+                    rejected.append((sender, exc))
+                continue
+            emit(AGGREGATOR, outs)
         elif out.to == KEYHOLDER:
             if finalizer is None:
                 raise StageError("a message was addressed to the key holder but this scheme has none")
-            emit(KEYHOLDER, finalizer.receive(sender, out.payload))
+            try:
+                outs = finalizer.receive(sender, out.payload)
+            except SecAggError as exc:
+                if sender < 0:
+                    raise
+                if rejected is not None:
+                    rejected.append((sender, exc))
+                continue
+            emit(KEYHOLDER, outs)
         elif out.to in clients and out.to not in gone:
-            emit(out.to, clients[out.to].receive(out.payload))
+            try:
+                outs = clients[out.to].receive(out.payload)
+            except SecAggError as exc:  # a client refusing a message leaves the round, as it would on a network
+                gone.add(out.to)
+                if rejected is not None:
+                    rejected.append((out.to, exc))
+                continue
+            emit(out.to, outs)
     return aggregator.result()
 
 
@@ -81,10 +111,7 @@ def _check_inputs(updates: Sequence[np.ndarray], weights: Sequence[float]) -> tu
         dim = u.shape[0] if dim is None else dim
         if u.shape[0] != dim:
             raise MalformedUpdateError(f"update {i} has length {u.shape[0]}, expected {dim}")
-    ws = [float(w) for w in weights]
-    if not all(np.isfinite(w) and w > 0 for w in ws):
-        raise MalformedUpdateError("weights must be positive finite numbers")
-    return list(updates), ws
+    return list(updates), [check_weight(w) for w in weights]
 
 
 def simulate(
@@ -101,9 +128,11 @@ def simulate(
     ``scheme`` is ``"ckks"``, ``"masking"`` or ``"packed"`` (BFV lane packing). ``dropped`` clients vanish after
     sending their keys and shares but before their masked input (masking), or never submit (ckks, packed). ``seed`` fixes only public choices (the SecAgg+
     graph); keys, masks and rounding always come from the OS CSPRNG. Other keyword options go to the scheme
-    (ckks: ``params``, ``weighting``, ``min_contributors``; masking: ``threshold``, ``neighbors``,
-    ``ring_bits``, ``clip``, ``rounding``, ``sign``; packed: ``max_cohort``, ``min_value_bits``, ``clip``,
-    ``rounding``, ``min_contributors``). Too few survivors raise a ``SecAggError`` subclass.
+    (ckks: ``params``, ``min_contributors``, ``sign``; masking: ``threshold``, ``neighbors``, ``max_corrupt``,
+    ``share_dropouts``, ``ring_bits``, ``clip``, ``rounding``, ``sign``; packed: ``max_cohort``,
+    ``min_value_bits``, ``clip``, ``rounding``, ``min_contributors``, ``sign``). Every scheme runs its hardened
+    protocol by default (signed, verified); ``sign=False`` opts out for a trusted server. Too few survivors raise a
+    ``SecAggError`` subclass.
     """
     ups, ws = _check_inputs(updates, weights)
     n = len(ups)
@@ -118,6 +147,10 @@ def simulate(
         from secagg.packed.setup import build_round
     else:
         raise ConfigurationError(f"unknown scheme {scheme!r}; expected 'ckks', 'masking' or 'packed'")
+    allowed = set(inspect.signature(build_round).parameters) - {"participants", "dim", "weights", "graph_seed"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigurationError(f"unknown {scheme} options {unknown}; this scheme takes {sorted(allowed)}")
     graph_seed = secrets.token_bytes(16) if seed is None else int(seed).to_bytes(16, "little", signed=True)
     rnd = build_round(list(range(n)), dim=ups[0].shape[0], weights=dict(enumerate(ws)), graph_seed=graph_seed,
                       **options)

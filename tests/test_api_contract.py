@@ -65,12 +65,14 @@ def test_keyholder_public_context_and_aggregator_refusal() -> None:
     CKKSAggregator(public, participants=[0, 1], dim=4)  # the public context is accepted
     import tenseal as ts
 
-    private = ts.context_from(public)
-    assert not private.is_private()
+    from secagg.he_round import bundle, unbundle
+
+    context, seal_key = unbundle(public)
+    assert not ts.context_from(context).is_private()
     secret_ctx = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 60])
     secret_ctx.global_scale = 2**40
     with pytest.raises(KeyMisuseError):
-        CKKSAggregator(secret_ctx.serialize(save_secret_key=True), participants=[0, 1], dim=4)
+        CKKSAggregator(bundle(secret_ctx.serialize(save_secret_key=True), seal_key), participants=[0, 1], dim=4)
 
 
 def test_public_api_is_curated() -> None:
@@ -90,9 +92,23 @@ def test_masking_options_through_simulate() -> None:
         assert out.dtype == np.float64 and np.max(np.abs(out - ref)) <= tol, opts
 
 
-def test_masking_complete_graph_tolerates_n_minus_t_dropouts() -> None:
+def test_masking_complete_graph_tolerates_dropouts_down_to_the_signature_quorum() -> None:
     ups, ws = _updates(8, 10, seed=4), [1.0] * 8
-    out = secagg.simulate(ups, ws, scheme="masking", dropped=[0, 5, 7], neighbors=7, threshold=5)
-    assert np.max(np.abs(out - _reference(ups, ws, dropped=[0, 5, 7]))) <= 1e-4
+    # n = 8, t = 5, share_dropouts 1, max_corrupt 2: a quorum of min_signers = 6 must survive to the consistency check
+    out = secagg.simulate(ups, ws, scheme="masking", dropped=[0, 7], neighbors=7, threshold=5)
+    assert np.max(np.abs(out - _reference(ups, ws, dropped=[0, 7]))) <= 1e-4
     with pytest.raises(SecAggError):
-        secagg.simulate(ups, ws, scheme="masking", dropped=[0, 1, 5, 7], neighbors=7, threshold=5)
+        secagg.simulate(ups, ws, scheme="masking", dropped=[0, 5, 7], neighbors=7, threshold=5)
+    # with a trusted (honest-but-curious) server and no signatures the threshold alone bounds dropouts
+    out = secagg.simulate(ups, ws, scheme="masking", dropped=[0, 5, 7], neighbors=7, threshold=5, sign=False)
+    assert np.max(np.abs(out - _reference(ups, ws, dropped=[0, 5, 7]))) <= 1e-4
+
+
+@pytest.mark.parametrize("scheme", ["masking", "ckks", "packed"])
+@pytest.mark.parametrize("weight", [True, "1.0", None, np.array([1.0]), float("nan"), -1.0, 0.0])
+def test_every_scheme_refuses_non_numeric_or_non_positive_weights(scheme: str, weight) -> None:
+    from secagg.errors import MalformedUpdateError
+
+    ups = _updates(3, 4, seed=1)
+    with pytest.raises(MalformedUpdateError):
+        secagg.simulate(ups, [1.0, weight, 1.0], scheme=scheme)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.ckks import PARAMS, CKKSParams, KeyHolder
-from secagg.ckks.params import chunk_lengths, load_public_context, params_of, resolve
+from secagg.ckks.params import chunk_count, chunk_lengths, load_public_context, params_of, resolve
 from secagg.errors import ConfigurationError, MalformedMessageError
 
 # HomomorphicEncryption.org security standard (Nov 2018), Table 1, classical 128-bit, ternary secret: log2(q).
@@ -20,11 +20,11 @@ def test_vetted_sets() -> None:
     assert (d.poly_modulus_degree, d.coeff_mod_bit_sizes, d.scale_bits) == (8192, (60, 40, 60), 40)
     assert (a.poly_modulus_degree, a.coeff_mod_bit_sizes, a.scale_bits) == (4096, (60, 49), 40)
     assert d.slots == 4096 and a.slots == 2048
-    assert d.supports_multiply and not a.supports_multiply
     assert d.total_bits == 160 <= STANDARD_128[8192] and a.total_bits == 109 <= STANDARD_128[4096]
     assert (d.data_bits, a.data_bits) == (100, 60)
-    assert d.weighted_value_bound == a.fresh_value_bound == 2.0**18 and d.fresh_value_bound == 2.0**58
-    assert a.weighted_value_bound == 0.0 and d.product_scale == 2.0**80
+    assert a.fresh_value_bound == 2.0**18 and d.fresh_value_bound == 2.0**58
+    # a residual pad passes all four guards with probability below 2^-128 for both sets
+    assert d.guard_soundness_bits > 290 and 128 < a.guard_soundness_bits < 140
     assert resolve("default") is d and resolve(a) is a
     with pytest.raises(ConfigurationError):
         resolve("fast")
@@ -37,7 +37,7 @@ def test_security_bound_is_enforced(n: int, bits: list[int]) -> None:
     if sum(bits) <= STANDARD_128[n] and scale >= 20:
         p = CKKSParams("t", n, tuple(bits), scale)
         assert p.total_bits == sum(bits) and p.slots == n // 2
-        assert p.supports_multiply == (sum(bits[:-1]) >= 2 * scale + 10)
+        assert p.fresh_value_bound == 2.0 ** (sum(bits[:-1]) - scale - 2)
     else:
         with pytest.raises(ConfigurationError):
             CKKSParams("t", n, tuple(bits), scale)
@@ -87,7 +87,7 @@ def test_context_scale_must_be_a_power_of_two() -> None:
 def test_chunk_layout(length: int, slots: int) -> None:
     parts = chunk_lengths(length, slots)
     assert sum(parts) == length and all(0 < p <= slots for p in parts) and parts[:-1] == [slots] * (len(parts) - 1)
-    assert len(parts) == -(-length // slots)
+    assert len(parts) == -(-length // slots) == chunk_count(length, slots)
 
 
 def test_chunk_layout_refuses_empty() -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from secagg.ckks import CKKSClient, KeyHolder
 from secagg.ckks.messages import CKKSAggregate, CKKSContribution, CKKSResult
 from secagg.errors import MalformedMessageError
+from secagg.he_pads import PadSeed
 from secagg.messages import decode
 from secagg.roles import message_tag
 
@@ -23,12 +24,14 @@ rounds = st.integers(0, 2**63 - 1)
 dims = st.integers(1, 2**31)
 
 contributions = st.builds(CKKSContribution, round_id=rounds, client_id=st.integers(0, 2**63 - 1),
-                          context_id=ctx_ids, dim=dims, preweighted=st.booleans(), chunks=chunks)
-aggregates = st.builds(CKKSAggregate, round_id=rounds, context_id=ctx_ids, dim=dims, weight_lane=st.booleans(),
-                       contributors=ids, chunks=chunks)
+                          context_id=ctx_ids, dim=dims, chunks=chunks)
+aggregates = st.builds(CKKSAggregate, round_id=rounds, context_id=ctx_ids, dim=dims, contributors=ids, chunks=chunks)
+seeds = st.builds(PadSeed, round_id=rounds, client_id=st.integers(0, 2**63 - 1), session_id=ctx_ids,
+                  ephemeral=ctx_ids, sealed=st.binary(min_size=60, max_size=60),
+                  signature=st.sampled_from([b"", bytes(64)]))
 results = st.builds(CKKSResult, round_id=rounds, contributors=ids,
                     values=st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=4).map(np.array))
-messages = st.one_of(contributions, aggregates, results)
+messages = st.one_of(contributions, aggregates, results, seeds)
 
 
 def test_tags_are_in_the_ckks_range() -> None:
@@ -62,13 +65,13 @@ def test_every_truncation_and_bit_flip_is_refused(msg) -> None:
 @pytest.fixture(scope="module")
 def real_contribution() -> bytes:
     kh = KeyHolder("add-only")
-    return CKKSClient(4, kh.public_context(), round_id=9, preweight=True).start(np.linspace(-1, 1, 10), 1.0)[0].payload
+    return CKKSClient(4, kh.public_context(), round_id=9).start(np.linspace(-1, 1, 10), 1.0)[1].payload
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_real_ciphertext_message_truncations_and_flips_refused(real_contribution, data) -> None:
-    """The same holds for a real 65 KB ciphertext message, at positions drawn all over it."""
+    """The same holds for a real 61 KB ciphertext message, at positions drawn all over it."""
     n = len(real_contribution)
     cut = data.draw(st.integers(0, n - 1))
     with pytest.raises(MalformedMessageError):
@@ -82,14 +85,12 @@ def test_real_ciphertext_message_truncations_and_flips_refused(real_contribution
 
 
 def test_semantic_validation() -> None:
-    good_c = CKKSContribution(round_id=1, client_id=2, context_id=bytes(32), dim=3, preweighted=False,
-                              chunks=(b"x",))
+    good_c = CKKSContribution(round_id=1, client_id=2, context_id=bytes(32), dim=3, chunks=(b"x",))
     for change in [dict(round_id=-1), dict(client_id=-1), dict(context_id=bytes(31)), dict(dim=0),
                    dict(chunks=()), dict(chunks=(b"x", b""))]:
         with pytest.raises(MalformedMessageError):
             dataclasses.replace(good_c, **change)
-    good_a = CKKSAggregate(round_id=1, context_id=bytes(32), dim=3, weight_lane=True, contributors=(0, 1),
-                           chunks=(b"x",))
+    good_a = CKKSAggregate(round_id=1, context_id=bytes(32), dim=3, contributors=(0, 1), chunks=(b"x",))
     for change in [dict(contributors=()), dict(contributors=(1, 0)), dict(contributors=(1, 1)),
                    dict(contributors=(-1, 2)), dict(context_id=b""), dict(round_id=-5)]:
         with pytest.raises(MalformedMessageError):
@@ -99,6 +100,12 @@ def test_semantic_validation() -> None:
                    dict(contributors=(2, 1))]:
         with pytest.raises(MalformedMessageError):
             dataclasses.replace(good_r, **change)
+    good_s = PadSeed(round_id=1, client_id=2, session_id=bytes(32), ephemeral=bytes(32), sealed=bytes(60),
+                     signature=b"")
+    for change in [dict(round_id=-1), dict(client_id=-3), dict(session_id=bytes(31)), dict(ephemeral=bytes(33)),
+                   dict(sealed=bytes(59)), dict(signature=bytes(63))]:
+        with pytest.raises(MalformedMessageError):
+            dataclasses.replace(good_s, **change)
     # the same checks run on decode: a well-formed frame with a bad body is refused
     with pytest.raises(MalformedMessageError):
         CKKSAggregate.from_bytes(good_c.to_bytes())  # right frame, wrong message type

@@ -44,17 +44,18 @@ def test_x25519_rfc7748_section_6_1() -> None:
 
 
 @settings(max_examples=20, deadline=None)
-@given(u=st.integers(0, 1000), v=st.integers(0, 1000), rnd=st.integers(0, 2**40))
-def test_pair_seed_is_symmetric_and_bound_to_round_and_pair(u: int, v: int, rnd: int) -> None:
+@given(u=st.integers(0, 1000), v=st.integers(0, 1000), sid=st.binary(min_size=32, max_size=32))
+def test_pair_seed_is_symmetric_and_bound_to_session_and_pair(u: int, v: int, sid: bytes) -> None:
     if u == v:
         v = u + 1
     a, b = kex.generate(), kex.generate()
-    s_ab = kex.mask_seed(a, kex.public_bytes(b), round_id=rnd, u=u, v=v)
+    s_ab = kex.mask_seed(a, kex.public_bytes(b), session=sid, u=u, v=v)
     assert len(s_ab) == 16
-    assert s_ab == kex.mask_seed(b, kex.public_bytes(a), round_id=rnd, u=v, v=u)
-    assert s_ab != kex.mask_seed(a, kex.public_bytes(b), round_id=rnd + 1, u=u, v=v)
-    assert s_ab != kex.mask_seed(a, kex.public_bytes(b), round_id=rnd, u=u, v=v + 1001)
-    assert s_ab != kex.channel_key(a, kex.public_bytes(b), round_id=rnd, u=u, v=v)
+    assert s_ab == kex.mask_seed(b, kex.public_bytes(a), session=sid, u=v, v=u)
+    other = bytes([sid[0] ^ 1]) + sid[1:]
+    assert s_ab != kex.mask_seed(a, kex.public_bytes(b), session=other, u=u, v=v)
+    assert s_ab != kex.mask_seed(a, kex.public_bytes(b), session=sid, u=u, v=v + 1001)
+    assert s_ab != kex.channel_key(a, kex.public_bytes(b), session=sid, u=u, v=v)
 
 
 def test_low_order_and_malformed_peer_keys_raise() -> None:
@@ -65,6 +66,15 @@ def test_low_order_and_malformed_peer_keys_raise() -> None:
         kex.exchange(sk, bytes(31))
     with pytest.raises(MalformedMessageError):
         kex.load_private(bytes(16))
+    # every small-order encoding (RFC 7748 curve25519: 0, 1, the order-8 points, and their non-canonical forms)
+    for hexkey in ("00" * 32, "01" + "00" * 31, "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+                   "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+                   "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+                   "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+                   "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"):
+        with pytest.raises(MalformedMessageError):
+            kex.check_public(bytes.fromhex(hexkey))
+    kex.check_public(kex.public_bytes(kex.generate()))
 
 
 @settings(max_examples=25, deadline=None)

@@ -70,19 +70,22 @@ def test_graph_refusals() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(2, 300), k=st.none() | st.integers(1, 40), t=st.none() | st.integers(0, 42))
-def test_config_resolves_degree_and_threshold_to_a_strict_majority(n, k, t) -> None:
+def test_config_resolves_degree_threshold_and_malicious_bounds(n, k, t) -> None:
     try:
         cfg = MaskingConfig(participants=tuple(range(n)), dim=3, neighbors=k, threshold=t)
     except ConfigurationError:
         ke = effective_degree(n, k if k is not None else min(n - 1, 2 * math.ceil(math.log2(n)) + 1))
-        assert t is not None and not (2 <= t <= ke + 1 and 2 * t > ke + 1)
+        assert t is not None and not 2 <= t <= ke + 1
         return
     ke = cfg.neighbors
     default_k = min(n - 1, 2 * math.ceil(math.log2(n)) + 1)
     assert ke == effective_degree(n, default_k if k is None else k)
-    assert 2 <= cfg.t <= ke + 1 and 2 * cfg.t > ke + 1
+    assert 2 <= cfg.t <= ke + 1
     if t is None:
         assert cfg.t == min(ke + 1, max(2, math.ceil(2 * (ke + 1) / 3)))
+    # defaults take the largest corruption bound the threshold allows, with one share-stage dropout when it can
+    assert cfg.share_dropouts == min(1, cfg.t - 2) and cfg.max_corrupt == cfg.t - 2 - cfg.share_dropouts
+    assert cfg.min_honest_sum == 2 and cfg.min_signers == max(cfg.t, (n + cfg.max_corrupt) // 2 + 1)
     assert cfg.complete == (ke == n - 1)
 
 

@@ -1,5 +1,6 @@
-"""Masking rounds end to end: the weighted mean against numpy under dropouts at every stage, exactness in the ring,
-no wrap at the extremes, the 16-bit ring, and uniformity of a masked zero update (chi-square)."""
+"""Masking rounds end to end (signed, the default): the weighted mean against numpy under dropouts at every stage,
+matched against an independent model of who ends in the sum, exactness in the ring, no wrap at the extremes, the
+16-bit ring, and uniformity of a masked zero update (chi-square)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 from secagg.errors import DropoutError
+from secagg.hazmat import sign as ed25519
 from secagg.masking import MaskingClient, MaskingConfig, MaskingServer
 from secagg.masking.config import MAX_CLIENT_ID
 from secagg.masking.messages import AdvertiseKeys, ConsistencyResponse, MaskedInput, ShareKeys, UnmaskResponse
@@ -29,33 +31,41 @@ STAGE_TAGS = {
 TAGS = sorted(STAGE_TAGS.values())
 
 
-def _roles(cfg: MaskingConfig) -> tuple[dict[int, MaskingClient], MaskingServer]:
-    return {i: MaskingClient(i, cfg) for i in cfg.participants}, MaskingServer(cfg)
+def _roles(cfg: MaskingConfig, sign: bool = True) -> tuple[dict[int, MaskingClient], MaskingServer]:
+    keys = {i: ed25519.generate() for i in cfg.participants} if sign else {}
+    public = {i: k.public_key() for i, k in keys.items()} if sign else None
+    clients = {i: MaskingClient(i, cfg, identity=keys.get(i), peer_identities=public) for i in cfg.participants}
+    return clients, MaskingServer(cfg, peer_identities=public)
 
 
-def _prune(graph: dict[int, frozenset[int]], alive: set[int], t: int) -> set[int]:
+def _prune(graph: dict[int, frozenset[int]], alive: set[int], t: int, base: set[int] | None = None,
+           e: int = 0) -> set[int]:
     alive = set(alive)
     while True:
-        weak = {u for u in alive if len(graph[u] & alive) + 1 < t}
+        weak = {u for u in alive if len(graph[u] & alive) + 1 < t or
+                (base is not None and len((graph[u] & base) - alive) > e)}
         if not weak:
             return alive
         alive -= weak
 
 
-def expected_contributors(cfg: MaskingConfig, drop: dict[int, int]) -> set[int] | None:
+def expected_contributors(cfg: MaskingConfig, drop: dict[int, int], sign: bool = True) -> set[int] | None:
     """Independent model of the protocol: the clients whose inputs end in the sum, or None if it must fail.
 
-    A client sends the message with tag ``x`` iff it is not dropped at ``x`` or earlier. Every secret needs ``t``
-    responding holders: a client's own share plus those of its neighbours that shared keys (U2).
+    A client sends the message with tag ``x`` iff it is not dropped at ``x`` or earlier. U2 keeps clients missing
+    at most ``share_dropouts`` of their U1 neighbours; a signed round needs ``min_signers`` masked inputs and
+    consistency signatures; every secret needs ``t`` responding holders: a client's own share plus those of its
+    neighbours that shared keys (U2).
     """
     t, graph = cfg.t, cfg.graph
     sends = lambda tag: {u for u in cfg.participants if drop.get(u, 1 << 30) > tag}  # noqa: E731
+    quorum = cfg.min_signers if sign else t
     u1 = _prune(graph, sends(AdvertiseKeys.TAG), t)
-    u2 = _prune(graph, u1 & sends(ShareKeys.TAG), t) if len(u1) >= t else set()
+    u2 = _prune(graph, u1 & sends(ShareKeys.TAG), t, u1, int(cfg.share_dropouts)) if len(u1) >= t else set()
     u3 = u2 & sends(MaskedInput.TAG)
     u4 = u3 & sends(ConsistencyResponse.TAG)
     u5 = u4 & sends(UnmaskResponse.TAG)
-    if min(len(u1), len(u2), len(u3), len(u4), len(u5)) < t:
+    if min(len(u1), len(u2), len(u5)) < t or min(len(u3), len(u4)) < quorum:
         return None
     if any(len(((graph[u] & u2) | {u}) & u5) < t for u in u3):
         return None
@@ -95,13 +105,17 @@ def rounds(draw, complete: bool):
     return cfg, xs, ws, drop
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=rounds(complete=True))
-def test_complete_graph_survives_any_n_minus_t_dropouts_at_any_stage(case) -> None:
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=rounds(complete=True), sign=st.booleans())
+def test_complete_graph_result_or_dropout_error_matches_model(case, sign: bool) -> None:
     cfg, xs, ws, drop = case
-    want = expected_contributors(cfg, drop)
-    assert want is not None and want == {u for u in cfg.participants if drop.get(u, 1 << 30) > MaskedInput.TAG}
-    clients, server = _roles(cfg)
+    want = expected_contributors(cfg, drop, sign)
+    clients, server = _roles(cfg, sign)
+    if want is None:
+        with pytest.raises(DropoutError):
+            run_round(clients, server, xs, ws, drop_at=drop)
+        assert server.stage == "failed"
+        return
     res = run_round(clients, server, xs, ws, drop_at=drop)
     assert set(res.contributors) == want
     assert set(res.dropped) == set(cfg.participants) - want
@@ -127,20 +141,33 @@ def test_secagg_plus_result_or_dropout_error_matches_model(case) -> None:
     assert np.max(np.abs(res.mean - ref)) <= _tolerance(cfg, ws, want, ref)
 
 
+def _tolerated(cfg: MaskingConfig, stage: str) -> int:
+    """Dropouts the complete-graph round survives at ``stage`` (signed): the signature quorum bounds everything
+    before the unmask stage, ``share_dropouts`` the share stage, ``t`` the unmask stage."""
+    return {"before advertise": cfg.n - cfg.min_signers, "after advertise": int(cfg.share_dropouts),
+            "after share keys, before masked input": cfg.n - cfg.min_signers,
+            "after masked input, before consistency": cfg.n - cfg.min_signers,
+            "during unmask": cfg.n - cfg.t}[stage]
+
+
 @pytest.mark.parametrize("stage", list(STAGE_TAGS))
-def test_dropouts_at_each_stage_up_to_n_minus_t(stage: str) -> None:
+def test_dropouts_at_each_stage_up_to_what_the_parameters_allow(stage: str) -> None:
     cfg = MaskingConfig(participants=tuple(range(12)), dim=7, neighbors=11, threshold=8, weight_bound=3.0,
                         graph_seed=os.urandom(16))
+    assert (cfg.share_dropouts, cfg.max_corrupt, cfg.min_signers) == (1, 5, 9)
     rng = np.random.default_rng(1)
     xs = {i: rng.uniform(-1, 1, 7) for i in range(12)}
     ws = {i: float(rng.uniform(0.1, 3.0)) for i in range(12)}
-    drop = {u: STAGE_TAGS[stage] for u in (0, 3, 5, 11)}  # n - t = 4
+    victims = (0, 3, 5, 11, 7)
+    k = _tolerated(cfg, stage)
+    drop = {u: STAGE_TAGS[stage] for u in victims[:k]}
     res = run_round(*_roles(cfg), xs, ws, drop_at=drop)
     want = expected_contributors(cfg, drop)
     assert want is not None and set(res.contributors) == want
     ref = _weighted_mean(xs, ws, want)
     assert np.max(np.abs(res.mean - ref)) <= _tolerance(cfg, ws, want, ref)
-    one_more = {**drop, 7: STAGE_TAGS[stage]}
+    one_more = {u: STAGE_TAGS[stage] for u in victims[:k + 1]}
+    assert expected_contributors(cfg, one_more) is None
     with pytest.raises(DropoutError):
         run_round(*_roles(cfg), xs, ws, drop_at=one_more)
 
@@ -154,16 +181,17 @@ def test_unmasked_ring_sum_equals_sum_of_encodings_exactly(n, dim, ring_bits, se
     rng = np.random.default_rng(seed)
     xs = {i: rng.uniform(-1, 1, dim) for i in range(n)}
     ws = {i: float(rng.uniform(0.01, 4.0)) for i in range(n)}
-    drop = {u: MaskedInput.TAG for u in range(min(n_drop, n - cfg.t))}
+    drop = {u: MaskedInput.TAG for u in range(min(n_drop, n - cfg.min_signers))}
     res = run_round(*_roles(cfg), xs, ws, drop_at=drop)
     alive = sorted(set(range(n)) - set(drop))
     mod = 1 << ring_bits
     vc, wc = cfg.value_codec, cfg.weight_codec
-    enc_sum = sum(vc.encode(ws[i] * xs[i]).astype(object) for i in alive) % mod
+    enc_sum = sum(vc.encode(xs[i], factor=ws[i]).astype(object) for i in alive) % mod  # as the client encodes
     enc_w = sum(int(wc.encode(np.array([ws[i]]))[0]) for i in alive) % mod
-    got = np.array([int(v) for v in np.rint(res.weighted_sum * vc.scale)], dtype=object) % mod
-    assert list(got) == list(enc_sum)
-    assert int(np.rint(res.total_weight * wc.scale)) % mod == enc_w
+    ring = lambda v: np.array([int(x) for x in v], dtype=np.uint64)  # noqa: E731
+    # decode_sum is injective on the ring: equal decodings (bit for bit) are equal ring sums
+    assert np.array_equal(res.weighted_sum, vc.decode_sum(ring(enc_sum)))
+    assert res.total_weight == float(wc.decode_sum(ring([enc_w]))[0])
 
 
 @settings(max_examples=15, deadline=None)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.errors import MalformedMessageError
-from secagg.messages import Message, decode, message
+from secagg.messages import WIRE_VERSION, Message, decode, message
 
 
 @message(0xF0)
@@ -86,7 +86,7 @@ def test_extension_rejected() -> None:
         decode(data + b"\x00")
 
 
-def _reframe(tag: int, body: bytes, version: int = 1) -> bytes:
+def _reframe(tag: int, body: bytes, version: int = WIRE_VERSION) -> bytes:
     head = struct.pack("<2sBBI", b"SA", version, tag, len(body)) + body
     return head + struct.pack("<I", zlib.crc32(head))
 

@@ -3,6 +3,8 @@ dimensions, weights and dropouts, and every refusal of the trust model raises it
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -11,8 +13,10 @@ from hypothesis import strategies as st
 from secagg.errors import AuthenticationError, ConfigurationError, DecryptionError, DropoutError, \
     DuplicateMessageError, KeyMisuseError, MalformedMessageError, MalformedUpdateError, StageError, \
     TooFewContributorsError, UnknownClientError, WrongRoundError
+from secagg.he_round import bundle, unbundle
 from secagg.packed import PackedAggregator, PackedClient, PackedContribution, PackedKeyHolder, PackedParams, \
     build_round
+from secagg.packed.params import load_public_context
 from secagg.roles import AGGREGATOR, KEYHOLDER
 from secagg.simulation import run_round
 
@@ -64,19 +68,30 @@ def session():
     return params, kh
 
 
-def _contribution(session, cid: int, x=None, *, round_id: int = 0) -> bytes:
+def _contribution(session, cid: int, x=None, *, round_id: int = 0, seed: bool = True) -> bytes:
+    """Client ``cid``'s contribution; its pad seed goes straight to the session's key holder."""
     params, kh = session
     c = PackedClient(cid, kh.public_context(), params, weight_bound=2.0, round_id=round_id)
-    return c.start(np.linspace(-1, 1, 5) if x is None else x, 1.5)[0].payload
+    to_kh, contribution = c.start(np.linspace(-1, 1, 5) if x is None else x, 1.5)
+    if seed:
+        kh.receive(cid, to_kh.payload)
+    return contribution.payload
 
 
 def test_private_context_refused_everywhere(session) -> None:
     params, kh = session
-    private = kh._context.serialize(save_secret_key=True)
+    _, seal_key = unbundle(kh.public_context())
+    private = bundle(kh._context.serialize(save_secret_key=True), seal_key)
     with pytest.raises(KeyMisuseError):
         PackedAggregator(private, params, [0, 1], dim=5)
     with pytest.raises(KeyMisuseError):
         PackedClient(0, private, params)
+    parsed = load_public_context(kh.public_context(), params, need_public_key=True)
+    leaked = dataclasses.replace(parsed, context=kh._context)  # a parsed session holding the secret context
+    with pytest.raises(KeyMisuseError):
+        PackedClient(0, leaked, params)
+    with pytest.raises(KeyMisuseError):
+        PackedAggregator(leaked, params, [0, 1], dim=5)
 
 
 def test_key_holder_refuses_single_contributions_and_misuse(session) -> None:
@@ -89,7 +104,7 @@ def test_key_holder_refuses_single_contributions_and_misuse(session) -> None:
     kh1 = PackedKeyHolder(params, min_contributors=2)
     agg1 = PackedAggregator(kh1.public_context(), params, [0, 1], dim=5, weight_bound=2.0, min_contributors=1)
     c0 = PackedClient(0, kh1.public_context(), params, weight_bound=2.0)
-    agg1.receive(0, c0.start(np.zeros(5), 1.0)[0].payload)
+    agg1.receive(0, c0.start(np.zeros(5), 1.0)[1].payload)
     (out,) = agg1.close_stage()
     with pytest.raises(TooFewContributorsError):
         kh1.receive(AGGREGATOR, out.payload)
@@ -103,21 +118,23 @@ def test_full_round_then_refusals(session) -> None:
     params, kh = session
     agg = PackedAggregator(kh.public_context(), params, [0, 1, 2], dim=5, weight_bound=2.0, round_id=7)
     with pytest.raises(UnknownClientError):
-        agg.receive(9, _contribution(session, 9, round_id=7))
+        agg.receive(9, _contribution(session, 9, round_id=7, seed=False))
     with pytest.raises(WrongRoundError):
-        agg.receive(0, _contribution(session, 0, round_id=6))
+        agg.receive(0, _contribution(session, 0, round_id=6, seed=False))
     with pytest.raises(AuthenticationError):
-        agg.receive(1, _contribution(session, 0, round_id=7))
+        agg.receive(1, _contribution(session, 0, round_id=7, seed=False))
     agg.receive(0, _contribution(session, 0, round_id=7))
     with pytest.raises(DuplicateMessageError):
-        agg.receive(0, _contribution(session, 0, round_id=7))
+        agg.receive(0, _contribution(session, 0, round_id=7, seed=False))
     agg.receive(1, _contribution(session, 1, round_id=7))
     (out,) = agg.receive(2, _contribution(session, 2, round_id=7))
     with pytest.raises(StageError):
-        agg.receive(2, _contribution(session, 2, round_id=7))
+        agg.receive(2, _contribution(session, 2, round_id=7, seed=False))
     (back,) = kh.receive(AGGREGATOR, out.payload)
     with pytest.raises(DuplicateMessageError):  # one decryption per round
         kh.receive(AGGREGATOR, out.payload)
+    with pytest.raises(WrongRoundError):  # and no seed of that round is taken any more
+        _contribution(session, 0, round_id=7)
     agg.receive(KEYHOLDER, back.payload)
     assert agg.done and np.max(np.abs(agg.result().mean - np.linspace(-1, 1, 5))) <= 1e-3
     assert abs(agg.result().total_weight - 4.5) <= 1e-3
@@ -137,7 +154,8 @@ def test_bad_inputs_and_configurations_refused(session) -> None:
     params, kh = session
     c = PackedClient(0, kh.public_context(), params, weight_bound=2.0)
     for x, w in ((np.array([0.0, np.nan]), 1.0), (np.array([1.0, 0.2]), 2.5), (np.array([0.9]), 0.0),
-                 (np.array([[0.1]]), 1.0), (np.array([1.0001, 0.0]), 2.0)):
+                 (np.array([[0.1]]), 1.0), (np.array([1.0001, 0.0]), 2.0), (np.array([0.5]), True),
+                 (np.array([0.5]), "1")):
         with pytest.raises(MalformedUpdateError):
             c.start(x, w)
     assert c.stage == "ready"
@@ -153,22 +171,21 @@ def test_corrupt_ciphertexts_inside_valid_messages_refused(session) -> None:
     """A well-formed message whose chunk is not a fresh ciphertext of this session is refused before adding."""
     params, kh = session
     agg = PackedAggregator(kh.public_context(), params, [0, 1], dim=5, weight_bound=2.0, round_id=21)
-    good = PackedContribution.from_bytes(_contribution(session, 0, round_id=21))
+    good = PackedContribution.from_bytes(_contribution(session, 0, round_id=21, seed=False))
     chunk = good.chunks[0]
-    for bad_chunks in ((chunk[: len(chunk) // 2],), (b"\x00" * 64,), (chunk, chunk)):
+    for bad_chunks in ((chunk[: len(chunk) // 2],), (b"\x00" * 64,), (chunk, chunk), (b"\xff" * len(chunk),)):
         bad = PackedContribution(round_id=21, client_id=0, session_id=good.session_id, dim=5, chunks=bad_chunks)
         with pytest.raises(MalformedMessageError):
             agg.receive(0, bad.to_bytes())
     other = PackedKeyHolder(PackedParams(max_cohort=8))  # same layout, other key: session differs
     with pytest.raises(MalformedMessageError):
         agg.receive(0, PackedClient(0, other.public_context(), params, weight_bound=2.0, round_id=21)
-                    .start(np.zeros(5), 1.0)[0].payload)
+                    .start(np.zeros(5), 1.0)[1].payload)
     assert agg.received == () and agg.receive(0, good.to_bytes()) == []
 
 
 def test_contexts_of_other_schemes_or_layouts_refused(session) -> None:
     from secagg.ckks import KeyHolder
-    from secagg.packed.params import load_public_context
     params, kh = session
     with pytest.raises(ConfigurationError, match="BFV"):
         load_public_context(KeyHolder("add-only").public_context(), params, need_public_key=True)
@@ -176,3 +193,6 @@ def test_contexts_of_other_schemes_or_layouts_refused(session) -> None:
         load_public_context(kh.public_context(), PackedParams(max_cohort=2), need_public_key=True)
     with pytest.raises(ConfigurationError):
         load_public_context(b"not a context", params, need_public_key=True)
+    context, _ = unbundle(kh.public_context())
+    with pytest.raises(ConfigurationError):  # a bare context without the key holder's sealing key
+        load_public_context(context, params, need_public_key=True)

@@ -60,7 +60,7 @@ def test_every_truncation_and_bit_flip_is_refused(msg) -> None:
 def real_contribution() -> bytes:
     params = PackedParams(max_cohort=4)
     kh = PackedKeyHolder(params)
-    return PackedClient(3, kh.public_context(), params, round_id=2).start(np.linspace(-1, 1, 10), 1.0)[0].payload
+    return PackedClient(3, kh.public_context(), params, round_id=2).start(np.linspace(-1, 1, 10), 1.0)[1].payload
 
 
 @settings(max_examples=150, deadline=None)

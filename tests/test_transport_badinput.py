@@ -34,6 +34,9 @@ class Rogue(ClientAgent):
 
     def _send(self, round_id, outs):
         for out in outs:
+            if out.to != AGGREGATOR:  # the pad seed goes to the key holder untouched
+                super()._send(round_id, [out])
+                continue
             for label, expected, envelope in self.craft(self, round_id, out.payload):
                 try:
                     self.stub.stream_unary("Send", envelope, 30.0)
@@ -77,14 +80,14 @@ def _ckks_craft(agent: Rogue, rid: int, payload: bytes):
     h = {"client_id": 0, "round_id": rid}
     other = KeyHolder()  # same parameters, another key
     add_only = KeyHolder(params="add-only")
-    theirs = CKKSClient(0, other.public_context(), round_id=rid, preweight=False).start(np.zeros(DIM), 1.0)
-    small = CKKSClient(0, add_only.public_context(), round_id=rid, preweight=True).start(np.zeros(DIM), 1.0)
-    forged = dataclasses.replace(decode(small[0].payload), context_id=decode(payload).context_id, preweighted=False)
-    short = CKKSClient(0, agent.context(), round_id=rid, preweight=False).start(np.zeros(DIM - 2), 1.0)
+    theirs = CKKSClient(0, other.public_context(), round_id=rid).start(np.zeros(DIM), 1.0)
+    small = CKKSClient(0, add_only.public_context(), round_id=rid).start(np.zeros(DIM), 1.0)
+    forged = dataclasses.replace(decode(small[1].payload), context_id=decode(payload).context_id)
+    short = CKKSClient(0, agent.context(), round_id=rid).start(np.zeros(DIM - 2), 1.0)
     return [
-        ("another key holder's context", E.MalformedMessageError, pack(h, theirs[0].payload)),
+        ("another key holder's context", E.MalformedMessageError, pack(h, theirs[1].payload)),
         ("ciphertext parameters differ from the session's", E.MalformedMessageError, pack(h, forged.to_bytes())),
-        ("shape", E.MalformedMessageError, pack(h, short[0].payload)),
+        ("shape", E.MalformedMessageError, pack(h, short[1].payload)),
         ("round id in the message", E.WrongRoundError,
          pack(h, dataclasses.replace(decode(payload), round_id=rid + 5).to_bytes())),
     ]
@@ -97,15 +100,15 @@ def _packed_craft(agent: Rogue, rid: int, payload: bytes):
     params = PackedParams(max_cohort=3)  # the deployment's (its cohort bound)
     mine = decode(payload)
     other = PackedKeyHolder(params)  # same parameters, another key
-    wider = PackedKeyHolder(PackedParams(max_cohort=64))  # another lane layout and plaintext modulus
     theirs = PackedClient(0, other.public_context(), params, round_id=rid).start(np.zeros(DIM), 1.0)
-    odd = PackedClient(0, wider.public_context(), wider.params, round_id=rid).start(np.zeros(DIM), 1.0)
-    forged = dataclasses.replace(decode(odd[0].payload), session_id=mine.session_id)
     short = PackedClient(0, agent.context(), params, weight_bound=4.0, round_id=rid).start(np.zeros(DIM - 2), 1.0)
+    # (a ciphertext of another plaintext modulus on the same ring looks like any other to the aggregator: the key
+    # holder refuses the sum it ends in, test_he_malicious)
     return [
-        ("another key holder's session", E.MalformedMessageError, pack(h, theirs[0].payload)),
-        ("ciphertext parameters differ from the session's", E.MalformedMessageError, pack(h, forged.to_bytes())),
-        ("shape", E.MalformedMessageError, pack(h, short[0].payload)),
+        ("another key holder's session", E.MalformedMessageError, pack(h, theirs[1].payload)),
+        ("shape", E.MalformedMessageError, pack(h, short[1].payload)),
+        ("unreduced residues", E.MalformedMessageError,
+         pack(h, dataclasses.replace(mine, chunks=(b"\xff" * len(mine.chunks[0]),)).to_bytes())),
         ("sender identity in the message", E.AuthenticationError,
          pack(h, dataclasses.replace(mine, client_id=2).to_bytes())),
         ("round id in the message", E.WrongRoundError, pack(h, dataclasses.replace(mine, round_id=rid + 5).to_bytes())),

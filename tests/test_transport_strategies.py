@@ -241,7 +241,9 @@ def test_restarted_keyholder_costs_a_named_aborted_round_never_a_wrong_aggregate
     statuses = [r.status for r in records]
     assert statuses[0] == "done" and statuses[-1] == "done" and statuses.count("done") == 2
     aborted = [r.reason for r in records if r.status == "aborted"]
-    assert all(r.split(":")[0] in ("StaleKeyError", "TransportError") for r in aborted), aborted
+    # clients still holding the old key cannot hand the new key holder their pad seeds (StaleKeyError there), so
+    # the round may also end for want of contributions (DropoutError); either way nothing is decrypted
+    assert all(r.split(":")[0] in ("StaleKeyError", "TransportError", "DropoutError") for r in aborted), aborted
     assert np.allclose(model, 2 * mean, atol=1e-4)  # two exact FedAvg steps: nothing wrong was ever applied
     assert fresh[0].finalized_rounds == {records[-1].round_id}  # the new key decrypted only the retried round
 

@@ -72,6 +72,9 @@ class FederationConfig:
     ring_bits: int = 32
     threshold: int | None = None
     neighbors: int | None = None
+    max_corrupt: int | None = None       # masking: clients that may collude with the server (default: what t allows)
+    share_dropouts: int | None = None    # masking: a neighbourhood's share-stage dropouts tolerated (default 1)
+    sign: bool = True                    # masking: signed rounds; false only for a trusted server
     dropouts: dict[str, list[int]] = field(default_factory=dict)   # round (as string) -> clients that drop
 
 

@@ -100,7 +100,8 @@ class Runner:
                          for i in range(f.clients)]
         secure = SecureSum(f.scheme, params=f.ckks_params, min_contributors=f.min_contributors,
                            clip=f.update_clip or 1.0, ring_bits=f.ring_bits, threshold=f.threshold,
-                           neighbors=f.neighbors, max_cohort=f.clients)
+                           neighbors=f.neighbors, max_cohort=f.clients, max_corrupt=f.max_corrupt,
+                           share_dropouts=f.share_dropouts, sign=f.sign)
         strategy = make_strategy(f.aggregator, **cfg.aggregator_options)
         self.fed = Federation(get_flat(self.eval_model), strategy, secure, list(range(f.clients)),
                               platforms=self.platforms, update_clip=f.update_clip,

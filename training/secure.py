@@ -5,9 +5,14 @@
 bytes sent/received per client and to let an optional ``observer(party, payload)`` see every message delivered to
 the aggregator or key holder (tests use it to prove that no individual loss ever reaches them).
 
-Weights: with public weights the CKKS aggregator applies them itself; with private weights (``private=True``) the
-clients pre-weight and nobody but the client sees its weight. Masking and packed clients always pre-weight; the
-value range ``[-clip, clip]`` and the weight bound are public and checked before encoding.
+Every scheme runs its hardened protocol (see README, *Threat model*): masking rounds are signed (each client has
+an Ed25519 identity for the federation's life; every round has a fresh nonce, and a client refuses a session it
+already took part in); HE clients pad their ciphertexts and seal their pad seeds to the key holder, which
+releases only verified sums. ``sign=False`` opts masking out of signatures, for a trusted server only.
+
+Weights: every client pre-weights ``[w·x, w]`` inside its own encryption or masking, so no aggregator ever
+applies (or sees) a weight; the value range ``[-clip, clip]`` and the weight bound are public and checked before
+encoding.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from secagg import run_round
+from secagg.hazmat import sign as ed25519
 from secagg.roles import AggregateResult, Outbound
 
 from training.aggregation.base import Contribution
@@ -110,19 +116,24 @@ class SecureSum:
     """One federation's secure aggregation. CKKS and packed keep ONE key holder (and public context) for life.
 
     Options — ckks: ``params`` ("default" | "add-only"), ``min_contributors``; masking: ``clip`` (L∞ bound of
-    every value), ``ring_bits``, ``threshold``, ``neighbors``, ``rounding``; packed: ``clip``, ``rounding``,
-    ``min_contributors`` and ``max_cohort`` (required: the largest cohort, which fixes the lane layout).
+    every value), ``ring_bits``, ``threshold``, ``neighbors``, ``max_corrupt``, ``share_dropouts``, ``rounding``,
+    ``sign``; packed: ``clip``, ``rounding``, ``min_contributors`` and ``max_cohort`` (required: the largest cohort,
+    which fixes the lane layout).
     """
 
     def __init__(self, scheme: str = "ckks", *, params: str = "default", min_contributors: int = 2,
                  clip: float = 1.0, ring_bits: int = 32, threshold: int | None = None,
-                 neighbors: int | None = None, rounding: str = "stochastic", max_cohort: int | None = None) -> None:
+                 neighbors: int | None = None, rounding: str = "stochastic", max_cohort: int | None = None,
+                 max_corrupt: int | None = None, share_dropouts: int | None = None, sign: bool = True) -> None:
         if scheme not in SCHEMES:
             raise ConfigError(f"unknown scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
         self.scheme = scheme
         self.min_contributors = int(min_contributors)
         self.clip, self.ring_bits, self.threshold, self.neighbors = float(clip), int(ring_bits), threshold, neighbors
+        self.max_corrupt, self.share_dropouts, self.sign = max_corrupt, share_dropouts, bool(sign)
         self.rounding = rounding
+        self._identities: dict = {}  # client id -> its Ed25519 signing key (masking), made on first use
+        self._sessions: dict[int, set[bytes]] = defaultdict(set)  # client id -> masking sessions it took part in
         self._keyholder = None
         self._context: bytes | None = None
         self._rounds = 0
@@ -150,16 +161,12 @@ class SecureSum:
         """Bytes each client downloads once when joining (the HE public context; 0 for masking)."""
         return len(self._context) if self._context is not None else 0
 
-    def _roles(self, ids: list[int], dim: int, weights: dict[int, float], private: bool, weight_bound: float,
-               round_id: int):
+    def _roles(self, ids: list[int], dim: int, weight_bound: float, round_id: int):
         if self.scheme == "ckks":
             from secagg.ckks import CKKSAggregator, CKKSClient, CKKSContribution
 
-            clients = {i: CKKSClient(i, self._public, round_id=round_id, preweight=private, max_cohort=len(ids))
-                       for i in ids}
-            agg = CKKSAggregator(self._public, ids, dim=dim, round_id=round_id,
-                                 weights=None if private else weights,
-                                 min_contributors=self.min_contributors)
+            clients = {i: CKKSClient(i, self._public, round_id=round_id, max_cohort=len(ids)) for i in ids}
+            agg = CKKSAggregator(self._public, ids, dim=dim, round_id=round_id, min_contributors=self.min_contributors)
             return clients, agg, self._keyholder, CKKSContribution.TAG
         if self.scheme == "packed":
             from secagg.packed import PackedAggregator, PackedClient, PackedContribution
@@ -173,8 +180,17 @@ class SecureSum:
 
         cfg = MaskingConfig(participants=tuple(ids), dim=dim, threshold=self.threshold, neighbors=self.neighbors,
                             ring_bits=self.ring_bits, clip=self.clip, weight_bound=weight_bound,
-                            rounding=self.rounding, round_id=round_id, graph_seed=secrets.token_bytes(16))
-        return {i: MaskingClient(i, cfg) for i in ids}, MaskingServer(cfg), None, MaskedInput.TAG
+                            rounding=self.rounding, round_id=round_id, graph_seed=secrets.token_bytes(16),
+                            max_corrupt=self.max_corrupt, share_dropouts=self.share_dropouts)
+        public = None
+        if self.sign:
+            for i in ids:
+                if i not in self._identities:
+                    self._identities[i] = ed25519.generate()
+            public = {i: self._identities[i].public_key() for i in ids}
+        clients = {i: MaskingClient(i, cfg, identity=self._identities.get(i) if self.sign else None,
+                                    peer_identities=public, sessions=self._sessions[i]) for i in ids}
+        return clients, MaskingServer(cfg, peer_identities=public), None, MaskedInput.TAG
 
     def aggregate(self, contributions: Mapping[int, Contribution], *, private: bool,
                   weight_bound: float | None = None, drop: tuple[int, ...] = (),
@@ -202,7 +218,7 @@ class SecureSum:
                 raise ConfigError(f"an update value {worst:.4g} exceeds the {self.scheme} clip {self.clip}; clip "
                                   f"updates in L2 to at most that clip first")
         traffic = RoundTraffic()
-        clients, agg, fin, drop_tag = self._roles(ids, dim, weights, private, wb, round_id)
+        clients, agg, fin, drop_tag = self._roles(ids, dim, wb, round_id)
         self.last_roles = (clients, agg, fin)
         wrapped = {i: _CountingClient(c, traffic) for i, c in clients.items()}
         drop_at = {i: drop_tag for i in drop}

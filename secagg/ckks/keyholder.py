@@ -1,77 +1,84 @@
-"""The CKKS key holder: owns the only secret key and decrypts aggregates, never an individual contribution.
+"""The CKKS key holder: owns the only secret key and releases verified sums, never an individual contribution.
 
 Trust model. The aggregator and the key holder are separate parties that must not collude: the aggregator sees
-every client's ciphertext but no key; the key holder has the key but only ever sees sums. Both are honest-but-
-curious (they follow the protocol and try to learn from what they see). In a deployment the key holder accepts
-aggregates only over a channel authenticated as the aggregator (mutual TLS); ``receive`` takes that authenticated
-identity as ``sender`` and refuses anyone else.
+every client's (padded) ciphertext but no key; the key holder has the key and every client's pad seed but only
+ever sees aggregates. The aggregator may deviate arbitrarily: it may name any contributors, relabel rounds, drop,
+scale, replay or forge ciphertexts. The key holder follows the protocol. ``receive`` takes the authenticated
+sender (mutual TLS in a deployment).
 
-Invariants enforced here, through the only entry point :meth:`KeyHolder.receive`:
+Invariants enforced here, through the only entry point :meth:`KeyHolder.receive`
+(:class:`secagg.he_round.HEKeyHolder`):
 
-* only a :class:`~secagg.ckks.messages.CKKSAggregate` is ever decrypted; there is no method that takes a single
-  contribution, and a contribution sent here is refused;
-* an aggregate must name at least ``min_contributors`` (>= 2) distinct clients (``TooFewContributorsError``);
-* at most one aggregate is decrypted per ``round_id`` (``DuplicateMessageError``), so the aggregator cannot obtain
-  the sums of two overlapping subsets of one round and difference them;
-* ciphertexts must be made under this key holder's public context, at the fresh level and at the scale of their
-  kind (Δ for pre-weighted sums, Δ^2 for aggregator-weighted ones), in the chunk layout their ``dim`` implies;
-  otherwise nothing is decrypted and nothing changes.
+* only a :class:`~secagg.ckks.messages.CKKSAggregate` is ever decrypted, and only after the pads of exactly its
+  named contributors (seeds sealed to this key holder for this round) are removed; a result is released only if
+  every guard slot decrypts to ``|g| <= GUARD_TOLERANCE`` and every value stays within ``fresh_value_bound``, so an
+  aggregate that is not the exact sum of the named contributions of this round under this key is refused
+  (``VerificationError``): soundness error below ``2^-128`` (:attr:`CKKSParams.guard_soundness_bits`);
+* an aggregate names at least ``min_contributors`` (>= 2) distinct clients (``TooFewContributorsError``);
+* at most one aggregate is processed per ``round_id``, and that round's seeds are then gone, so no contribution
+  is ever part of two released sums;
+* ``dim`` is bounded by ``max_dim`` and the chunk count checked arithmetically before anything is allocated.
 
-Limits: the key holder cannot verify that a ciphertext really is the sum over the contributors it names. An
-actively malicious aggregator could forward one client's ciphertext labelled as a sum; defending against that
-needs authenticated, verifiable contributions and is outside this scheme's semi-honest model.
+Limit: ciphertexts carry no proof that they are well formed, so a malicious client can add any value to the sum
+(up to the range check) and could probe the key through many rounds' results; rotate the key holder's key per
+deployment.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 import numpy as np
 import tenseal as ts
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from secagg.ckks.messages import CKKSAggregate, CKKSResult
-from secagg.ckks.params import CKKSParams, chunk_lengths, load_chunk, resolve
-from secagg.errors import DecryptionError, MalformedMessageError
-from secagg.he_round import HEKeyHolder, fresh_level
+from secagg.ckks.params import GUARD_SLOTS, GUARD_TOLERANCE, CKKSParams, chunk_count, chunk_lengths, resolve
+from secagg.errors import DecryptionError
+from secagg.hazmat import rlwe
+from secagg.he_round import DEFAULT_MAX_DIM, HEKeyHolder, bundle, ring_of
 
 __all__ = ["KeyHolder"]
 
 
 class KeyHolder(HEKeyHolder):
-    """Generates a CKKS key pair for ``params`` and decrypts aggregates of at least ``min_contributors`` clients."""
+    """Generates a CKKS key pair for ``params`` and releases verified sums of at least ``min_contributors``
+    clients. With ``peer_identities`` every pad seed must carry its client's Ed25519 signature (seeds may then be
+    relayed by the aggregator); without, a seed must arrive from its client (``sender``) directly."""
 
     aggregate_type = CKKSAggregate
 
-    def __init__(self, params: str | CKKSParams = "default", *, min_contributors: int = 2) -> None:
+    def __init__(self, params: str | CKKSParams = "default", *, min_contributors: int = 2,
+                 max_dim: int = DEFAULT_MAX_DIM,
+                 peer_identities: Mapping[int, Ed25519PublicKey] | None = None) -> None:
         self.params = resolve(params)
-        self._init_keyholder(min_contributors)
+        self._init_keyholder(min_contributors, None, max_dim, peer_identities)
         p = self.params
         self._context = ts.context(ts.SCHEME_TYPE.CKKS, p.poly_modulus_degree,
                                    coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes))
         self._context.global_scale = p.scale
-        self._public = self._context.serialize(save_public_key=True, save_secret_key=False,
-                                               save_galois_keys=False, save_relin_keys=False)
-        self.context_id = hashlib.sha256(self._public).digest()
-        self._fresh = fresh_level(self._context)
+        self._public = bundle(self._context.serialize(save_public_key=True, save_secret_key=False,
+                                                      save_galois_keys=False, save_relin_keys=False), self.seal_key)
+        self.context_id = self.session_id = hashlib.sha256(self._public).digest()
+        self._layout, self._parms_id = ring_of(self._context, ntt=True)
 
-    def _check_session(self, msg: CKKSAggregate) -> None:
-        if msg.context_id != self.context_id:
-            raise DecryptionError("aggregate was encrypted under a different public context (another key holder)")
+    def _chunk_count(self, dim: int) -> int:
+        return chunk_count(dim + 1 + GUARD_SLOTS, self.params.slots)
 
-    def _decrypt(self, msg: CKKSAggregate) -> CKKSResult:
-        lengths = chunk_lengths(msg.dim + int(msg.weight_lane), self.params.slots)
-        if len(msg.chunks) != len(lengths):
-            raise MalformedMessageError(f"aggregate has {len(msg.chunks)} chunks, dim {msg.dim} needs {len(lengths)}")
-        # a pre-weighted sum (weight lane) is at scale Δ; a sum weighted by the aggregator at the product scale Δ^2
-        if not (msg.weight_lane or self.params.supports_multiply):
-            raise MalformedMessageError(f"parameter set {self.params.name!r} has no aggregator-weighted sums")
-        scale = self.params.scale if msg.weight_lane else self.params.product_scale
-        vecs = [load_chunk(self._context, c, length=n, level=self._fresh, scale=scale)
-                for c, n in zip(msg.chunks, lengths)]
-        try:
-            values = np.concatenate([np.asarray(v.decrypt(), dtype=np.float64) for v in vecs])
-        except Exception as exc:  # SEAL refuses ciphertexts it cannot decrypt
-            raise DecryptionError(f"aggregate does not decrypt: {exc}") from exc
-        if values.shape[0] != sum(lengths) or not np.isfinite(values).all():
-            raise DecryptionError("aggregate decrypted to a vector of the wrong size or with non-finite values")
-        return CKKSResult(round_id=msg.round_id, contributors=msg.contributors, values=values)
+    def _decrypt(self, msg: CKKSAggregate, residues: np.ndarray) -> CKKSResult:
+        lengths = chunk_lengths(msg.dim + 1 + GUARD_SLOTS, self.params.slots)
+        parts = []
+        for res, n in zip(residues, lengths):
+            raw = rlwe.to_tenseal(res, self._layout, parms_id=self._parms_id, scale=self.params.scale, length=n)
+            try:
+                parts.append(np.asarray(ts.ckks_vector_from(self._context, raw).decrypt(), dtype=np.float64))
+            except Exception as exc:  # SEAL refuses ciphertexts it cannot decrypt
+                raise DecryptionError(f"aggregate does not decrypt: {exc}") from exc
+        values = np.concatenate(parts)
+        guards = values[-GUARD_SLOTS:]
+        if not np.all(np.abs(guards) <= GUARD_TOLERANCE):
+            raise self._guard_error(f"guard slots decrypt to {np.max(np.abs(guards)):.3g}")
+        if not np.all(np.abs(values) <= self.params.fresh_value_bound):
+            raise self._guard_error("a decrypted value exceeds the parameter set's range")
+        return CKKSResult(round_id=msg.round_id, contributors=msg.contributors, values=values[:msg.dim + 1])

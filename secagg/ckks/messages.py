@@ -1,10 +1,11 @@
-"""CKKS wire messages (tags 0x10..0x1F). Ciphertexts travel as ``tuple[bytes, ...]``, one TenSEAL CKKSVector per
-chunk (see :mod:`secagg.ckks.params` for the layout). ``context_id`` is the SHA-256 of the public context the
-ciphertexts were made under, so a ciphertext for another key holder's key is refused before it is ever added.
+"""CKKS wire messages (tags 0x10..0x1F). Ciphertexts travel as ``tuple[bytes, ...]``, one padded ciphertext per
+chunk in the raw form of :mod:`secagg.hazmat.rlwe` (see :mod:`secagg.ckks.params` for the layout).
+``context_id`` is the SHA-256 of the key holder's public bundle, so a ciphertext for another key holder's key is
+refused before it is ever added. The client's pad seed travels separately (:class:`secagg.he_pads.PadSeed`).
 
-* :class:`CKKSContribution`  client -> aggregator: the client's encrypted update (``preweighted``: [w*x, w]).
-* :class:`CKKSAggregate`     aggregator -> key holder: the encrypted sum and the ids of the clients in it.
-* :class:`CKKSResult`        key holder -> aggregator: the decrypted sum (with the weight lane, if any).
+* :class:`CKKSContribution`  client -> aggregator: the client's padded encryption of ``[w*x, w, guards]``.
+* :class:`CKKSAggregate`     aggregator -> key holder: the padded sum and the ids of the clients in it.
+* :class:`CKKSResult`        key holder -> aggregator: the verified decrypted sum ``[Σ w*x, Σ w]``.
 """
 
 from __future__ import annotations
@@ -40,13 +41,12 @@ def _check_contributors(ids: tuple[int, ...]) -> None:
 
 @message(0x10)
 class CKKSContribution(Message):
-    """One client's encrypted update: ``dim`` values, plus the weight lane when ``preweighted``."""
+    """One client's padded, encrypted ``[w*x, w, guards]`` for an update of ``dim`` values."""
 
     round_id: int
     client_id: int
     context_id: bytes
     dim: int
-    preweighted: bool
     chunks: tuple[bytes, ...]
 
     def validate(self) -> None:
@@ -58,12 +58,11 @@ class CKKSContribution(Message):
 
 @message(0x11)
 class CKKSAggregate(Message):
-    """The encrypted sum over ``contributors`` (strictly increasing client ids); ``weight_lane`` as in contributions."""
+    """The padded encrypted sum over ``contributors`` (strictly increasing client ids)."""
 
     round_id: int
     context_id: bytes
     dim: int
-    weight_lane: bool
     contributors: tuple[int, ...]
     chunks: tuple[bytes, ...]
 

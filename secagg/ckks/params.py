@@ -1,18 +1,18 @@
-"""Vetted CKKS parameter sets and the TenSEAL context/ciphertext checks every CKKS role shares.
+"""Vetted CKKS parameter sets and the TenSEAL context checks every CKKS role shares.
 
 Security invariant: every accepted set keeps its total coefficient modulus (all primes, the special key-switching
 prime included) within the HomomorphicEncryption.org standard's bound for 128-bit classical security with a
 ternary secret (:data:`MAX_COEFF_BITS`). A set that exceeds it, or that is otherwise unusable, raises
 ``ConfigurationError`` at construction, so no role can ever run with one.
 
-Layout of one vector of ``L`` values: ``ceil(L / slots)`` ciphertexts ("chunks"), chunk ``k`` holding values
-``[k*slots, (k+1)*slots)``; the last chunk may be shorter. All ciphertexts stay at the fresh level (no role ever
-rescales). Values are encoded at scale ``Δ = 2^scale_bits``; the aggregator's ciphertext x public-weight product
-keeps its exact scale ``Δ^2`` instead of being rescaled, because TenSEAL's rescale resets the scale to ``Δ`` and so
-biases every value by the ratio of the dropped prime to ``Δ`` (about 1.3e-7 relative for the default set). A
-decrypted slot must stay below :attr:`CKKSParams.fresh_value_bound` (sums at scale Δ) or
-:attr:`CKKSParams.weighted_value_bound` (sums at scale Δ^2), each with two bits of margin for noise and encoding;
-past the bound a sum wraps silently, so roles refuse inputs that could reach it.
+Layout of one contribution of ``dim`` values: the lanes ``[w*x_1, ..., w*x_dim, w, 0 x GUARD_SLOTS]`` in
+``ceil(lanes / slots)`` ciphertexts ("chunks"), chunk ``k`` holding lanes ``[k*slots, (k+1)*slots)``. All
+ciphertexts stay at the fresh level and scale ``Δ = 2^scale_bits`` (roles only add). A decrypted slot must stay
+below :attr:`CKKSParams.fresh_value_bound` (two bits of margin for noise and encoding); past it a sum wraps
+silently, so clients refuse inputs that could reach it and the key holder refuses sums beyond it. The guard
+slots decrypt to ``|g| <= GUARD_TOLERANCE`` for an honest sum; a residual pad makes each one a Gaussian-like value
+of spread about ``(q/Δ)·sqrt(N/24)``, so the chance that all four pass is below ``2^-128`` for both vetted sets
+(:attr:`CKKSParams.guard_soundness_bits`).
 """
 
 from __future__ import annotations
@@ -25,15 +25,18 @@ import numpy as np
 import tenseal as ts
 
 from secagg.errors import ConfigurationError, KeyMisuseError, MalformedMessageError
-from secagg.he_round import load_ciphertext
+from secagg.hazmat.rlwe import RingLayout
+from secagg.he_round import ring_of, unbundle
 
-__all__ = ["CKKSParams", "PARAMS", "MAX_COEFF_BITS", "resolve", "PublicContext", "load_public_context",
-           "chunk_lengths", "load_chunk", "np_chunks", "params_of"]
+__all__ = ["CKKSParams", "PARAMS", "MAX_COEFF_BITS", "GUARD_SLOTS", "GUARD_TOLERANCE", "resolve", "PublicContext",
+           "load_public_context", "chunk_count", "chunk_lengths", "np_chunks", "params_of"]
 
 #: HomomorphicEncryption.org security standard (2018), Table 1: largest log2(q) for 128-bit security, ternary secret.
 MAX_COEFF_BITS: dict[int, int] = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
 _MIN_PRIME_BITS, _MAX_PRIME_BITS = 20, 60  # SEAL's CoeffModulus::Create limits
 _MIN_HEADROOM_BITS = 10
+GUARD_SLOTS = 4  # zeros every contribution encrypts after [w*x, w]
+GUARD_TOLERANCE = 2.0 ** -10  # largest |guard| of an honest sum (CKKS error ~1e-9 per contribution)
 
 
 @dataclass(frozen=True)
@@ -75,14 +78,6 @@ class CKKSParams:
         return sum(self.coeff_mod_bit_sizes[:-1])
 
     @property
-    def supports_multiply(self) -> bool:
-        """Whether a ciphertext x plaintext product fits at its exact scale Δ^2 (with 10 bits of headroom).
-
-        For the vetted sets this is exactly "has a rescale prime" (>= 3 primes): 100 data bits for the default set,
-        60 for add-only."""
-        return self.data_bits >= 2 * self.scale_bits + _MIN_HEADROOM_BITS
-
-    @property
     def total_bits(self) -> int:
         return sum(self.coeff_mod_bit_sizes)
 
@@ -92,25 +87,24 @@ class CKKSParams:
         return float(2 ** self.scale_bits)
 
     @property
-    def product_scale(self) -> float:
-        """Δ^2, the scale of a ciphertext multiplied by a plaintext weight."""
-        return float(2 ** (2 * self.scale_bits))
-
-    @property
     def fresh_value_bound(self) -> float:
         """Largest magnitude a slot of a decrypted sum of fresh (scale Δ) ciphertexts may reach."""
         return float(2 ** (self.data_bits - self.scale_bits - 2))
 
     @property
-    def weighted_value_bound(self) -> float:
-        """Largest magnitude a slot of a decrypted sum of weighted (scale Δ^2) ciphertexts may reach (0: none)."""
-        return float(2 ** (self.data_bits - 2 * self.scale_bits - 2)) if self.supports_multiply else 0.0
+    def guard_soundness_bits(self) -> float:
+        """-log2 of the chance that a uniform residual passes all guards: each guard is a sum of N uniform
+        residues mod q (spread ``q/Δ·sqrt(N/24)``), within ``±GUARD_TOLERANCE`` of zero with probability about
+        ``2·tolerance / (sqrt(2π)·spread)``."""
+        spread = 2.0 ** (self.data_bits - self.scale_bits) * math.sqrt(self.poly_modulus_degree / 24)
+        per_guard = 2 * GUARD_TOLERANCE / (math.sqrt(2 * math.pi) * spread)
+        return -GUARD_SLOTS * math.log2(per_guard)
 
 
 PARAMS: dict[str, CKKSParams] = {
-    # 160/218 bits: 100 data bits hold a weighted product at scale 2^80 with 2^18 of headroom.
+    # 160/218 bits: 100 data bits at scale 2^40 leave 2^58 of range for a decrypted sum.
     "default": CKKSParams("default", 8192, (60, 40, 60), 40),
-    # 109/109 bits: one 60-bit data prime and the 49-bit special prime; additions only (client pre-weighting).
+    # 109/109 bits: one 60-bit data prime and the 49-bit special prime: half the bytes of "default" per value.
     # Scale 2^40 gives ~1e-8 fresh error and 2^18 of headroom for the decrypted sum (fresh_value_bound).
     "add-only": CKKSParams("add-only", 4096, (60, 49), 40),
 }
@@ -159,19 +153,22 @@ def params_of(context: ts.Context) -> CKKSParams:
 
 @dataclass(frozen=True, eq=False)
 class PublicContext:
-    """A deserialized public CKKS context with its parameter set and ``context_id`` = SHA-256 of its bytes."""
+    """A key holder's public CKKS session: the context (public key only), its parameter set, the fresh-level
+    ring, the X25519 sealing key, and ``context_id`` = SHA-256 of the public bundle."""
 
     context: ts.Context
     params: CKKSParams
     context_id: bytes
+    layout: RingLayout
+    parms_id: list[int]
+    seal_key: bytes
 
 
 def load_public_context(data: bytes, *, need_public_key: bool) -> PublicContext:
-    """Deserialize a public context; a secret key raises KeyMisuseError, anything else unusable ConfigurationError."""
-    if not isinstance(data, (bytes, bytearray)):
-        raise ConfigurationError(f"public context must be bytes, got {type(data).__name__}")
+    """Parse a public bundle; a secret key raises KeyMisuseError, anything else unusable ConfigurationError."""
+    context, seal_key = unbundle(data)
     try:
-        ctx = ts.context_from(bytes(data))
+        ctx = ts.context_from(context)
     except Exception as exc:  # TenSEAL raises ValueError/RuntimeError for any unparsable context
         raise ConfigurationError(f"public context does not deserialize: {exc}") from exc
     if ctx.is_private() or ctx.has_secret_key():
@@ -180,8 +177,13 @@ def load_public_context(data: bytes, *, need_public_key: bool) -> PublicContext:
     if need_public_key and not ctx.has_public_key():
         raise ConfigurationError("public context has no public key; clients cannot encrypt")
     params = params_of(ctx)
-    ctx.auto_rescale, ctx.auto_relin, ctx.auto_mod_switch = False, False, False  # products keep scale Δ^2
-    return PublicContext(ctx, params, hashlib.sha256(bytes(data)).digest())
+    layout, parms_id = ring_of(ctx, ntt=True)
+    return PublicContext(ctx, params, hashlib.sha256(bytes(data)).digest(), layout, parms_id, seal_key)
+
+
+def chunk_count(length: int, slots: int) -> int:
+    """Ciphertexts holding ``length`` lanes, ``slots`` per ciphertext (arithmetic: nothing is allocated)."""
+    return -(-length // slots)
 
 
 def chunk_lengths(length: int, slots: int) -> list[int]:
@@ -190,16 +192,6 @@ def chunk_lengths(length: int, slots: int) -> list[int]:
         raise MalformedMessageError(f"vector length must be >= 1, got {length}")
     full, rest = divmod(length, slots)
     return [slots] * full + ([rest] if rest else [])
-
-
-def load_chunk(context: ts.Context, data: bytes, *, length: int, level: list[int], scale: float) -> ts.CKKSVector:
-    """Deserialize one chunk and check it is a 2-polynomial ciphertext of ``length`` values at level ``level``
-    (a parms_id) and scale ``scale``; anything else raises MalformedMessageError."""
-    vec, ct = load_ciphertext(ts.ckks_vector_from, context, data, length=length, level=level, ntt=True,
-                              kind="CKKS")
-    if ct.scale != scale:
-        raise MalformedMessageError(f"ciphertext scale {ct.scale} differs from the session's {scale}")
-    return vec
 
 
 def np_chunks(values: np.ndarray, slots: int) -> list[list[float]]:

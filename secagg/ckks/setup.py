@@ -10,28 +10,31 @@ from secagg.ckks.keyholder import KeyHolder
 from secagg.ckks.messages import CKKSContribution
 from secagg.ckks.params import CKKSParams, load_public_context
 from secagg.errors import ConfigurationError
+from secagg.hazmat import sign as ed25519
 from secagg.roles import RoundSetup
 
 __all__ = ["build_round"]
 
 
 def build_round(participants: Iterable[int], *, dim: int, weights: Mapping[int, float], graph_seed: bytes,
-                params: str | CKKSParams = "default", weighting: str = "aggregator", min_contributors: int = 2,
-                round_id: int = 0) -> RoundSetup:
+                params: str | CKKSParams = "default", min_contributors: int = 2, round_id: int = 0,
+                sign: bool = True) -> RoundSetup:
     """A fresh key holder, one client per participant and the aggregator, wired for one round.
 
-    ``weighting="aggregator"``: the aggregator applies the public ``weights`` (needs a set that supports the multiply);
-    ``"client"``: clients encrypt ``[w*x, w]`` and the aggregator only adds. ``graph_seed`` is unused: CKKS has no
-    pairwise graph. The drop tag is the contribution's, so a dropped client is one that never submits.
+    Clients pre-weight ``[w*x, w]``; the aggregator only adds. ``sign=True`` (default) gives every client an
+    Ed25519 identity that signs its pad seed and hands the key holder the public identities (so seeds may be
+    relayed); ``sign=False`` trusts the driver's sender ids (an authenticated channel). ``graph_seed`` is unused:
+    CKKS has no pairwise graph. The drop tag is the contribution's, so a dropped client is one that never submits.
     """
-    if weighting not in ("aggregator", "client"):
-        raise ConfigurationError(f"weighting must be 'aggregator' or 'client', got {weighting!r}")
     ids = list(participants)
-    keyholder = KeyHolder(params, min_contributors=min_contributors)
+    if not weights or any(i not in weights for i in ids):
+        raise ConfigurationError("weights must give every participant a weight")
+    keys = {i: ed25519.generate() for i in ids} if sign else {}
+    public_ids = {i: k.public_key() for i, k in keys.items()} if sign else None
+    keyholder = KeyHolder(params, min_contributors=min_contributors, peer_identities=public_ids)
     public = load_public_context(keyholder.public_context(), need_public_key=True)  # parsed once, shared
-    pre = weighting == "client"
-    clients = {i: CKKSClient(i, public, round_id=round_id, preweight=pre, max_cohort=max(1, len(ids))) for i in ids}
-    aggregator = CKKSAggregator(public, ids, dim=dim, round_id=round_id, weights=None if pre else weights,
-                                min_contributors=min_contributors)
+    clients = {i: CKKSClient(i, public, round_id=round_id, max_cohort=max(1, len(ids)), identity=keys.get(i))
+               for i in ids}
+    aggregator = CKKSAggregator(public, ids, dim=dim, round_id=round_id, min_contributors=min_contributors)
     return RoundSetup(clients=dict(clients), aggregator=aggregator, finalizer=keyholder,
                       drop_tag=CKKSContribution.TAG)

@@ -1,4 +1,5 @@
-"""The masking client: a sans-I/O stage machine (Bonawitz et al. 2017 over the SecAgg+ graph).
+"""The masking client: a sans-I/O stage machine (Bonawitz et al. 2017, active-adversary variant, over the SecAgg+
+graph of Bell et al. 2020), safe against a server that deviates from the protocol (see :mod:`.config`).
 
 Stages: ``"init"`` -start-> ``"advertised"`` -KeyRoster-> ``"shared"`` -ShareDelivery-> ``"masked"``
 -ConsistencyRequest-> ``"checked"`` -UnmaskRequest-> ``"done"``.
@@ -6,70 +7,84 @@ Stages: ``"init"`` -start-> ``"advertised"`` -KeyRoster-> ``"shared"`` -ShareDel
 Invariants:
 
 * the masked input is ``y = [enc(w*x), enc(w)] + PRG(b) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv)`` in the ring,
-  over exactly the neighbours ``v`` whose shares the server delivered (they completed the share stage);
-* ``b`` and the mask secret ``s_sk`` are Shamir-shared t-of-(holders) among those neighbours and the client;
-  each share travels AES-GCM-encrypted under a pairwise channel key with the round, sender and recipient bound
-  as associated data (one X25519 exchange per neighbour serves both directions); ``c_sk`` is discarded once the
-  shares are encrypted, and ``b``, ``s_sk``, the channel keys and the plain encoding once the masked input is built;
-* an unmask request is answered at most once, only if its alive set is the survivor list the client signed,
-  it does not name the client as dropped, holds at least ``t`` ids, names only participants, and (with
-  identities) carries at least ``t`` valid signatures of that list. Alive and dropped sets are disjoint (checked
-  by the decoder), so no secret's two shares are ever revealed by this client;
+  over exactly the neighbours ``v`` whose shares the server delivered; a delivery missing more than
+  ``share_dropouts`` of the roster the client shared with is refused (so a server cannot isolate this client by
+  forwarding few shares and then claiming those neighbours dropped);
+* ``b`` and the mask secret ``s_sk`` are Shamir-shared t-of-(holders) among the roster and the client; each share
+  travels AES-GCM-encrypted under a pairwise channel key with the session, sender and recipient bound as associated
+  data, and every share is committed to (SHA-256 with a nonce, sent to the server) so a holder cannot reveal a
+  different one; ``c_sk`` is discarded once the shares are encrypted, and ``b``, ``s_sk``, the channel keys and
+  the plain encoding once the masked input is built;
+* every signed or derived value binds the session id (nonce, cohort, parameters); with ``sessions`` given, a
+  session the client already took part in is refused (``ReplayError``);
+* an unmask request is answered at most once, only if its alive set is the survivor list the client signed, it
+  does not name the client as dropped, holds at least ``t`` ids, and (with identities) carries valid signatures of
+  that list from at least ``min_signers`` participants in it. Alive and dropped sets are disjoint (checked by the
+  decoder), so no secret's two shares are ever revealed by this client;
 * a rejected message raises a named error and leaves the client's state unchanged.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableSet
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from secagg.encoding import check_weight
 from secagg.errors import AuthenticationError, ConfigurationError, DecryptionError, DropoutError, \
-    DuplicateMessageError, MalformedMessageError, MalformedUpdateError, StageError, UnknownClientError, \
-    WrongRoundError
+    DuplicateMessageError, MalformedMessageError, MalformedUpdateError, ReplayError, StageError, \
+    UnknownClientError, WrongRoundError
 from secagg.hazmat import aead, kex, shamir, sign
 from secagg.hazmat.prg import SEED_BYTES, add_masks
 from secagg.masking.config import MaskingConfig
-from secagg.masking.messages import AdvertiseKeys, ConsistencyRequest, ConsistencyResponse, KeyRoster, \
-    MaskedInput, ShareDelivery, ShareKeys, UnmaskRequest, UnmaskResponse, advertise_payload, survivors_payload
+from secagg.masking.messages import B_SHARE_BYTES, OPENING_BYTES, S_SHARE_BYTES, AdvertiseKeys, \
+    ConsistencyRequest, ConsistencyResponse, KeyRoster, MaskedInput, ShareDelivery, ShareKeys, UnmaskRequest, \
+    UnmaskResponse, advertise_payload, seed_commitment, share_commitment, survivors_payload
 from secagg.messages import decode
 from secagg.roles import AGGREGATOR, Outbound, StagedRole
 
-__all__ = ["MaskingClient", "share_ad", "B_SHARE_BYTES", "S_SHARE_BYTES"]
+__all__ = ["MaskingClient", "share_ad", "parse_share_pair"]
 
-B_SHARE_BYTES = 6 + 4 * (SEED_BYTES // 2)
-S_SHARE_BYTES = 6 + 4 * (kex.KEY_BYTES // 2)
-
-
-def share_ad(round_id: int, sender: int, recipient: int) -> bytes:
-    """Associated data of a share ciphertext: binds the round, the sender and the recipient."""
-    return b"secagg/masking/shares/v1" + struct.pack("<qqq", round_id, sender, recipient)
+_PLAIN_BYTES = B_SHARE_BYTES + S_SHARE_BYTES + 2 * OPENING_BYTES
 
 
-def parse_share_pair(plaintext: bytes, owner: int, holder: int) -> tuple[shamir.Share, shamir.Share]:
-    """Split a decrypted share plaintext into (b-share, s-share) held by ``holder``; raise DecryptionError."""
-    if len(plaintext) != B_SHARE_BYTES + S_SHARE_BYTES:
+def share_ad(session_id: bytes, sender: int, recipient: int) -> bytes:
+    """Associated data of a share ciphertext: binds the session, the sender and the recipient."""
+    return b"secagg/masking/shares/v2" + session_id + sender.to_bytes(8, "little") + recipient.to_bytes(8, "little")
+
+
+def parse_share_pair(plaintext: bytes, owner: int, holder: int) -> tuple[bytes, bytes]:
+    """Split a decrypted share plaintext into the (b, s) openings ``share | nonce`` held by ``holder``; checks the
+    shares' form and point. Raises DecryptionError."""
+    if len(plaintext) != _PLAIN_BYTES:
         raise DecryptionError(f"share plaintext from {owner} has {len(plaintext)} bytes")
+    b_end = B_SHARE_BYTES + OPENING_BYTES
+    b_open, s_open = plaintext[:b_end], plaintext[b_end:]
     try:
-        b, s = shamir.Share.from_bytes(plaintext[:B_SHARE_BYTES]), shamir.Share.from_bytes(plaintext[B_SHARE_BYTES:])
+        b = shamir.Share.from_bytes(b_open[:B_SHARE_BYTES])
+        s = shamir.Share.from_bytes(s_open[:S_SHARE_BYTES])
     except MalformedMessageError as exc:
         raise DecryptionError(f"malformed shares from {owner}: {exc}") from exc
     if b.x != holder + 1 or s.x != holder + 1:
         raise DecryptionError(f"shares from {owner} are not at this client's point")
-    return b, s
+    return b_open, s_open
 
 
 class MaskingClient(StagedRole):
-    """One participant of a masking round. ``identity`` signs its messages; ``peer_identities`` verify others'."""
+    """One participant of a masking round. ``identity`` signs its messages; ``peer_identities`` verify others'.
+    ``sessions`` (optional, shared across this client's rounds) records the session ids it took part in."""
 
     def __init__(self, client_id: int, config: MaskingConfig, *, identity: Ed25519PrivateKey | None = None,
-                 peer_identities: Mapping[int, Ed25519PublicKey] | None = None) -> None:
+                 peer_identities: Mapping[int, Ed25519PublicKey] | None = None,
+                 sessions: MutableSet[bytes] | None = None) -> None:
         if client_id not in config.participants:
             raise ConfigurationError(f"client {client_id} is not a participant of this round")
+        if sessions is not None:
+            if config.session_id in sessions:
+                raise ReplayError("this client already took part in a round with this session (nonce reused)")
+            sessions.add(config.session_id)
         self.client_id, self.config = client_id, config
         self._identity = identity
         self._peers = dict(peer_identities) if peer_identities is not None else None
@@ -85,9 +100,7 @@ class MaskingClient(StagedRole):
         if self._stage != "init":
             raise StageError(f"start() called in stage {self._stage!r}")
         cfg = self.config
-        w = float(weight) if isinstance(weight, (int, float, np.floating, np.integer)) else math.nan
-        if not (math.isfinite(w) and 0 < w <= cfg.weight_bound):
-            raise MalformedUpdateError(f"weight {weight!r} must be in (0, weight_bound={cfg.weight_bound}]")
+        w = check_weight(weight, cfg.weight_bound)
         if isinstance(update, np.ndarray) and update.ndim == 1 and update.shape[0] != cfg.dim:
             raise MalformedUpdateError(f"update has length {update.shape[0]}, expected {cfg.dim}")
         enc = np.empty(cfg.dim + 1, dtype=cfg.dtype)
@@ -97,7 +110,7 @@ class MaskingClient(StagedRole):
         self._c_sk, self._s_sk = kex.generate(), kex.generate()
         c_pk, s_pk = kex.public_bytes(self._c_sk), kex.public_bytes(self._s_sk)
         sig = b"" if self._identity is None else \
-            sign.sign(self._identity, advertise_payload(cfg.round_id, self.client_id, c_pk, s_pk))
+            sign.sign(self._identity, advertise_payload(cfg.session_id, self.client_id, c_pk, s_pk))
         self._stage = "advertised"
         msg = AdvertiseKeys(round_id=cfg.round_id, client_id=self.client_id, c_pk=c_pk, s_pk=s_pk, signature=sig)
         return [Outbound(AGGREGATOR, msg.to_bytes())]
@@ -123,47 +136,62 @@ class MaskingClient(StagedRole):
         if bad:
             raise UnknownClientError(f"{what} names clients {bad} outside the allowed set")
 
+    def _verify(self, v: int, signature: bytes, payload: bytes) -> None:
+        assert self._peers is not None
+        if v not in self._peers:
+            raise AuthenticationError(f"no identity key for client {v}")
+        sign.verify(self._peers[v], signature, payload)
+
     def _on_roster(self, msg: KeyRoster) -> list[Outbound]:
-        cfg, u = self.config, self.client_id
+        cfg, u, sid = self.config, self.client_id, self.config.session_id
         self._known(msg.client_ids, self._neighbours, "key roster")
         if len(msg.client_ids) + 1 < cfg.t:
             raise DropoutError(f"only {len(msg.client_ids)} neighbours advertised keys; threshold is {cfg.t}")
         if self._peers is not None:
             for v, c_pk, s_pk, sig in zip(msg.client_ids, msg.c_pks, msg.s_pks, msg.signatures):
-                if v not in self._peers:
-                    raise AuthenticationError(f"no identity key for client {v}")
-                sign.verify(self._peers[v], sig, advertise_payload(cfg.round_id, v, c_pk, s_pk))
+                self._verify(v, sig, advertise_payload(sid, v, c_pk, s_pk))
         roster = {v: (c, s) for v, c, s in zip(msg.client_ids, msg.c_pks, msg.s_pks)}
+        for _, s_pk in roster.values():
+            kex.check_public(s_pk)  # a low-order mask key would fail only after this client shared its secrets
+        keys = {v: kex.channel_key(self._c_sk, c_pk, session=sid, u=u, v=v) for v, (c_pk, _) in roster.items()}
         holders = sorted([*roster, u])
         b = os.urandom(SEED_BYTES)
         b_sh = shamir.split(b, cfg.t, [h + 1 for h in holders])
         s_sh = shamir.split(kex.private_bytes(self._s_sk), cfg.t, [h + 1 for h in holders])
-        keys = {v: kex.channel_key(self._c_sk, c_pk, round_id=cfg.round_id, u=u, v=v)
-                for v, (c_pk, _) in roster.items()}
-        cts = {}
+        cts, commits = {}, {}
         for h, bs, ss in zip(holders, b_sh, s_sh):
+            rb, rs = os.urandom(OPENING_BYTES), os.urandom(OPENING_BYTES)
+            b_open, s_open = bs.to_bytes() + rb, ss.to_bytes() + rs
+            commits[h] = share_commitment(b"b", sid, u, h, bs.to_bytes(), rb) + \
+                share_commitment(b"s", sid, u, h, ss.to_bytes(), rs)
             if h == u:
-                own = (bs, ss)
-                continue
-            cts[h] = aead.encrypt(keys[h], bs.to_bytes() + ss.to_bytes(), share_ad(cfg.round_id, u, h))
+                own = (b_open, s_open)
+            else:
+                cts[h] = aead.encrypt(keys[h], b_open + s_open, share_ad(sid, u, h))
         self._roster, self._channel, self._b, self._held = roster, keys, b, {u: own}
         del self._c_sk  # the channel keys (one X25519 exchange per neighbour) serve both directions
         self._stage = "shared"
-        return [Outbound(AGGREGATOR, ShareKeys(round_id=cfg.round_id, client_id=u, ciphertexts=cts).to_bytes())]
+        out = ShareKeys(round_id=cfg.round_id, client_id=u, ciphertexts=cts, commitments=commits,
+                        seed_commitment=seed_commitment(sid, u, b))
+        return [Outbound(AGGREGATOR, out.to_bytes())]
 
     def _on_delivery(self, msg: ShareDelivery) -> list[Outbound]:
-        cfg, u = self.config, self.client_id
+        cfg, u, sid = self.config, self.client_id, self.config.session_id
         if msg.recipient != u:
             raise UnknownClientError(f"delivery for client {msg.recipient} reached client {u}")
         self._known(msg.ciphertexts, self._roster, "share delivery")
+        missing = len(self._roster) - len(msg.ciphertexts)
+        if missing > int(cfg.share_dropouts):  # type: ignore[arg-type]
+            raise DropoutError(f"the delivery lacks {missing} of the {len(self._roster)} neighbours this client "
+                               f"shared with; at most share_dropouts={cfg.share_dropouts} may be missing (a server "
+                               "could otherwise isolate this client's input)")
         if len(msg.ciphertexts) + 1 < cfg.t:
             raise DropoutError(f"only {len(msg.ciphertexts)} neighbours shared keys; threshold is {cfg.t}")
-        held = {}
-        for v, ct in msg.ciphertexts.items():
-            held[v] = parse_share_pair(aead.decrypt(self._channel[v], ct, share_ad(cfg.round_id, v, u)), v, u)
+        held = {v: parse_share_pair(aead.decrypt(self._channel[v], ct, share_ad(sid, v, u)), v, u)
+                for v, ct in msg.ciphertexts.items()}
         plus, minus = [self._b], []
         for v in msg.ciphertexts:
-            seed = kex.mask_seed(self._s_sk, self._roster[v][1], round_id=cfg.round_id, u=u, v=v)
+            seed = kex.mask_seed(self._s_sk, self._roster[v][1], session=sid, u=u, v=v)
             (plus if v > u else minus).append(seed)
         y = self._encoded  # masked in place: the plain encoding must not outlive this stage
         add_masks(y, plus, minus)
@@ -179,10 +207,11 @@ class MaskingClient(StagedRole):
         self._known(msg.survivors, cfg.participants, "survivor list")
         if u not in msg.survivors:
             raise MalformedMessageError("the survivor list omits this client, whose masked input was sent")
-        if len(msg.survivors) < cfg.t:
-            raise DropoutError(f"{len(msg.survivors)} survivors is below the threshold {cfg.t}")
+        need = cfg.min_signers if self._peers is not None else cfg.t
+        if len(msg.survivors) < need:
+            raise DropoutError(f"{len(msg.survivors)} survivors; the round needs {need} to finish")
         sig = b"" if self._identity is None else \
-            sign.sign(self._identity, survivors_payload(cfg.round_id, msg.survivors))
+            sign.sign(self._identity, survivors_payload(cfg.session_id, msg.survivors))
         self._survivors = msg.survivors
         self._stage = "checked"
         return [Outbound(AGGREGATOR, ConsistencyResponse(round_id=cfg.round_id, client_id=u, signature=sig).to_bytes())]
@@ -198,15 +227,14 @@ class MaskingClient(StagedRole):
             raise DropoutError(f"{len(msg.alive)} alive clients is below the threshold {cfg.t}")
         if self._peers is not None:
             self._known(msg.signatures, msg.alive, "signature list")
-            payload = survivors_payload(cfg.round_id, msg.alive)
-            for v, sig in msg.signatures.items():
-                if v not in self._peers:
-                    raise AuthenticationError(f"no identity key for client {v}")
-                sign.verify(self._peers[v], sig, payload)
-            if len(msg.signatures) < cfg.t:
-                raise AuthenticationError(f"{len(msg.signatures)} consistency signatures, need {cfg.t}")
-        b_out = {v: self._held[v][0].to_bytes() for v in msg.alive if v in self._held}
-        s_out = {v: self._held[v][1].to_bytes() for v in msg.dropped if v in self._held}
+            if len(msg.signatures) < cfg.min_signers:
+                raise AuthenticationError(f"{len(msg.signatures)} consistency signatures; {cfg.min_signers} needed "
+                                          "so that no other survivor list can be accepted by anyone")
+            payload = survivors_payload(cfg.session_id, msg.alive)
+            for v in sorted(msg.signatures)[:cfg.min_signers]:
+                self._verify(v, msg.signatures[v], payload)
+        b_out = {v: self._held[v][0] for v in msg.alive if v in self._held}
+        s_out = {v: self._held[v][1] for v in msg.dropped if v in self._held}
         self._stage = "done"
         resp = UnmaskResponse(round_id=cfg.round_id, client_id=u, b_shares=b_out, s_shares=s_out)
         return [Outbound(AGGREGATOR, resp.to_bytes())]

@@ -1,24 +1,39 @@
 """Public parameters of one masking round, validated once and shared by the server and every client.
 
-Rules (``n`` participants, ``k`` neighbours, ``t`` threshold):
+Threat model the rules below are derived from: the server may deviate arbitrarily (choose whose messages to
+forward, claim any client dropped, replay, forge unsigned messages) and may collude with up to ``max_corrupt``
+(``C``) clients; clients sign with identities the server cannot forge. Rules (``n`` participants, ``k``
+neighbours, ``t`` threshold, ``e`` = ``share_dropouts``):
 
-* ``n >= 2`` (the sum of one client is that client's input); ids are distinct ints in ``0..2^31-3`` (a client's
-  Shamir x-coordinate is ``id + 1`` in GF(2^31-1)).
-* ``k`` defaults to ``min(n-1, 2*ceil(log2 n) + 1)``; it is then made effective by
-  :func:`~secagg.masking.graph.effective_degree` (capped at n-1, raised by one for odd k with odd n). After
-  construction ``neighbors`` holds the effective degree; ``k = n-1`` is the complete graph (classic SecAgg).
-* ``t`` defaults to ``max(2, ceil(2(k+1)/3))``, capped at ``k+1``. Any ``t`` must satisfy ``2 <= t <= k+1`` and
-  ``2t > k+1``: a strict majority of every neighbourhood (k neighbours plus the owner), so the holders who reveal
-  a client's self-mask share and those who reveal its mask-key share (disjoint sets of honest clients) can never
-  both reach ``t``. After construction ``threshold`` holds the resolved value.
+* ``n >= 2``; ids are distinct ints in ``0..2^31-3`` (a client's Shamir x-coordinate is ``id + 1`` in GF(2^31-1)).
+* ``k`` defaults to ``min(n-1, 2*ceil(log2 n) + 1)``, made effective by
+  :func:`~secagg.masking.graph.effective_degree`; ``k = n-1`` is the complete graph (classic SecAgg).
+* ``t`` defaults to ``max(2, ceil(2(k+1)/3))``; ``2 <= t <= k+1``.
+* A client masks with the neighbours whose shares the server delivered (``D``) and refuses a delivery missing
+  more than ``e`` of the neighbours it shared with (``R``). A malicious server that wants the sum over a set ``S``
+  of honest clients alone must reveal every member's self-mask ``b`` (``t`` shares, from its holders that are
+  alive) while claiming every honest neighbour outside ``S`` dropped; at most ``|S| + e + C`` holders of a
+  member's shares can then answer, so **every sum it learns covers at least ``t - e - C`` honest inputs**. The
+  rule ``t >= C + e + 2`` (``ConfigurationError`` otherwise) makes that at least two: no single input, ever.
+  ``e`` defaults to ``min(1, t-2)``, ``C`` to ``t - 2 - e``.
+* Consistency: an unmask request must carry valid signatures on the same survivor list from at least
+  ``min_signers = max(t, floor((n + C)/2) + 1)`` participants. Any two such lists share an honest signer, and an
+  honest client signs once, so every honest client that reveals anything sees the same survivor list: none
+  reveals a self-mask share of a client another treats as dropped.
+* ``round_nonce`` (32 bytes, fresh from the CSPRNG by default) makes the round unique; :attr:`session_id` hashes
+  every public field, and every signature, share encryption and mask key binds it, so nothing from another round
+  or another cohort is accepted.
 * Values lane encodes ``w*x`` with range ``clip*weight_bound``; the weight lane encodes ``w`` with range
   ``weight_bound``; both with headroom for all ``n`` clients so the sum cannot wrap (see FixedPoint).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass
+import secrets
+import struct
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -30,6 +45,12 @@ from secagg.masking.graph import effective_degree, harary_graph
 __all__ = ["MaskingConfig", "MAX_CLIENT_ID"]
 
 MAX_CLIENT_ID = (1 << 31) - 3
+
+
+def _int(name: str, v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ConfigurationError(f"{name} must be a non-negative int, got {v!r}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -47,6 +68,9 @@ class MaskingConfig:
     out_of_range: str = "raise"
     round_id: int = 0
     graph_seed: bytes = bytes(16)
+    max_corrupt: int | None = None
+    share_dropouts: int | None = None
+    round_nonce: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
     def __post_init__(self) -> None:
         ids = tuple(sorted(int(p) for p in self.participants))
@@ -61,19 +85,31 @@ class MaskingConfig:
                 raise ConfigurationError(f"{name} must be an int >= {lo}, got {v!r}")
         if not isinstance(self.graph_seed, bytes) or len(self.graph_seed) != 16:
             raise ConfigurationError("graph_seed must be 16 bytes")
+        if not isinstance(self.round_nonce, bytes) or len(self.round_nonce) != 32:
+            raise ConfigurationError("round_nonce must be 32 bytes (fresh from a CSPRNG for every round)")
         for name in ("clip", "weight_bound"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ConfigurationError(f"{name} must be a positive finite number, got {v!r}")
         n = len(ids)
-        k = min(n - 1, 2 * math.ceil(math.log2(n)) + 1) if self.neighbors is None else int(self.neighbors)
+        k = min(n - 1, 2 * math.ceil(math.log2(n)) + 1) if self.neighbors is None else _int("neighbors", self.neighbors)
         k = effective_degree(n, k)
-        t = min(k + 1, max(2, math.ceil(2 * (k + 1) / 3))) if self.threshold is None else int(self.threshold)
-        if not 2 <= t <= k + 1 or 2 * t <= k + 1:
-            raise ConfigurationError(f"threshold {t} must satisfy 2 <= t <= k+1 = {k + 1} and 2t > k+1 "
-                                     "(a strict majority of each neighbourhood)")
+        t = min(k + 1, max(2, math.ceil(2 * (k + 1) / 3))) if self.threshold is None else \
+            _int("threshold", self.threshold)
+        if not 2 <= t <= k + 1:
+            raise ConfigurationError(f"threshold {t} must satisfy 2 <= t <= k+1 = {k + 1} (k = {k} neighbours)")
+        e = min(1, t - 2) if self.share_dropouts is None else _int("share_dropouts", self.share_dropouts)
+        c = max(0, t - 2 - e) if self.max_corrupt is None else _int("max_corrupt", self.max_corrupt)
+        if t < c + e + 2:
+            raise ConfigurationError(
+                f"threshold {t} with max_corrupt={c} and share_dropouts={e} lets a malicious server learn sums of "
+                f"fewer than 2 honest inputs (every sum covers t - e - C = {t - e - c}): use threshold >= "
+                f"{c + e + 2} (at most k+1 = {k + 1}), or lower max_corrupt/share_dropouts so that "
+                f"max_corrupt + share_dropouts <= {t - 2}")
         object.__setattr__(self, "neighbors", k)
         object.__setattr__(self, "threshold", t)
+        object.__setattr__(self, "share_dropouts", e)
+        object.__setattr__(self, "max_corrupt", c)
         _ = self.value_codec, self.weight_codec  # validate ring size, rounding and range policy now
 
     @property
@@ -83,6 +119,27 @@ class MaskingConfig:
     @property
     def t(self) -> int:
         return int(self.threshold)  # type: ignore[arg-type]
+
+    @property
+    def min_signers(self) -> int:
+        """Valid consistency signatures an unmask request needs: any two sets this large share an honest signer."""
+        return max(self.t, (self.n + int(self.max_corrupt)) // 2 + 1)  # type: ignore[arg-type]
+
+    @property
+    def min_honest_sum(self) -> int:
+        """Fewest honest inputs in any sum a malicious server colluding with ``max_corrupt`` clients can learn."""
+        return self.t - int(self.share_dropouts) - int(self.max_corrupt)  # type: ignore[arg-type]
+
+    @cached_property
+    def session_id(self) -> bytes:
+        """SHA-256 over every public field: what signatures, share encryptions and mask keys bind."""
+        ids = self.participants
+        head = struct.pack("<qqqqqqqdd", self.round_id, self.dim, self.n, int(self.neighbors), self.t,  # type: ignore
+                           int(self.max_corrupt), int(self.share_dropouts), float(self.clip),  # type: ignore
+                           float(self.weight_bound))
+        text = f"{self.ring_bits}|{self.rounding}|{self.out_of_range}".encode()
+        return hashlib.sha256(b"secagg/masking/session/v1" + self.round_nonce + self.graph_seed + head
+                              + struct.pack(f"<{len(ids)}q", *ids) + text).digest()
 
     @property
     def complete(self) -> bool:

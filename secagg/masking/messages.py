@@ -2,13 +2,18 @@
 
 Client -> server: :class:`AdvertiseKeys`, :class:`ShareKeys`, :class:`MaskedInput`, :class:`ConsistencyResponse`,
 :class:`UnmaskResponse`. Server -> client: :class:`KeyRoster`, :class:`ShareDelivery`, :class:`ConsistencyRequest`,
-:class:`UnmaskRequest`. ``validate()`` checks everything that can be checked without round state: sizes of keys
-and signatures, strictly increasing id lists, non-empty ciphertexts, an unsigned ring vector, and that an unmask
-request's alive and dropped sets are disjoint.
+:class:`UnmaskRequest`. ``validate()`` checks everything that can be checked without round state: sizes of keys,
+signatures, commitments and revealed shares, strictly increasing id lists, non-empty ciphertexts, an unsigned ring
+vector, and that an unmask request's alive and dropped sets are disjoint.
+
+What is signed binds the round's ``session_id`` (:attr:`MaskingConfig.session_id`: nonce, cohort, every public
+parameter), never the round id alone. Commitments (:func:`share_commitment`, :func:`seed_commitment`) let the
+server check every share a holder reveals against what its dealer dealt.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 import numpy as np
@@ -20,17 +25,35 @@ from secagg.hazmat.sign import SIGNATURE_BYTES
 from secagg.messages import Message, message
 
 __all__ = ["AdvertiseKeys", "KeyRoster", "ShareKeys", "ShareDelivery", "MaskedInput", "ConsistencyRequest",
-           "ConsistencyResponse", "UnmaskRequest", "UnmaskResponse", "advertise_payload", "survivors_payload"]
+           "ConsistencyResponse", "UnmaskRequest", "UnmaskResponse", "advertise_payload", "survivors_payload",
+           "share_commitment", "seed_commitment", "B_SHARE_BYTES", "S_SHARE_BYTES", "OPENING_BYTES",
+           "COMMITMENT_BYTES"]
+
+B_SHARE_BYTES = 6 + 4 * 8  # a Shamir share of the 16-byte self-mask seed (8 limbs)
+S_SHARE_BYTES = 6 + 4 * 16  # a Shamir share of the 32-byte X25519 mask key (16 limbs)
+OPENING_BYTES = 16  # the random nonce that opens a share commitment
+COMMITMENT_BYTES = 32
 
 
-def advertise_payload(round_id: int, client_id: int, c_pk: bytes, s_pk: bytes) -> bytes:
+def advertise_payload(session_id: bytes, client_id: int, c_pk: bytes, s_pk: bytes) -> bytes:
     """The bytes a client's identity key signs for its key advertisement."""
-    return b"secagg/masking/advertise/v1" + struct.pack("<qq", round_id, client_id) + c_pk + s_pk
+    return b"secagg/masking/advertise/v2" + session_id + struct.pack("<q", client_id) + c_pk + s_pk
 
 
-def survivors_payload(round_id: int, survivors: tuple[int, ...]) -> bytes:
-    """The bytes a client signs in the consistency check: the round and the ids whose inputs are in the sum."""
-    return b"secagg/masking/survivors/v1" + struct.pack(f"<q{len(survivors)}q", round_id, *survivors)
+def survivors_payload(session_id: bytes, survivors: tuple[int, ...]) -> bytes:
+    """The bytes a client signs in the consistency check: the session and the ids whose inputs are in the sum."""
+    return b"secagg/masking/survivors/v2" + session_id + struct.pack(f"<{len(survivors)}q", *survivors)
+
+
+def share_commitment(kind: bytes, session_id: bytes, owner: int, holder: int, share: bytes, nonce: bytes) -> bytes:
+    """SHA-256 commitment of ``owner``'s ``kind`` (b"b" self-mask, b"s" mask key) share held by ``holder``."""
+    return hashlib.sha256(b"secagg/masking/share-commit/v1" + kind + session_id + struct.pack("<qq", owner, holder)
+                          + share + nonce).digest()
+
+
+def seed_commitment(session_id: bytes, owner: int, seed: bytes) -> bytes:
+    """SHA-256 commitment of ``owner``'s self-mask seed (128 uniform bits: hiding without a nonce)."""
+    return hashlib.sha256(b"secagg/masking/seed-commit/v1" + session_id + struct.pack("<q", owner) + seed).digest()
 
 
 def _round(round_id: int) -> None:
@@ -108,11 +131,15 @@ class KeyRoster(Message):
 
 @message(0x22)
 class ShareKeys(Message):
-    """Stage 2, client -> server: AES-GCM-encrypted Shamir shares, one ciphertext per neighbour (recipient id)."""
+    """Stage 2, client -> server: AES-GCM-encrypted Shamir shares, one ciphertext per neighbour (recipient id),
+    the commitments to every holder's two shares (``commitments[h]`` = b-share commitment | s-share commitment,
+    the sender's own share included) and the commitment to the sender's self-mask seed."""
 
     round_id: int
     client_id: int
     ciphertexts: dict[int, bytes]
+    commitments: dict[int, bytes]
+    seed_commitment: bytes
 
     def validate(self) -> None:
         _round(self.round_id)
@@ -120,6 +147,11 @@ class ShareKeys(Message):
         _map(self.ciphertexts, "ciphertexts", OVERHEAD + 1)
         if not self.ciphertexts or self.client_id in self.ciphertexts:
             raise MalformedMessageError("shares go to at least one neighbour and never to the sender itself")
+        if set(self.commitments) != set(self.ciphertexts) | {self.client_id}:
+            raise MalformedMessageError("commitments must cover exactly the share holders (the sender included)")
+        if any(len(c) != 2 * COMMITMENT_BYTES for c in self.commitments.values()) or \
+                len(self.seed_commitment) != COMMITMENT_BYTES:
+            raise MalformedMessageError(f"commitments are {COMMITMENT_BYTES}-byte SHA-256 digests")
 
 
 @message(0x23)
@@ -203,7 +235,8 @@ class UnmaskRequest(Message):
 
 @message(0x28)
 class UnmaskResponse(Message):
-    """Stage 5, client -> server: serialized Shamir shares, keyed by the owner of the secret."""
+    """Stage 5, client -> server: serialized Shamir shares with their commitment openings (``share | nonce``),
+    keyed by the owner of the secret."""
 
     round_id: int
     client_id: int
@@ -217,3 +250,6 @@ class UnmaskResponse(Message):
         _map(self.s_shares, "s_shares")
         if set(self.b_shares) & set(self.s_shares):
             raise MalformedMessageError("a response never holds both shares of one client")
+        if any(len(v) != B_SHARE_BYTES + OPENING_BYTES for v in self.b_shares.values()) or \
+                any(len(v) != S_SHARE_BYTES + OPENING_BYTES for v in self.s_shares.values()):
+            raise MalformedMessageError("a revealed share has the wrong size")

@@ -1,63 +1,70 @@
-"""The packed-BFV key holder: owns the only secret key and decrypts aggregates, never a single contribution.
+"""The packed-BFV key holder: owns the only secret key and releases verified sums, never a single contribution.
 
-Same trust model as :mod:`secagg.ckks.keyholder` (aggregator and key holder are separate, non-colluding,
-honest-but-curious parties; ``receive`` takes the authenticated sender). Invariants enforced by the only entry
-point :meth:`PackedKeyHolder.receive`:
+Same trust model as :mod:`secagg.ckks.keyholder` (the aggregator may deviate arbitrarily; aggregator and key
+holder do not collude; ``receive`` takes the authenticated sender). Invariants enforced by the only entry point
+:meth:`PackedKeyHolder.receive` (:class:`secagg.he_round.HEKeyHolder`):
 
-* only a :class:`~secagg.packed.messages.PackedAggregate` is ever decrypted; a contribution sent here is refused;
+* only a :class:`~secagg.packed.messages.PackedAggregate` is ever decrypted, after the pads of exactly its named
+  contributors are removed; a result is released only if every guard slot decrypts to exactly zero, so an
+  aggregate that is not the exact sum of the named contributions of this round under this key is refused
+  (``VerificationError``) with probability ``1 - t^-guard_slots >= 1 - 2^-128``;
 * an aggregate names at least ``min_contributors`` (>= 2) clients (``TooFewContributorsError``) and at most
   ``params.max_cohort`` (``MalformedMessageError``: more could carry across lanes or exhaust the noise budget);
-* at most one aggregate is decrypted per ``round_id`` (``DuplicateMessageError``), so overlapping subsets of one
-  round cannot be differenced;
-* ciphertexts must be fresh-level BFV ciphertexts under this key holder's session in the chunk layout ``dim``
-  implies; otherwise nothing is decrypted and nothing changes.
-
-Limit (as for CKKS): the key holder cannot verify that a ciphertext really is the sum it claims to be.
+* at most one aggregate is processed per ``round_id``, whose seeds are then gone: no contribution is in two sums;
+* ``dim`` is bounded by ``max_dim`` and the chunk count checked arithmetically before anything is allocated.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Mapping
 
-from secagg.errors import ConfigurationError, DecryptionError, MalformedMessageError
-from secagg.he_round import HEKeyHolder, fresh_level
+import numpy as np
+import tenseal as ts
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from secagg.errors import ConfigurationError, DecryptionError
+from secagg.hazmat import rlwe
+from secagg.he_round import DEFAULT_MAX_DIM, HEKeyHolder, bundle, ring_of
 from secagg.packed.messages import PackedAggregate, PackedResult
-from secagg.packed.params import PackedParams, load_chunk, make_context, session_id
+from secagg.packed.params import PackedParams, make_context, session_id
 
 __all__ = ["PackedKeyHolder"]
 
 
 class PackedKeyHolder(HEKeyHolder):
-    """Generates a BFV key pair for ``params`` and decrypts aggregates of ``min_contributors..max_cohort`` clients."""
+    """Generates a BFV key pair for ``params`` and releases verified sums of ``min_contributors..max_cohort``
+    clients; ``peer_identities`` as for :class:`secagg.ckks.KeyHolder`."""
 
     aggregate_type = PackedAggregate
 
-    def __init__(self, params: PackedParams | None = None, *, min_contributors: int = 2) -> None:
+    def __init__(self, params: PackedParams | None = None, *, min_contributors: int = 2,
+                 max_dim: int = DEFAULT_MAX_DIM,
+                 peer_identities: Mapping[int, Ed25519PublicKey] | None = None) -> None:
         self.params = PackedParams() if params is None else params
         if not isinstance(self.params, PackedParams):
             raise ConfigurationError("params must be a PackedParams")
-        self._init_keyholder(min_contributors, self.params.max_cohort)
+        self._init_keyholder(min_contributors, self.params.max_cohort, max_dim, peer_identities)
         self._context = make_context(self.params)
-        self._public = self._context.serialize(save_public_key=True, save_secret_key=False,
-                                               save_galois_keys=False, save_relin_keys=False)
+        self._public = bundle(self._context.serialize(save_public_key=True, save_secret_key=False,
+                                                      save_galois_keys=False, save_relin_keys=False), self.seal_key)
         self.session_id = session_id(self._public, self.params)
-        self._fresh = fresh_level(self._context)
+        self._layout, self._parms_id = ring_of(self._context, ntt=False)
         self._t = self.params.plain_modulus
 
-    def _check_session(self, msg: PackedAggregate) -> None:
-        if msg.session_id != self.session_id:
-            raise DecryptionError("aggregate was made under another session (other key or lane layout)")
+    def _chunk_count(self, dim: int) -> int:
+        return self.params.chunk_count(dim + 1)
 
-    def _decrypt(self, msg: PackedAggregate) -> PackedResult:
+    def _decrypt(self, msg: PackedAggregate, residues: np.ndarray) -> PackedResult:
         lengths = self.params.chunk_lengths(msg.dim + 1)
-        if len(msg.chunks) != len(lengths):
-            raise MalformedMessageError(f"aggregate has {len(msg.chunks)} chunks, dim {msg.dim} needs {len(lengths)}")
-        vecs = [load_chunk(self._context, c, length=n, level=self._fresh) for c, n in zip(msg.chunks, lengths)]
-        try:
-            signed = np.concatenate([np.asarray(v.decrypt(), dtype=np.int64) for v in vecs])
-        except Exception as exc:  # SEAL refuses ciphertexts it cannot decrypt
-            raise DecryptionError(f"aggregate does not decrypt: {exc}") from exc
-        if signed.shape[0] != sum(lengths):
-            raise DecryptionError("aggregate decrypted to a vector of the wrong size")
-        slots = np.mod(signed, np.int64(self._t)).astype(np.uint64)  # SEAL decodes t/2.. as negative
-        return PackedResult(round_id=msg.round_id, contributors=msg.contributors, slots=slots)
+        parts = []
+        for res, n in zip(residues, lengths):
+            raw = rlwe.to_tenseal(res, self._layout, parms_id=self._parms_id, scale=None, length=n)
+            try:
+                parts.append(np.asarray(ts.bfv_vector_from(self._context, raw).decrypt(), dtype=np.int64))
+            except Exception as exc:  # SEAL refuses ciphertexts it cannot decrypt
+                raise DecryptionError(f"aggregate does not decrypt: {exc}") from exc
+        slots = np.mod(np.concatenate(parts), np.int64(self._t)).astype(np.uint64)  # SEAL decodes t/2.. as negative
+        g = self.params.guard_slots
+        if np.any(slots[-g:] != 0):
+            raise self._guard_error("guard slots are not zero")
+        return PackedResult(round_id=msg.round_id, contributors=msg.contributors, slots=slots[:-g])

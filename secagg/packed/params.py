@@ -33,10 +33,11 @@ import tenseal as ts
 import tenseal.sealapi as sealapi
 
 from secagg.errors import ConfigurationError, KeyMisuseError, MalformedMessageError
-from secagg.he_round import load_ciphertext
+from secagg.hazmat.rlwe import RingLayout
+from secagg.he_round import ring_of, unbundle
 
-__all__ = ["PackedParams", "PublicBFV", "load_public_context", "load_chunk", "pack", "unpack",
-           "POLY_MODULUS_DEGREE", "COEFF_MOD_BIT_SIZES", "MAX_COHORT_LIMIT"]
+__all__ = ["PackedParams", "PublicBFV", "load_public_context", "pack", "unpack", "POLY_MODULUS_DEGREE",
+           "COEFF_MOD_BIT_SIZES", "MAX_COHORT_LIMIT"]
 
 POLY_MODULUS_DEGREE = 4096
 COEFF_MOD_BIT_SIZES = (60, 49)
@@ -106,16 +107,25 @@ class PackedParams:
         primes = sealapi.PlainModulus.Batching(POLY_MODULUS_DEGREE, [self.plain_bits] * 3)
         return int(max(q.value() for q in primes if q.value() not in taken))
 
+    @property
+    def guard_slots(self) -> int:
+        """Zero slots every contribution encrypts after its lanes: a uniform residual makes each one uniform mod
+        ``t``, so all of them pass with probability ``t^-guard_slots <= 2^-128``."""
+        return -(-128 // (self.plain_modulus.bit_length() - 1))
+
     def slots_for(self, values: int) -> int:
         """Slots holding ``values`` lanes (``ceil(values / lanes)``)."""
         return -(-values // self.lanes)
 
+    def chunk_count(self, values: int) -> int:
+        """Ciphertexts carrying ``values`` lanes and the guard slots (arithmetic: nothing is allocated)."""
+        return -(-(self.slots_for(values) + self.guard_slots) // self.slots)
+
     def chunk_lengths(self, values: int) -> list[int]:
-        """Slots of each ciphertext carrying ``values`` lanes: full ciphertexts, then the remainder."""
-        n = self.slots_for(values)
-        if n < 1:
+        """Slots of each ciphertext carrying ``values`` lanes and the guards: full ciphertexts, then the rest."""
+        if values < 1:
             raise MalformedMessageError(f"need at least one value, got {values}")
-        full, rest = divmod(n, self.slots)
+        full, rest = divmod(self.slots_for(values) + self.guard_slots, self.slots)
         return [self.slots] * full + ([rest] if rest else [])
 
     def descriptor(self) -> bytes:
@@ -149,11 +159,15 @@ def unpack(slots: np.ndarray, count: int, params: PackedParams) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class PublicBFV:
-    """A deserialized public BFV context, its parameters and ``session_id`` = SHA-256(context bytes || params)."""
+    """A key holder's public packed session: the BFV context (public key only), its parameters, the fresh-level
+    ring, the X25519 sealing key and ``session_id`` = SHA-256(public bundle || params)."""
 
     context: ts.Context
     params: PackedParams
     session_id: bytes
+    layout: RingLayout
+    parms_id: list[int]
+    seal_key: bytes
 
 
 def _check_context(ctx: ts.Context, params: PackedParams) -> None:
@@ -182,14 +196,13 @@ def session_id(public_bytes: bytes, params: PackedParams) -> bytes:
 
 
 def load_public_context(data: bytes, params: PackedParams, *, need_public_key: bool) -> PublicBFV:
-    """Deserialize a public BFV context for ``params``: a secret key raises KeyMisuseError, a mismatch or unusable
-    context ConfigurationError."""
-    if not isinstance(data, (bytes, bytearray)):
-        raise ConfigurationError(f"public context must be bytes, got {type(data).__name__}")
+    """Parse a public bundle for ``params``: a secret key raises KeyMisuseError, a mismatch or unusable context
+    ConfigurationError."""
     if not isinstance(params, PackedParams):
         raise ConfigurationError("params must be a PackedParams")
+    context, seal_key = unbundle(data)
     try:
-        ctx = ts.context_from(bytes(data))
+        ctx = ts.context_from(context)
     except Exception as exc:  # TenSEAL raises ValueError/RuntimeError for any unparsable context
         raise ConfigurationError(f"public context does not deserialize: {exc}") from exc
     if ctx.is_private() or ctx.has_secret_key():
@@ -197,10 +210,5 @@ def load_public_context(data: bytes, params: PackedParams, *, need_public_key: b
     if need_public_key and not ctx.has_public_key():
         raise ConfigurationError("public context has no public key; clients cannot encrypt")
     _check_context(ctx, params)
-    return PublicBFV(ctx, params, session_id(data, params))
-
-
-def load_chunk(context: ts.Context, data: bytes, *, length: int, level: list[int]) -> ts.BFVVector:
-    """Deserialize one chunk; anything but one fresh-level 2-polynomial BFV ciphertext of ``length`` slots raises
-    MalformedMessageError."""
-    return load_ciphertext(ts.bfv_vector_from, context, data, length=length, level=level, ntt=False, kind="BFV")[0]
+    layout, parms_id = ring_of(ctx, ntt=False)
+    return PublicBFV(ctx, params, session_id(data, params), layout, parms_id, seal_key)

@@ -16,7 +16,9 @@ with its own) and fetches the fingerprint listing and the certificates it lacks 
 match the digest (``Certificates``), so a steady cohort costs one digest per task.
 For CKKS and packed rounds the task names the key holder's public context by hash; a client whose cached context
 differs re-fetches it from the key holder (which restarted with a new key) and refuses the round if it still
-differs.
+differs. The client's sealed pad seed goes straight to the key holder (``Seed``, over mTLS), never through the
+aggregator. Masking sessions the client took part in are remembered, so a task that reuses a round nonce is
+refused.
 Every inbound payload is checked before use: the model must be a finite vector of the announced size, the round
 id must be the task's, and the client must be in the announced cohort. A refusal from the aggregator ends this
 client's part in the round (it rejoins at the next); a crash of the agent is, to the others, a dropout.
@@ -137,6 +139,7 @@ class ClientAgent:
         self.on_task: Callable[[dict], None] | None = None  # test hook: sees each task header before training
         self._report: tuple[str, list[dict]] | None = None  # DP events sent but not yet acknowledged
         self._trained: ClientUpdate | None = None  # asynchronous rounds: trained, waiting for a buffer
+        self.sessions: set[bytes] = set()  # masking sessions (round nonces) this client took part in
 
     def _rpc_timeout(self) -> float:
         return self.poll + 30.0
@@ -249,7 +252,7 @@ class ClientAgent:
             peers = self.peers.resolve_roster(field(params, "cohort", list), field(params, "identities", str),
                                               lambda: self._certificates(round_id, None),
                                               lambda ids: self._certificates(round_id, ids))
-        role = self.scheme.client_role(self.client_id, params, ctx, self.creds, peers)
+        role = self.scheme.client_role(self.client_id, params, ctx, self.creds, peers, sessions=self.sessions)
         self._send(round_id, role.start(update, weight))
         while not role.done and not self.stop.is_set():
             env = self.stub.unary_stream("Receive", pack({"client_id": self.client_id, "round_id": round_id}),
@@ -288,11 +291,21 @@ class ClientAgent:
 
     def _send(self, round_id: int, outs: list[Outbound]) -> None:
         for out in outs:
-            if out.to != AGGREGATOR:
-                raise MalformedMessageError(f"client roles only talk to the aggregator, not {out.to}")
+            if out.to not in (AGGREGATOR, KEYHOLDER):
+                raise MalformedMessageError(f"client roles talk to the aggregator or key holder, not {out.to}")
             env = pack({"client_id": self.client_id, "round_id": round_id}, out.payload)
             self.bytes_up += len(env)
-            self.stub.stream_unary("Send", env, self._rpc_timeout())
+            if out.to == KEYHOLDER:
+                self._keyholder_stub().stream_unary("Seed", env, self._rpc_timeout())
+            else:
+                self.stub.stream_unary("Send", env, self._rpc_timeout())
+
+    def _keyholder_stub(self) -> Stub:
+        if self.kh_address is None:
+            raise TransportError("this scheme needs the key holder's address")
+        if getattr(self, "_kh_channel", None) is None:
+            self._kh_channel = open_channel(self.creds, self.kh_address, KEYHOLDER)
+        return Stub(self._kh_channel, "secagg.KeyHolder", self.limit)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         import grpc
@@ -306,3 +319,5 @@ class ClientAgent:
     def close(self) -> None:
         self.stop.set()
         self.channel.close()
+        if getattr(self, "_kh_channel", None) is not None:
+            self._kh_channel.close()

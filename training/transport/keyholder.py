@@ -1,6 +1,7 @@
 """The CKKS key holder's gRPC service (``secagg.KeyHolder``): public context to anyone, decryption to one caller.
 
-* ``Context``  (unary→stream)  → the public context (no secret key), to any authenticated role;
+* ``Context``  (unary→stream)  → the public bundle (context without secret key, sealing key), to any role;
+* ``Seed``     (stream→unary)  a client's sealed pad seed, from that client only (its certificate is the sender);
 * ``Finalize`` (stream→stream) ``{"round_id"}`` + an aggregate → the finalizer's outbound messages.
 
 Serves either scheme with a key holder: CKKS (:class:`secagg.ckks.KeyHolder`) or packed BFV
@@ -27,12 +28,13 @@ from collections.abc import Iterator
 
 import grpc
 
-from secagg.errors import AuthenticationError, WrongRoundError
+from secagg.errors import AuthenticationError, MalformedMessageError, WrongRoundError
+from secagg.he_pads import PadSeed
 from secagg.messages import decode
 from secagg.roles import AGGREGATOR, KEYHOLDER, FinalizerRole
 from training.transport.aggregator import encode_outbounds
 from training.transport.certs import Credentials, peer_identity
-from training.transport.rpc import guarded_stream, start_server
+from training.transport.rpc import guarded, guarded_stream, start_server
 from training.transport.wire import StaleKeyError, field, join, pack, split, unpack
 
 __all__ = ["KeyHolderService", "serve_keyholder", "key_id"]
@@ -64,6 +66,22 @@ class KeyHolderService:
         peer_identity(context)
         yield from split(pack({"type": "context"}, self.context_bytes))
 
+    @guarded
+    def Seed(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        sender = peer_identity(context)
+        if sender < 0:
+            raise AuthenticationError("only clients send pad seeds")
+        _, payload = unpack(join(request_iterator, self.limit))
+        msg = decode(payload)
+        if not isinstance(msg, PadSeed):
+            raise MalformedMessageError("the Seed call carries pad seeds only")
+        if msg.session_id != key_id(self.kh):
+            raise StaleKeyError("pad seed sealed for a key this key holder does not hold (it restarted with fresh "
+                                "keys); re-fetch the public context")
+        with self.lock:
+            self.kh.receive(sender, payload)  # the key holder checks the seed names its sender
+        return pack({"ok": True})
+
     @guarded_stream
     def Finalize(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         if peer_identity(context) != AGGREGATOR:
@@ -88,6 +106,7 @@ class KeyHolderService:
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
             "Context": grpc.unary_stream_rpc_method_handler(self.Context),
+            "Seed": grpc.stream_unary_rpc_method_handler(self.Seed),
             "Finalize": grpc.stream_stream_rpc_method_handler(self.Finalize),
         })
 

@@ -8,10 +8,12 @@ from the aggregator, so the aggregator cannot substitute a key it could decrypt 
 cohort's signing certificates by one digest of their fingerprints in the parameters (``identities``); each client
 resolves it to keys it has verified against its own CA copy (cached, or fetched and verified: :mod:`.peers`).
 
-Weights: a round with public weights (FedAvg, gradient) lets the CKKS aggregator apply the checked-in weights;
-with ``private_bound`` (loss-weighted: weights are secret) every scheme has clients pre-weight ``[w·x, w]``
-inside the encryption or masking, and ``private_bound`` is the public bound each ``w`` must respect.
-CKKS and packed tasks name the key holder's public context by its SHA-256 (``context_id``).
+Weights: every scheme has clients pre-weight ``[w·x, w]`` inside their encryption or masking (the aggregator never
+applies a weight, so it cannot re-weight anyone); with ``private_bound`` (loss-weighted: weights are secret) that
+is the public bound each ``w`` must respect. CKKS and packed tasks name the key holder's public bundle by its
+SHA-256 (``context_id``). Masking tasks carry a fresh 32-byte ``round_nonce``; a client refuses a task whose
+masking parameters are weaker than its own deployment's (fewer honest inputs per sum, or a smaller corruption
+bound), so a malicious aggregator cannot lower them.
 """
 
 from __future__ import annotations
@@ -50,10 +52,11 @@ class Scheme:
         raise NotImplementedError
 
     def client_role(self, client_id: int, params: dict[str, Any], context: bytes | None,
-                    creds: Credentials | None = None,
-                    peers: Mapping[int, Ed25519PublicKey] | None = None) -> ClientRole:
+                    creds: Credentials | None = None, peers: Mapping[int, Ed25519PublicKey] | None = None, *,
+                    sessions: set[bytes] | None = None) -> ClientRole:
         """This client's role for the round; for signed rounds ``creds`` (its signing key) and ``peers``: the
-        verified key of every cohort member, resolved from the roster digest ``params["identities"]``."""
+        verified key of every cohort member, resolved from the roster digest ``params["identities"]``;
+        ``sessions``: the masking sessions this client already took part in (a reused one is refused)."""
         raise NotImplementedError
 
     @property
@@ -72,18 +75,30 @@ class MaskingScheme(Scheme):
     Ed25519 identity, so the aggregator cannot substitute keys or survivor lists (the active-adversary variant)."""
 
     name = "masking"
-    _KEYS = ("threshold", "neighbors", "ring_bits", "clip", "weight_bound", "rounding")
+    _KEYS = ("threshold", "neighbors", "ring_bits", "clip", "weight_bound", "rounding", "max_corrupt",
+             "share_dropouts")
 
     def _config(self, params: dict[str, Any]):
         from secagg.masking import MaskingConfig
 
         try:
-            seed = bytes.fromhex(params["graph_seed"])
+            seed, nonce = bytes.fromhex(params["graph_seed"]), bytes.fromhex(params["round_nonce"])
             kwargs = {k: params[k] for k in self._KEYS if params.get(k) is not None}
             return MaskingConfig(participants=[int(p) for p in params["cohort"]], dim=int(params["dim"]),
-                                 round_id=int(params["round_id"]), graph_seed=seed, **kwargs)
+                                 round_id=int(params["round_id"]), graph_seed=seed, round_nonce=nonce, **kwargs)
         except (KeyError, TypeError, ValueError) as exc:
             raise MalformedMessageError(f"bad masking round parameters: {exc!r}") from exc
+
+    def _check_policy(self, config) -> None:
+        """ConfigurationError if ``config`` protects less than this deployment's own options would."""
+        local = self._config({**{k: self.options.get(k) for k in self._KEYS}, "round_id": config.round_id,
+                              "cohort": list(config.participants), "dim": config.dim, "graph_seed": "00" * 16,
+                              "round_nonce": "00" * 32, "weight_bound": config.weight_bound})
+        if config.min_honest_sum < local.min_honest_sum or config.max_corrupt < local.max_corrupt:
+            raise ConfigurationError(
+                f"the round's masking parameters (t={config.t}, max_corrupt={config.max_corrupt}, share_dropouts="
+                f"{config.share_dropouts}) protect less than this client's (t={local.t}, max_corrupt="
+                f"{local.max_corrupt}, share_dropouts={local.share_dropouts}); refusing the round")
 
     @property
     def needs_identities(self) -> bool:
@@ -98,7 +113,8 @@ class MaskingScheme(Scheme):
         elif opts.get("weight_bound") is None:
             opts["weight_bound"] = max(weights.values())
         params = {k: opts.get(k) for k in self._KEYS} | {
-            "round_id": round_id, "cohort": sorted(cohort), "dim": dim, "graph_seed": secrets.token_hex(16)}
+            "round_id": round_id, "cohort": sorted(cohort), "dim": dim, "graph_seed": secrets.token_hex(16),
+            "round_nonce": secrets.token_hex(32)}
         peers = None
         if self.needs_identities:
             if identities is None or any(c not in identities for c in cohort):
@@ -107,15 +123,16 @@ class MaskingScheme(Scheme):
             peers = {c: identities[c].key for c in cohort}
         return params, MaskingServer(self._config(params), peer_identities=peers)
 
-    def client_role(self, client_id, params, context, creds=None, peers=None):
+    def client_role(self, client_id, params, context, creds=None, peers=None, *, sessions=None):
         from secagg.masking import MaskingClient
 
         config = self._config(params)
+        self._check_policy(config)
         listed = params.get("identities")
         if listed is None:
             if self.needs_identities:
                 raise AuthenticationError("this deployment signs masking rounds, but the round lists no identities")
-            return MaskingClient(client_id, config)
+            return MaskingClient(client_id, config, sessions=sessions)
         signer = creds.signer() if creds is not None else None
         if signer is None:
             raise ConfigurationError(f"client {client_id} has no signing identity for a signed masking round")
@@ -123,12 +140,12 @@ class MaskingScheme(Scheme):
             raise MalformedMessageError("the round's identities are not a roster digest")
         if peers is None or set(peers) != set(config.participants):
             raise AuthenticationError("a signed masking round needs a verified key for every cohort member")
-        return MaskingClient(client_id, config, identity=signer, peer_identities=dict(peers))
+        return MaskingClient(client_id, config, identity=signer, peer_identities=dict(peers), sessions=sessions)
 
 
 class CKKSScheme(Scheme):
-    """CKKS: public weights applied by the aggregator (private ones: clients pre-weight, the aggregator only adds);
-    the key holder refuses sums of too few contributors."""
+    """CKKS: clients pre-weight and pad, the aggregator only adds; the key holder releases only verified sums of
+    at least ``min_contributors`` clients."""
 
     name = "ckks"
 
@@ -141,23 +158,17 @@ class CKKSScheme(Scheme):
 
         if context is None:
             raise ConfigurationError("CKKS needs the key holder's public context")
-        private = private_bound is not None
-        params = {"round_id": round_id, "cohort": sorted(cohort), "dim": dim, "preweight": private,
-                  "context_id": context_id(context)}
+        params = {"round_id": round_id, "cohort": sorted(cohort), "dim": dim, "context_id": context_id(context)}
         agg = CKKSAggregator(context, sorted(cohort), dim=dim, round_id=round_id,
-                             weights=None if private else {c: float(weights[c]) for c in cohort},
                              min_contributors=int(self.options.get("min_contributors", 2)))
         return params, agg
 
-    def client_role(self, client_id, params, context, creds=None, peers=None):
+    def client_role(self, client_id, params, context, creds=None, peers=None, *, sessions=None):
         from secagg.ckks import CKKSClient
 
         if context is None:
             raise ConfigurationError("CKKS needs the key holder's public context")
-        preweight = params.get("preweight", False)
-        if not isinstance(preweight, bool):
-            raise MalformedMessageError("the round's preweight flag is not a boolean")
-        return CKKSClient(client_id, context, round_id=int(params["round_id"]), preweight=preweight,
+        return CKKSClient(client_id, context, round_id=int(params["round_id"]),
                           max_cohort=max(1, len(params["cohort"])))
 
 
@@ -204,7 +215,7 @@ class PackedScheme(Scheme):
                                **common)
         return params, agg
 
-    def client_role(self, client_id, params, context, creds=None, peers=None):
+    def client_role(self, client_id, params, context, creds=None, peers=None, *, sessions=None):
         from secagg.packed import PackedClient
 
         if context is None:

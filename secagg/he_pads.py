@@ -1,0 +1,108 @@
+"""Pads that make an HE aggregate verifiable: what binds every named contribution into the key holder's result.
+
+Each HE client adds a secret uniform polynomial ``P_i`` (its *pad*, from a fresh 32-byte seed) to ``c0`` of every
+ciphertext it sends the aggregator, and sends the seed to the key holder only, sealed to the key holder's X25519
+key (ephemeral X25519 + HKDF-SHA256 + AES-GCM) and, with identities, Ed25519-signed, so the message may travel
+through the aggregator. The key holder subtracts ``Σ P_i`` over the contributors an aggregate names, then
+decrypts. Because ``P_i`` is uniform in ``R_q`` and known only to client ``i`` and the key holder:
+
+* any aggregate other than the exact sum of the named contributions (one left out, counted twice, scaled, taken
+  from another round, a plaintext-multiplied slot mask, a ciphertext under another key) leaves a uniform residual
+  in ``R_q``, so it decrypts to uniform noise in every slot; the key holder sees that in the guard slots (zeros
+  every client encrypts) and refuses (``VerificationError``), releasing nothing;
+* a colluding client cannot absorb an honest client's missing pad: it does not know it;
+* a seed is used at most once: the key holder consumes a round's seeds when it decrypts (or refuses) that round.
+
+Wire: :class:`PadSeed` (tag 0x40): ``round_id, client_id, session_id, ephemeral (X25519 public), sealed (AES-GCM
+of the seed), signature (64 bytes, or empty without identities)``. Every key and the signature bind the session
+id, the round and the client.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from secagg.errors import AuthenticationError, MalformedMessageError
+from secagg.hazmat import aead, kex, rlwe, sign
+from secagg.messages import Message, message
+
+__all__ = ["PadSeed", "SEED_BYTES", "seal_seed", "open_seed", "pad_for"]
+
+SEED_BYTES = 32
+_SEAL_LABEL = b"secagg/he/pad-seal/v1"
+_PAD_LABEL = b"secagg/he/pad/v1"
+_SIGN_LABEL = b"secagg/he/pad-seed/v1"
+
+
+def _binding(session_id: bytes, round_id: int, client_id: int) -> bytes:
+    return session_id + struct.pack("<qq", round_id, client_id)
+
+
+@message(0x40)
+class PadSeed(Message):
+    """Client -> key holder (may be relayed): the client's pad seed for one round, sealed to the key holder."""
+
+    round_id: int
+    client_id: int
+    session_id: bytes
+    ephemeral: bytes
+    sealed: bytes
+    signature: bytes
+
+    def validate(self) -> None:
+        if self.round_id < 0 or self.client_id < 0:
+            raise MalformedMessageError("round_id and client_id must be >= 0")
+        if len(self.session_id) != 32 or len(self.ephemeral) != kex.KEY_BYTES:
+            raise MalformedMessageError("session id and ephemeral key must be 32 bytes")
+        if len(self.sealed) != SEED_BYTES + aead.OVERHEAD:
+            raise MalformedMessageError(f"sealed seed must be {SEED_BYTES + aead.OVERHEAD} bytes")
+        if len(self.signature) not in (0, sign.SIGNATURE_BYTES):
+            raise MalformedMessageError("signature must be empty or 64 bytes")
+
+    def signed_bytes(self) -> bytes:
+        """What the client's identity signs: everything but the signature."""
+        return _SIGN_LABEL + _binding(self.session_id, self.round_id, self.client_id) + self.ephemeral + self.sealed
+
+
+def seal_seed(seed: bytes, keyholder_key: bytes, *, session_id: bytes, round_id: int, client_id: int,
+              identity: Ed25519PrivateKey | None) -> PadSeed:
+    """The :class:`PadSeed` carrying ``seed`` to the key holder whose X25519 public key is ``keyholder_key``."""
+    eph = kex.generate()
+    eph_pk = kex.public_bytes(eph)
+    info = _SEAL_LABEL + _binding(session_id, round_id, client_id) + eph_pk
+    key = kex.derive_key(kex.exchange(eph, keyholder_key), info=info, length=16)
+    msg = PadSeed(round_id=round_id, client_id=client_id, session_id=session_id, ephemeral=eph_pk,
+                  sealed=aead.encrypt(key, seed, info), signature=b"")
+    if identity is None:
+        return msg
+    return PadSeed(round_id=round_id, client_id=client_id, session_id=session_id, ephemeral=eph_pk,
+                   sealed=msg.sealed, signature=sign.sign(identity, msg.signed_bytes()))
+
+
+def open_seed(msg: PadSeed, secret: X25519PrivateKey, identity: Ed25519PublicKey | None) -> bytes:
+    """The seed inside ``msg``; with ``identity`` the signature must verify (``AuthenticationError``). A seed
+    sealed to another key or for another session, round or client raises ``DecryptionError``."""
+    if identity is not None:
+        if not msg.signature:
+            raise AuthenticationError(f"pad seed of client {msg.client_id} is unsigned")
+        sign.verify(identity, msg.signature, msg.signed_bytes())
+    info = _SEAL_LABEL + _binding(msg.session_id, msg.round_id, msg.client_id) + msg.ephemeral
+    key = kex.derive_key(kex.exchange(secret, msg.ephemeral), info=info, length=16)
+    return aead.decrypt(key, msg.sealed, info)
+
+
+def pad_for(seed: bytes, layout: rlwe.RingLayout, chunks: int, *, session_id: bytes, round_id: int,
+            client_id: int) -> np.ndarray:
+    """Client ``client_id``'s pad for ``chunks`` ciphertexts of the round: shape ``(chunks, L, N)``, uniform."""
+    key = kex.derive_key(seed, info=_PAD_LABEL + _binding(session_id, round_id, client_id), length=16)
+    return rlwe.uniform(key, layout, chunks)
+
+
+def fresh_seed() -> bytes:
+    """A new pad seed from the OS CSPRNG."""
+    return os.urandom(SEED_BYTES)

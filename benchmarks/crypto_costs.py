@@ -124,10 +124,8 @@ def _build(scheme: str, n: int, dim: int, weights: dict[int, float]):
     if scheme.startswith("ckks"):
         from secagg.ckks.messages import CKKSContribution
         from secagg.ckks.setup import build_round
-        params = scheme[5:]
-        weighting = "aggregator" if params == "default" else "client"
-        return build_round(range(n), dim=dim, weights=weights, graph_seed=seed, params=params,
-                           weighting=weighting), CKKSContribution.TAG
+        return build_round(range(n), dim=dim, weights=weights, graph_seed=seed, params=scheme[5:]), \
+            CKKSContribution.TAG
     from secagg.packed.messages import PackedContribution
     from secagg.packed.setup import build_round
     return build_round(range(n), dim=dim, weights=weights, graph_seed=seed), PackedContribution.TAG
@@ -162,11 +160,11 @@ def measure_round(scheme: str, n: int, dim: int, seed: int = 0) -> dict:
 def work_units(scheme: str, n: int, dim: int) -> int:
     """What one client's cost is linear in: ciphertexts for the HE schemes (chunk padding included), else values."""
     if scheme.startswith("ckks"):
-        from secagg.ckks.params import PARAMS
-        return -(-(dim + 1) // PARAMS[scheme[5:]].slots)
+        from secagg.ckks.params import GUARD_SLOTS, PARAMS, chunk_count
+        return chunk_count(dim + 1 + GUARD_SLOTS, PARAMS[scheme[5:]].slots)
     if scheme == "packed":
         from secagg.packed.params import PackedParams
-        return len(PackedParams(max_cohort=max(2, n)).chunk_lengths(dim + 1))
+        return PackedParams(max_cohort=max(2, n)).chunk_count(dim + 1)
     return dim
 
 

@@ -1,8 +1,9 @@
 """secagg: secure aggregation for federated training.
 
-Two schemes behind one sans-I/O interface (:mod:`secagg.roles`): CKKS homomorphic encryption (:mod:`secagg.ckks`,
-an untrusted aggregator sums ciphertexts, a separate key holder decrypts only the sum) and pairwise masking with
-Shamir-shared seeds (:mod:`secagg.masking`, Bonawitz et al. 2017 / SecAgg+ of Bell et al. 2020).
+Three schemes behind one sans-I/O interface (:mod:`secagg.roles`): CKKS and packed BFV homomorphic encryption
+(:mod:`secagg.ckks`, :mod:`secagg.packed`: an untrusted aggregator sums padded ciphertexts, a separate key holder
+releases only verified sums) and pairwise masking with Shamir-shared seeds (:mod:`secagg.masking`, Bonawitz et
+al. 2017 / SecAgg+ of Bell et al. 2020, signed). Every protocol holds against an aggregator that deviates from it.
 """
 
 from secagg import errors

@@ -23,15 +23,14 @@ from __future__ import annotations
 import os
 import struct
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from secagg.errors import AuthenticationError, MalformedMessageError
-from secagg.hazmat import aead, kex, rlwe, sign
+from secagg.hazmat import aead, kex, sign
 from secagg.messages import Message, message
 
-__all__ = ["PadSeed", "SEED_BYTES", "seal_seed", "open_seed", "pad_for"]
+__all__ = ["PadSeed", "SEED_BYTES", "seal_seed", "open_seed", "pad_key", "fresh_seed"]
 
 SEED_BYTES = 32
 _SEAL_LABEL = b"secagg/he/pad-seal/v1"
@@ -96,11 +95,9 @@ def open_seed(msg: PadSeed, secret: X25519PrivateKey, identity: Ed25519PublicKey
     return aead.decrypt(key, msg.sealed, info)
 
 
-def pad_for(seed: bytes, layout: rlwe.RingLayout, chunks: int, *, session_id: bytes, round_id: int,
-            client_id: int) -> np.ndarray:
-    """Client ``client_id``'s pad for ``chunks`` ciphertexts of the round: shape ``(chunks, L, N)``, uniform."""
-    key = kex.derive_key(seed, info=_PAD_LABEL + _binding(session_id, round_id, client_id), length=16)
-    return rlwe.uniform(key, layout, chunks)
+def pad_key(seed: bytes, *, session_id: bytes, round_id: int, client_id: int) -> bytes:
+    """The AES key of client ``client_id``'s pad in this round (:func:`secagg.hazmat.rlwe.apply_pad`)."""
+    return kex.derive_key(seed, info=_PAD_LABEL + _binding(session_id, round_id, client_id), length=16)
 
 
 def fresh_seed() -> bytes:

@@ -39,7 +39,7 @@ from secagg.encoding import check_weight, validate_update
 from secagg.errors import AuthenticationError, CapacityError, ConfigurationError, DecryptionError, DropoutError, \
     DuplicateMessageError, MalformedMessageError, StageError, TooFewContributorsError, UnknownClientError, \
     VerificationError, WrongRoundError
-from secagg.he_pads import PadSeed, fresh_seed, open_seed, pad_for, seal_seed
+from secagg.he_pads import PadSeed, fresh_seed, open_seed, pad_key, seal_seed
 from secagg.hazmat import kex, rlwe
 from secagg.messages import decode
 from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, Outbound, StagedRole
@@ -108,13 +108,12 @@ class HEClient(StagedRole, ABC):
         w = check_weight(weight)
         serialized = self._encrypt(x, w)  # raises on out-of-range input before any randomness is spent
         seed = fresh_seed()
-        pads = pad_for(seed, self._layout, len(serialized), session_id=self._session_id, round_id=self.round_id,
-                       client_id=self.client_id)
-        chunks = []
-        for raw, pad in zip(serialized, pads):
-            residues = rlwe.extract(raw, self._layout)
-            rlwe.add_into(residues[0], pad, self._layout)
-            chunks.append(rlwe.pack(residues, self._layout))
+        residues = np.empty((len(serialized), *self._layout.shape), dtype=np.uint64)
+        for k, raw in enumerate(serialized):
+            residues[k] = rlwe.extract(raw, self._layout)
+        key = pad_key(seed, session_id=self._session_id, round_id=self.round_id, client_id=self.client_id)
+        rlwe.apply_pad(residues[:, 0], key, self._layout)
+        chunks = rlwe.pack(residues, self._layout)
         sealed = seal_seed(seed, self._seal_key, session_id=self._session_id, round_id=self.round_id,
                            client_id=self.client_id, identity=self._identity)
         msg = self._contribution(int(x.shape[0]), tuple(chunks))
@@ -186,7 +185,7 @@ class HEAggregator(StagedRole, ABC):
         if msg.dim != self.dim or len(msg.chunks) != self._chunks:
             raise MalformedMessageError(f"contribution of dim {msg.dim} in {len(msg.chunks)} chunks; expected dim "
                                         f"{self.dim} in {self._chunks}")
-        parts = np.stack([rlwe.unpack(c, self._layout) for c in msg.chunks])  # all checked before any is added
+        parts = rlwe.unpack(msg.chunks, self._layout)  # every chunk checked before any of it is added
         if self._sum is None:
             self._sum = parts
         else:
@@ -209,7 +208,7 @@ class HEAggregator(StagedRole, ABC):
     def _send(self) -> list[Outbound]:
         assert self._sum is not None
         self._sent = tuple(sorted(self._received))
-        chunks = tuple(rlwe.pack(s, self._layout) for s in self._sum)
+        chunks = tuple(rlwe.pack(self._sum, self._layout))
         msg = self._aggregate(self._sent, chunks)
         self._sum, self._stage = None, "finalize"
         return [Outbound(KEYHOLDER, msg.to_bytes())]
@@ -310,13 +309,12 @@ class HEKeyHolder(ABC):
         missing = [c for c in msg.contributors if c not in seeds]
         if missing:
             raise VerificationError(f"no pad seed from clients {missing} for round {msg.round_id}: not decrypted")
-        residues = np.stack([rlwe.unpack(c, self._layout) for c in msg.chunks])
+        residues = rlwe.unpack(msg.chunks, self._layout)
         self._finalized.add(msg.round_id)  # consumed from here on, released or not
         del self._seeds[msg.round_id]
         for c in msg.contributors:
-            pads = pad_for(seeds[c], self._layout, residues.shape[0], session_id=self.session_id,
-                           round_id=msg.round_id, client_id=c)
-            rlwe.sub_into(residues[:, 0], pads, self._layout)
+            key = pad_key(seeds[c], session_id=self.session_id, round_id=msg.round_id, client_id=c)
+            rlwe.apply_pad(residues[:, 0], key, self._layout, subtract=True)
         return [Outbound(AGGREGATOR, self._decrypt(msg, residues).to_bytes())]
 
     def _on_seed(self, sender: int, msg: PadSeed) -> list[Outbound]:

@@ -85,14 +85,14 @@ XS = {i: np.linspace(-1, 1, DIM) * (0.9 - 0.2 * i) for i in range(4)}
 def _residues(scheme: Scheme, msgs) -> np.ndarray:
     """The exact sum of ``msgs``' residues (what an honest aggregator forwards)."""
     lay = scheme.layout()
-    acc = np.stack([rlwe.unpack(c, lay) for c in msgs[0].chunks])
+    acc = rlwe.unpack(msgs[0].chunks, lay)
     for m in msgs[1:]:
-        rlwe.add_into(acc, np.stack([rlwe.unpack(c, lay) for c in m.chunks]), lay)
+        rlwe.add_into(acc, rlwe.unpack(m.chunks, lay), lay)
     return acc
 
 
 def _packed(scheme: Scheme, residues: np.ndarray) -> tuple[bytes, ...]:
-    return tuple(rlwe.pack(r, scheme.layout()) for r in residues)
+    return tuple(rlwe.pack(residues, scheme.layout()))
 
 
 def _refused(scheme: Scheme, msg) -> None:
@@ -164,11 +164,11 @@ def test_reweighted_or_rearranged_sums_are_refused(scheme, how: str) -> None:
     lay = scheme.layout()
     acc = _residues(scheme, cs)
     if how == "doubled":  # client 0 counted twice
-        rlwe.add_into(acc, np.stack([rlwe.unpack(c, lay) for c in cs[0].chunks]), lay)
+        rlwe.add_into(acc, rlwe.unpack(cs[0].chunks, lay), lay)
     elif how == "scaled":  # a plaintext multiply of the whole sum (a slot mask is a polynomial multiply too)
         acc = (acc.astype(object) * 3 % lay.q().astype(object)).astype(np.uint64)
     elif how == "dropped-chunk":  # client 1's second half left out
-        acc[-1] = np.stack([rlwe.unpack(c, lay) for c in cs[0].chunks])[-1]
+        acc[-1] = rlwe.unpack(cs[0].chunks, lay)[-1]
     else:
         acc = acc[::-1].copy()
     if how in ("dropped-chunk", "swapped-chunks") and acc.shape[0] == 1:

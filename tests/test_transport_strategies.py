@@ -248,6 +248,34 @@ def test_restarted_keyholder_costs_a_named_aborted_round_never_a_wrong_aggregate
     assert fresh[0].finalized_rounds == {records[-1].round_id}  # the new key decrypted only the retried round
 
 
+@pytest.mark.parametrize("scheme", ["ckks", "packed"])
+def test_keyholder_service_never_decrypts_a_relabelled_aggregate(scheme):
+    """Issue 10.6b over gRPC: an aggregate relabelled as a later round is refused (its pads were that round's and
+    are consumed), and an earlier round id is refused outright; only each genuine round was ever decrypted."""
+    updates, weights = _data(3, 10, seed=4)
+    sources = {i: FixedSource(u, w) for i, (u, w) in enumerate(zip(updates, weights))}
+    with Deployment(scheme, sources, 10, rounds=2) as dep:
+        captured = []
+        finalize = dep.coordinator.finalize
+
+        def recording(round_id, payload):
+            captured.append((round_id, payload))
+            return finalize(round_id, payload)
+
+        dep.coordinator.finalize = recording
+        records = dep.run(timeout=60)
+        assert [r.status for r in records] == ["done", "done"]
+        with pytest.raises(E.VerificationError, match="no pad seed"):
+            _refinalize(dep, captured[0][1])
+        import dataclasses
+
+        from secagg.messages import decode
+
+        older = dataclasses.replace(decode(captured[1][1]), round_id=captured[0][0])
+        with pytest.raises(E.WrongRoundError):
+            dep.link.finalize(captured[0][0], older.to_bytes())
+
+
 def _refinalize(dep: Deployment, payload: bytes) -> None:
     """Submit an old aggregate again under a new round id (the id inside must match, so patch both)."""
     import dataclasses

@@ -5,7 +5,8 @@ ciphertexts, and a separate key holder decrypts only that sum (never an individu
     kh = KeyHolder()                       # the only party with a secret key
     ctx = kh.public_context()              # bytes, no secret key: give to clients and the aggregator
 
-Trust model: the aggregator and the key holder must not collude (see :mod:`secagg.ckks.keyholder`).
+Trust model: the aggregator may deviate arbitrarily, the key holder releases only verified sums (see
+:mod:`secagg.he_round`); the two must not collude (see :mod:`secagg.ckks.keyholder`).
 """
 
 from secagg.ckks.aggregator import CKKSAggregator

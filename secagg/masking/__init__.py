@@ -7,8 +7,10 @@ learning the sum. Sans-I/O roles (:mod:`secagg.roles`):
     cfg = MaskingConfig(participants=(0, 1, 2, 3), dim=10, weight_bound=2.0)
     clients = {i: MaskingClient(i, cfg) for i in cfg.participants}; server = MaskingServer(cfg)
 
-Trust model: honest-but-curious server; clients refuse unmask requests that would reveal both secrets of one
-client. With ``identity``/``peer_identities`` (Ed25519) key advertisements and survivor lists are signed.
+Trust model: the server may deviate arbitrarily and collude with up to ``max_corrupt`` clients; every sum it
+learns covers at least ``t - share_dropouts - max_corrupt >= 2`` honest inputs (see :mod:`.config`). That needs
+identities: with ``identity``/``peer_identities`` (Ed25519, on by default in ``build_round``) key advertisements
+and survivor lists are signed; without them the server must be trusted to follow the protocol.
 """
 
 from secagg.masking.client import MaskingClient

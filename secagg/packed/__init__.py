@@ -6,8 +6,9 @@ headroom for the cohort, so one contribution costs about 4x/lanes float32 instea
     kh = PackedKeyHolder(params)               # the only party with a secret key
     ctx = kh.public_context()                  # bytes, no secret key: give to clients and the aggregator
 
-Trust model as :mod:`secagg.ckks`: aggregator and key holder must not collude; clients are honest-but-curious
-(a client that sends lanes outside its range could corrupt other lanes of the sum, which BFV cannot detect).
+Trust model as :mod:`secagg.ckks` (verified sums; aggregator and key holder must not collude). No range proofs:
+a malicious client can send lanes outside its range and so corrupt other lanes of the sum; the key holder's guard
+check catches carries into the guard slots only.
 """
 
 from secagg.packed.aggregator import PackedAggregator

@@ -6,8 +6,8 @@ slot carries approximation noise and, through TenSEAL, only its real half is usa
 against BFV's N).
 
 Ring: N = 4096, coefficient modulus [60, 49] (109 bits: the HomomorphicEncryption.org 128-bit bound for N=4096).
-Ciphertexts live at the single 60-bit data prime, so one ciphertext is 2 * 4096 * 8 bytes for 4096 slots:
-16 bytes per slot, i.e. 4x float32 per *slot*, and 4x/lanes per value.
+Ciphertexts live at the single 60-bit data prime, so one ciphertext is 2 * 4096 residues of 8 bytes on the wire
+(:mod:`secagg.hazmat.rlwe`) for 4096 slots: 16 bytes per slot, i.e. 4x float32 per *slot*, and 4x/lanes per value.
 
 Invariants (``h = ceil(log2 max_cohort)``, ``b = value_bits``, ``L = b + h``, ``k = lanes``):
 

@@ -20,10 +20,11 @@ AES-256-CTR stream keyed from ``os.urandom`` (Opacus' own ``secure_mode`` needs 
 available for current torch). ``noise="torch"`` uses torch's non-cryptographic PRNG (faster; experiments only) and
 emits :class:`~privacy.errors.InsecureRNGWarning` once per process.
 
-Accounting: each round's steps form one :class:`~privacy.events.PrivacyEvent` (σ, q, steps). With a
-:class:`~privacy.accounting.PrivacyLedger` attached, a step that would exceed the budget raises
+Accounting: each round's steps form one :class:`~privacy.events.PrivacyEvent` (σ, q, steps); each DP release of
+the training loss (:meth:`DPTrainer.release_loss`, what the loss-weighted rule needs) is one more (σ_L, q, 1).
+With a :class:`~privacy.accounting.PrivacyLedger` attached, a step or release that would exceed the budget raises
 :class:`~privacy.errors.BudgetExceededError` before any computation, and :meth:`DPTrainer.end_round` spends the
-round's event on the ledger.
+round's events on the ledger.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class DPTrainer:
         self.mode, self.tied_embeddings, self.noise = mode, tied_embeddings, noise
         self.max_physical_batch_size, self.ledger = max_physical_batch_size, ledger
         self._history: list[PrivacyEvent] = []
+        self._releases: list[PrivacyEvent] = []  # the open round's loss releases
         self._round_steps = 0
         self._allowed: tuple[int, int] | None = None  # (ledger events seen, steps allowed this round)
         optimizer.attach_step_hook(self._count_step)
@@ -145,25 +147,56 @@ class DPTrainer:
 
     @property
     def history(self) -> tuple[PrivacyEvent, ...]:
-        """One event per closed round."""
+        """The events of the closed rounds: per round its steps, then its loss releases."""
         return tuple(self._history)
 
     def pending_event(self) -> PrivacyEvent:
-        """The current round so far as (σ, q, steps)."""
+        """The current round's steps so far as (σ, q, steps)."""
         return PrivacyEvent(self.noise_multiplier, self.sample_rate, self._round_steps)
 
-    def end_round(self) -> PrivacyEvent:
-        """Close the round: return its event, add it to :attr:`history`, and spend it on the ledger if any."""
-        event = self.pending_event()
-        if self.ledger is not None and event.steps:
-            self.ledger.spend_events([event])  # fits: every step was checked against remaining_steps
-        self._history.append(event)
-        self._round_steps, self._allowed = 0, None
-        return event
+    def end_round(self) -> tuple[PrivacyEvent, ...]:
+        """Close the round: return its events (its steps, then its loss releases), add them to :attr:`history`,
+        and spend them on the ledger if any."""
+        events = (self.pending_event(), *self._releases)
+        if self.ledger is not None:
+            self.ledger.spend_events(events)  # fits: every step and release was checked before it ran
+        self._history.extend(events)
+        self._round_steps, self._allowed, self._releases = 0, None, []
+        return events
 
     def epsilon(self, delta: float, *, accountant: Literal["prv", "rdp"] = "prv") -> float:
-        """ε of this trainer's lifetime (closed rounds + open round) at ``delta``."""
-        return epsilon_of_events([*self._history, self.pending_event()], delta, accountant=accountant)
+        """ε of this trainer's lifetime (closed rounds + open round, releases included) at ``delta``."""
+        return epsilon_of_events([*self._history, self.pending_event(), *self._releases], delta,
+                                 accountant=accountant)
+
+    def release_loss(self, *, noise_multiplier: float, bound: float, batches: int = 1) -> float:
+        """A DP estimate of the mean per-sequence training loss, and its cost recorded like a step's.
+
+        Each of ``batches`` Poisson batches of rate q (drawn as a step's are) gives the sum of its per-sequence
+        losses clipped to ``[0, bound]`` plus N(0, (σ_L·bound)²) CSPRNG noise: a Poisson-subsampled Gaussian
+        release (σ_L, q) of a sum with sensitivity ``bound``. The estimate is their total over the expected
+        count ``batches·q·N`` (post-processing). A release the ledger cannot afford raises BudgetExceededError
+        before any data is touched."""
+        if not (math.isfinite(noise_multiplier) and noise_multiplier > 0 and math.isfinite(bound) and bound > 0):
+            raise ConfigurationError("loss releases need a noise multiplier > 0 and a finite bound > 0")
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+            raise ConfigurationError(f"batches must be an integer >= 1, got {batches!r}")
+        new = [PrivacyEvent(noise_multiplier, self.sample_rate, 1) for _ in range(batches)]
+        if self.ledger is not None:
+            self.ledger.check_events([self.pending_event(), *self._releases, *new])
+        total = 0.0
+        self.model.eval()
+        for _ in range(batches):
+            parts = unpack_batch(next(iter(self.data_loader)))
+            if parts is not None:
+                ids, mask, labels = parts
+                with torch.no_grad():
+                    out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(ids, mask),
+                                     use_cache=False)
+                    total += float(sequence_loss(out.logits, labels).clamp(0.0, bound).sum())
+            total += float(gaussian(1, noise_multiplier * bound)[0])
+        self._releases.extend(new)
+        return total / (batches * self.sample_rate * len(self.data_loader.dataset))
 
     def _check_budget(self) -> None:
         if self.ledger is None:

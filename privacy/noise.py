@@ -1,7 +1,7 @@
 """DP noise from a CSPRNG: Gaussian, exact discrete Gaussian, and distributed-DP noise shares.
 
 Randomness: every draw comes from an AES-256-CTR keystream under a fresh ``os.urandom`` key (:class:`CSPRNG`);
-neither ``random`` nor numpy's generators are used. Gaussians use Box–Muller on 53-bit uniforms; like every
+neither ``random`` nor numpy's generators are used. Gaussians use Marsaglia's polar method; like every
 floating-point sampler they are not hardened against floating-point side channels (Mironov 2012) — use the
 discrete Gaussian where that matters. The discrete Gaussian N_Z(0, σ²) uses Canonne, Kamath & Steinke (2020)
 rejection sampling with EXACT integer arithmetic (Bernoulli(exp(-γ)) for rational γ, discrete Laplace
@@ -11,7 +11,10 @@ are rejected outright. :attr:`DiscreteGaussian.variance_param` reports the exact
 
 Distributed DP (each of n clients adds a share; the aggregator sees only the noisy sum):
 
-* CKKS / float sums: :func:`gaussian_share` — N(0, (σC)²/n) per client, so m survivors give std σC·√(m/n).
+* CKKS / float sums: :func:`gaussian_share` — N(0, (σC)²/n) per client, so m survivors give std σC·√(m/n);
+  :func:`weighted_share` scales it by ``w_ref/w`` so that a *weighted* sum Σ w_i x_i carries σ·C·w_ref·√(m/n)
+  whatever the public weights, and clamps it to :func:`noise_range` (the encoder's bound; see
+  :func:`clamp_probability`).
 * Masking / integer sums: :func:`discrete_gaussian_share` — integers ~ N_Z(0, s²), s = σ·C·scale/√n in grid
   units (``scale`` = quantisation levels per unit, e.g. ``secagg.encoding.FixedPoint.scale``). Requires s >= 4,
   so the sum of m shares is within τ < 1e-60 of N_Z(0, m·s²) (Kairouz, Liu & Steinke 2021, Thm 1).
@@ -33,6 +36,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from privacy.errors import ConfigurationError
 
 __all__ = [
+    "noise_range",
+    "weighted_share",
+    "clamp_probability",
     "CSPRNG",
     "gaussian",
     "DiscreteGaussian",
@@ -238,6 +244,37 @@ def gaussian_share(dim: int, *, noise_multiplier: float, clip_norm: float, n_cli
                    rng: CSPRNG | None = None) -> np.ndarray:
     """One client's float64 noise share N(0, (σC)²/n)^dim, to add to its clipped update before encryption."""
     return gaussian(dim, share_std(noise_multiplier, clip_norm, n_clients), rng=rng)
+
+
+def noise_range(clip_norm: float, *, noise_multiplier: float, n_clients: int, tail: float = 9.0) -> float:
+    """``C·(1 + tail·z/√n)``: the L∞ range that a clipped update plus its share stays in except with probability
+    below ``dim·2Φ(−tail)`` (< 1e-12 for dim <= 1e6 at the default tail): the public value bound to encode against."""
+    return clip_norm + tail * share_std(noise_multiplier, clip_norm, n_clients)
+
+
+def weighted_share(x: np.ndarray, weight: float, *, clip_norm: float, noise_multiplier: float, n_clients: int,
+                   reference_weight: float, tail: float = 9.0, rng: CSPRNG | None = None) -> np.ndarray:
+    """A clipped update ``x`` (L2 <= C) plus this client's share of the distributed noise, scaled by
+    ``reference_weight / weight``, so that the weighted sum Σ w_i x_i the rules compute carries exactly
+    N(0, (z·C·w_ref)²·m/n) whatever the public weights ``w_i <= w_ref`` are (m of the n shares survive).
+    Clamped to ``±noise_range(...)·w_ref/w`` (so ``|w·x| <= noise_range·w_ref``, the encoder's bound): the
+    clamp binds with probability below ``dim·2Φ(−tail)``, which the central δ accounts for."""
+    if not (math.isfinite(weight) and 0 < weight <= reference_weight and math.isfinite(reference_weight)):
+        raise ConfigurationError(f"weight {weight!r} must be in (0, reference_weight={reference_weight!r}]")
+    factor = reference_weight / weight
+    noisy = x + factor * gaussian_share(x.size, noise_multiplier=noise_multiplier, clip_norm=clip_norm,
+                                        n_clients=n_clients, rng=rng)
+    bound = factor * noise_range(clip_norm, noise_multiplier=noise_multiplier, n_clients=n_clients, tail=tail)
+    return np.clip(noisy, -bound, bound)
+
+
+def clamp_probability(dim: int, tail: float = 9.0) -> float:
+    """Chance that the clamp of :func:`weighted_share` binds for one client and round (a union bound)."""
+    return min(1.0, dim * 2.0 * _normal_sf(tail))
+
+
+def _normal_sf(t: float) -> float:
+    return 0.5 * math.erfc(t / math.sqrt(2.0))
 
 
 def discrete_share_sigma(*, noise_multiplier: float, clip_norm: float, n_clients: int, scale: float) -> float:

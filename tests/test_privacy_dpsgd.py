@@ -203,7 +203,7 @@ def test_train_with_batch_memory_manager_counts_logical_steps():
     tr = private(gpt2(), max_physical_batch_size=2, batch_size=12)
     losses = tr.train(3)
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
-    event = tr.end_round()
+    (event,) = tr.end_round()
     assert (event.noise_multiplier, event.sample_rate, event.steps) == (1.0, 12 / 48, 3)
     assert tr.history == (event,) and tr.round_steps == 0
 
@@ -237,8 +237,8 @@ def test_ledger_refuses_the_step_before_it_happens():
         tr.step(BATCH)
     assert tr.round_steps == allowed
     assert all(torch.equal(before[n], p) for n, p in tr.trainable_state_dict().items())
-    event = tr.end_round()
-    assert ledger.events == (event,) and ledger.spent() <= 1.5
+    events = tr.end_round()
+    assert ledger.events == events and ledger.spent() <= 1.5
 
 
 def test_target_epsilon_picks_a_sufficient_noise_multiplier():
@@ -279,3 +279,40 @@ def test_misuse_raises_named_errors():
         private(gpt2(), mode="functorch")
     with pytest.raises(ConfigurationError):
         private(gpt2()).step(torch.zeros(2, 3, 4, dtype=torch.long))
+
+
+def test_a_loss_release_is_a_subsampled_gaussian_release_composed_with_the_steps():
+    """ε of steps plus loss releases, from the trainer's ledger, against the same releases composed directly in
+    dp_accounting; the estimate is the clipped mean loss (checked with negligible noise), clipped at its bound."""
+    import dp_accounting
+    from dp_accounting.pld import PLDAccountant
+
+    ledger = PrivacyLedger(50.0, 1e-5)
+    tr = private(gpt2(), ledger=ledger, noise_multiplier=1.0, batch_size=8)
+    q = 8 / 48
+    for _ in range(2):  # two rounds of 3 steps and 4 loss releases at σ_L = 2
+        tr.train(3)
+        tr.release_loss(noise_multiplier=2.0, bound=math.log(VOCAB), batches=4)
+        events = tr.end_round()
+        assert [(e.noise_multiplier, e.steps) for e in events] == [(1.0, 3)] + [(2.0, 1)] * 4
+    direct = PLDAccountant(value_discretization_interval=1e-3)
+    step = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(1.0))
+    loss = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(2.0))
+    direct.compose(dp_accounting.ComposedDpEvent([dp_accounting.SelfComposedDpEvent(step, 6),
+                                                  dp_accounting.SelfComposedDpEvent(loss, 8)]))
+    assert ledger.spent() == pytest.approx(direct.get_epsilon(1e-5), rel=1e-9)
+    assert ledger.spent() > epsilon(1.0, q, 6, 1e-5)  # the releases cost ε: they are not free
+    tr.ledger = None  # the estimate itself, with negligible noise (an ε no ledger would allow)
+    with torch.no_grad():  # the clipped mean per-sequence loss over all the data (what the release estimates)
+        out = tr.model(input_ids=DATA, position_ids=position_ids_for(DATA, None), use_cache=False)
+        clean = float(sequence_loss(out.logits, DATA).clamp(0, math.log(VOCAB)).mean())
+    est = tr.release_loss(noise_multiplier=1e-6, bound=math.log(VOCAB), batches=60)
+    assert est == pytest.approx(clean, rel=0.1)  # 60 Poisson batches of expected size 8 out of 48
+    assert tr.release_loss(noise_multiplier=1e-6, bound=0.5, batches=20) <= 0.5 * 1.6  # clipped at the bound
+    assert epsilon(1e-6, q, 80, 1e-5) > 1e6  # such noise is no privacy at all, and the accountant says so fast
+    tight = PrivacyLedger(ledger.spent() + 1e-3, 1e-5)
+    tr.ledger = tight
+    with pytest.raises(BudgetExceededError):
+        tr.release_loss(noise_multiplier=0.5, bound=1.0, batches=50)
+    with pytest.raises(ConfigurationError):
+        tr.release_loss(noise_multiplier=0.0, bound=1.0)

@@ -166,3 +166,27 @@ def test_a_local_model_directory_is_loaded_without_download(tmp_path, monkeypatc
     assert runner.fed.global_vec.size == sum(p.numel() for p in runner.eval_model.parameters())
     rows = runner.run()
     assert rows[0].loss < runner.initial_loss
+
+
+def test_loss_weighted_runs_account_the_loss_releases_the_weights_come_from(tmp_path):
+    """Under DP the loss that sets a client's weight is a DP release (a Poisson batch's clipped loss sum plus
+    Gaussian noise, averaged over ``loss_batches``); the ε reported covers it, checked against dp_accounting
+    composing the same releases directly."""
+    import math
+
+    import dp_accounting
+    from dp_accounting.pld import PLDAccountant
+
+    cfg = _tiny(tmp_path, scheme="ckks", aggregator="loss-weighted")
+    cfg.dp.enabled, cfg.dp.noise_multiplier, cfg.train.rounds, cfg.train.local_steps = True, 1.0, 2, 2
+    runner = Runner(cfg)
+    rows = runner.run()
+    q = cfg.train.batch_size / len(runner.trainers[0].blocks)
+    step = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(1.0))
+    loss = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(cfg.dp.loss_noise_multiplier))
+    acc = PLDAccountant(value_discretization_interval=1e-3)
+    acc.compose(dp_accounting.ComposedDpEvent([dp_accounting.SelfComposedDpEvent(step, 4),
+                                               dp_accounting.SelfComposedDpEvent(loss, 2 * cfg.dp.loss_batches)]))
+    assert rows[-1].epsilon_per_client[0] == pytest.approx(acc.get_epsilon(cfg.dp.delta), rel=1e-6)
+    assert rows[-1].epsilon_per_client[0] > epsilon(1.0, q, 4, cfg.dp.delta)
+    assert math.isfinite(rows[-1].loss)

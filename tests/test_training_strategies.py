@@ -236,5 +236,5 @@ def test_packed_sum_needs_a_cohort_bound_and_uploads_a_fraction_of_ckks(ckks_sum
     assert res.total_weight == pytest.approx(6.0, abs=1e-4)
     _, ckks_traffic = ckks_sum.aggregate(contribs, private=True, weight_bound=3.0)
     assert sum(traffic.up.values()) < 0.3 * sum(ckks_traffic.up.values())
-    with pytest.raises(ConfigError, match="packed clip"):
-        packed.aggregate({0: Contribution(2 * vecs[0], 1.0), 1: contribs[1]}, private=True, weight_bound=3.0)
+    with pytest.raises(ConfigError, match="packed bound"):  # what the lanes hold is w·x: within clip·weight_bound
+        packed.aggregate({0: Contribution(4 * vecs[0], 1.0), 1: contribs[1]}, private=True, weight_bound=3.0)

@@ -301,8 +301,9 @@ def test_secagg_up_trains_a_real_model_with_every_role_a_process(tmp_path):
     assert state.round == 2 and state.model.size > 10_000  # the tiny GPT-2's trainable parameters
     assert "cohort_loss" in state.strategy  # the loss-weighted server state went into the checkpoint
     assert sorted(state.ledgers) == ["0", "1", "2"]
-    for raw in state.ledgers.values():  # two local trainings each, reported once each
-        ledger = PrivacyLedger.from_json(json.dumps(raw))
-        assert len(ledger.events) == 2 and all(isinstance(e, PrivacyEvent) for e in ledger.events)
+    for raw in state.ledgers.values():  # two local trainings each, reported once each: their steps and, since the
+        ledger = PrivacyLedger.from_json(json.dumps(raw))  # rule is loss-weighted, their 4 DP loss releases
+        assert len(ledger.events) == 2 * 5 and all(isinstance(e, PrivacyEvent) for e in ledger.events)
         assert ledger.events[0].noise_multiplier == pytest.approx(1.0)
+        assert [e.noise_multiplier for e in ledger.events[1:5]] == [2.0] * 4
         assert ledger.spent() == pytest.approx(epsilon_of_events(ledger.events, 1e-5), rel=1e-6)

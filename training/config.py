@@ -87,10 +87,16 @@ class DPConfig:
     accountant: str = "prv"
     epsilon_budget: float | None = None
     mode: str = "hooks"                  # hooks (per-sample gradients) | ghost (ghost clipping, less memory)
+    loss_noise_multiplier: float = 2.0   # σ_L of the DP loss release the loss-weighted rule needs
+    loss_bound: float | None = None      # per-sequence losses are clipped to [0, bound] (default ln(vocab))
+    loss_batches: int = 4                # Poisson batches averaged per release (each one accounted)
 
     def __post_init__(self) -> None:
         if self.enabled and not (self.noise_multiplier >= 0 and self.max_grad_norm > 0 and 0 < self.delta < 1):
             raise ConfigError("DP needs noise_multiplier >= 0, max_grad_norm > 0 and 0 < delta < 1")
+        if self.enabled and not (self.loss_noise_multiplier > 0 and self.loss_batches >= 1 and
+                                 (self.loss_bound is None or self.loss_bound > 0)):
+            raise ConfigError("DP loss releases need loss_noise_multiplier > 0, loss_batches >= 1, loss_bound > 0")
         if self.mode not in ("hooks", "ghost"):
             raise ConfigError(f"unknown dp.mode {self.mode!r}; expected 'hooks' or 'ghost' (LoRA: [model] lora)")
 

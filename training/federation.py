@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from privacy.clipping import clip_update
-from privacy.noise import gaussian_share
+from privacy.noise import weighted_share
 
 from training.aggregation.base import Contribution, RoundInfo, Strategy
 from training.errors import ConfigError
@@ -71,6 +71,10 @@ class Federation:
             raise ConfigError("masking needs a public value bound: set update_clip")
         if noise_multiplier and update_clip is None:
             raise ConfigError("distributed DP noise needs update_clip (its sensitivity)")
+        if noise_multiplier and strategy.private_weights:
+            raise ConfigError(f"distributed DP noise covers the update lanes only; the {strategy.name} rule's weight "
+                              "lane (a function of private losses) would be released unnoised: use a public-weight "
+                              "rule (fedavg, gradient, async)")
         self.global_vec = np.asarray(initial, dtype=np.float64).copy()
         self.strategy, self.secure = strategy, secure
         self.clients = list(clients)
@@ -88,18 +92,18 @@ class Federation:
         """Public facts for the next server step."""
         return RoundInfo(self.round + 1, self.version, dict(base_versions or {}), self.loss_reference)
 
-    def contribution(self, update: ClientUpdate, info: RoundInfo, cohort_size: int) -> Contribution:
-        """Client side: the strategy's contribution, L2-clipped to ``update_clip`` and (optionally) noised with
-        this client's share of the distributed Gaussian noise (σ = z·C over the cohort), then clamped to the
-        public value range (post-processing)."""
-        c = self.strategy.encode(update, info)
+    def contribution(self, c: Contribution, cohort_size: int, reference_weight: float) -> Contribution:
+        """Client side: the strategy's contribution ``c``, L2-clipped to ``update_clip`` and (optionally) noised
+        with this client's share of the distributed Gaussian noise, scaled so the weighted sum carries
+        z·C·w_ref·√(m/n) (:func:`privacy.noise.weighted_share`; ``reference_weight`` is the cohort's largest
+        public weight)."""
         x = np.asarray(c.vector, dtype=np.float64)
         if self.update_clip is not None:
             x, _ = clip_update(x, self.update_clip)
             if self.noise_multiplier > 0:
-                x = x + gaussian_share(x.size, noise_multiplier=self.noise_multiplier, clip_norm=self.update_clip,
-                                       n_clients=cohort_size)
-                x = np.clip(x, -self.update_clip, self.update_clip)
+                x = weighted_share(x, float(c.weight), clip_norm=self.update_clip,
+                                   noise_multiplier=self.noise_multiplier, n_clients=cohort_size,
+                                   reference_weight=reference_weight)
         return Contribution(x, c.weight)
 
     def aggregate(self, updates: Mapping[int, ClientUpdate], *, drop: Sequence[int] = ()) -> RoundReport:
@@ -108,7 +112,9 @@ class Federation:
         if unknown:
             raise ConfigError(f"updates from unknown clients {unknown}")
         info = self.info({c: u.base_version for c, u in updates.items()})
-        contribs = {c: self.contribution(u, info, len(updates)) for c, u in updates.items()}
+        encoded = {c: self.strategy.encode(u, info) for c, u in updates.items()}
+        reference = max(float(e.weight) for e in encoded.values())
+        contribs = {c: self.contribution(e, len(updates), reference) for c, e in encoded.items()}
         t0 = time.perf_counter()
         res, traffic = self.secure.aggregate(contribs, private=self.strategy.private_weights,
                                              weight_bound=self.strategy.weight_bound(info), drop=tuple(drop),
@@ -121,6 +127,7 @@ class Federation:
         self.round = info.round
         self.strategy.observe_version(self.version, self.global_vec)
         report = self._report(info, updates, res.contributors, res.dropped, traffic, secure_seconds, norm)
+        report.extra["noise_shares"] = (len(updates), len(res.contributors))  # (n, m): who added, who survived
         self.history.append(report)
         return report
 

@@ -119,17 +119,21 @@ class LocalTrainer:
     blocks, and returns Δ = local − global with the client's sample count and mean training loss. With
     ``dp`` (a :class:`training.config.DPConfig`), steps are DP-SGD through :mod:`privacy.dpsgd` (one
     ``DPTrainer`` per client for life, Poisson batches, per-sequence clipping, CSPRNG noise); the update carries
-    the round's privacy event and ``epsilon()`` reports the client's spent budget.
+    the round's privacy events and ``epsilon()`` reports the client's spent budget. ``release_loss`` (set when the
+    rule needs the loss, i.e. loss-weighted) makes the reported loss a DP release (``[dp] loss_*``) accounted in
+    the same ledger; otherwise the loss never leaves the client.
     """
 
     def __init__(self, client_id: int, spec: ModelSpec, blocks: np.ndarray, *, batch_size: int = 8,
                  lr: float = 1e-3, local_steps: int = 4, optimizer: str = "adamw", dp=None, seed: int = 0,
-                 model_factory: Callable[[ModelSpec], torch.nn.Module] = build_model) -> None:
+                 model_factory: Callable[[ModelSpec], torch.nn.Module] = build_model,
+                 release_loss: bool = False) -> None:
         if len(blocks) == 0:
             raise ConfigError(f"client {client_id} has no training data")
         if local_steps < 1 or batch_size < 1 or not lr > 0:
             raise ConfigError("local_steps and batch_size must be >= 1 and lr > 0")
         self.client_id, self.spec = client_id, spec
+        self.release_loss = bool(release_loss)
         self.blocks = np.asarray(blocks, dtype=np.int64)
         self.batch_size, self.lr, self.local_steps = batch_size, lr, local_steps
         self.model = model_factory(spec)
@@ -201,7 +205,12 @@ class LocalTrainer:
         events: tuple = ()
         if self.private is not None:
             losses = [x for x in self.private.train(self.local_steps) if not math.isnan(x)]
-            events = (self.private.end_round(),)
+            if self.release_loss:  # the loss leaves the client (loss-weighted rule): a DP release, accounted
+                d = self.dp
+                bound = d.loss_bound if d.loss_bound is not None else math.log(self.spec.vocab_size)
+                losses = [self.private.release_loss(noise_multiplier=d.loss_noise_multiplier, bound=bound,
+                                                    batches=d.loss_batches)]
+            events = self.private.end_round()
         else:
             losses, batches = [], self._batches()
             for _ in range(self.local_steps):

@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from privacy.accounting import central_noise_multiplier, epsilon_of_events
 from privacy.errors import BudgetExceededError
+from privacy.events import PrivacyEvent
+from privacy.noise import clamp_probability, noise_range
 
 from training.aggregation import make_strategy
 from training.config import RunConfig
@@ -71,6 +74,7 @@ class RoundMetrics:
     dropped: list[int]
     staleness: dict[int, int]
     comm_seconds_per_client: dict[int, float] = field(default_factory=dict)  # modelled cross-cloud transfer time
+    central_epsilon: float | None = None  # distributed DP: client-level ε of every sum released so far
 
     def as_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -96,10 +100,17 @@ class Runner:
         self.eval_model = build_model(self.spec)
         dp = cfg.dp if cfg.dp.enabled else None
         self.trainers = [LocalTrainer(i, self.spec, self.data.clients[i], batch_size=t.batch_size, lr=t.lr,
-                                      local_steps=self._steps(i), optimizer=t.optimizer, dp=dp, seed=t.seed)
+                                      local_steps=self._steps(i), optimizer=t.optimizer, dp=dp, seed=t.seed,
+                                      release_loss=f.aggregator == "loss-weighted")
                          for i in range(f.clients)]
+        clip = f.update_clip or 1.0
+        self.shares = min(f.clients, int(cfg.aggregator_options.get("buffer_size", f.clients))) \
+            if f.aggregator == "async" else f.clients  # the fewest noise shares a cohort splits into
+        if f.noise_multiplier:  # the encoders' bound leaves room for each client's noise share
+            clip = noise_range(clip, noise_multiplier=f.noise_multiplier, n_clients=self.shares)
+        self._central: list[PrivacyEvent] = []
         secure = SecureSum(f.scheme, params=f.ckks_params, min_contributors=f.min_contributors,
-                           clip=f.update_clip or 1.0, ring_bits=f.ring_bits, threshold=f.threshold,
+                           clip=clip, ring_bits=f.ring_bits, threshold=f.threshold,
                            neighbors=f.neighbors, max_cohort=f.clients, max_corrupt=f.max_corrupt,
                            share_dropouts=f.share_dropouts, sign=f.sign)
         strategy = make_strategy(f.aggregator, **cfg.aggregator_options)
@@ -122,16 +133,30 @@ class Runner:
     def _epsilons(self) -> dict[int, float | None]:
         return {tr.client_id: tr.epsilon() for tr in self.trainers}
 
+    def _central_epsilon(self, rep: RoundReport) -> float | None:
+        """Client-level ε of the distributed-DP sums so far: each round's sum carries N(0, (z·C·w_ref)²·m/n)
+        against a sensitivity of at most C·w_ref (one client's weighted update), so its noise multiplier is
+        z·√(m/n); rounds compose (q = 1). The clamp of each share (probability ``clamp_probability``) is paid
+        from δ. None without distributed noise."""
+        z = self.cfg.federation.noise_multiplier
+        if not z:
+            return None
+        n, m = rep.extra["noise_shares"]
+        self._central.append(PrivacyEvent(central_noise_multiplier(z, n_clients=n, survivors=m), 1.0, 1))
+        slack = len(self._central) * n * clamp_probability(self.fed.global_vec.size)
+        return epsilon_of_events(self._central, self.cfg.dp.delta - slack, accountant=self.cfg.dp.accountant)
+
     def _metrics(self, rep: RoundReport, wall: float, sim_time: float, staleness: dict[int, int]) -> RoundMetrics:
         loss = self.evaluate()
         self.fed.loss_reference = loss
         eps = self._epsilons()
+        central = self._central_epsilon(rep)
         known = [e for e in eps.values() if e is not None]
         return RoundMetrics(rep.round, loss, math.exp(min(loss, 50.0)), max(known) if known else None, eps,
                             rep.total_up, rep.total_down, rep.bytes_up, rep.bytes_down, wall,
                             sum(rep.compute_seconds.values()), rep.secure_seconds,
                             max(rep.modelled_seconds.values()) + rep.secure_seconds, sim_time,
-                            list(rep.contributors), list(rep.dropped), staleness, dict(rep.comm_seconds))
+                            list(rep.contributors), list(rep.dropped), staleness, dict(rep.comm_seconds), central)
 
     def rebalance(self, updates: dict[int, ClientUpdate]) -> None:
         """Capacity partitioning: fold each client's observed throughput (local steps per modelled compute

@@ -212,11 +212,11 @@ class SecureSum:
         if private and weight_bound is None:
             raise ConfigError("private weights need a public weight_bound")
         wb = float(weight_bound) if weight_bound is not None else max(weights.values())
-        if self.scheme != "ckks":
-            worst = max(float(np.max(np.abs(v))) for v in vecs.values())
-            if worst > self.clip:
-                raise ConfigError(f"an update value {worst:.4g} exceeds the {self.scheme} clip {self.clip}; clip "
-                                  f"updates in L2 to at most that clip first")
+        if self.scheme != "ckks":  # what the codecs encode is w·x, within clip·weight_bound
+            worst = max(float(np.max(np.abs(v))) * weights[i] for i, v in vecs.items())
+            if worst > self.clip * wb:
+                raise ConfigError(f"a weighted update value {worst:.4g} exceeds the {self.scheme} bound "
+                                  f"{self.clip * wb:.4g} (clip x weight bound); clip updates in L2 to the clip first")
         traffic = RoundTraffic()
         clients, agg, fin, drop_tag = self._roles(ids, dim, wb, round_id)
         self.last_roles = (clients, agg, fin)

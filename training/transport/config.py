@@ -30,7 +30,10 @@ _FROM_RUN = {("federation", "clients"): "clients", ("federation", "scheme"): "sc
              ("federation", "aggregator"): "aggregator", ("federation", "update_clip"): "clip",
              ("federation", "ckks_params"): "ckks_params", ("federation", "min_contributors"): "min_contributors",
              ("federation", "ring_bits"): "ring_bits", ("federation", "threshold"): "threshold",
-             ("federation", "neighbors"): "neighbors", ("train", "rounds"): "rounds", ("train", "seed"): "seed"}
+             ("federation", "neighbors"): "neighbors", ("federation", "max_corrupt"): "max_corrupt",
+             ("federation", "share_dropouts"): "share_dropouts", ("federation", "sign"): "signed",
+             ("federation", "noise_multiplier"): "noise_multiplier", ("train", "rounds"): "rounds",
+             ("train", "seed"): "seed"}
 
 
 def _run_defaults() -> dict[str, Any]:
@@ -72,9 +75,12 @@ class TransportConfig:
     ring_bits: int = _RUN["ring_bits"]
     threshold: int | None = _RUN["threshold"]
     neighbors: int | None = _RUN["neighbors"]
+    max_corrupt: int | None = _RUN["max_corrupt"]
+    share_dropouts: int | None = _RUN["share_dropouts"]
+    noise_multiplier: float = _RUN["noise_multiplier"]  # distributed DP (the run file's); widens the value bound
     rounding: str = "stochastic"
     weight_bound: float | None = None
-    signed: bool = True                   # masking: CA-certified Ed25519 signatures on keys and survivor lists
+    signed: bool = _RUN["signed"]         # masking: CA-certified Ed25519 signatures on keys and survivor lists
     ckks_params: str = _RUN["ckks_params"]
     min_contributors: int = _RUN["min_contributors"]
     min_value_bits: int = 14              # packed: smallest quantized value width (lanes per slot follow from it)
@@ -110,16 +116,25 @@ class TransportConfig:
             return self.min_clients
         return max(1, min(self.cohort_size, math.ceil(2 * self.cohort_size / 3)))
 
+    @property
+    def value_bound(self) -> float:
+        """The masking/packed value bound: the clip, widened by each client's distributed-noise share."""
+        if not self.noise_multiplier:
+            return self.clip
+        from privacy.noise import noise_range
+
+        return noise_range(self.clip, noise_multiplier=self.noise_multiplier, n_clients=self.cohort_size)
+
     def scheme_options(self) -> dict[str, Any]:
         if self.scheme == "ckks":
             return {"params": self.ckks_params, "min_contributors": self.min_contributors}
         if self.scheme == "packed":
             return {"max_cohort": max(2, self.cohort_size), "min_value_bits": self.min_value_bits,
-                    "clip": self.clip, "rounding": self.rounding, "weight_bound": self.weight_bound,
+                    "clip": self.value_bound, "rounding": self.rounding, "weight_bound": self.weight_bound,
                     "min_contributors": self.min_contributors}
-        return {"clip": self.clip, "ring_bits": self.ring_bits, "threshold": self.threshold,
+        return {"clip": self.value_bound, "ring_bits": self.ring_bits, "threshold": self.threshold,
                 "neighbors": self.neighbors, "rounding": self.rounding, "weight_bound": self.weight_bound,
-                "signed": self.signed}
+                "signed": self.signed, "max_corrupt": self.max_corrupt, "share_dropouts": self.share_dropouts}
 
     def strategy(self):
         """A fresh instance of the run's aggregation strategy (each process builds its own)."""

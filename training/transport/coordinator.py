@@ -303,6 +303,8 @@ class Coordinator:
             bases = {c: self.bases[c][0] for c in ids}
             terms, body = self.step.terms(self.state.model, version, bases), b""
             cohort = self.step.public_weights(bases, version)
+        if not self.step.private_weights:  # distributed-DP shares are scaled to the cohort's largest public weight
+            terms["max_weight"] = float(max(cohort.values()))
         params, role = self.scheme.plan(round_id, ids, cohort, int(self.state.model.size), self.context, known,
                                         private_bound=terms.get("weight_bound"))
         params["strategy"] = terms

@@ -46,7 +46,8 @@ class _TrainerSource:
         self.work, self.client_id = work, client_id
         self.trainer = LocalTrainer(client_id, work.spec, work.data.clients[client_id], batch_size=r.train.batch_size,
                                     lr=r.train.lr, local_steps=r.train.local_steps, optimizer=r.train.optimizer,
-                                    dp=r.dp if r.dp.enabled else None, seed=r.train.seed)
+                                    dp=r.dp if r.dp.enabled else None, seed=r.train.seed,
+                                    release_loss=r.federation.aggregator == "loss-weighted")
         self.weight = float(self.trainer.num_samples)
         self.strategy = work.make_strategy()  # this client's own instance (encode side)
         self.events: tuple = ()
@@ -73,11 +74,11 @@ class _TrainerSource:
 
             x, _ = clip_update(x, f.update_clip)
             if f.noise_multiplier > 0:
-                from privacy.noise import gaussian_share
+                from privacy.noise import weighted_share
 
-                share = gaussian_share(x.size, noise_multiplier=f.noise_multiplier, clip_norm=f.update_clip,
-                                       n_clients=self.work.cohort)
-                x = np.clip(x + share, -f.update_clip, f.update_clip)
+                reference = float(terms.get("max_weight", c.weight))  # the cohort's largest public weight
+                x = weighted_share(x, float(c.weight), clip_norm=f.update_clip, noise_multiplier=f.noise_multiplier,
+                                   n_clients=self.work.cohort, reference_weight=reference)
         return x, float(c.weight)
 
     def compute(self, model: np.ndarray, round_no: int) -> np.ndarray:

@@ -54,14 +54,45 @@ def test_envelope_round_trip(header, body):
     assert wire.unpack(wire.pack(header, body)) == (header, body)
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.binary(max_size=120))
-def test_unpack_never_raises_anything_but_malformed(data):
+def _well_formed(data: bytes):
+    """Independent oracle: (header, body) if ``data`` is 'ST', a u32 length <= MAX_HEADER, that many bytes of a
+    UTF-8 JSON object without NaN/Infinity constants, then the body; else None."""
+    import json
+
+    if len(data) < 6 or data[:2] != b"ST":
+        return None
+    n = int.from_bytes(data[2:6], "little")
+    if n > wire.MAX_HEADER or 6 + n > len(data):
+        return None
+
+    def no_constants(_name):
+        raise ValueError("constant")
+
     try:
-        header, body = wire.unpack(data)
+        header = json.loads(data[6:6 + n].decode("utf-8"), parse_constant=no_constants)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return (header, data[6 + n:]) if isinstance(header, dict) else None
+
+
+def _mutated(header: dict, body: bytes, where: int, value: int) -> bytes:
+    raw = bytearray(wire.pack(header, body))
+    raw[where % len(raw)] = value
+    return bytes(raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=120),
+                 st.builds(_mutated, st.dictionaries(st.text(max_size=5), st.integers(-9, 9), max_size=3),
+                           st.binary(max_size=20), st.integers(0, 200), st.integers(0, 255))))
+def test_unpack_accepts_exactly_the_well_formed_envelopes(data):
+    want = _well_formed(data)
+    try:
+        got = wire.unpack(data)
     except E.MalformedMessageError:
+        assert want is None, data  # refused only what is not an envelope
         return
-    assert isinstance(header, dict) and isinstance(body, bytes)
+    assert got == want  # and what it accepts parses the same independently
 
 
 def test_unpack_rejects_non_object_nan_and_bad_lengths():

@@ -231,9 +231,6 @@ def _seal_blob(data: memoryview) -> memoryview:
     return blob
 
 
-_DECOMPRESSOR = zstandard.ZstdDecompressor()
-
-
 def extract(serialized: bytes, layout: RingLayout) -> np.ndarray:
     """Residues (shape ``(2, L, N)``, a read-only view) of the one fresh-level ciphertext in a serialized TenSEAL
     vector."""
@@ -247,7 +244,7 @@ def extract(serialized: bytes, layout: RingLayout) -> np.ndarray:
     expect = _CT_HEAD.size + 16 + 8 + 8 * 2 * len(layout.moduli) * layout.degree
     try:
         if mode == 2:
-            body = _DECOMPRESSOR.decompress(body, max_output_size=expect)
+            body = zstandard.ZstdDecompressor().decompress(body, max_output_size=expect)  # one per call: thread-safe
         elif mode == 1:
             body = zlib.decompressobj().decompress(body, expect)
     except (zstandard.ZstdError, zlib.error) as exc:

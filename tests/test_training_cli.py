@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from training import cli
-from training.config import DataConfig, DPConfig, FederationConfig, ModelConfig, TrainConfig, load_config
+from training.config import (DataConfig, DPConfig, FederationConfig, ModelConfig, RunConfig, TrainConfig,
+                             load_config)
 from training.errors import ConfigError
 from training.platforms import PlatformProfile
 
@@ -119,3 +120,14 @@ epsilon_budget = {(one + two) / 2}
     assert res.exit_code == 2 and "momentum" in res.output
     with pytest.raises(ConfigError, match="momentum"):
         load_config(bad)  # refused when the file is read, before anything is built
+
+
+def test_the_smollm2_example_is_the_demo_run():
+    from training.config import demo_config
+
+    assert load_config(EXAMPLE.with_name("smollm2_lora.toml")) == demo_config("smollm2-135m")
+    cfg = demo_config("smollm2-135m")
+    assert cfg.model.use_lora and cfg.dp.enabled and cfg.federation.scheme == "ckks"
+    assert demo_config("tiny") == RunConfig()
+    with pytest.raises(ConfigError, match="unknown demo model"):
+        demo_config("gpt-17")

@@ -92,9 +92,10 @@ def test_cli_demo_writes_metrics_and_plots(tmp_path, monkeypatch):
 
     tiny = _tiny(tmp_path, scheme="masking")
     tiny.train.rounds = 2
-    monkeypatch.setattr(cli, "RunConfig", lambda: tiny)
-    res = CliRunner().invoke(cli.app, ["demo", "--out", str(tmp_path / "out"), "--scheme", "masking",
-                                       "--rounds", "2", "--no-dp"])
+    asked = []
+    monkeypatch.setattr(cli, "demo_config", lambda model: asked.append(model) or tiny)
+    res = CliRunner().invoke(cli.app, ["demo", "--model", "tiny", "--out", str(tmp_path / "out"),
+                                       "--scheme", "masking", "--rounds", "2", "--no-dp", "--prompt", "ROMEO."])
     assert res.exit_code == 0, res.output
     lines = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(x) for x in lines]
@@ -104,3 +105,11 @@ def test_cli_demo_writes_metrics_and_plots(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "out" / "epsilon.png").stat().st_size > 1000
     assert "round   2:" in res.output and "total up" in res.output and "privacy spent" in res.output
+    assert asked == ["tiny"]
+    assert "initial_loss" in rows[0] and "initial_loss" not in rows[1]
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_name"] == "tiny" and config["trainable_parameters"] > 0
+    assert config["base_parameters"] == config["trainable_parameters"]  # the tiny model trains in full
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()  # the trained global model is kept
+    samples = json.loads((tmp_path / "out" / "samples.json").read_text())
+    assert samples["prompt"] == "ROMEO." and isinstance(samples["before"], str) and samples["after"]

@@ -161,11 +161,28 @@ def test_a_local_model_directory_is_loaded_without_download(tmp_path, monkeypatc
     GPT2LMHeadModel(GPT2Config(vocab_size=384, n_positions=32, n_embd=24, n_layer=1, n_head=2)).save_pretrained(path)
     cfg = _tiny(tmp_path, scheme="masking")
     cfg.model.path, cfg.train.rounds = str(path), 1
+    assert cfg.model.use_lora  # a pretrained model gets LoRA adapters unless told otherwise
     runner = Runner(cfg)
     assert runner.eval_model.config.n_embd == 24  # the saved architecture, not the [model] shape
-    assert runner.fed.global_vec.size == sum(p.numel() for p in runner.eval_model.parameters())
+    trainable = [n for n, p in runner.eval_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    # only the adapters are aggregated: the frozen base never enters the shared vector
+    assert runner.fed.global_vec.size == sum(p.numel() for p in runner.eval_model.parameters() if p.requires_grad)
+    assert runner.fed.global_vec.size < sum(p.numel() for p in runner.eval_model.parameters()) // 5
     rows = runner.run()
     assert rows[0].loss < runner.initial_loss
+
+
+def test_a_local_model_directory_can_be_trained_in_full(tmp_path, monkeypatch):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = tmp_path / "my-model"
+    GPT2LMHeadModel(GPT2Config(vocab_size=384, n_positions=32, n_embd=24, n_layer=1, n_head=2)).save_pretrained(path)
+    cfg = _tiny(tmp_path, scheme="masking")
+    cfg.model.path, cfg.model.lora, cfg.train.rounds = str(path), False, 1
+    runner = Runner(cfg)
+    assert runner.fed.global_vec.size == sum(p.numel() for p in runner.eval_model.parameters())
 
 
 def test_loss_weighted_runs_account_the_loss_releases_the_weights_come_from(tmp_path):

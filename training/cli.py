@@ -24,7 +24,7 @@ from typing import Optional
 
 import typer
 
-from training.config import RunConfig, load_config
+from training.config import RunConfig, demo_config, load_config
 from training.errors import ConfigError, TrainingError
 from training.transport.cli import mount
 
@@ -33,6 +33,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no tokenizers thread
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Federated training of a language model across clouds with secure aggregation and DP.")
 
+DEMO_PROMPT = "HAMLET\nTo be, or not to be, that is the question:\n"
+"""The demo's sample prompt, in the corpus' layout (speaker line, verse); Hamlet is not one of the demo's plays."""
 BENCHMARKS = ("ckks_micro", "dp_overhead", "transport", "secagg_micro", "crypto_costs", "scaling",
               "privacy_utility", "paper_tables")
 """The benchmarks documented in benchmarks/README.md (any module of the ``benchmarks`` package can be run)."""
@@ -62,7 +64,19 @@ class _RoundBars:
             self.bar = None
 
 
-def _execute(cfg: RunConfig, out: Path) -> None:
+def _sample(runner, prompt: str | None) -> str | None:
+    """The global model's greedy continuation of ``prompt`` (None without a prompt)."""
+    from training.generate import greedy
+    from training.local import set_flat
+
+    if not prompt:
+        return None
+    set_flat(runner.eval_model, runner.fed.global_vec)
+    return greedy(runner.eval_model, runner.data.tokenizer, prompt, max_new_tokens=40, stop_id=runner.data.eos_id)
+
+
+def _execute(cfg: RunConfig, out: Path, prompt: str | None = None) -> None:
+    from training.local import parameter_counts, set_flat
     from training.report import final_table, human_bytes, plot, write_metrics
     from training.runner import Runner
 
@@ -75,6 +89,14 @@ def _execute(cfg: RunConfig, out: Path) -> None:
                f"({[', '.join(a[:3]) for a in runner.data.assignment]}), {len(runner.data.val)} validation blocks; "
                f"model {runner.fed.global_vec.size:,} trainable parameters; initial loss {runner.initial_loss:.3f} "
                f"(setup {time.perf_counter() - t0:.1f} s)")
+    base, trainable = parameter_counts(runner.eval_model)
+    model_name = cfg.model.path or cfg.model.name
+    typer.echo(f"model {model_name}: {base:,} base parameters"
+               + (f" (frozen, never sent), {trainable:,} LoRA adapter parameters trained and aggregated"
+                  if cfg.model.use_lora else f", all {trainable:,} trained and aggregated"))
+    before = _sample(runner, prompt)
+    if before is not None:
+        typer.echo(f"sample before training: {prompt!r} -> {before!r}")
     bars = _RoundBars(runner)
 
     def progress(m) -> None:
@@ -91,22 +113,31 @@ def _execute(cfg: RunConfig, out: Path) -> None:
     finally:
         bars.close()
     out.mkdir(parents=True, exist_ok=True)
-    write_metrics(rows, out / "metrics.jsonl")
+    write_metrics(rows, out / "metrics.jsonl", runner.initial_loss)
     plot(rows, out, runner.initial_loss)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "model_name": model_name,
+                                                 "base_parameters": base, "trainable_parameters": trainable},
+                                                indent=2, default=str))
     typer.echo("")
-    typer.echo(final_table(rows))
+    typer.echo(final_table(rows, runner.initial_loss))
+    if before is not None:
+        after = _sample(runner, prompt)
+        (out / "samples.json").write_text(json.dumps({"prompt": prompt, "before": before, "after": after,
+                                                      "max_new_tokens": 40, "decoding": "greedy"}, indent=2))
+        typer.echo(f"\nprompt: {prompt!r}\n  before: {before!r}\n  after:  {after!r}  (samples.json)")
+    set_flat(runner.eval_model, runner.fed.global_vec)
+    runner.eval_model.save_pretrained(out / "model")  # LoRA: the adapters only (peft); else the whole model
     if runner.stop_reason:
         typer.echo(f"stopped early: {runner.stop_reason}")
-    typer.echo(f"wrote {out / 'metrics.jsonl'}, loss.png, epsilon.png (total {time.perf_counter() - t0:.1f} s)")
+    typer.echo(f"wrote {out / 'metrics.jsonl'}, loss.png, epsilon.png, model/ (total {time.perf_counter() - t0:.1f} s)")
 
 
-def _run_or_exit(cfg: RunConfig, out: Path) -> None:
+def _run_or_exit(cfg: RunConfig, out: Path, prompt: str | None = None) -> None:
     from privacy.errors import PrivacyError
     from secagg.errors import SecAggError
 
     try:
-        _execute(cfg, out)
+        _execute(cfg, out, prompt)
     except (TrainingError, PrivacyError, SecAggError) as e:
         typer.echo(f"error: {type(e).__name__}: {e}", err=True)
         raise typer.Exit(2) from None
@@ -115,26 +146,36 @@ def _run_or_exit(cfg: RunConfig, out: Path) -> None:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="output directory"),
+    model: str = typer.Option("smollm2-135m", help="smollm2-135m (pretrained, DP LoRA) | tiny (GPT-2 from scratch)"),
     scheme: str = typer.Option("ckks", help="secure aggregation: ckks | masking | packed"),
     aggregator: str = typer.Option("fedavg", help="fedavg | loss-weighted | gradient | async"),
-    rounds: int = typer.Option(6, help="server steps"),
+    rounds: Optional[int] = typer.Option(None, help="server steps (default: 3 for smollm2-135m, 6 for tiny)"),
     dp: bool = typer.Option(True, "--dp/--no-dp", help="DP-SGD on every client"),
     partition: str = typer.Option("by-document", help="by-document | iid | dirichlet | capacity"),
+    prompt: str = typer.Option(DEMO_PROMPT, help="greedy sample before and after training ('' for none)"),
     seed: int = typer.Option(0),
 ) -> None:
-    """3 clouds, tiny GPT-2, Shakespeare split by play, DP-SGD on, CKKS by default."""
-    cfg = RunConfig()
+    """3 clouds, Shakespeare split by play, DP-SGD on, CKKS by default: federated LoRA fine-tuning of the
+    pretrained SmolLM2-135M (or --model tiny: a tiny GPT-2 from scratch)."""
+    try:
+        cfg = demo_config(model)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     cfg.federation.scheme, cfg.federation.aggregator = scheme, aggregator
-    cfg.train.rounds, cfg.train.seed = rounds, seed
+    cfg.train.seed = seed
+    if rounds is not None:
+        cfg.train.rounds = rounds
     cfg.dp.enabled = dp
     cfg.data.partition = partition
-    _run_or_exit(cfg, out)
+    _run_or_exit(cfg, out, prompt)
 
 
 @app.command()
 def run(
     config: Path = typer.Option(..., "--config", help="TOML run file"),
     out: Optional[Path] = typer.Option(None, "--out", help="output directory (default runs/<config stem>)"),
+    prompt: str = typer.Option("", help="greedy sample before and after training (samples.json)"),
 ) -> None:
     """Run the federation described by a TOML file (see examples/run.toml)."""
     try:
@@ -142,7 +183,7 @@ def run(
     except TrainingError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    _run_or_exit(cfg, out or Path("runs") / config.stem)
+    _run_or_exit(cfg, out or Path("runs") / config.stem, prompt)
 
 
 def available_benchmarks() -> list[str]:

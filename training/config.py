@@ -18,7 +18,8 @@ from training.errors import ConfigError
 from training.platforms import PlatformProfile
 from training.secure import SCHEMES
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "FederationConfig", "DPConfig", "RunConfig", "load_config"]
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "FederationConfig", "DPConfig", "RunConfig", "load_config",
+           "demo_config", "DEMO_MODELS"]
 
 
 @dataclass
@@ -40,13 +41,34 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    path: str | None = None
+    name: str = "tiny"                   # "tiny" (GPT-2 from n_layer/n_embd) | "smollm2-135m" (packaged, offline)
+    path: str | None = None              # a local Hugging Face causal LM directory (instead of name)
     n_layer: int = 2
     n_embd: int = 64
     n_head: int = 2
-    lora: bool = False
+    lora: bool | None = None             # None: LoRA for pretrained models (name or path), full training for tiny
     lora_rank: int = 8
+    lora_alpha: float | None = None      # None: 2 * lora_rank
+    lora_targets: list[str] | None = None  # None: the attention projections (GPT-2 c_attn, Llama q_proj/v_proj)
     freeze_embeddings: bool = False      # token embedding (tied to the output layer) not trained; for dp.mode ghost
+
+    def __post_init__(self) -> None:
+        from training.pretrained import PACKAGED, TINY
+
+        if self.name != TINY and self.name not in PACKAGED:
+            raise ConfigError(f"unknown [model] name {self.name!r}; expected {TINY!r} or one of {sorted(PACKAGED)}")
+        if self.path is not None and self.name != TINY:
+            raise ConfigError("[model] sets both name and path; a run trains one model")
+        if self.lora_rank < 1 or (self.lora_alpha is not None and not self.lora_alpha > 0):
+            raise ConfigError("lora_rank must be >= 1 and lora_alpha > 0")
+
+    @property
+    def pretrained(self) -> bool:
+        return self.path is not None or self.name != "tiny"
+
+    @property
+    def use_lora(self) -> bool:
+        return self.pretrained if self.lora is None else bool(self.lora)
 
 
 @dataclass
@@ -133,6 +155,32 @@ class RunConfig:
 
         make_strategy(f.aggregator, **self.aggregator_options)  # refuses options the aggregator does not take
         return self
+
+
+DEMO_MODELS = ("smollm2-135m", "tiny")
+
+
+def demo_config(model: str = "smollm2-135m") -> RunConfig:
+    """The ``secagg demo`` run: 3 clouds, each holding different Shakespeare plays (two each), DP-SGD on every
+    client, CKKS. ``smollm2-135m``: federated DP LoRA fine-tuning of the packaged pretrained SmolLM2-135M
+    (``examples/smollm2_lora.toml`` is the same run as a file); ``tiny``: a tiny GPT-2 trained from scratch (the
+    seconds-long protocol demo).
+
+    Why the SmolLM2 settings: DP-SGD's noise on the mean clipped gradient has norm σ·C·√d/B against a signal of
+    at most C, so the demo trains few parameters (LoRA rank 1 on q/v: 57,600), clips at C = 0.3 (about the median
+    per-sequence gradient norm of those adapters at the start) and takes batches of 16 short blocks (32 tokens,
+    the same tokens per step as 8 x 64), on all of each client's text (a lower sample rate q, so a lower ε)."""
+    if model not in DEMO_MODELS:
+        raise ConfigError(f"unknown demo model {model!r}; expected one of {', '.join(DEMO_MODELS)}")
+    cfg = RunConfig()
+    if model == "tiny":
+        return cfg
+    cfg.model.name, cfg.model.lora_rank = model, 1
+    cfg.data.block_size, cfg.data.max_blocks_per_client = 32, 4096  # all of each client's text (2.2k-2.4k blocks)
+    t = cfg.train
+    t.rounds, t.local_steps, t.batch_size, t.lr, t.threads = 3, 3, 16, 3e-2, 0
+    cfg.dp.noise_multiplier, cfg.dp.max_grad_norm = 0.6, 0.3
+    return cfg
 
 
 def _build(cls, table: dict, section: str):

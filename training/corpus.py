@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from training import data as D
 from training import partition as P
@@ -23,6 +25,8 @@ class Prepared:
     pool: np.ndarray
     vocab_size: int
     assignment: list[list[str]]
+    tokenizer: Tokenizer | None = None   # what the blocks were encoded with (the model's own, or the corpus BPE)
+    eos_id: int | None = None
 
 
 def _documents(cfg: DataConfig) -> dict[str, str]:
@@ -33,12 +37,17 @@ def _documents(cfg: DataConfig) -> dict[str, str]:
     return {f"article-{i:05d}": a for i, a in enumerate(arts)}
 
 
-def prepare(cfg: DataConfig, n_clients: int, rng: np.random.Generator, shares: list[float] | None = None) -> Prepared:
-    """Tokenize (cached BPE), cut into blocks, hold out the last ``val_fraction`` of every document for the
-    server, and partition the rest among clients per ``cfg.partition`` (``shares``: capacity partition)."""
+def prepare(cfg: DataConfig, n_clients: int, rng: np.random.Generator, shares: list[float] | None = None,
+            tokenizer_dir: str | Path | None = None) -> Prepared:
+    """Tokenize (the model's own tokenizer from ``tokenizer_dir``, else a cached BPE trained on the corpus), cut
+    into blocks, hold out the last ``val_fraction`` of every document for the server, and partition the rest
+    among clients per ``cfg.partition`` (``shares``: capacity partition)."""
     docs = _documents(cfg)
-    tok = D.train_tokenizer(list(docs.values()), cfg.vocab_size, cfg.cache_dir)
-    ids = D.encode_documents(tok, docs)
+    if tokenizer_dir is not None:
+        tok, eos = D.model_tokenizer(tokenizer_dir)
+    else:
+        tok, eos = D.train_tokenizer(list(docs.values()), cfg.vocab_size, cfg.cache_dir), None
+    ids = D.encode_documents(tok, docs, eos)
     train_blocks: dict[str, np.ndarray] = {}
     val_parts = []
     for name, t in ids.items():
@@ -83,4 +92,5 @@ def prepare(cfg: DataConfig, n_clients: int, rng: np.random.Generator, shares: l
     if any(len(c) == 0 for c in clients):
         raise DataError("a client received no training blocks; use fewer clients or more data")
     pool = np.concatenate(clients)
-    return Prepared(clients, val, pool, tok.get_vocab_size(), assignment)
+    return Prepared(clients, val, pool, tok.get_vocab_size(), assignment, tok,
+                    tok.token_to_id(D.EOS) if eos is None else eos)

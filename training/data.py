@@ -25,7 +25,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from training.errors import DataError
 
 __all__ = ["shakespeare_files", "load_shakespeare", "load_wikitext", "detect_wikitext_layout", "train_tokenizer",
-           "encode_documents", "lm_blocks", "EOS", "default_cache_dir"]
+           "encode_documents", "model_tokenizer", "lm_blocks", "EOS", "default_cache_dir"]
 
 EOS = "<|endoftext|>"
 _SPLITS = {"train": ("wiki.train.raw", "train"), "valid": ("wiki.valid.raw", "validation"),
@@ -160,12 +160,35 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 2048, cache_dir: str
     return tok
 
 
-def encode_documents(tok: Tokenizer, docs: Mapping[str, str]) -> dict[str, np.ndarray]:
-    """Document name -> int64 token ids, each document followed by ``EOS``."""
-    eos = tok.token_to_id(EOS)
+def encode_documents(tok: Tokenizer, docs: Mapping[str, str], eos: int | None = None) -> dict[str, np.ndarray]:
+    """Document name -> int64 token ids (no special tokens added), each document followed by ``eos`` (default:
+    the id of ``EOS``)."""
+    eos = tok.token_to_id(EOS) if eos is None else eos
+    if eos is None:
+        raise DataError(f"the tokenizer has no {EOS} token; pass the end-of-document id")
     names = list(docs)
-    encs = tok.encode_batch([docs[n] for n in names])
+    encs = tok.encode_batch([docs[n] for n in names], add_special_tokens=False)
     return {n: np.asarray(e.ids + [eos], dtype=np.int64) for n, e in zip(names, encs)}
+
+
+def model_tokenizer(directory: str | Path) -> tuple[Tokenizer, int]:
+    """A model's own tokenizer (``tokenizer.json`` in a Hugging Face directory) and its end-of-document id:
+    ``EOS`` if the vocabulary has it, else the model config's ``eos_token_id``."""
+    import json
+
+    directory = Path(directory)
+    try:
+        tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    except Exception as e:  # tokenizers raises a bare Exception on a bad file
+        raise DataError(f"cannot read {directory / 'tokenizer.json'}: {e}") from None
+    eos = tok.token_to_id(EOS)
+    if eos is None:
+        try:
+            eos = json.loads((directory / "config.json").read_text())["eos_token_id"]
+        except (OSError, ValueError, KeyError) as e:
+            raise DataError(f"{directory} names no end-of-document token ({EOS} or eos_token_id)") from e
+        eos = eos[0] if isinstance(eos, list) else eos
+    return tok, int(eos)
 
 
 def lm_blocks(ids: np.ndarray, block_size: int) -> np.ndarray:

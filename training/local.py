@@ -1,8 +1,9 @@
 """Local training on one client: a Hugging Face causal LM, E local steps, optional DP-SGD -> ClientUpdate.
 
-The model is a tiny GPT-2 built from a config by default (offline, no weights downloaded); any local model
-directory works (``from_pretrained(path, local_files_only=True)``); ``lora=True`` trains LoRA adapters only
-(needs ``peft``). Only trainable parameters travel: :func:`get_flat` / :func:`set_flat` map them to one float
+The model is a tiny GPT-2 built from a config by default (offline, no weights downloaded), a packaged pretrained
+model (``name``, :mod:`training.pretrained`), or any local model directory (``from_pretrained(path,
+local_files_only=True)``); ``lora=True`` trains LoRA adapters only (needs ``peft``), the base is frozen and never
+leaves the client. Only trainable parameters travel: :func:`get_flat` / :func:`set_flat` map them to one float
 vector in ``named_parameters`` order, which is the vector the federation aggregates.
 """
 
@@ -19,12 +20,14 @@ import torch
 from training.errors import ConfigError
 from training.update import ClientUpdate
 
-__all__ = ["ModelSpec", "build_model", "get_flat", "set_flat", "evaluate", "LocalTrainer", "ClientUpdate"]
+__all__ = ["ModelSpec", "build_model", "parameter_counts", "get_flat", "set_flat", "evaluate", "LocalTrainer",
+           "ClientUpdate"]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to build the model: ``path`` (a local HF model directory) or a tiny GPT-2 of the given shape."""
+    """How to build the model: a packaged pretrained ``name`` (:mod:`training.pretrained`), ``path`` (a local HF
+    model directory), or a tiny GPT-2 of the given shape; ``lora``: LoRA adapters are the only trainable part."""
 
     path: str | None = None
     vocab_size: int = 2048
@@ -36,12 +39,27 @@ class ModelSpec:
     lora_rank: int = 8
     seed: int = 0
     freeze_embeddings: bool = False     # the (tied) token embedding does not train: needed by ghost clipping
+    name: str = "tiny"
+    lora_alpha: float | None = None     # None: 2 * lora_rank
+    lora_targets: tuple[str, ...] | None = None
+    cache_dir: str | None = None
 
     @classmethod
-    def from_config(cls, model, vocab_size: int, block_size: int, seed: int) -> "ModelSpec":
+    def from_config(cls, model, vocab_size: int, block_size: int, seed: int,
+                    cache_dir: str | None = None) -> "ModelSpec":
         """The spec of a run file's ``[model]`` section (:class:`training.config.ModelConfig`)."""
-        return cls(model.path, vocab_size, block_size, model.n_layer, model.n_embd, model.n_head, model.lora,
-                   model.lora_rank, seed, model.freeze_embeddings)
+        return cls(model.path, vocab_size, block_size, model.n_layer, model.n_embd, model.n_head, model.use_lora,
+                   model.lora_rank, seed, model.freeze_embeddings, model.name, model.lora_alpha,
+                   tuple(model.lora_targets) if model.lora_targets else None, cache_dir)
+
+    @property
+    def source(self) -> str | None:
+        """The local directory the weights load from (a packaged model's float32 cache entry), or None (tiny)."""
+        from training.pretrained import cached_model_dir, is_packaged
+
+        if is_packaged(self.name):
+            return str(cached_model_dir(self.name, self.cache_dir))
+        return self.path
 
 
 def build_model(spec: ModelSpec) -> torch.nn.Module:
@@ -49,25 +67,37 @@ def build_model(spec: ModelSpec) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(spec.seed)
-    if spec.path is not None:
-        model = AutoModelForCausalLM.from_pretrained(spec.path, local_files_only=True)
+    source = spec.source
+    if source is not None:
+        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=torch.float32)
     else:
         cfg = GPT2Config(vocab_size=spec.vocab_size, n_positions=spec.block_size, n_embd=spec.n_embd,
                          n_layer=spec.n_layer, n_head=spec.n_head, bos_token_id=0, eos_token_id=0,
                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
         model = GPT2LMHeadModel(cfg)
     if spec.lora:
+        from privacy.errors import PrivacyError
+        from privacy.hf import LoraSettings, apply_lora
+
+        targets = spec.lora_targets or (("c_attn", "c_proj") if source is None else None)  # None: attention
+        settings = LoraSettings(r=spec.lora_rank, alpha=spec.lora_alpha or 2 * spec.lora_rank,
+                                target_modules=targets)
         try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError as e:
-            raise ConfigError("lora=True needs the 'peft' package (pip install -e '.[lora]')") from e
-        targets = ["c_attn", "c_proj"] if spec.path is None else None
-        model = get_peft_model(model, LoraConfig(r=spec.lora_rank, lora_alpha=2 * spec.lora_rank,
-                                                 target_modules=targets, lora_dropout=0.0))
+            model = apply_lora(model, settings)
+        except PrivacyError as e:
+            raise ConfigError(str(e)) from e
     if spec.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)  # the tied output layer shares this weight
     model.train()
     return model
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(base model parameters, trainable parameters) of ``model``, tied weights counted once. The base is every
+    parameter but the LoRA adapters': with LoRA it is the frozen model that is never sent; without, it is the
+    model itself, all of it trained."""
+    base = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    return base, sum(p.numel() for _, p in _trainable(model))
 
 
 def _trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:

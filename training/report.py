@@ -19,13 +19,17 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def write_metrics(rows: Sequence[RoundMetrics], path: str | Path) -> Path:
-    """One JSON object per line with at least round, loss, epsilon, bytes_up, bytes_down, seconds."""
+def write_metrics(rows: Sequence[RoundMetrics], path: str | Path, initial_loss: float | None = None) -> Path:
+    """One JSON object per line with at least round, loss, epsilon, bytes_up, bytes_down, seconds; the first
+    line also carries ``initial_loss`` (the global model's validation loss before round 1) when given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r.as_json(), sort_keys=True) + "\n")
+        for i, r in enumerate(rows):
+            row = r.as_json()
+            if i == 0 and initial_loss is not None:
+                row["initial_loss"] = initial_loss
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
     return path
 
 
@@ -68,10 +72,15 @@ def plot(rows: Sequence[RoundMetrics], out: str | Path, initial_loss: float | No
     return paths
 
 
-def final_table(rows: Sequence[RoundMetrics]) -> str:
-    """A fixed-width table: one line per round, then totals."""
+def final_table(rows: Sequence[RoundMetrics], initial_loss: float | None = None) -> str:
+    """A fixed-width table: the start (round 0, when ``initial_loss`` is given), one line per round, totals."""
+    import math
+
     head = f"{'round':>5} {'loss':>7} {'ppl':>8} {'eps(max)':>9} {'up':>10} {'down':>10} {'wall s':>7} {'model s':>8}"
     lines = [head, "-" * len(head)]
+    if initial_loss is not None:
+        lines.append(f"{0:>5} {initial_loss:>7.3f} {math.exp(min(initial_loss, 50.0)):>8.1f} {'-':>9} {'-':>10} "
+                     f"{'-':>10} {'-':>7} {'-':>8}")
     for r in rows:
         eps = f"{r.epsilon:.2f}" if r.epsilon is not None else "-"
         lines.append(f"{r.round:>5} {r.loss:>7.3f} {r.perplexity:>8.1f} {eps:>9} {human_bytes(r.bytes_up):>10} "
@@ -82,6 +91,9 @@ def final_table(rows: Sequence[RoundMetrics]) -> str:
         lines.append(f"total up {human_bytes(sum(r.bytes_up for r in rows))}, down "
                      f"{human_bytes(sum(r.bytes_down for r in rows))}, wall {sum(r.seconds for r in rows):.1f} s, "
                      f"modelled cross-cloud time {last.sim_time:.1f} s")
+        if initial_loss is not None:
+            start, end = math.exp(min(initial_loss, 50.0)), last.perplexity
+            lines.append(f"validation perplexity {start:.1f} -> {end:.1f} ({100 * (end / start - 1):+.1f}%)")
         per = ", ".join(f"client {c}: ε={e:.2f}" if e is not None else f"client {c}: no DP"
                         for c, e in sorted(last.epsilon_per_client.items()))
         lines.append(f"privacy spent: {per}")

@@ -36,6 +36,7 @@ from training.federation import Federation, RoundReport
 from training.local import LocalTrainer, ModelSpec, build_model, evaluate, get_flat, set_flat
 from training.partition import CapacityPartitioner
 from training.platforms import profiles_for
+from training.pretrained import tokenizer_dir
 from training.secure import SecureSum
 from training.update import ClientUpdate
 
@@ -94,9 +95,10 @@ class Runner:
         self.capacity = CapacityPartitioner([p.speed for p in self.platforms]) \
             if cfg.data.partition == "capacity" else None
         shares = list(self.capacity.shares()) if self.capacity else None
-        self.data: Prepared = prepare(cfg.data, f.clients, self.rng, shares)
         m = cfg.model
-        self.spec = ModelSpec.from_config(m, self.data.vocab_size, cfg.data.block_size, t.seed)
+        self.data: Prepared = prepare(cfg.data, f.clients, self.rng, shares,
+                                      tokenizer_dir(m.name, m.path, cfg.data.cache_dir))
+        self.spec = ModelSpec.from_config(m, self.data.vocab_size, cfg.data.block_size, t.seed, cfg.data.cache_dir)
         self.eval_model = build_model(self.spec)
         dp = cfg.dp if cfg.dp.enabled else None
         self.trainers = [LocalTrainer(i, self.spec, self.data.clients[i], batch_size=t.batch_size, lr=t.lr,

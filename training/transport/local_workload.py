@@ -86,11 +86,13 @@ class _TrainerSource:
 
 
 class LocalWorkload:
-    """A tiny GPT-2 (or a local HF model) trained by every client; see the module docstring."""
+    """The run file's model (tiny GPT-2, packaged or local HF model) trained by every client; see the module
+    docstring."""
 
     def __init__(self, cfg: TransportConfig) -> None:
         from training.corpus import prepare
         from training.local import ModelSpec
+        from training.pretrained import tokenizer_dir
 
         self.run = run = run_config(cfg.run_config, cfg)
         if run.train.threads:  # as in `secagg run`: tiny models are fastest on one thread per process
@@ -98,9 +100,11 @@ class LocalWorkload:
 
             torch.set_num_threads(run.train.threads)
         self.make_strategy = cfg.strategy
-        self.data = prepare(run.data, cfg.clients, np.random.default_rng(run.train.seed), None)
         m = run.model
-        self.spec = ModelSpec.from_config(m, self.data.vocab_size, run.data.block_size, run.train.seed)
+        self.data = prepare(run.data, cfg.clients, np.random.default_rng(run.train.seed), None,
+                            tokenizer_dir(m.name, m.path, run.data.cache_dir))
+        self.spec = ModelSpec.from_config(m, self.data.vocab_size, run.data.block_size, run.train.seed,
+                                          run.data.cache_dir)
         self.cohort = cfg.cohort_size
         self.ledger_budget = (run.dp.epsilon_budget or 1e9, run.dp.delta)
         self._eval_model = None

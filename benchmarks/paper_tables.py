@@ -37,6 +37,7 @@ from collections import Counter
 import math
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -453,6 +454,7 @@ def main(argv=None) -> dict:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    argv = sys.argv[1:] if argv is None else argv  # recorded in the JSON's "command"
     args = parse(argv)
     if args.render is not None:
         report = json.loads(args.render.read_text())

@@ -77,3 +77,21 @@ def test_lr_selection_gives_each_side_its_best_grid_value(monkeypatch):
     assert len(rows) == 6 and {(s, a) for s, a, _, _ in seen} == {("plaintext", "fedavg")}
     assert (args.dp_lr, args.lr) == (3e-3, 1e-3)
     assert [(r["epsilon_target"], r["lr"]) for r in chosen] == [(8.0, 3e-3), (None, 1e-3)]
+
+
+def test_full_model_benchmark_measures_masking_and_packed_and_marks_ckks_derived(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from benchmarks import full_model
+
+    monkeypatch.setattr(sys, "argv", ["full_model", "--dim", "20000", "--out", str(tmp_path)])
+    full_model.main()
+    out = json.loads((tmp_path / "full_model.json").read_text())
+    rows = {r["scheme"]: r for r in out["rows"]}
+    assert set(rows) == {"masking32", "packed", "ckks-default"} and out["dim"] == 20000
+    for s in ("masking32", "packed"):
+        assert rows[s]["source"] == "measured" and rows[s]["max_abs_error"] < 1e-4
+        assert rows[s]["peak_rss_bytes"] >= out["inputs_peak_rss_bytes"] > 0  # equal when imports dominate
+    assert rows["ckks-default"]["max_abs_error"] is None and rows["ckks-default"]["source"].startswith("derived")
+    assert (tmp_path / "full_model.png").read_bytes()[:4] == b"\x89PNG"

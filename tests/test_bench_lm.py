@@ -95,3 +95,19 @@ def test_full_model_benchmark_measures_masking_and_packed_and_marks_ckks_derived
         assert rows[s]["peak_rss_bytes"] >= out["inputs_peak_rss_bytes"] > 0  # equal when imports dominate
     assert rows["ckks-default"]["max_abs_error"] is None and rows["ckks-default"]["source"].startswith("derived")
     assert (tmp_path / "full_model.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_smollm2_privacy_summary_checks_the_goal_against_the_non_private_run():
+    from benchmarks.smollm2_privacy import summarise
+
+    def run(eps, ppl, seed=0):
+        return {"scheme": "ckks", "seed": seed, "epsilon_target": eps, "final_perplexity": ppl,
+                "initial_perplexity": 160.0}
+
+    runs = [run(None, 70.0), run(None, 72.0, 1), run(8.0, 73.0), run(8.0, 75.0, 1), run(2.0, 100.0)]
+    s = summarise(runs)
+    assert s["by_point"]["ckks eps=8"] == {"mean": 74.0, "min": 73.0, "max": 75.0, "seeds": 2}
+    g = s["goal"]["ckks"]
+    assert g["ppl_ratio"] == pytest.approx(74.0 / 71.0) and g["gain_kept"] == pytest.approx(86.0 / 89.0)
+    assert g["pass"]
+    assert not summarise([run(None, 70.0), run(8.0, 90.0)])["goal"]["ckks"]["pass"]  # 1.29x: a miss

@@ -17,7 +17,8 @@ from training.runner import Runner
 def test_one_dp_lora_round_on_smollm2_lowers_validation_perplexity(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = demo_config("smollm2-135m")
-    cfg.train.rounds, cfg.data.max_val_blocks = 1, 24
+    # one torch thread: beside another pytest worker, two threads on two cores run several times slower
+    cfg.train.rounds, cfg.data.max_val_blocks, cfg.train.threads = 1, 24, 1
     runner = Runner(cfg)
     assert type(runner.eval_model.get_base_model()).__name__ == "LlamaForCausalLM"
     assert parameter_counts(runner.eval_model) == (134_515_008, 57_600)

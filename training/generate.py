@@ -41,7 +41,7 @@ def greedy(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, max_new_to
     step = x
     for _ in range(max_new_tokens):
         out = model(input_ids=step, use_cache=True, **({key: past} if past is not None else {}))
-        past = out.get("cache", out.get("past_key_values"))
+        past = out["cache"] if "cache" in out else out["past_key_values"]
         nxt = int(out.logits[0, -1].argmax())
         if stop_id is not None and nxt == stop_id:
             break

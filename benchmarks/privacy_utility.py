@@ -272,6 +272,9 @@ def plot(results: list[dict], path: Path) -> None:
 
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="tiny", choices=["tiny", "smollm2-135m"],
+                    help="smollm2-135m: the demo's DP LoRA federation per ε, seed and secure scheme "
+                         "(benchmarks.smollm2_privacy; only --eps, --seeds, --schemes, --out apply)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 rounds x 2 steps, ε ∈ {8, ∞}, plaintext")
     ap.add_argument("--eps", nargs="+", type=float, default=list(EPSILONS), help="targets; 'inf' = no DP")
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
@@ -321,7 +324,7 @@ def parse(argv=None) -> argparse.Namespace:
             args.schemes = ["plaintext"]
     if args.private_docs is None:
         args.private_docs = 600 if args.wikitext else 32
-    if args.out is None:
+    if args.out is None and args.model == "tiny":
         # a smoke run never overwrites the committed results
         args.out = (Path(tempfile.gettempdir()) / "secagg-bench" if args.quick else RESULTS) / \
             ("privacy_utility_quick.json" if args.quick else "privacy_utility.json")
@@ -385,6 +388,12 @@ def main(argv=None) -> dict:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     args = parse(argv)
+    if args.model != "tiny":
+        from benchmarks import smollm2_privacy
+
+        schemes = [s for s in args.schemes if s != "plaintext"]  # the plaintext baseline is tiny-model only
+        return smollm2_privacy.main(["--eps", *map(str, args.eps), "--seeds", *map(str, args.seeds),
+                                     "--schemes", *schemes] + (["--out", str(args.out)] if args.out else []))
     torch.set_num_threads(max(1, int(os.environ.get("BENCH_THREADS", "1"))))
     runs = plan(args)
     args.seed = args.seeds[0]

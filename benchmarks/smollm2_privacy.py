@@ -1,6 +1,8 @@
 """Privacy vs utility of the main job: federated DP LoRA fine-tuning of SmolLM2-135M at several ε.
 
     python -m benchmarks.smollm2_privacy [--eps 2 8 inf] [--seeds 0] [--schemes ckks] [--threads 1]
+    python -m benchmarks.privacy_utility --model smollm2-135m     # the same, issue 12's grid by default:
+                                                                  # ε ∈ {1, 2, 4, 8, ∞} x {ckks, masking} x 3 seeds
 
 Each point is the ``secagg demo`` run (``training.config.demo_config("smollm2-135m")``: 3 clouds with two plays
 each, LoRA rank 1 on q/v, 3 rounds x 3 local steps, expected batch 16 x 32 tokens, clip 0.3, local AdamW lr 3e-2)
@@ -113,14 +115,14 @@ def _plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eps", nargs="+", type=float, default=[2.0, 8.0, math.inf])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--schemes", nargs="+", default=["ckks"], choices=["ckks", "masking", "packed"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--out", type=Path, default=RESULTS / "smollm2_privacy.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     t0 = time.perf_counter()
     print(f"smollm2_privacy: eps {args.eps} x schemes {args.schemes} x seeds {args.seeds}", flush=True)
     runs = [run_one(s, e, seed, args.threads) for seed in args.seeds for s in args.schemes for e in args.eps]
@@ -130,13 +132,15 @@ def main() -> None:
               f"{GOAL_PPL_RATIO}), {100 * g['gain_kept']:.0f}% of the gain kept (goal >= "
               f"{100 * GOAL_GAIN_KEPT:.0f}%): {'pass' if g['pass'] else 'MISS'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    report = {
         "command": "python -m benchmarks.smollm2_privacy " + " ".join(
             ["--eps", *map(str, args.eps), "--seeds", *map(str, args.seeds), "--schemes", *args.schemes]),
         "machine": platform.platform(), "note": "shared 2-core machine; lr is the demo's for every ε (not tuned)",
-        "runs": runs, **summary, "total_s": time.perf_counter() - t0}, indent=1) + "\n")
+        "runs": runs, **summary, "total_s": time.perf_counter() - t0}
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
     _plot(runs, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and .png in {time.perf_counter() - t0:.0f} s")
+    return report
 
 
 if __name__ == "__main__":

@@ -111,3 +111,15 @@ def test_smollm2_privacy_summary_checks_the_goal_against_the_non_private_run():
     assert g["ppl_ratio"] == pytest.approx(74.0 / 71.0) and g["gain_kept"] == pytest.approx(86.0 / 89.0)
     assert g["pass"]
     assert not summarise([run(None, 70.0), run(8.0, 90.0)])["goal"]["ckks"]["pass"]  # 1.29x: a miss
+
+
+def test_privacy_utility_hands_the_smollm2_grid_to_smollm2_privacy(monkeypatch):
+    from benchmarks import smollm2_privacy
+
+    seen = []
+    monkeypatch.setattr(smollm2_privacy, "main", lambda argv: seen.append(argv) or {})
+    PU.main(["--model", "smollm2-135m"])
+    assert seen[-1] == ["--eps", "1.0", "2.0", "4.0", "8.0", "inf", "--seeds", "0", "1", "2",
+                        "--schemes", "ckks", "masking"]  # issue 12's grid; never the tiny model's results file
+    PU.main(["--model", "smollm2-135m", "--eps", "8", "--seeds", "3", "--schemes", "plaintext", "masking"])
+    assert seen[-1] == ["--eps", "8.0", "--seeds", "3", "--schemes", "masking"]

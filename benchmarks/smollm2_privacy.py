@@ -104,11 +104,20 @@ def _plot(runs: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for scheme in sorted({r["scheme"] for r in runs}):
-        pts = sorted((r["epsilon_target"] or 64.0, r["final_perplexity"]) for r in runs if r["scheme"] == scheme)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{scheme} (ε = ∞ plotted at 64)")
+        by_eps: dict[float, list[float]] = {}
+        for r in runs:
+            if r["scheme"] == scheme:
+                by_eps.setdefault(r["epsilon_target"] or 64.0, []).append(r["final_perplexity"])
+        xs = sorted(by_eps)
+        mean = [float(np.mean(by_eps[x])) for x in xs]
+        err = [[m - min(by_eps[x]) for x, m in zip(xs, mean)], [max(by_eps[x]) - m for x, m in zip(xs, mean)]]
+        ax.errorbar(xs, mean, yerr=err, fmt="o-", capsize=3,
+                    label=f"{scheme}: mean, min-max over seeds (ε = ∞ at 64)")
     ax.axhline(np.mean([r["initial_perplexity"] for r in runs]), color="gray", ls="--", label="pretrained start")
     ax.set(xscale="log", xlabel="ε per client (δ = 1e-5)", ylabel="validation perplexity after 3 rounds",
            title="SmolLM2-135M, federated DP LoRA (rank 1), 3 clouds")
+    ax.set_xticks([1, 2, 4, 8, 16, 64], ["1", "2", "4", "8", "16", "∞"])
+    ax.minorticks_off()
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -122,10 +131,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--schemes", nargs="+", default=["ckks"], choices=["ckks", "masking", "packed"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--out", type=Path, default=RESULTS / "smollm2_privacy.json")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG of --out from its JSON")
+    ap.add_argument("--extend", action="store_true",
+                    help="keep the runs already in --out and add only the missing (scheme, ε, seed) points")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        _plot(json.loads(args.out.read_text())["runs"], args.out.with_suffix(".png"))
+        return {}
     t0 = time.perf_counter()
     print(f"smollm2_privacy: eps {args.eps} x schemes {args.schemes} x seeds {args.seeds}", flush=True)
-    runs = [run_one(s, e, seed, args.threads) for seed in args.seeds for s in args.schemes for e in args.eps]
+    runs = json.loads(args.out.read_text())["runs"] if args.extend and args.out.is_file() else []
+    done = {(r["scheme"], r["epsilon_target"] or math.inf, r["seed"]) for r in runs}
+    runs += [run_one(s, e, seed, args.threads) for seed in args.seeds for s in args.schemes for e in args.eps
+             if (s, e, seed) not in done]
     summary = summarise(runs)
     for scheme, g in summary["goal"].items():
         print(f"  {scheme}: at eps={GOAL_EPS:g} perplexity {g['ppl_ratio']:.3f}x non-private (goal <= "
@@ -134,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "command": "python -m benchmarks.smollm2_privacy " + " ".join(
-            ["--eps", *map(str, args.eps), "--seeds", *map(str, args.seeds), "--schemes", *args.schemes]),
+            ["--eps", *map(str, args.eps), "--seeds", *map(str, args.seeds), "--schemes", *args.schemes]
+            + (["--extend"] if args.extend else [])),
         "machine": platform.platform(), "note": "shared 2-core machine; lr is the demo's for every ε (not tuned)",
         "runs": runs, **summary, "total_s": time.perf_counter() - t0}
     args.out.write_text(json.dumps(report, indent=1) + "\n")

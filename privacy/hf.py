@@ -117,6 +117,11 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     except ImportError as exc:  # optional extra
         raise UnsupportedModelError("mode='lora' needs peft: pip install peft (a dependency of secagg)") from exc
     targets = list(settings.target_modules) if settings.target_modules else _default_targets(model)
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = sorted(set(targets) - names)
+    if missing:
+        raise UnsupportedModelError(f"LoRA target modules {missing} are not in the model (it has e.g. "
+                                    f"{sorted(n for n in names if 'proj' in n or 'attn' in n)[:8]})")
     fan_in_fan_out = any(type(m).__name__ == "Conv1D" for n, m in model.named_modules()
                          if n.rsplit(".", 1)[-1] in targets)
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,

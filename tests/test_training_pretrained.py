@@ -176,3 +176,11 @@ def test_greedy_generation_with_the_kv_cache_equals_recomputing_every_prefix(pac
         greedy(model, tok, "a " * 80, max_new_tokens=4)
     with pytest.raises(ConfigError, match=">= 1"):
         greedy(model, tok, prompt, max_new_tokens=0)
+
+
+def test_lora_targets_that_the_model_lacks_are_a_named_error(packaged):
+    _, cache = packaged
+    with pytest.raises(ConfigError, match=r"\['c_attn'\] are not in the model"):
+        build_model(ModelSpec(name=NAME, cache_dir=str(cache), lora=True, lora_targets=("c_attn",)))
+    model = build_model(ModelSpec(name=NAME, cache_dir=str(cache), lora=True, lora_targets=("o_proj",)))
+    assert {n.split(".")[-4] for n, p in model.named_parameters() if p.requires_grad} == {"o_proj"}

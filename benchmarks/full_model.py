@@ -74,13 +74,13 @@ def _summary(row: dict, inputs_rss: int) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=3)
     ap.add_argument("--dim", type=int, default=None, help=f"values per client (default {SMOLLM2_PARAMETERS:,})")
     ap.add_argument("--quick", action="store_true", help="D = 1e6: seconds; written to the temporary directory")
     ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     dim = args.dim or (10**6 if args.quick else SMOLLM2_PARAMETERS)
     n, t0 = args.clients, time.perf_counter()
     print(f"full-model secure aggregation: n={n}, D={dim:,} ({os.cpu_count()} CPUs; {NOTE})", flush=True)

@@ -1,6 +1,7 @@
 """Scaling: how one round's time and bytes grow with the number of clients n and with the update size D.
 
     python -m benchmarks.scaling [--quick]
+    python -m benchmarks.scaling --full-model   # one whole SmolLM2-135M update per client (benchmarks.full_model)
 
 Every point is one real in-process round through the sans-I/O roles (every message as bytes; see
 :func:`benchmarks.crypto_costs.measure_round`). "Round time" is the wall time of the whole simulated round with
@@ -100,7 +101,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="seconds: small n and D, masking and packed only")
     ap.add_argument("--out", type=Path, default=None, help=f"output folder (default {RESULTS}; --quick: {QUICK_OUT})")
+    ap.add_argument("--full-model", action="store_true",
+                    help="the full-model case instead: n=3, D=134,515,008 per client, peak memory per scheme")
     args = ap.parse_args()
+    if args.full_model:
+        from benchmarks import full_model
+
+        full_model.main((["--quick"] if args.quick else []) + (["--out", str(args.out)] if args.out else []))
+        return
     grid = GRIDS["quick" if args.quick else "default"]
     t0 = time.perf_counter()
     print(f"scaling ({os.cpu_count()} CPUs; {NOTE})", flush=True)

@@ -123,3 +123,15 @@ def test_privacy_utility_hands_the_smollm2_grid_to_smollm2_privacy(monkeypatch):
                         "--schemes", "ckks", "masking"]  # issue 12's grid; never the tiny model's results file
     PU.main(["--model", "smollm2-135m", "--eps", "8", "--seeds", "3", "--schemes", "plaintext", "masking"])
     assert seen[-1] == ["--eps", "8.0", "--seeds", "3", "--schemes", "masking"]
+
+
+def test_scaling_full_model_runs_the_full_model_benchmark(monkeypatch, tmp_path):
+    import sys
+
+    from benchmarks import full_model, scaling
+
+    seen = []
+    monkeypatch.setattr(full_model, "main", lambda argv: seen.append(argv))
+    monkeypatch.setattr(sys, "argv", ["scaling", "--full-model", "--quick", "--out", str(tmp_path)])
+    scaling.main()
+    assert seen == [["--quick", "--out", str(tmp_path)]]

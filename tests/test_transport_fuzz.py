@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from secagg.errors import SecAggError, WrongRoundError
+from tests.fixtures.transport import capture_finalize
 from training.transport.client import ClientAgent
 from training.transport.inproc import Deployment, FixedSource
 from training.transport.wire import TransportError, pack
@@ -97,14 +98,7 @@ def keyholder_capture(request):
     updates = [rng.uniform(-1, 1, 10) for _ in range(3)]
     sources = {i: FixedSource(updates[i], 1.0) for i in range(3)}
     dep = Deployment(request.param, sources, 10)
-    captured = []
-    inner = dep.coordinator.finalize
-
-    def recording(round_id, payload):
-        captured.append((round_id, payload))
-        return inner(round_id, payload)
-
-    dep.coordinator.finalize = recording
+    captured = capture_finalize(dep)
     try:
         records = dep.run(timeout=90)
         assert [r.status for r in records] == ["done"] and len(captured) == 1

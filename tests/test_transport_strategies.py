@@ -14,6 +14,7 @@ import pytest
 import secagg
 from secagg import errors as E
 from secagg.roles import KEYHOLDER
+from tests.fixtures.transport import capture_finalize
 from training.aggregation import GradientAggregation, LossWeighted
 from training.config import RunConfig, load_config
 from training.errors import ConfigError
@@ -255,14 +256,7 @@ def test_keyholder_service_never_decrypts_a_relabelled_aggregate(scheme):
     updates, weights = _data(3, 10, seed=4)
     sources = {i: FixedSource(u, w) for i, (u, w) in enumerate(zip(updates, weights))}
     with Deployment(scheme, sources, 10, rounds=2) as dep:
-        captured = []
-        finalize = dep.coordinator.finalize
-
-        def recording(round_id, payload):
-            captured.append((round_id, payload))
-            return finalize(round_id, payload)
-
-        dep.coordinator.finalize = recording
+        captured = capture_finalize(dep)
         records = dep.run(timeout=60)
         assert [r.status for r in records] == ["done", "done"]
         with pytest.raises(E.VerificationError, match="no pad seed"):

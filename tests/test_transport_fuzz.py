@@ -179,7 +179,7 @@ def idle_aggregator(tmp_path_factory):
     from training.transport.checkpoint import ServerState
     from training.transport.coordinator import Coordinator, RoundPolicy
     from training.transport.rpc import Stub, open_channel
-    from training.transport.schemes import make_scheme
+    from training.engine.roles import make_scheme
 
     d = tmp_path_factory.mktemp("fuzz-pki")
     init_certs(d, 1)

@@ -124,10 +124,10 @@ def test_signed_masking_clients_refuse_keys_substituted_by_the_aggregator(caplog
     sources = {i: FixedSource(u, w) for i, (u, w) in enumerate(zip(updates, weights))}
     caplog.set_level(logging.WARNING, logger="training.transport.client")
     with Deployment("masking", sources, 16, stage_timeout=1.0) as dep:
-        route, coord = dep.coordinator._route, dep.coordinator
+        route, coord = dep.coordinator.engine._route, dep.coordinator
         attacker = kex.public_bytes(kex.generate())  # the aggregator's own key, to read client 0's shares
 
-        def tampering(rnd, sender, outs):
+        def tampering(rnd, outs):
             forged = []
             for out in outs:
                 msg = decode(out.payload) if out.to == 0 else None
@@ -135,9 +135,9 @@ def test_signed_masking_clients_refuse_keys_substituted_by_the_aggregator(caplog
                     swapped = (attacker,) + msg.c_pks[1:]
                     out = Outbound(0, dataclasses.replace(msg, c_pks=swapped).to_bytes())
                 forged.append(out)
-            route(rnd, sender, forged)
+            route(rnd, forged)
 
-        coord._route = tampering
+        coord.engine._route = tampering
         assert dep.scheme.needs_identities
         records = dep.run(timeout=90)
     assert [r.status for r in records] == ["done"]

@@ -21,10 +21,11 @@ from training.errors import ConfigError
 from training.transport import checkpoint
 from training.transport.certs import Credentials
 from training.transport.config import TransportConfig, load_transport_config
-from training.transport.inproc import Deployment, FixedSource, default_keyholder
+from training.engine.roles import make_keyholder
+from training.transport.inproc import Deployment, FixedSource
 from training.transport.keyholder import serve_keyholder
 from training.transport.local_workload import run_config
-from training.transport.step import StrategyStep, encode_update
+from training.engine.terms import StrategyStep, encode_update
 from training.transport.trainer import SyntheticWorkload
 from training.transport.wire import StaleKeyError
 from training.update import ClientUpdate
@@ -190,8 +191,8 @@ def test_adam_state_is_checkpointed_with_the_model_and_restored_into_a_fresh_str
 def test_a_failed_server_step_leaves_model_round_and_strategy_state_untouched(tmp_path):
     from secagg.roles import AggregateResult
     from training.transport.coordinator import Coordinator, RoundPolicy
-    from training.transport.rounds import Round
-    from training.transport.schemes import make_scheme
+    from training.engine.rounds import Round
+    from training.engine.roles import make_scheme
 
     path = tmp_path / "agg.ckpt"
     start = np.full(4, -1e308)  # finite, but one Adam step of lr 1e308 overflows it to -inf
@@ -200,12 +201,13 @@ def test_a_failed_server_step_leaves_model_round_and_strategy_state_untouched(tm
                         step=StrategyStep(GradientAggregation(lr=1e308, optimizer="adam")))
     coord.state.next_round_id = 3  # as _open would have left it (write-ahead round ids)
     with pytest.raises(E.MalformedMessageError, match="not finite"), np.errstate(over="ignore"):
-        coord._commit(Round(1, 0, frozenset({0, 1}), None, b"", {}), AggregateResult(np.ones(4), 1.0, (0, 1)))
+        coord.engine.commit(Round(1, 0, frozenset({0, 1}), None, {}, {}), AggregateResult(np.ones(4), 1.0, (0, 1)))
     assert coord.step.state_dict() == {} and coord.state.round == 0 and np.array_equal(coord.state.model, start)
     assert not path.exists()  # nothing was checkpointed
     coord.step.strategy.lr = 1e-3  # a sane step now commits model, round and the first moments together
     coord.state.model = np.zeros(4)
-    coord._commit(Round(2, 0, frozenset({0, 1}), None, b"", {}), AggregateResult(np.ones(4), 1.0, (0, 1)))
+    coord.engine.commit(Round(2, 0, frozenset({0, 1}), None, {}, {}), AggregateResult(np.ones(4), 1.0, (0, 1)))
+    coord.save()  # what the driver does with the engine's Persist effect
     saved = checkpoint.load(path)
     assert saved.round == 1 and int(saved.strategy["t"]) == 1 and np.allclose(saved.model, coord.state.model)
 
@@ -228,7 +230,7 @@ def test_restarted_keyholder_costs_a_named_aborted_round_never_a_wrong_aggregate
             dep.records.append(record)
             if not fresh:
                 dep.servers[0].stop(0).wait()
-                fresh.append(default_keyholder(scheme, dep.scheme.options, 3))
+                fresh.append(make_keyholder(scheme, dep.scheme.options))
                 server, _ = serve_keyholder(fresh[0], Credentials.load(dep.certs, KEYHOLDER), "127.0.0.1",
                                             dep.keyholder_port, max_message_bytes=dep.limit)
                 dep.servers[0] = server

@@ -13,7 +13,7 @@ from training.transport.certs import Credentials, init_certs
 from training.transport.checkpoint import ServerState
 from training.transport.coordinator import Coordinator, RoundPolicy
 from training.transport.rpc import Stub, open_channel
-from training.transport.schemes import make_scheme
+from training.engine.roles import make_scheme
 from training.transport.wire import TransportError, channel_options, pack, unpack
 
 LIMIT = 1 << 24

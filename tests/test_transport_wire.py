@@ -218,7 +218,7 @@ def test_privacy_reports_are_checkpointed_before_the_reply_and_composed_once(tmp
 
     from privacy.accounting import PrivacyLedger, epsilon
     from training.transport.coordinator import Coordinator, RoundPolicy
-    from training.transport.schemes import make_scheme
+    from training.engine.roles import make_scheme
 
     path = tmp_path / "agg.ckpt"
 

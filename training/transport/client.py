@@ -45,8 +45,8 @@ from training.transport.aggregator import POLL_SECONDS
 from training.transport.certs import Credentials
 from training.transport.peers import PeerCertificates
 from training.transport.rpc import Stub, open_channel
-from training.transport.schemes import Scheme
-from training.transport.step import encode_update
+from training.engine.roles import Scheme
+from training.engine.terms import encode_update
 from training.transport.wire import StaleKeyError, TransportError, context_id, field, model_from, pack, unpack
 from training.update import ClientUpdate
 
@@ -252,7 +252,8 @@ class ClientAgent:
             peers = self.peers.resolve_roster(field(params, "cohort", list), field(params, "identities", str),
                                               lambda: self._certificates(round_id, None),
                                               lambda ids: self._certificates(round_id, ids))
-        role = self.scheme.client_role(self.client_id, params, ctx, self.creds, peers, sessions=self.sessions)
+        signer = self.creds.signer() if peers is not None else None
+        role = self.scheme.client_role(self.client_id, params, ctx, signer, peers, sessions=self.sessions)
         self._send(round_id, role.start(update, weight))
         while not role.done and not self.stop.is_set():
             env = self.stub.unary_stream("Receive", pack({"client_id": self.client_id, "round_id": round_id}),

@@ -20,23 +20,10 @@ from training.transport.checkpoint import ServerState
 from training.transport.client import ClientAgent, UpdateSource
 from training.transport.coordinator import Coordinator, RoundPolicy, RoundRecord
 from training.transport.keyholder import serve_keyholder
-from training.transport.schemes import make_scheme
-from training.transport.step import StrategyStep
+from training.engine.roles import make_keyholder, make_scheme
+from training.engine.terms import StrategyStep
 
-__all__ = ["Deployment", "FixedSource", "default_keyholder"]
-
-
-def default_keyholder(scheme: str, options: dict, cohort: int):
-    """A fresh key-holder role for ``scheme`` ("ckks" or "packed") with the deployment's public ``options``."""
-    if scheme == "packed":
-        from secagg.packed import PackedKeyHolder, PackedParams
-
-        params = PackedParams(max_cohort=options.get("max_cohort") or max(2, cohort),
-                              min_value_bits=options.get("min_value_bits", 14))
-        return PackedKeyHolder(params, min_contributors=options.get("min_contributors", 2))
-    from secagg.ckks import KeyHolder
-
-    return KeyHolder(**{k: v for k, v in options.items() if k in ("params", "min_contributors")})
+__all__ = ["Deployment", "FixedSource"]
 
 
 class FixedSource:
@@ -79,7 +66,7 @@ class Deployment:
         try:
             if self.scheme.needs_keyholder:
                 if keyholder is None:
-                    keyholder = default_keyholder(scheme, options or {}, len(self.sources))
+                    keyholder = make_keyholder(scheme, self.scheme.options)
                 server, kport = serve_keyholder(keyholder, Credentials.load(certs, KEYHOLDER), "127.0.0.1", 0,
                                                 max_message_bytes=max_message_bytes)
                 self.servers.append(server)

@@ -2,8 +2,8 @@
 its own shard of the run file's corpus; the aggregator applies the run's strategy and evaluates on held-out data.
 
 Each process derives the same data split from the run file and seed (``training.corpus.prepare``), then keeps
-only its part: client i its shard, the aggregator the validation blocks. Contributions are encoded exactly as in
-the in-process federation (strategy encode, L2 clip to ``update_clip``, optional distributed-noise share, clamp).
+only its part: client i its shard, the aggregator the validation blocks. Contributions are encoded by the engine's one
+:func:`~training.engine.contribution.contribute`, as in-process (strategy encode, L2 clip, noise share, clamp).
 Loss-weighted rounds use the aggregator's validation loss of the round's model as the public reference loss, as
 ``secagg run`` does; each client's own loss stays inside its process and only its secret weight e^{-(L-s)/T}
 enters the client's encrypted or masked lane.
@@ -15,9 +15,9 @@ import dataclasses
 
 import numpy as np
 
-from training.errors import ConfigError
+from training.engine.contribution import contribute
+from training.engine.terms import StrategyStep
 from training.transport.config import TransportConfig
-from training.transport.step import StrategyStep, encode_update
 
 __all__ = ["LocalWorkload", "run_config"]
 
@@ -62,24 +62,12 @@ class _TrainerSource:
         return self.encode(self.update(model, round_no), round_no, terms)
 
     def encode(self, update, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
-        """The strategy's contribution, L2-clipped, with this client's distributed-noise share (as in-process)."""
-        c = encode_update(self.strategy, update, round_no, terms)
-        public_checkin = not self.strategy.private_weights and "base_versions" not in terms  # async: set by server
-        if public_checkin and float(c.weight) != self.weight:
-            raise ConfigError("the strategy's weight differs from the one announced at check-in")
-        x = np.asarray(c.vector, dtype=np.float64)
+        """The engine's client-side contribution (as in-process): strategy encode, L2 clip, noise share."""
         f = self.work.run.federation
-        if f.update_clip is not None:
-            from privacy.clipping import clip_update
-
-            x, _ = clip_update(x, f.update_clip)
-            if f.noise_multiplier > 0:
-                from privacy.noise import weighted_share
-
-                reference = float(terms.get("max_weight", c.weight))  # the cohort's largest public weight
-                x = weighted_share(x, float(c.weight), clip_norm=f.update_clip, noise_multiplier=f.noise_multiplier,
-                                   n_clients=self.work.cohort, reference_weight=reference)
-        return x, float(c.weight)
+        c = contribute(self.strategy, update, round_no, terms, update_clip=f.update_clip,
+                       noise_multiplier=f.noise_multiplier, noise_shares=self.work.cohort,
+                       cohort=terms.get("cohort_size"), announced=self.weight)
+        return c.vector, c.weight
 
     def compute(self, model: np.ndarray, round_no: int) -> np.ndarray:
         return self.contribute(model, round_no, {})[0]

@@ -24,10 +24,10 @@ from training.transport.client import ClientAgent
 from training.transport.config import TransportConfig
 from training.transport.coordinator import Coordinator, RoundPolicy, RoundRecord
 from training.transport.keyholder import serve_keyholder
-from training.transport.schemes import make_scheme
+from training.engine.roles import make_keyholder, make_scheme
 from training.transport.trainer import make_workload
 
-__all__ = ["run_keyholder", "make_keyholder", "run_aggregator", "run_client", "write_port_file", "read_port_file"]
+__all__ = ["run_keyholder", "run_aggregator", "run_client", "write_port_file", "read_port_file"]
 
 log = logging.getLogger("training.transport")
 
@@ -56,24 +56,11 @@ def _on_term(stop) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop())
 
 
-def make_keyholder(cfg: TransportConfig):
-    """The key holder of ``cfg.scheme`` (fresh keys, in memory only): CKKS, or packed BFV for the cohort bound."""
-    if cfg.scheme == "packed":
-        from secagg.packed import PackedKeyHolder, PackedParams
-
-        opts = cfg.scheme_options()
-        return PackedKeyHolder(PackedParams(max_cohort=opts["max_cohort"], min_value_bits=opts["min_value_bits"]),
-                               min_contributors=cfg.min_contributors)
-    from secagg.ckks import KeyHolder
-
-    return KeyHolder(params=cfg.ckks_params, min_contributors=cfg.min_contributors)
-
-
 def run_keyholder(cfg: TransportConfig, *, port_file: str | None = None) -> None:
     """Generate the keys (CKKS or packed) and serve them until SIGTERM/SIGINT. The secret key is never written
     anywhere: a restarted key holder has new keys (see :mod:`.keyholder` for how the federation recovers)."""
     creds = Credentials.load(cfg.certs, KEYHOLDER)
-    kh = make_keyholder(cfg)
+    kh = make_keyholder(cfg.scheme, cfg.scheme_options())
     server, port = serve_keyholder(kh, creds, cfg.host, cfg.keyholder_port, max_message_bytes=cfg.max_message_bytes)
     write_port_file(port_file, port)
     log.info("key holder serving on %s:%d", cfg.host, port)

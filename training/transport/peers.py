@@ -20,27 +20,18 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from secagg.errors import AuthenticationError, MalformedMessageError
+from training.engine.roles import roster_digest
 from training.transport.certs import SigningIdentity, verify_signing_identity
 
 __all__ = ["CertificateMismatchError", "PeerCertificates", "roster_digest"]
 
 Fetch = Callable[[list[int]], Mapping[int, str]]  # client ids -> their signing certificates (PEM), from the aggregator
 FetchRoster = Callable[[], Mapping[int, str]]  # the round's {client id: fingerprint} listing, from the aggregator
-
-
-def roster_digest(listing: Mapping[int, str]) -> str:
-    """SHA-256 (hex) over a round's sorted ``client id: certificate fingerprint`` pairs (unambiguous: ids are
-    integers, fingerprints 64 hex digits)."""
-    h = hashlib.sha256(b"secagg/transport/roster/v1")
-    for c in sorted(listing):
-        h.update(f"{int(c)}:{listing[c]};".encode())
-    return h.hexdigest()
 
 
 def _is_fingerprint(fp: object) -> bool:

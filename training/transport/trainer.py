@@ -18,7 +18,7 @@ from training.aggregation.base import Strategy
 from training.errors import ConfigError
 from training.transport.client import SyntheticSource, UpdateSource
 from training.transport.config import TransportConfig
-from training.transport.step import StrategyStep
+from training.engine.terms import StrategyStep
 
 __all__ = ["Workload", "SyntheticWorkload", "make_workload"]
 

@@ -12,7 +12,6 @@ A ``secagg.errors.SecAggError`` crosses the wire as a status whose details are `
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from collections.abc import Iterable, Iterator
@@ -22,6 +21,7 @@ import grpc
 import numpy as np
 
 from secagg import errors as E
+from training.engine.roles import context_id
 
 __all__ = ["CHUNK", "MAX_GRPC_MESSAGE", "OversizeMessageError", "StaleKeyError", "TransportError", "split",
            "join", "pack", "unpack", "field", "status_code", "abort", "raise_rpc_error", "channel_options",
@@ -61,11 +61,6 @@ def model_from(body: bytes, dim: int | None = None) -> np.ndarray:
         raise E.MalformedMessageError(f"a model of {len(body)} bytes is not "
                                       f"{'a vector' if dim is None else dim} of float32 values")
     return np.frombuffer(body, dtype="<f4").astype(np.float64)
-
-
-def context_id(context: bytes) -> str:
-    """The public name (SHA-256, hex) of a serialized public context, sent in tasks so clients can spot a new key."""
-    return hashlib.sha256(context).hexdigest()
 
 
 def channel_options(server_role: str) -> list[tuple[str, Any]]:

@@ -1,6 +1,6 @@
-"""Per-round public parameters and role construction for each scheme, as the networked parties see them.
+"""The only role and key-holder factory: per-round public parameters and every party's role, for each scheme.
 
-Only the aggregator chooses a round's parameters (:meth:`Scheme.plan`); they travel to the cohort as JSON in the
+Every driver (in-process, gRPC services, Flower) builds roles here and nowhere else. Only the aggregator chooses a round's parameters (:meth:`Scheme.plan`); they travel to the cohort as JSON in the
 task header, and every client rebuilds its own role from them (:meth:`Scheme.client_role`). No party ever builds
 another party's role, so secrets stay where they are created: masking keys in each client, the CKKS secret key in
 the key holder. CKKS clients take the public context from the key holder itself (authenticated by mTLS), never
@@ -23,17 +23,44 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+import hashlib
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from secagg.errors import AuthenticationError, ConfigurationError, MalformedMessageError
-from secagg.roles import AggregatorRole, ClientRole
-from training.transport.certs import Credentials, SigningIdentity
-from training.transport.peers import roster_digest
-from training.transport.wire import context_id
+from secagg.roles import AggregatorRole, ClientRole, FinalizerRole
 
-Identities = Mapping[int, SigningIdentity]  # client id -> its verified signing certificate
+__all__ = ["Scheme", "MaskingScheme", "CKKSScheme", "PackedScheme", "make_scheme", "make_keyholder", "context_id",
+           "roster_digest", "Identity", "SCHEMES"]
 
-__all__ = ["Scheme", "MaskingScheme", "CKKSScheme", "PackedScheme", "make_scheme"]
+SCHEMES = ("ckks", "masking", "packed")
+
+
+class Identity(Protocol):
+    """A client's verified signing identity: its Ed25519 public key and the fingerprint rounds name it by."""
+
+    key: Ed25519PublicKey
+    fingerprint: str
+
+
+Identities = Mapping[int, Identity]  # client id -> its verified signing identity
+
+
+def context_id(context: bytes) -> str:
+    """The public name (SHA-256, hex) of a serialized public context, sent in tasks so clients can spot a new key."""
+    return hashlib.sha256(context).hexdigest()
+
+
+def roster_digest(listing: Mapping[int, str]) -> str:
+    """SHA-256 (hex) over a round's sorted ``client id: certificate fingerprint`` pairs (unambiguous: ids are
+    integers, fingerprints 64 hex digits)."""
+    h = hashlib.sha256(b"secagg/transport/roster/v1")
+    for c in sorted(listing):
+        h.update(f"{int(c)}:{listing[c]};".encode())
+    return h.hexdigest()
+
+
 
 
 @dataclass
@@ -45,16 +72,18 @@ class Scheme:
 
     def plan(self, round_id: int, cohort: list[int], weights: dict[int, float], dim: int,
              context: bytes | None, identities: Identities | None = None, *,
-             private_bound: float | None = None) -> tuple[dict[str, Any], AggregatorRole]:
-        """Public round parameters (JSON-able) and the aggregator's role built from exactly those.
+             private_bound: float | None = None, public: object = None) -> tuple[dict[str, Any], AggregatorRole]:
+        """Public round parameters (JSON-able) and the aggregator's role built from exactly those (``public``: the
+        already parsed ``context``, to skip re-parsing it).
         ``identities``: the cohort's verified signing identities (required when :attr:`needs_identities`);
         ``private_bound``: weights are private (clients pre-weight) and at most this."""
         raise NotImplementedError
 
-    def client_role(self, client_id: int, params: dict[str, Any], context: bytes | None,
-                    creds: Credentials | None = None, peers: Mapping[int, Ed25519PublicKey] | None = None, *,
+    def client_role(self, client_id: int, params: dict[str, Any], context: object,
+                    signer: Ed25519PrivateKey | None = None, peers: Mapping[int, Ed25519PublicKey] | None = None, *,
                     sessions: set[bytes] | None = None) -> ClientRole:
-        """This client's role for the round; for signed rounds ``creds`` (its signing key) and ``peers``: the
+        """This client's role for the round (``context``: the key holder's public context, bytes or parsed);
+        for signed rounds ``signer`` (its signing key) and ``peers``: the
         verified key of every cohort member, resolved from the roster digest ``params["identities"]``;
         ``sessions``: the masking sessions this client already took part in (a reused one is refused)."""
         raise NotImplementedError
@@ -104,7 +133,7 @@ class MaskingScheme(Scheme):
     def needs_identities(self) -> bool:
         return bool(self.options.get("signed", True))
 
-    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None):
+    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None, public=None):
         from secagg.masking import MaskingServer
 
         opts = dict(self.options)
@@ -123,7 +152,7 @@ class MaskingScheme(Scheme):
             peers = {c: identities[c].key for c in cohort}
         return params, MaskingServer(self._config(params), peer_identities=peers)
 
-    def client_role(self, client_id, params, context, creds=None, peers=None, *, sessions=None):
+    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None):
         from secagg.masking import MaskingClient
 
         config = self._config(params)
@@ -133,7 +162,6 @@ class MaskingScheme(Scheme):
             if self.needs_identities:
                 raise AuthenticationError("this deployment signs masking rounds, but the round lists no identities")
             return MaskingClient(client_id, config, sessions=sessions)
-        signer = creds.signer() if creds is not None else None
         if signer is None:
             raise ConfigurationError(f"client {client_id} has no signing identity for a signed masking round")
         if not isinstance(listed, str):
@@ -153,17 +181,17 @@ class CKKSScheme(Scheme):
     def needs_keyholder(self) -> bool:
         return True
 
-    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None):
+    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None, public=None):
         from secagg.ckks import CKKSAggregator
 
         if context is None:
             raise ConfigurationError("CKKS needs the key holder's public context")
         params = {"round_id": round_id, "cohort": sorted(cohort), "dim": dim, "context_id": context_id(context)}
-        agg = CKKSAggregator(context, sorted(cohort), dim=dim, round_id=round_id,
+        agg = CKKSAggregator(public if public is not None else context, sorted(cohort), dim=dim, round_id=round_id,
                              min_contributors=int(self.options.get("min_contributors", 2)))
         return params, agg
 
-    def client_role(self, client_id, params, context, creds=None, peers=None, *, sessions=None):
+    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None):
         from secagg.ckks import CKKSClient
 
         if context is None:
@@ -197,7 +225,7 @@ class PackedScheme(Scheme):
         except (KeyError, TypeError, ValueError) as exc:
             raise MalformedMessageError(f"bad packed round parameters: {exc!r}") from exc
 
-    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None):
+    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None, public=None):
         from secagg.packed import PackedAggregator
 
         if context is None:
@@ -211,17 +239,36 @@ class PackedScheme(Scheme):
             "round_id": round_id, "cohort": sorted(cohort), "dim": dim, "weight_bound": float(bound),
             "context_id": context_id(context)}
         packed, common, ids, dim = self._parse(params)
-        agg = PackedAggregator(context, packed, ids, dim=dim, min_contributors=int(opts.get("min_contributors", 2)),
+        agg = PackedAggregator(public if public is not None else context, packed, ids, dim=dim, min_contributors=int(opts.get("min_contributors", 2)),
                                **common)
         return params, agg
 
-    def client_role(self, client_id, params, context, creds=None, peers=None, *, sessions=None):
+    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None):
         from secagg.packed import PackedClient
 
         if context is None:
             raise ConfigurationError("the packed scheme needs the key holder's public context")
         packed, common, _, _ = self._parse(params)
         return PackedClient(client_id, context, packed, **common)
+
+
+def make_keyholder(name: str, options: Mapping[str, Any] | None = None) -> FinalizerRole:
+    """A fresh key holder (new keys, in memory only) for ``name`` ("ckks" or "packed") and the deployment's public
+    ``options`` (ckks: ``params``, ``min_contributors``; packed: ``max_cohort``, ``min_value_bits``,
+    ``min_contributors``): the only place key holders are made."""
+    opts = {k: v for k, v in dict(options or {}).items() if v is not None}
+    if name == "packed":
+        from secagg.packed import PackedKeyHolder, PackedParams
+
+        if "max_cohort" not in opts:
+            raise ConfigurationError("the packed scheme needs max_cohort (the largest cohort: it fixes the lanes)")
+        params = PackedParams(max_cohort=max(2, int(opts["max_cohort"])), min_value_bits=opts.get("min_value_bits", 14))
+        return PackedKeyHolder(params, min_contributors=int(opts.get("min_contributors", 2)))
+    if name == "ckks":
+        from secagg.ckks import KeyHolder
+
+        return KeyHolder(params=opts.get("params", "default"), min_contributors=int(opts.get("min_contributors", 2)))
+    raise ConfigurationError(f"scheme {name!r} has no key holder")
 
 
 def make_scheme(name: str, options: dict[str, Any] | None = None) -> Scheme:

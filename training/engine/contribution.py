@@ -1,0 +1,51 @@
+"""The client-side contribution: strategy encode under the round's public terms, L2 clip, distributed-noise share.
+
+The only copy: every driver's client (in-process, gRPC client process, Flower ClientApp) calls
+:func:`contribute`. Invariants: the vector has L2 norm at most ``update_clip`` before noise; with
+``noise_multiplier`` z > 0 it carries this client's share of N(0, (z·C·w_ref)²) for a sum over
+``noise_shares`` clients (:func:`privacy.noise.weighted_share`), where ``noise_shares`` is the client's own
+configuration, never the aggregator's word: a task whose cohort is smaller is refused, because fewer shares than
+configured would carry less noise than the accounting assumes. ``w_ref`` is the cohort's largest public weight
+(``max_weight`` in the terms; a smaller value than this client's weight is refused by ``weighted_share``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from privacy.clipping import clip_update
+from privacy.noise import weighted_share
+from secagg.errors import ConfigurationError
+from training.aggregation.base import Contribution, Strategy
+from training.engine.terms import encode_update
+from training.errors import ConfigError
+from training.update import ClientUpdate
+
+__all__ = ["contribute"]
+
+
+def contribute(strategy: Strategy, update: ClientUpdate, round_no: int, terms: Mapping[str, Any], *,
+               update_clip: float | None, noise_multiplier: float = 0.0, noise_shares: int = 1,
+               cohort: int | None = None, announced: float | None = None) -> Contribution:
+    """This client's (vector, weight) for server step ``round_no`` under ``terms``; ``cohort`` is the size of the
+    task's cohort, ``announced`` the public weight the client checked in with (a public-weight synchronous
+    strategy must encode exactly that weight)."""
+    c = encode_update(strategy, update, round_no, terms)
+    weight = float(c.weight)
+    if announced is not None and not strategy.private_weights and "base_versions" not in terms \
+            and weight != float(announced):
+        raise ConfigError("the strategy's weight differs from the one announced at check-in")
+    x = np.asarray(c.vector, dtype=np.float64)
+    if update_clip is not None:
+        x, _ = clip_update(x, update_clip)
+        if noise_multiplier > 0:
+            if cohort is not None and cohort < noise_shares:
+                raise ConfigurationError(f"the round's cohort of {cohort} is smaller than the {noise_shares} "
+                                         "noise shares this client is configured for; refusing the round")
+            reference = float(terms.get("max_weight", weight))
+            x = weighted_share(x, weight, clip_norm=update_clip, noise_multiplier=noise_multiplier,
+                               n_clients=noise_shares, reference_weight=reference)
+    return Contribution(x, weight)

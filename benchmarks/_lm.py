@@ -16,47 +16,89 @@ import numpy as np
 import torch
 
 from training import data as D
-from training.aggregation.base import Contribution
+from secagg.errors import MalformedMessageError
+from secagg.roles import AGGREGATOR, AggregateResult, Outbound
+from training.engine.roles import Scheme
 from training.config import DataConfig, RunConfig
 from training.corpus import prepare
 from training.local import ModelSpec, build_model, evaluate, set_flat
 from training.runner import Runner
-from training.secure import RoundTraffic
 
-__all__ = ["PlainSum", "make_runner", "next_token_accuracy", "final_eval", "documents", "pretrain", "clipped_signal"]
+__all__ = ["PlainScheme", "make_runner", "next_token_accuracy", "final_eval", "documents", "pretrain", "clipped_signal"]
 
 
-class PlainSum:
-    """Benchmark baseline with :class:`training.secure.SecureSum`'s ``aggregate`` interface: the exact sum in the
-    clear. Each client is counted as sending its vector and weight as float32 (4·(d+1) bytes), nothing down."""
+_PLAIN = b"SA\x01\xf0"  # a secagg-style header (magic, version, tag) so a dropout can vanish before it
 
-    scheme = "plaintext"
-    setup_bytes = 0
 
-    def aggregate(self, contributions: dict[int, Contribution], *, private: bool, weight_bound: float | None = None,
-                  drop: tuple[int, ...] = (), observer=None):
-        from secagg.roles import AggregateResult
+class _PlainClient:
+    """Sends ``[w·x, w]`` in the clear as float32 (what a plaintext federation sends): 4·(d+1) bytes."""
 
-        ids = [i for i in sorted(contributions) if i not in set(drop)]
-        traffic = RoundTraffic()
-        total = np.zeros_like(np.asarray(contributions[ids[0]].vector, dtype=np.float64))
-        weight = 0.0
-        for i in ids:
-            c = contributions[i]
-            total += c.weight * np.asarray(c.vector, dtype=np.float64)
-            weight += c.weight
-            traffic.up[i] += 4 * (total.size + 1)
-            traffic.messages[i] += 1
-        return AggregateResult(total, weight, tuple(ids), tuple(sorted(drop))), traffic
+    stage = "input"
+
+    def __init__(self, client_id: int) -> None:
+        self.client_id, self.done = client_id, False
+
+    def start(self, update: np.ndarray, weight: float) -> list[Outbound]:
+        self.done = True
+        body = np.append(weight * np.asarray(update, dtype=np.float64), weight).astype("<f4").tobytes()
+        return [Outbound(AGGREGATOR, _PLAIN + body)]
+
+    def receive(self, payload: bytes) -> list[Outbound]:
+        raise MalformedMessageError("the plaintext baseline sends clients nothing")
+
+
+class _PlainServer:
+    """Sums what arrives; the stage's deadline closes the round with whoever sent (others are dropouts)."""
+
+    def __init__(self, cohort: list[int], dim: int) -> None:
+        self.cohort, self.dim, self.got, self.done = cohort, dim, {}, False
+
+    @property
+    def stage(self) -> str:
+        return "done" if self.done else "input"
+
+    def receive(self, sender: int, payload: bytes) -> list[Outbound]:
+        if sender not in self.cohort or sender in self.got or payload[:4] != _PLAIN \
+                or len(payload) != 4 + 4 * (self.dim + 1):
+            raise MalformedMessageError("not a plaintext contribution of this round")
+        self.got[sender] = np.frombuffer(payload[4:], dtype="<f4").astype(np.float64)
+        self.done = len(self.got) == len(self.cohort)
+        return []
+
+    def close_stage(self) -> list[Outbound]:
+        self.done = True
+        return []
+
+    def result(self) -> AggregateResult:
+        ids = sorted(self.got)
+        total = sum(self.got[i] for i in ids)
+        return AggregateResult(total[:-1], float(total[-1]), tuple(ids),
+                               tuple(c for c in sorted(self.cohort) if c not in self.got))
+
+
+class PlainScheme(Scheme):
+    """Benchmark baseline: the exact weighted sum in the clear, run by the same engine as the secure schemes."""
+
+    name = "plaintext"
+
+    @property
+    def drop_tag(self) -> int:
+        return _PLAIN[3]
+
+    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None, public=None):
+        return {"round_id": round_id, "cohort": sorted(cohort), "dim": dim}, _PlainServer(sorted(cohort), dim)
+
+    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None):
+        return _PlainClient(client_id)
 
 
 def make_runner(cfg: RunConfig, scheme: str) -> Runner:
     """A Runner for ``scheme``; ``plaintext`` builds a masking-configured Runner (cheap, no keys made until a
-    round runs) and swaps its secure sum for :class:`PlainSum` before any round."""
+    round runs) and swaps its scheme for :class:`PlainScheme` before any round."""
     if scheme == "plaintext":
         cfg.federation.scheme = "masking"
         runner = Runner(cfg)
-        runner.fed.secure = PlainSum()
+        runner.fed.secure.roles = runner.fed.engine.scheme = PlainScheme()
         cfg.federation.scheme = "plaintext"
         return runner
     cfg.federation.scheme = scheme

@@ -11,25 +11,32 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks import privacy_utility as PU
-from benchmarks._lm import PlainSum, clipped_signal, documents
-from training.aggregation.base import Contribution
+from benchmarks._lm import PlainScheme, clipped_signal, documents
 from training.config import RunConfig
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(1, 5), st.integers(1, 40), st.integers(0, 2**32 - 1))
-def test_plain_sum_is_the_weighted_sum_of_the_survivors(n, d, seed):
+@given(st.integers(2, 5), st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_plain_baseline_is_the_weighted_sum_of_the_survivors_through_the_engine(n, d, seed):
+    from training.aggregation import FedAvg
+    from training.federation import Federation
+    from training.secure import SecureSum
+    from training.update import ClientUpdate
+
     rng = np.random.default_rng(seed)
     vecs = rng.normal(size=(n, d))
-    weights = rng.uniform(0.1, 5.0, size=n)
+    weights = rng.integers(1, 6, size=n)
     drop = tuple(i for i in range(n) if i and rng.random() < 0.3)
-    res, traffic = PlainSum().aggregate({i: Contribution(vecs[i], float(weights[i])) for i in range(n)},
-                                        private=False, drop=drop)
+    secure = SecureSum("masking", clip=1.0)
+    fed = Federation(np.zeros(d), FedAvg(), secure, list(range(n)), update_clip=1e9)
+    secure.roles = fed.engine.scheme = PlainScheme()
+    rep = fed.aggregate({i: ClientUpdate(i, vecs[i], int(weights[i]), 1.0) for i in range(n)}, drop=drop)
     keep = [i for i in range(n) if i not in drop]
-    np.testing.assert_allclose(res.weighted_sum, (weights[keep, None] * vecs[keep]).sum(0), rtol=1e-12)
+    res = rep.record.result
+    np.testing.assert_allclose(res.weighted_sum, (weights[keep, None] * vecs[keep]).sum(0), rtol=1e-6, atol=1e-5)
     assert res.total_weight == pytest.approx(weights[keep].sum())
     assert res.contributors == tuple(keep) and res.dropped == drop
-    assert {i: traffic.up[i] for i in keep} == {i: 4 * (d + 1) for i in keep}
+    assert {i: rep.bytes_up[i] for i in keep} == {i: 4 + 4 * (d + 1) for i in keep}
 
 
 def _small_config() -> RunConfig:

@@ -221,7 +221,7 @@ def test_no_party_but_the_client_sees_an_individual_loss(scheme, ckks_sum):
 
 
 def test_packed_sum_needs_a_cohort_bound_and_uploads_a_fraction_of_ckks(ckks_sum):
-    from training.aggregation.base import Contribution
+    from secagg.errors import MalformedUpdateError
     from training.errors import ConfigError
 
     with pytest.raises(ConfigError, match="max_cohort"):
@@ -229,12 +229,12 @@ def test_packed_sum_needs_a_cohort_bound_and_uploads_a_fraction_of_ckks(ckks_sum
     rng = np.random.default_rng(8)
     vecs = [rng.uniform(-1, 1, 5000) for _ in range(3)]
     ws = [3.0, 1.0, 2.0]
-    contribs = {i: Contribution(v, w) for i, (v, w) in enumerate(zip(vecs, ws))}
-    packed = SecureSum("packed", clip=1.0, max_cohort=3)
-    res, traffic = packed.aggregate(contribs, private=True, weight_bound=3.0)
-    assert np.allclose(res.weighted_sum, sum(w * v for v, w in zip(vecs, ws)), atol=1e-4, rtol=0)
-    assert res.total_weight == pytest.approx(6.0, abs=1e-4)
-    _, ckks_traffic = ckks_sum.aggregate(contribs, private=True, weight_bound=3.0)
-    assert sum(traffic.up.values()) < 0.3 * sum(ckks_traffic.up.values())
-    with pytest.raises(ConfigError, match="packed bound"):  # what the lanes hold is w·x: within clip·weight_bound
-        packed.aggregate({0: Contribution(4 * vecs[0], 1.0), 1: contribs[1]}, private=True, weight_bound=3.0)
+    updates = {i: ClientUpdate(i, v, int(w), 1.0) for i, (v, w) in enumerate(zip(vecs, ws))}
+    packed = Federation(np.zeros(5000), FedAvg(), SecureSum("packed", clip=1.0, max_cohort=3), [0, 1, 2])
+    rep = packed.aggregate(updates)
+    assert np.allclose(packed.global_vec, sum(w * v for v, w in zip(vecs, ws)) / 6.0, atol=1e-4, rtol=0)
+    assert rep.record.result.total_weight == pytest.approx(6.0, abs=1e-4)
+    ckks = Federation(np.zeros(5000), FedAvg(), ckks_sum, [0, 1, 2]).aggregate(updates)
+    assert rep.total_up < 0.3 * ckks.total_up
+    with pytest.raises(MalformedUpdateError):  # what the lanes hold is w·x: within clip·weight_bound
+        packed.aggregate({0: ClientUpdate(0, 4 * vecs[0], 1, 1.0, base_version=1), 1: updates[1]})

@@ -118,7 +118,7 @@ class Runner:
         strategy = make_strategy(f.aggregator, **cfg.aggregator_options)
         self.fed = Federation(get_flat(self.eval_model), strategy, secure, list(range(f.clients)),
                               platforms=self.platforms, update_clip=f.update_clip,
-                              noise_multiplier=f.noise_multiplier, observer=observer)
+                              noise_multiplier=f.noise_multiplier, observer=observer, noise_shares=self.shares)
         self.initial_loss = self.evaluate()
         self.fed.loss_reference = self.initial_loss
 

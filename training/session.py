@@ -115,10 +115,13 @@ class FederatedSession:
                                      update_clip=update_clip, noise_multiplier=noise_multiplier)
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self._pending: dict[int, ClientUpdate] = {}
+        self._submitted: set[int] = set()
         self._versions: dict[int, np.ndarray] = {0: self.federation.global_vec.copy()}
         self._completed: dict[int, RoundReport] = {}
-        self._cohort = getattr(strategy, "buffer_size", None) or len(ids)
+
+    @property
+    def _pending(self) -> dict[int, ClientUpdate]:
+        return self.federation.pending
 
     @property
     def reports(self) -> list[RoundReport]:
@@ -136,12 +139,13 @@ class FederatedSession:
 
     def _submit(self, update: ClientUpdate) -> int:
         with self._cond:
-            if update.client_id in self._pending:
+            if update.client_id in self._submitted:
                 raise SessionError(f"client {update.client_id} already submitted to round {self.federation.round + 1}")
             round_no = self.federation.round + 1
-            self._pending[update.client_id] = update
-            if len(self._pending) >= self._cohort:
-                self._close_locked()
+            self._submitted.add(update.client_id)
+            report = self.federation.submit(update)  # the engine's cohort policy decides when the round runs
+            if report is not None:
+                self._completed_locked(round_no, report)
             return round_no
 
     def close_round(self) -> RoundReport:
@@ -151,14 +155,13 @@ class FederatedSession:
         masking: fewer than 2); the submissions then stay pending.
         """
         with self._cond:
-            if not self._pending:
+            if not self._submitted:
                 raise SessionError("no client has submitted to the open round")
-            return self._close_locked()
+            round_no = self.federation.round + 1
+            return self._completed_locked(round_no, self.federation.close())
 
-    def _close_locked(self) -> RoundReport:
-        round_no = self.federation.round + 1
-        report = self.federation.aggregate(self._pending)
-        self._pending = {}
+    def _completed_locked(self, round_no: int, report: RoundReport) -> RoundReport:
+        self._submitted = set()
         self._versions[self.federation.version] = self.federation.global_vec.copy()
         self._completed[round_no] = report
         self._cond.notify_all()

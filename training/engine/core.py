@@ -87,6 +87,7 @@ class Persist:
 @dataclass(frozen=True)
 class RoundDone:
     record: RoundRecord
+    error: SecAggError | None = None  # why an aborted round was aborted
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,11 @@ class RoundEngine:
         if rnd is not None and rnd.round_id == round_id:
             self._end(rnd, now, None, exc)
 
+    def abort(self, now: float, error: Exception) -> None:
+        """The driver gives up on the open round (e.g. a local client failed in-process): it ends aborted."""
+        if self.current is not None:
+            self._end(self.current, now, None, error)
+
     def tick(self, now: float) -> None:
         """Time passed: close an overdue stage, or open a round whose cohort is due."""
         rnd = self.current
@@ -372,4 +378,4 @@ class RoundEngine:
         self.current = None
         if err is not None:
             log.warning("round %d (id %d) aborted: %s", rnd.round, rnd.round_id, rnd.reason)
-        self._out.append(RoundDone(rnd.record(now, result)))
+        self._out.append(RoundDone(rnd.record(now, result), err))

@@ -93,6 +93,11 @@ class Scheme:
         return False
 
     @property
+    def drop_tag(self) -> int | None:
+        """The wire tag of a client's input message (an in-process dropout vanishes instead of sending it)."""
+        return None
+
+    @property
     def needs_identities(self) -> bool:
         """Whether every client must check in with a signing certificate."""
         return False
@@ -132,6 +137,12 @@ class MaskingScheme(Scheme):
     @property
     def needs_identities(self) -> bool:
         return bool(self.options.get("signed", True))
+
+    @property
+    def drop_tag(self) -> int:
+        from secagg.masking import MaskedInput
+
+        return MaskedInput.TAG
 
     def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None, public=None):
         from secagg.masking import MaskingServer
@@ -181,6 +192,12 @@ class CKKSScheme(Scheme):
     def needs_keyholder(self) -> bool:
         return True
 
+    @property
+    def drop_tag(self) -> int:
+        from secagg.ckks import CKKSContribution
+
+        return CKKSContribution.TAG
+
     def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None, public=None):
         from secagg.ckks import CKKSAggregator
 
@@ -212,6 +229,12 @@ class PackedScheme(Scheme):
     @property
     def needs_keyholder(self) -> bool:
         return True
+
+    @property
+    def drop_tag(self) -> int:
+        from secagg.packed import PackedContribution
+
+        return PackedContribution.TAG
 
     @staticmethod
     def _parse(params: dict[str, Any]):

@@ -1,6 +1,6 @@
-"""The server half of an aggregation strategy as the networked aggregator drives it, and the client half's rule.
+"""Round terms: the server half of a strategy as the engine drives it, and the rule the client half encodes by.
 
-A deployment runs the same :class:`~training.aggregation.base.Strategy` objects as ``secagg run``: each client
+Every driver runs the same :class:`~training.aggregation.base.Strategy` objects as ``secagg run``: each client
 process encodes with ``strategy.encode`` and the aggregator applies ``strategy.apply`` to the secure aggregate.
 What the two halves must agree on travels as public *round terms* in the task (``params["strategy"]``):
 
@@ -94,7 +94,8 @@ class StrategyStep:
     def terms(self, model: np.ndarray, round_no: int, bases: Mapping[int, int] | None = None) -> dict[str, Any]:
         """The public terms of the round that starts from ``model`` after ``round_no`` applied rounds (``bases``:
         the members' base versions, for an asynchronous round)."""
-        ref = None if self.reference is None else float(self.reference(model))
+        ref = None if self.reference is None else self.reference(model)
+        ref = None if ref is None else float(ref)
         terms: dict[str, Any] = {"name": self.strategy.name, "private_weights": self.strategy.private_weights,
                                  "loss_reference": ref if ref is not None and np.isfinite(ref) else None}
         if bases is not None:

@@ -2,7 +2,7 @@
 
 The same workload (seeded synthetic clients), the same scheme options and the same strategy run through
 :class:`training.federation.Federation` (FIFO pump, simulated clock) and :class:`training.transport.inproc.Deployment`
-(real gRPC + mTLS, threads). Masking with ``rounding = "nearest"`` is deterministic, so the models must be equal
+(real gRPC + mTLS, threads). Masking with ``rounding = "deterministic"`` is deterministic, so the models must be equal
 bit for bit; CKKS must agree within its error. The gRPC clients receive the model as float32 (what they train in),
 so the in-process clients are given the same float32-rounded model. Asynchronous cohorts depend on arrival order
 over the network, so the in-process run replays the gRPC run's recorded cohorts and base versions.
@@ -17,10 +17,10 @@ from training.aggregation import BufferedAsync, FedAvg
 from training.federation import Federation
 from training.secure import SecureSum
 from training.transport.inproc import Deployment
-from training.transport.trainer import SyntheticWorkload
+from training.workload import SyntheticWorkload
 
 DIM, N = 24, 3
-OPTIONS = {"masking": {"clip": 1.0, "rounding": "nearest", "ring_bits": 32},
+OPTIONS = {"masking": {"clip": 1.0, "rounding": "deterministic", "ring_bits": 32},
            "ckks": {"params": "default", "min_contributors": 2}}
 
 

@@ -17,7 +17,7 @@ from training.transport.certs import init_certs
 from training.transport.config import TransportConfig
 from training.transport.launcher import Procs, launch
 from training.transport.node import read_port_file
-from training.transport.trainer import SyntheticWorkload
+from training.workload import SyntheticWorkload
 
 DIM = 32
 

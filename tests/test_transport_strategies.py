@@ -24,9 +24,9 @@ from training.transport.config import TransportConfig, load_transport_config
 from training.engine.roles import make_keyholder
 from training.transport.inproc import Deployment, FixedSource
 from training.transport.keyholder import serve_keyholder
-from training.transport.local_workload import run_config
+from training.workload.local import run_config
 from training.engine.terms import StrategyStep, encode_update
-from training.transport.trainer import SyntheticWorkload
+from training.workload import SyntheticWorkload
 from training.transport.wire import StaleKeyError
 from training.update import ClientUpdate
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from training.runner import RoundMetrics
+from training.engine.metrics import RoundMetrics
 
 __all__ = ["write_metrics", "plot", "final_table", "human_bytes"]
 

@@ -16,10 +16,8 @@ faster than with several threads on a shared machine).
 from __future__ import annotations
 
 import heapq
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,6 +30,7 @@ from privacy.noise import clamp_probability, noise_range
 from training.aggregation import make_strategy
 from training.config import RunConfig
 from training.corpus import Prepared, prepare
+from training.engine.metrics import RoundMetrics, metrics_of
 from training.federation import Federation, RoundReport
 from training.local import LocalTrainer, ModelSpec, build_model, evaluate, get_flat, set_flat
 from training.partition import CapacityPartitioner
@@ -44,41 +43,6 @@ __all__ = ["Runner", "RoundMetrics", "Tick"]
 
 Tick = Callable[[int, str], None]
 """Progress callback ``tick(round, what)``: called after each client's local training and each secure round."""
-
-
-@dataclass
-class RoundMetrics:
-    """One line of ``metrics.jsonl``: the global validation loss after the server step, and its costs.
-
-    Times: ``seconds`` is the measured wall time of the step on this machine (clients simulated one after another);
-    ``compute_seconds`` the measured local training summed over clients; ``secure_seconds`` the measured secure
-    round; ``comm_seconds_per_client`` each cloud's modelled transfer time (latency per message plus its real bytes
-    over its links); ``modelled_seconds`` the slowest cloud's compute / speed + transfer, plus the secure round;
-    ``sim_time`` the modelled clock at the end of the step.
-    """
-
-    round: int
-    loss: float
-    perplexity: float
-    epsilon: float | None
-    epsilon_per_client: dict[int, float | None]
-    bytes_up: int
-    bytes_down: int
-    bytes_up_per_client: dict[int, int]
-    bytes_down_per_client: dict[int, int]
-    seconds: float
-    compute_seconds: float
-    secure_seconds: float
-    modelled_seconds: float
-    sim_time: float
-    contributors: list[int]
-    dropped: list[int]
-    staleness: dict[int, int]
-    comm_seconds_per_client: dict[int, float] = field(default_factory=dict)  # modelled cross-cloud transfer time
-    central_epsilon: float | None = None  # distributed DP: client-level ε of every sum released so far
-
-    def as_json(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
 
 
 class Runner:
@@ -153,12 +117,13 @@ class Runner:
         self.fed.loss_reference = loss
         eps = self._epsilons()
         central = self._central_epsilon(rep)
-        known = [e for e in eps.values() if e is not None]
-        return RoundMetrics(rep.round, loss, math.exp(min(loss, 50.0)), max(known) if known else None, eps,
-                            rep.total_up, rep.total_down, rep.bytes_up, rep.bytes_down, wall,
-                            sum(rep.compute_seconds.values()), rep.secure_seconds,
-                            max(rep.modelled_seconds.values()) + rep.secure_seconds, sim_time,
-                            list(rep.contributors), list(rep.dropped), staleness, dict(rep.comm_seconds), central)
+        return metrics_of(rep.record, loss=loss, epsilon_per_client=eps, bytes_up=rep.total_up,
+                          bytes_down=rep.total_down, bytes_up_per_client=rep.bytes_up,
+                          bytes_down_per_client=rep.bytes_down, seconds=wall,
+                          compute_seconds=sum(rep.compute_seconds.values()), secure_seconds=rep.secure_seconds,
+                          modelled_seconds=max(rep.modelled_seconds.values()) + rep.secure_seconds,
+                          sim_time=sim_time, staleness=staleness, comm_seconds_per_client=dict(rep.comm_seconds),
+                          central_epsilon=central)
 
     def rebalance(self, updates: dict[int, ClientUpdate]) -> None:
         """Capacity partitioning: fold each client's observed throughput (local steps per modelled compute

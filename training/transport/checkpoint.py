@@ -18,7 +18,6 @@ import pathlib
 import zipfile
 import numpy as np
 
-from secagg.errors import MalformedMessageError
 from training.engine.state import ServerState
 from training.errors import TrainingError
 

@@ -17,7 +17,8 @@ from secagg.roles import AGGREGATOR, KEYHOLDER
 from training.transport.aggregator import KeyHolderLink, serve_aggregator
 from training.transport.certs import Credentials, init_certs
 from training.transport.checkpoint import ServerState
-from training.transport.client import ClientAgent, UpdateSource
+from training.transport.client import ClientAgent
+from training.workload import UpdateSource
 from training.transport.coordinator import Coordinator, RoundPolicy, RoundRecord
 from training.transport.keyholder import serve_keyholder
 from training.engine.roles import make_keyholder, make_scheme

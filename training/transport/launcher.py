@@ -138,8 +138,8 @@ def _rows(path: Path) -> list[dict]:
 def _echo_new(path: Path, seen: int, echo: Callable[[str], None]) -> int:
     rows = _rows(path)
     for r in rows[seen:]:
-        loss = f" loss {r['loss']:.5f}" if "loss" in r else ""
-        loss += f" staleness {r['staleness']}" if "staleness" in r else ""
+        loss = f" loss {r['loss']:.5f}" if r.get("loss") is not None else ""
+        loss += f" staleness {r['staleness']}" if any(r.get("staleness", {}).values()) else ""
         echo(f"round {r['round']:>3} (id {r['round_id']}): {r['status']:<7} {r['seconds']:6.2f} s "
              f"up {r['bytes_up']:>10,} B down {r['bytes_down']:>10,} B{loss} "
              f"contributors {r.get('contributors', [])} {r['reason']}")

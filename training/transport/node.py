@@ -24,8 +24,9 @@ from training.transport.client import ClientAgent
 from training.transport.config import TransportConfig
 from training.transport.coordinator import Coordinator, RoundPolicy, RoundRecord
 from training.transport.keyholder import serve_keyholder
+from training.engine.metrics import metrics_of
 from training.engine.roles import make_keyholder, make_scheme
-from training.transport.trainer import make_workload
+from training.workload import make_workload
 
 __all__ = ["run_keyholder", "run_aggregator", "run_client", "write_port_file", "read_port_file"]
 
@@ -98,19 +99,11 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
     out.mkdir(parents=True, exist_ok=True)
 
     def on_round(rec: RoundRecord) -> None:
-        row = {"round": rec.round + 1 if rec.status == "done" else rec.round, "round_id": rec.round_id,
-               "status": rec.status, "seconds": round(rec.seconds, 4), "bytes_up": rec.bytes_up,
-               "bytes_down": rec.bytes_down + rec.task_bytes, "keyholder_bytes": rec.keyholder_bytes,
-               "cohort": list(rec.cohort), "reason": rec.reason}
-        if "base_versions" in rec.terms:  # asynchronous: how many versions behind each member's update was
-            row["staleness"] = {c: rec.round - b for c, b in rec.terms["base_versions"].items()}
-        if rec.result is not None:
-            row |= {"contributors": list(rec.result.contributors), "dropped": list(rec.result.dropped)}
-            row |= work.evaluate(coord.state.model)
-        spent = [ledger["spent"] for ledger in coord.state.ledgers.values()]
-        row["epsilon"] = max(spent) if spent else None
+        loss = work.evaluate(coord.state.model)["loss"] if rec.status == "done" else None
+        eps = {int(c): ledger["spent"] for c, ledger in coord.state.ledgers.items()}
+        row = metrics_of(rec, loss=loss, epsilon_per_client=eps, language_model=cfg.trainer == "local")
         with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+            fh.write(json.dumps(row.as_json(), sort_keys=True) + "\n")
         applied[0] += rec.status == "done"
         if exit_after_rounds is not None and applied[0] >= exit_after_rounds:
             log.warning("injected crash after %d rounds", applied[0])

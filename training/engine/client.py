@@ -1,0 +1,118 @@
+"""A client's side of the engine, sans I/O: what it says at check-in, how it answers a task, its role.
+
+Every networked client driver (the gRPC agent, the Flower ClientApp) keeps one :class:`ClientSession` per client
+identity and does only the I/O. Invariants:
+
+* DP events of the source's training are reported under one report id until a check-in is acknowledged (a
+  re-send is recognised by the engine and composed once);
+* a task is used only if its round id matches its parameters and the cohort includes this client; the model must
+  be a finite vector of the announced size; an asynchronous update joins one round at most, and only a task that
+  states the version it was trained from;
+* the contribution is the engine's one :func:`~training.engine.contribution.contribute` (through the source), and
+  the role is built from the task's public parameters by the one factory (:mod:`training.engine.roles`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import numpy as np
+
+from secagg.encoding import validate_update
+from secagg.errors import ConfigurationError, MalformedMessageError
+from secagg.roles import ClientRole
+from training.engine.roles import Scheme
+from training.update import ClientUpdate
+
+__all__ = ["ClientSession", "get"]
+
+
+def get(obj: dict, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    """``obj[key]`` checked to be of ``kind`` (bool is never an int); MalformedMessageError otherwise."""
+    if key not in obj:
+        if default is ...:
+            raise MalformedMessageError(f"missing field {key!r}")
+        return default
+    value = obj[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise MalformedMessageError(f"field {key!r} has the wrong type")
+    return value
+
+
+def contribution(source, model: np.ndarray, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
+    """The (vector, weight) ``source`` submits in a round with public strategy ``terms``."""
+    contribute = getattr(source, "contribute", None)
+    if contribute is not None:
+        vector, weight = contribute(model, round_no, terms)
+        return vector, float(weight)
+    if terms.get("private_weights"):
+        raise ConfigurationError("the round asks for private weights; this client's update source has public "
+                                 "weights only")
+    return source.compute(model, round_no), float(source.weight)
+
+
+class ClientSession:
+    """Client ``client_id`` of ``scheme`` with its update ``source`` (a :mod:`training.workload` source)."""
+
+    def __init__(self, client_id: int, scheme: Scheme, source) -> None:
+        self.client_id, self.scheme, self.source = client_id, scheme, source
+        self.report: tuple[str, list[dict]] | None = None  # DP events sent but not yet acknowledged
+        self.trained: ClientUpdate | None = None  # asynchronous rounds: trained, waiting for a buffer
+        self.sessions: set[bytes] = set()  # masking sessions (round nonces) this client took part in
+
+    def checkin(self) -> dict[str, Any]:
+        """The check-in header: public weight, pending privacy report, base version of a trained update."""
+        if self.report is None and getattr(self.source, "events", ()):
+            self.report = (secrets.token_hex(8), [e.to_dict() for e in self.source.events])
+            self.source.events = ()  # pending in self.report until acknowledged
+        header: dict[str, Any] = {"client_id": self.client_id, "weight": float(self.source.weight)}
+        if self.report is not None:
+            header |= {"report": self.report[0], "privacy": self.report[1]}
+        if self.trained is not None:
+            header["base"] = self.trained.base_version
+        return header
+
+    def acknowledged(self) -> None:
+        """The aggregator answered the check-in: its checkpointed ledger holds the report."""
+        self.report = None
+
+    def on_model(self, version: int, model: np.ndarray) -> None:
+        """Asynchronous mode: train on the model version the aggregator sent (kept until a buffer takes it)."""
+        if not isinstance(version, int) or version < 0:
+            raise MalformedMessageError("the model reply has a bad version")
+        model = validate_update(np.asarray(model, dtype=np.float64))
+        train = getattr(self.source, "update", None)
+        if train is None:
+            raise ConfigurationError("an asynchronous strategy needs an update source that trains (update) and "
+                                     "encodes (encode) separately")
+        self.trained = train(model.copy(), version)
+
+    def on_task(self, header: dict, model: np.ndarray | None) -> tuple[int, dict, np.ndarray, float]:
+        """Validate a task; (round id, its parameters, this client's vector and weight). ``model`` is None for
+        an asynchronous task (members trained already)."""
+        trained, self.trained = self.trained, None  # an asynchronous update joins one round at most
+        round_id = get(header, "round_id", int)
+        params = get(header, "params", dict)
+        if get(params, "round_id", int) != round_id or self.client_id not in get(params, "cohort", list):
+            raise MalformedMessageError("task does not match its round or does not include this client")
+        dim = get(params, "dim", int)
+        terms = get(params, "strategy", dict, {})
+        round_no = get(header, "round", int)
+        if trained is not None:  # asynchronous: trained already, the task carries no model
+            if model is not None or trained.delta.size != dim:
+                raise MalformedMessageError("an asynchronous task carries no model, and this update has another size")
+            if get(terms, "base_versions", dict, {}).get(str(self.client_id)) != trained.base_version:
+                raise MalformedMessageError("the task misstates the version this client's update was trained from")
+            vector, weight = self.source.encode(trained, round_no, terms)
+        else:
+            if model is None:
+                raise MalformedMessageError("a task for a client without a trained update must carry the model")
+            model = validate_update(np.asarray(model, dtype=np.float64), dim)
+            vector, weight = contribution(self.source, model.copy(), round_no, terms)
+        return round_id, params, validate_update(np.asarray(vector), dim), float(weight)
+
+    def role(self, params: dict, context: object, signer=None, peers=None) -> ClientRole:
+        """This client's role for the task's ``params`` (``peers``: verified keys of a signed cohort)."""
+        return self.scheme.client_role(self.client_id, params, context, signer, peers, sessions=self.sessions)

@@ -1,0 +1,75 @@
+"""The one ``metrics.jsonl`` schema: every driver writes one :class:`RoundMetrics` per attempt.
+
+A row holds the engine's :class:`~training.engine.rounds.RoundRecord` of the attempt (ids, status, cohort,
+contributors, dropouts, staleness, bytes) plus what the driver measured or evaluated after it: the global
+validation loss (``None`` for an aborted attempt), ε, and times. Fields a driver cannot know are ``None`` (a
+networked aggregator has no modelled cross-cloud time; a simulation has no real network).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from training.engine.rounds import RoundRecord
+
+__all__ = ["RoundMetrics", "metrics_of"]
+
+
+@dataclass
+class RoundMetrics:
+    """One line of ``metrics.jsonl``.
+
+    Times: ``seconds`` is the measured wall time of the step on this machine; ``compute_seconds`` the measured
+    local training summed over clients (in-process); ``secure_seconds`` the secure round; ``comm_seconds_per_client``
+    each cloud's modelled transfer time; ``modelled_seconds`` the slowest cloud's compute / speed + transfer, plus
+    the secure round; ``sim_time`` the modelled clock at the end of the step. Bytes: ``bytes_down`` includes the
+    tasks and models sent; ``keyholder_bytes`` is the aggregator <-> key holder traffic.
+    """
+
+    round: int
+    loss: float | None
+    perplexity: float | None
+    epsilon: float | None
+    epsilon_per_client: dict[int, float | None]
+    bytes_up: int
+    bytes_down: int
+    bytes_up_per_client: dict[int, int]
+    bytes_down_per_client: dict[int, int]
+    seconds: float
+    compute_seconds: float | None
+    secure_seconds: float
+    modelled_seconds: float | None
+    sim_time: float | None
+    contributors: list[int]
+    dropped: list[int]
+    staleness: dict[int, int]
+    comm_seconds_per_client: dict[int, float] = field(default_factory=dict)
+    central_epsilon: float | None = None  # distributed DP: client-level ε of every sum released so far
+    round_id: int | None = None
+    status: str = "done"
+    cohort: list[int] = field(default_factory=list)
+    keyholder_bytes: int = 0
+    reason: str = ""
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def metrics_of(rec: RoundRecord, *, loss: float | None, epsilon_per_client: dict[int, float | None],
+               language_model: bool = True, **measured) -> RoundMetrics:
+    """The row of attempt ``rec``: ``round`` counts applied rounds (an aborted attempt keeps the last one);
+    ``measured`` gives the driver's times and per-client bytes (defaults: the record's)."""
+    known = [e for e in epsilon_per_client.values() if e is not None]
+    res = rec.result
+    done = rec.status == "done"
+    row = dict(round=rec.round + 1 if done else rec.round, loss=loss,
+               perplexity=math.exp(min(loss, 50.0)) if loss is not None and language_model else None,
+               epsilon=max(known) if known else None, epsilon_per_client=dict(epsilon_per_client),
+               bytes_up=rec.bytes_up, bytes_down=rec.bytes_down + rec.task_bytes,
+               bytes_up_per_client=dict(rec.up), bytes_down_per_client=dict(rec.down), seconds=rec.seconds,
+               compute_seconds=None, secure_seconds=rec.seconds, modelled_seconds=None, sim_time=None,
+               contributors=list(res.contributors) if res else [], dropped=list(res.dropped) if res else [],
+               staleness=rec.staleness if done else {}, round_id=rec.round_id, status=rec.status,
+               cohort=list(rec.cohort), keyholder_bytes=rec.keyholder_bytes, reason=rec.reason)
+    return RoundMetrics(**(row | measured))

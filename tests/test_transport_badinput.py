@@ -15,7 +15,7 @@ from secagg import errors as E
 from secagg.masking.messages import ConsistencyRequest, MaskedInput
 from secagg.messages import decode
 from secagg.roles import AGGREGATOR
-from training.transport.certs import Credentials
+from training.pki.certs import Credentials
 from training.transport.client import ClientAgent
 from training.transport.inproc import Deployment, FixedSource
 from training.transport.rpc import Stub, open_channel

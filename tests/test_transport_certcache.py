@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from secagg import errors as E
 from training.transport import wire
-from training.transport.certs import Credentials, SigningIdentity, init_certs, issue, verify_signing_identity
+from training.pki.certs import Credentials, SigningIdentity, init_certs, issue, verify_signing_identity
 from training.transport.inproc import Deployment, FixedSource
-from training.transport.peers import CertificateMismatchError, PeerCertificates, roster_digest
+from training.pki.peers import CertificateMismatchError, PeerCertificates, roster_digest
 
 N = 4
 

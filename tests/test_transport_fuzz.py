@@ -175,7 +175,7 @@ def idle_aggregator(tmp_path_factory):
     """An aggregator service with no round running, and a stub holding client 0's certificate."""
     from secagg.roles import AGGREGATOR
     from training.transport.aggregator import serve_aggregator
-    from training.transport.certs import Credentials, init_certs
+    from training.pki.certs import Credentials, init_certs
     from training.transport.checkpoint import ServerState
     from training.transport.coordinator import Coordinator, RoundPolicy
     from training.transport.rpc import Stub, open_channel

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from training.transport import checkpoint
-from training.transport.certs import init_certs
+from training.pki.certs import init_certs
 from training.transport.config import TransportConfig
 from training.transport.launcher import Procs, launch
 from training.transport.node import read_port_file

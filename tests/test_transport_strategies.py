@@ -19,7 +19,7 @@ from training.aggregation import GradientAggregation, LossWeighted
 from training.config import RunConfig, load_config
 from training.errors import ConfigError
 from training.transport import checkpoint
-from training.transport.certs import Credentials
+from training.pki.certs import Credentials
 from training.transport.config import TransportConfig, load_transport_config
 from training.engine.roles import make_keyholder
 from training.transport.inproc import Deployment, FixedSource

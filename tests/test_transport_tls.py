@@ -9,7 +9,7 @@ import pytest
 from secagg.errors import AuthenticationError
 from secagg.roles import AGGREGATOR, KEYHOLDER
 from training.transport.aggregator import KeyHolderLink, serve_aggregator, status_of
-from training.transport.certs import Credentials, init_certs
+from training.pki.certs import Credentials, init_certs
 from training.transport.checkpoint import ServerState
 from training.transport.coordinator import Coordinator, RoundPolicy
 from training.transport.rpc import Stub, open_channel

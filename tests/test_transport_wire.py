@@ -16,7 +16,7 @@ from secagg import errors as E
 from secagg.roles import AGGREGATOR, KEYHOLDER
 from training.errors import ConfigError, TrainingError
 from training.transport import checkpoint, wire
-from training.transport.certs import Credentials, init_certs, parse_identity, role_name
+from training.pki.certs import Credentials, init_certs, parse_identity, role_name
 from training.transport.config import load_transport_config
 
 
@@ -245,7 +245,7 @@ def test_privacy_reports_are_checkpointed_before_the_reply_and_composed_once(tmp
 def test_signing_identities_chain_to_the_ca_and_name_their_client(tmp_path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from training.transport.certs import verify_signing_cert
+    from training.pki.certs import verify_signing_cert
 
     init_certs(tmp_path / "a", 2)
     init_certs(tmp_path / "b", 2)

@@ -11,7 +11,7 @@ deployment on threads of one process (tests, benchmarks). What a deployment trai
 
 from training.engine.rounds import RoundPolicy, RoundRecord
 from training.engine.state import ServerState
-from training.transport.certs import Credentials, init_certs
+from training.pki.certs import Credentials, init_certs
 from training.transport.client import ClientAgent
 from training.transport.coordinator import Coordinator
 

@@ -27,7 +27,8 @@ import grpc
 
 from secagg.errors import AuthenticationError, MalformedMessageError
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
-from training.transport.certs import Credentials, peer_identity, verify_signing_identity
+from training.pki.certs import Credentials, verify_signing_identity
+from training.transport.rpc import peer_identity
 from training.transport.coordinator import Coordinator
 from training.transport.rpc import Stub, guarded, guarded_stream, open_channel, start_server
 from training.transport.wire import TransportError, field, join, pack, split, unpack

@@ -74,7 +74,7 @@ def certs_init(directory: Path = typer.Argument(..., help="output directory"),
                                                      help="client certificates to issue (default: the config's)"),
                config: Optional[Path] = ConfigOpt) -> None:
     """Create a CA (reused if present) and per-role certificates."""
-    from training.transport.certs import init_certs
+    from training.pki.certs import init_certs
 
     n = _cfg(config, None, clients=clients).clients
     init_certs(directory, n)

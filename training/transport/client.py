@@ -24,8 +24,8 @@ from collections.abc import Callable
 from secagg.errors import MalformedMessageError, SecAggError
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
 from training.transport.aggregator import POLL_SECONDS
-from training.transport.certs import Credentials
-from training.transport.peers import PeerCertificates
+from training.pki.certs import Credentials
+from training.pki.peers import PeerCertificates
 from training.transport.rpc import Stub, open_channel
 from training.engine.client import ClientSession
 from training.engine.roles import Scheme

@@ -30,7 +30,7 @@ from training.engine.rounds import RoundPolicy, RoundRecord
 from training.engine.state import ServerState
 from training.engine.terms import StrategyStep
 from training.transport import checkpoint
-from training.transport.certs import SigningIdentity
+from training.pki.certs import SigningIdentity
 from training.transport.wire import model_bytes, pack
 
 __all__ = ["RoundPolicy", "Coordinator", "RoundRecord"]

@@ -15,7 +15,7 @@ import numpy as np
 
 from secagg.roles import AGGREGATOR, KEYHOLDER
 from training.transport.aggregator import KeyHolderLink, serve_aggregator
-from training.transport.certs import Credentials, init_certs
+from training.pki.certs import Credentials, init_certs
 from training.transport.checkpoint import ServerState
 from training.transport.client import ClientAgent
 from training.workload import UpdateSource

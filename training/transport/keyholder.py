@@ -33,7 +33,8 @@ from secagg.he_pads import PadSeed
 from secagg.messages import decode
 from secagg.roles import AGGREGATOR, KEYHOLDER, FinalizerRole
 from training.transport.aggregator import encode_outbounds
-from training.transport.certs import Credentials, peer_identity
+from training.pki.certs import Credentials
+from training.transport.rpc import peer_identity
 from training.transport.rpc import guarded, guarded_stream, start_server
 from training.transport.wire import StaleKeyError, field, join, pack, split, unpack
 

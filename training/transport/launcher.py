@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from training.transport.certs import init_certs
+from training.pki.certs import init_certs
 from training.transport.config import TransportConfig
 from training.transport.node import read_port_file
 

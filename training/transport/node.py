@@ -19,7 +19,7 @@ from pathlib import Path
 from secagg.roles import AGGREGATOR, KEYHOLDER
 from training.transport import checkpoint as ckpt
 from training.transport.aggregator import KeyHolderLink, serve_aggregator
-from training.transport.certs import Credentials
+from training.pki.certs import Credentials
 from training.transport.client import ClientAgent
 from training.transport.config import TransportConfig
 from training.transport.coordinator import Coordinator, RoundPolicy, RoundRecord

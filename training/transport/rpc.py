@@ -16,14 +16,23 @@ from typing import Any
 
 import grpc
 
-from secagg.errors import SecAggError
-from training.transport.certs import Credentials, peer_identity, role_name
+from secagg.errors import AuthenticationError, SecAggError
+from training.pki.certs import Credentials, parse_identity, role_name
 from training.transport.wire import abort, channel_options, join, raise_rpc_error, server_options, split
 
-__all__ = ["guarded", "start_server", "Stub", "open_channel"]
+__all__ = ["guarded", "start_server", "Stub", "open_channel", "peer_identity"]
 
 log = logging.getLogger("training.transport")
 
+
+
+def peer_identity(context: grpc.ServicerContext) -> int:
+    """The role address of the authenticated peer of an RPC (from its verified certificate's common name)."""
+    auth = context.auth_context()
+    names = auth.get("x509_common_name") or []
+    if len(names) != 1:
+        raise AuthenticationError("peer presented no verified client certificate")
+    return parse_identity(names[0].decode("utf-8", "replace"))
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a handler ``fn(request, context)``: named errors become statuses; nothing escapes as a crash."""
@@ -80,7 +89,8 @@ def start_server(creds: Credentials, handlers: list[grpc.GenericRpcHandler], hos
     """Start an mTLS server (client certificates required) and return it with its bound port."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), handlers=handlers,
                          options=server_options())
-    bound = server.add_secure_port(f"{host}:{port}", creds.server())
+    bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([(creds.key, creds.cert)], root_certificates=creds.ca,
+                                                                         require_client_auth=True))
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     server.start()
@@ -89,7 +99,8 @@ def start_server(creds: Credentials, handlers: list[grpc.GenericRpcHandler], hos
 
 def open_channel(creds: Credentials, address: str, server_identity: int) -> grpc.Channel:
     """A channel that presents ``creds`` and accepts only a server certified as ``server_identity``."""
-    return grpc.secure_channel(address, creds.channel(), options=channel_options(role_name(server_identity)))
+    return grpc.secure_channel(address, grpc.ssl_channel_credentials(
+        root_certificates=creds.ca, private_key=creds.key, certificate_chain=creds.cert), options=channel_options(role_name(server_identity)))
 
 
 class Stub:

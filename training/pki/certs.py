@@ -1,4 +1,6 @@
-"""Mutual-TLS material: a private CA and one certificate per role, and identities read back from peers.
+"""The federation's PKI: a private CA, one TLS certificate per role, and each client's Ed25519 signing identity.
+
+Shared by every networked driver (gRPC services: mutual TLS; Flower: signing identities for signed masking).
 
 Identity invariant: a peer's role is the common name of the certificate it proved possession of during the TLS
 handshake (``aggregator``, ``keyholder`` or ``client-<id>``); the same name is the certificate's DNS SAN. Nothing
@@ -9,7 +11,7 @@ stand in for the aggregator or the key holder.
 Clients also get a *signing identity*: an Ed25519 key and a CA-issued certificate for it (``client-<id>.sign.pem``,
 key usage: digital signature only). Masking clients sign their key advertisements and consistency responses with
 it; the untrusted aggregator relays the certificates (tasks name them by SHA-256 :func:`fingerprint`; clients
-keep the ones they verified, see :mod:`.peers`), and every party checks each one against the CA and the id it is
+keep the ones they verified, see :mod:`training.pki.peers`), and every party checks each one against the CA and the id it is
 used for (:func:`verify_signing_identity`), so an aggregator cannot substitute keys between clients.
 """
 
@@ -22,7 +24,6 @@ import pathlib
 import re
 from dataclasses import dataclass
 
-import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -32,7 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from secagg.errors import AuthenticationError
 from secagg.roles import AGGREGATOR, KEYHOLDER
 
-__all__ = ["init_certs", "issue", "role_name", "parse_identity", "peer_identity", "Credentials",
+__all__ = ["init_certs", "issue", "role_name", "parse_identity", "Credentials",
            "verify_signing_cert", "verify_signing_identity", "SigningIdentity", "fingerprint"]
 
 _CLIENT_RE = re.compile(r"client-(0|[1-9][0-9]{0,8})")
@@ -58,15 +59,6 @@ def parse_identity(name: str) -> int:
     if m is None:
         raise AuthenticationError(f"certificate name {name!r} is not a secagg role")
     return int(m.group(1))
-
-
-def peer_identity(context: grpc.ServicerContext) -> int:
-    """The role address of the authenticated peer of an RPC (from its verified certificate's common name)."""
-    auth = context.auth_context()
-    names = auth.get("x509_common_name") or []
-    if len(names) != 1:
-        raise AuthenticationError("peer presented no verified client certificate")
-    return parse_identity(names[0].decode("utf-8", "replace"))
 
 
 def _name(cn: str) -> x509.Name:
@@ -252,12 +244,3 @@ class Credentials:
         """The role address named by this credential's own certificate."""
         cert = x509.load_pem_x509_certificate(self.cert)
         return parse_identity(str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value))
-
-    def server(self) -> grpc.ServerCredentials:
-        """Server credentials that demand and verify a client certificate from the same CA."""
-        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca,
-                                           require_client_auth=True)
-
-    def channel(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
-                                            certificate_chain=self.cert)

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from secagg.errors import AuthenticationError, MalformedMessageError
 from training.engine.roles import roster_digest
-from training.transport.certs import SigningIdentity, verify_signing_identity
+from training.pki.certs import SigningIdentity, verify_signing_identity
 
 __all__ = ["CertificateMismatchError", "PeerCertificates", "roster_digest"]
 

@@ -214,7 +214,7 @@ class CKKSScheme(Scheme):
         if context is None:
             raise ConfigurationError("CKKS needs the key holder's public context")
         return CKKSClient(client_id, context, round_id=int(params["round_id"]),
-                          max_cohort=max(1, len(params["cohort"])))
+                          max_cohort=max(1, len(params["cohort"])), identity=signer)
 
 
 class PackedScheme(Scheme):
@@ -272,13 +272,15 @@ class PackedScheme(Scheme):
         if context is None:
             raise ConfigurationError("the packed scheme needs the key holder's public context")
         packed, common, _, _ = self._parse(params)
-        return PackedClient(client_id, context, packed, **common)
+        return PackedClient(client_id, context, packed, identity=signer, **common)
 
 
-def make_keyholder(name: str, options: Mapping[str, Any] | None = None) -> FinalizerRole:
+def make_keyholder(name: str, options: Mapping[str, Any] | None = None, *,
+                   peer_identities: Mapping[int, Ed25519PublicKey] | None = None) -> FinalizerRole:
     """A fresh key holder (new keys, in memory only) for ``name`` ("ckks" or "packed") and the deployment's public
     ``options`` (ckks: ``params``, ``min_contributors``; packed: ``max_cohort``, ``min_value_bits``,
-    ``min_contributors``): the only place key holders are made."""
+    ``min_contributors``): the only place key holders are made. With ``peer_identities`` it accepts only pad seeds
+    signed by those clients (pad seeds relayed by the aggregator, e.g. over Flower)."""
     opts = {k: v for k, v in dict(options or {}).items() if v is not None}
     if name == "packed":
         from secagg.packed import PackedKeyHolder, PackedParams
@@ -286,11 +288,13 @@ def make_keyholder(name: str, options: Mapping[str, Any] | None = None) -> Final
         if "max_cohort" not in opts:
             raise ConfigurationError("the packed scheme needs max_cohort (the largest cohort: it fixes the lanes)")
         params = PackedParams(max_cohort=max(2, int(opts["max_cohort"])), min_value_bits=opts.get("min_value_bits", 14))
-        return PackedKeyHolder(params, min_contributors=int(opts.get("min_contributors", 2)))
+        return PackedKeyHolder(params, min_contributors=int(opts.get("min_contributors", 2)),
+                               peer_identities=peer_identities)
     if name == "ckks":
         from secagg.ckks import KeyHolder
 
-        return KeyHolder(params=opts.get("params", "default"), min_contributors=int(opts.get("min_contributors", 2)))
+        return KeyHolder(params=opts.get("params", "default"), min_contributors=int(opts.get("min_contributors", 2)),
+                         peer_identities=peer_identities)
     raise ConfigurationError(f"scheme {name!r} has no key holder")
 
 

@@ -28,44 +28,31 @@ from collections.abc import Iterator
 
 import grpc
 
-from secagg.errors import AuthenticationError, MalformedMessageError, WrongRoundError
-from secagg.he_pads import PadSeed
-from secagg.messages import decode
+from secagg.errors import AuthenticationError
 from secagg.roles import AGGREGATOR, KEYHOLDER, FinalizerRole
+from training.engine.keyholder import KeyHolderDesk
 from training.transport.aggregator import encode_outbounds
 from training.pki.certs import Credentials
 from training.transport.rpc import peer_identity
 from training.transport.rpc import guarded, guarded_stream, start_server
-from training.transport.wire import StaleKeyError, field, join, pack, split, unpack
+from training.transport.wire import field, join, pack, split, unpack
 
-__all__ = ["KeyHolderService", "serve_keyholder", "key_id"]
+__all__ = ["KeyHolderService", "serve_keyholder"]
 
 SERVICE = "secagg.KeyHolder"
-
-
-def key_id(obj: object) -> bytes | None:
-    """The key/session id a key holder or an aggregate message carries (CKKS ``context_id``, packed
-    ``session_id``), or None."""
-    for name in ("context_id", "session_id"):
-        value = getattr(obj, name, None)
-        if isinstance(value, bytes):
-            return value
-    return None
 
 
 class KeyHolderService:
     """Serves ``keyholder`` (a FinalizerRole with ``public_context()``); ``max_message_bytes`` bounds requests."""
 
     def __init__(self, keyholder: FinalizerRole, max_message_bytes: int) -> None:
-        self.kh, self.limit = keyholder, int(max_message_bytes)
-        self.context_bytes: bytes = keyholder.public_context()  # type: ignore[attr-defined]
-        self.last_round = 0
+        self.desk, self.limit = KeyHolderDesk(keyholder), int(max_message_bytes)
         self.lock = threading.Lock()
 
     @guarded_stream
     def Context(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         peer_identity(context)
-        yield from split(pack({"type": "context"}, self.context_bytes))
+        yield from split(pack({"type": "context"}, self.desk.context))
 
     @guarded
     def Seed(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
@@ -73,14 +60,8 @@ class KeyHolderService:
         if sender < 0:
             raise AuthenticationError("only clients send pad seeds")
         _, payload = unpack(join(request_iterator, self.limit))
-        msg = decode(payload)
-        if not isinstance(msg, PadSeed):
-            raise MalformedMessageError("the Seed call carries pad seeds only")
-        if msg.session_id != key_id(self.kh):
-            raise StaleKeyError("pad seed sealed for a key this key holder does not hold (it restarted with fresh "
-                                "keys); re-fetch the public context")
         with self.lock:
-            self.kh.receive(sender, payload)  # the key holder checks the seed names its sender
+            self.desk.seed(sender, payload)
         return pack({"ok": True})
 
     @guarded_stream
@@ -88,20 +69,8 @@ class KeyHolderService:
         if peer_identity(context) != AGGREGATOR:
             raise AuthenticationError("only the aggregator may submit aggregates to the key holder")
         header, payload = unpack(join(request_iterator, self.limit))
-        round_id = field(header, "round_id", int)
-        msg = decode(payload)  # validates the whole message before any work
-        inner = getattr(msg, "round_id", round_id)
-        if inner != round_id:
-            raise WrongRoundError(f"aggregate of round {inner} submitted as round {round_id}")
-        theirs, ours = key_id(msg), key_id(self.kh)
-        if theirs is not None and ours is not None and theirs != ours:
-            raise StaleKeyError("aggregate was made under a public key this key holder does not hold (it restarted "
-                                "with fresh keys, or the aggregate is forged); re-fetch the public context")
         with self.lock:
-            if round_id <= self.last_round:
-                raise WrongRoundError(f"round {round_id} is not after the last finalized round {self.last_round}")
-            outs = self.kh.receive(AGGREGATOR, payload)
-            self.last_round = round_id
+            outs = self.desk.finalize(field(header, "round_id", int), payload)
         yield from split(encode_outbounds(outs))
 
     def handler(self) -> grpc.GenericRpcHandler:

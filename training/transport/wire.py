@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 
 from secagg import errors as E
+from training.engine.keyholder import StaleKeyError
 from training.engine.roles import context_id
 
 __all__ = ["CHUNK", "MAX_GRPC_MESSAGE", "OversizeMessageError", "StaleKeyError", "TransportError", "split",
@@ -36,12 +37,6 @@ _LEN = struct.Struct("<I")
 
 class OversizeMessageError(E.MalformedMessageError):
     """A streamed message grew past the receiver's size limit."""
-
-
-class StaleKeyError(E.DecryptionError):
-    """The key holder was handed an aggregate made under a public key it does not hold (it restarted with fresh
-    keys, or the aggregate is forged): nothing is decrypted; the aggregator re-fetches the key holder's public
-    context, and the round is aborted and retried under it."""
 
 
 class TransportError(E.SecAggError):

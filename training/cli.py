@@ -6,6 +6,7 @@
   ``config.json`` into ``--out``.
 * ``secagg certs init``, ``keyholder serve``, ``aggregator serve``, ``client run``, ``up`` — the networked
   deployment, mounted from :mod:`training.transport.cli`.
+* ``secagg flower sim`` — the same federation on Flower's simulation runtime (:mod:`training.flower`).
 * ``secagg bench NAME [ARGS...]`` — runs ``python -m benchmarks.NAME ARGS...``.
 """
 
@@ -26,6 +27,7 @@ import typer
 
 from training.config import RunConfig, demo_config, load_config
 from training.errors import ConfigError, TrainingError
+from training.flower.cli import mount as mount_flower
 from training.transport.cli import mount
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no tokenizers thread pool: safe across fork()
@@ -221,6 +223,7 @@ def bench(ctx: typer.Context, name: str = typer.Argument(..., help="benchmark mo
 
 
 mount(app)  # certs init, keyholder serve, aggregator serve, client run, up
+mount_flower(app)  # flower sim
 
 if __name__ == "__main__":
     app()

@@ -72,6 +72,14 @@ def plot(rows: Sequence[RoundMetrics], out: str | Path, initial_loss: float | No
     return paths
 
 
+def _nan(x: float | None) -> float:
+    return float("nan") if x is None else x
+
+
+def _opt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def final_table(rows: Sequence[RoundMetrics], initial_loss: float | None = None) -> str:
     """A fixed-width table: the start (round 0, when ``initial_loss`` is given), one line per round, totals."""
     import math
@@ -83,15 +91,16 @@ def final_table(rows: Sequence[RoundMetrics], initial_loss: float | None = None)
                      f"{'-':>10} {'-':>7} {'-':>8}")
     for r in rows:
         eps = f"{r.epsilon:.2f}" if r.epsilon is not None else "-"
-        lines.append(f"{r.round:>5} {r.loss:>7.3f} {r.perplexity:>8.1f} {eps:>9} {human_bytes(r.bytes_up):>10} "
-                     f"{human_bytes(r.bytes_down):>10} {r.seconds:>7.1f} {r.modelled_seconds:>8.2f}")
+        lines.append(f"{r.round:>5} {r.loss:>7.3f} {_nan(r.perplexity):>8.1f} {eps:>9} {human_bytes(r.bytes_up):>10} "
+                     f"{human_bytes(r.bytes_down):>10} {r.seconds:>7.1f} {_opt(r.modelled_seconds):>8}")
     if rows:
         last = rows[-1]
         lines.append("-" * len(head))
+        modelled = f", modelled cross-cloud time {last.sim_time:.1f} s" if last.sim_time is not None else ""
         lines.append(f"total up {human_bytes(sum(r.bytes_up for r in rows))}, down "
-                     f"{human_bytes(sum(r.bytes_down for r in rows))}, wall {sum(r.seconds for r in rows):.1f} s, "
-                     f"modelled cross-cloud time {last.sim_time:.1f} s")
-        if initial_loss is not None:
+                     f"{human_bytes(sum(r.bytes_down for r in rows))}, wall {sum(r.seconds for r in rows):.1f} s"
+                     + modelled)
+        if initial_loss is not None and last.perplexity is not None:
             start, end = math.exp(min(initial_loss, 50.0)), last.perplexity
             lines.append(f"validation perplexity {start:.1f} -> {end:.1f} ({100 * (end / start - 1):+.1f}%)")
         per = ", ".join(f"client {c}: ε={e:.2f}" if e is not None else f"client {c}: no DP"

@@ -32,6 +32,7 @@ from training.flower.protocol import Trust, pack, unpack
 __all__ = ["make_client_app", "NodeProcess"]
 
 log = logging.getLogger("training.flower.client")
+_PROCESS: dict[str, "NodeProcess"] = {}  # this process's node state, for the run named by settings["run"]
 
 
 def _model(body: bytes, dim: int | None = None) -> np.ndarray:
@@ -148,29 +149,37 @@ class NodeProcess:
         return outs
 
 
-def make_client_app(settings: dict[str, Any], trust: Trust, workload: Callable[[], Any]):
-    """The ClientApp for a run with ``settings`` (scheme, options), out-of-band ``trust`` and a ``workload``
-    factory (called once per process)."""
+def _serve(settings: dict[str, Any], trust: Trust, workload: Callable[[], Any], msg, context):
+    """Answer one message (module-level: its state, :data:`_PROCESS`, survives the runtime re-sending the app)."""
     from flwr.app import Message
+
+    proc = _PROCESS.get(settings["run"])
+    if proc is None:
+        _PROCESS.clear()
+        proc = _PROCESS[settings["run"]] = NodeProcess(settings, trust, workload)
+    cfg = context.node_config
+    try:
+        op, head, body, outs = unpack(msg.content)
+        if cfg.get("role") == "keyholder" or (
+                "role" not in cfg and int(cfg.get("partition-id", -1)) == settings["clients"]):
+            return Message(proc.keyholder(op, head, body, outs), reply_to=msg)
+        cid = int(cfg.get("client-id", cfg.get("partition-id", -1)))
+        if cid < 0:
+            raise AuthenticationError("this node has no client-id")
+        return Message(proc.client(cid, op, head, body, outs), reply_to=msg)
+    except SecAggError as exc:
+        return Message(pack("refused", {"error": type(exc).__name__, "reason": str(exc)}), reply_to=msg)
+
+
+def make_client_app(settings: dict[str, Any], trust: Trust, workload: Callable[[], Any]):
+    """The ClientApp for a run with ``settings`` (scheme, options, a ``run`` token), out-of-band ``trust`` and a
+    ``workload`` factory (called once per process)."""
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
-    node: dict[str, NodeProcess] = {}
 
     @app.query("secagg")  # the driver's one message type: protocol.MESSAGE_TYPE
-    def handle(msg: Message, context) -> Message:
-        proc = node.get("p") or node.setdefault("p", NodeProcess(settings, trust, workload))
-        cfg = context.node_config
-        try:
-            op, head, body, outs = unpack(msg.content)
-            if cfg.get("role") == "keyholder" or (
-                    "role" not in cfg and int(cfg.get("partition-id", -1)) == settings["clients"]):
-                return Message(proc.keyholder(op, head, body, outs), reply_to=msg)
-            cid = int(cfg.get("client-id", cfg.get("partition-id", -1)))
-            if cid < 0:
-                raise AuthenticationError("this node has no client-id")
-            return Message(proc.client(cid, op, head, body, outs), reply_to=msg)
-        except SecAggError as exc:
-            return Message(pack("refused", {"error": type(exc).__name__, "reason": str(exc)}), reply_to=msg)
+    def handle(msg, context):
+        return _serve(settings, trust, workload, msg, context)
 
     return app

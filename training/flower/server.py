@@ -1,0 +1,234 @@
+"""The Flower ServerApp: the untrusted aggregator, driving the round engine with ``grid.send_and_receive``.
+
+Each engine step is one batch of messages: check-ins (``checkin``; asynchronous clients without an update get
+``model``), the round's tasks and mail (``task``/``mail``: each reply carries the client role's outbound
+messages), relayed pad seeds and the aggregate for the key-holder node (``seed``/``finalize``). The ServerApp
+never holds a secret key: it relays the key holder's signed public bundle (``setup``) and sealed, signed pad seeds.
+Its clock is logical: when a batch's replies are in and nothing is in flight, it jumps to the engine's next
+deadline, so a node that did not answer within ``timeout`` seconds is a dropout of that stage, as over gRPC.
+Privacy reports: a client's DP events are composed once; the next check-in request names the report id the
+engine recorded (``acked``), and only then does the client drop it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from secagg.errors import AuthenticationError, SecAggError, StageError
+from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
+from training.engine.core import Mail, ModelReply, RoundDone, RoundEngine, Task, ToKeyholder
+from training.engine.metrics import RoundMetrics, metrics_of
+from training.engine.roles import make_scheme
+from training.engine.rounds import RoundPolicy
+from training.engine.state import ServerState
+from training.flower.protocol import MESSAGE_TYPE, Trust, pack, unpack
+
+__all__ = ["FlowerAggregator", "make_server_app"]
+
+log = logging.getLogger("training.flower.server")
+
+
+def _f32(model: np.ndarray) -> bytes:
+    return np.ascontiguousarray(model, dtype="<f4").tobytes()
+
+
+class FlowerAggregator:
+    """Runs ``settings["rounds"]`` rounds over ``grid``; :attr:`rows` gets one metrics row per attempt."""
+
+    def __init__(self, grid, settings: dict[str, Any], trust: Trust, work, *, timeout: float = 120.0) -> None:
+        self.grid, self.settings, self.trust, self.work, self.timeout = grid, settings, trust, work, timeout
+        self.scheme = make_scheme(settings["scheme"], settings["scheme_options"])
+        self.n = int(settings["clients"])
+        self.nodes: dict[int, int] = {}  # client id -> node id
+        self.keyholder: int | None = None
+        self.acked: dict[int, str] = {}
+        self.rows: list[RoundMetrics] = []
+        self.now = 0.0
+        self.engine: RoundEngine | None = None
+        self.initial_loss = float(work.evaluate(work.initial_model())["loss"])
+
+    # ---- messaging ----------------------------------------------------------------------------------------
+    def _send(self, batch: list[tuple[int, Any]]) -> list[tuple[int, str, dict, bytes, list[Outbound]]]:
+        from flwr.app import Message
+
+        if not batch:
+            return []
+        msgs = [Message(content, dst_node_id=node, message_type=MESSAGE_TYPE) for node, content in batch]
+        out = []
+        for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
+            if reply.has_error():
+                log.warning("node %d failed: %s", reply.metadata.src_node_id, reply.error.reason)
+                continue
+            try:
+                op, head, body, outs = unpack(reply.content)
+            except SecAggError as exc:
+                log.warning("node %d sent %s", reply.metadata.src_node_id, exc)
+                continue
+            if op == "refused":
+                log.warning("node %d refused: %s: %s", reply.metadata.src_node_id, head.get("error"),
+                            head.get("reason"))
+                continue
+            out.append((reply.metadata.src_node_id, op, head, body, outs))
+        return out
+
+    def _client(self, node: int) -> int | None:
+        return next((c for c, n in self.nodes.items() if n == node), None)
+
+    def _discover(self) -> None:
+        want = self.n + (1 if self.scheme.needs_keyholder else 0)
+        end = time.monotonic() + self.timeout
+        while len(ids := list(self.grid.get_node_ids())) < want:
+            if time.monotonic() > end:
+                raise StageError(f"{len(ids)} of {want} Flower nodes connected within {self.timeout} s")
+            time.sleep(0.5)
+        for node, _, head, _, _ in self._send([(i, pack("hello")) for i in ids]):
+            if head.get("role") == "keyholder":
+                self.keyholder = node
+            elif isinstance(head.get("client_id"), int) and 0 <= head["client_id"] < self.n:
+                self.nodes.setdefault(head["client_id"], node)
+        if len(self.nodes) < self.n or (self.scheme.needs_keyholder and self.keyholder is None):
+            raise AuthenticationError(f"nodes answered as clients {sorted(self.nodes)} and key holder "
+                                      f"{self.keyholder}; expected {self.n} clients" +
+                                      (" and a key holder" if self.scheme.needs_keyholder else ""))
+
+    # ---- the run ------------------------------------------------------------------------------------------
+    def run(self) -> list[RoundMetrics]:
+        self._discover()
+        context = None
+        if self.scheme.needs_keyholder:
+            ((_, _, head, context, _),) = self._send([(self.keyholder, pack("context"))])
+            setup = [(self.nodes[c], pack("setup", {"signature": head["signature"]}, context)) for c in self.nodes]
+            self._send(setup)
+        s = self.settings
+        policy = RoundPolicy(s["rounds"], s["cohort_size"], s["min_clients"], checkin_timeout=1.0,
+                             stage_timeout=1.0, max_closes=4)
+        self.engine = eng = RoundEngine(self.scheme, ServerState(self.work.initial_model()), policy,
+                                        step=self.work.step(), context=context, ledger_budget=self.work.ledger_budget)
+        if context is not None:
+            for c in self.nodes:
+                eng.count_sent(c, len(context))
+        idle_steps, fresh = 0, False
+        while not eng.finished:
+            if not fresh:
+                self._checkins()
+            fresh = False
+            eng.tick(self.now)
+            if eng.current is None:
+                idle_steps += 1
+                if idle_steps > 64:
+                    raise StageError("no round could be opened with the clients that checked in")
+                self.now += 1.0
+                continue
+            idle_steps = 0
+            self._round()
+            fresh = True  # the round's end collected the check-ins (and privacy reports) already
+        return self.rows
+
+    def _checkins(self) -> None:
+        eng = self.engine
+        busy = set() if eng.current is None else set(eng.current.cohort)
+        batch = [(self.nodes[c], pack("checkin", {"acked": self.acked.get(c)})) for c in self.nodes if c not in busy]
+        for node, _, head, _, _ in self._send(batch):
+            c = self._client(node)
+            try:
+                eng.checkin(c, head.get("weight"), self.now, base=head.get("base"), privacy=head.get("privacy"),
+                            report=head.get("report", ""),
+                            identity=self.trust.identity(c) if self.scheme.needs_identities else None)
+                if head.get("privacy"):
+                    self.acked[c] = head["report"]
+            except SecAggError as exc:
+                log.warning("client %d: check-in refused: %s: %s", c, type(exc).__name__, exc)
+        models = [e for e in eng.drain() if isinstance(e, ModelReply)]
+        for e in models:
+            eng.count_sent(e.cid, 4 * e.model.size)
+        self._send([(self.nodes[e.cid], pack("model", {"version": e.version}, _f32(e.model))) for e in models])
+
+    def _round(self) -> None:
+        eng, t0 = self.engine, time.perf_counter()
+        while True:
+            effects = eng.drain()
+            done = next((e for e in effects if isinstance(e, RoundDone)), None)
+            if done is not None:
+                return self._done(done, time.perf_counter() - t0)
+            batch, mail = [], defaultdict(list)
+            for e in effects:
+                if isinstance(e, Task):
+                    body = b"" if e.model is None else _f32(e.model)
+                    eng.count_sent(e.cid, len(body))
+                    batch.append((self.nodes[e.cid], pack("task", e.header, body)))
+                elif isinstance(e, Mail):
+                    mail[e.cid].append(Outbound(e.cid, e.payload))
+            batch += [(self.nodes[c], pack("mail", {"round_id": eng.current.round_id}, outs=m))
+                      for c, m in mail.items()]
+            finals = [e for e in effects if isinstance(e, ToKeyholder)]
+            if not batch and not finals:
+                deadline = eng.next_deadline(self.now)
+                if deadline is None:
+                    raise StageError("the round stalled with no message in flight")
+                self.now = max(self.now, deadline)
+                eng.tick(self.now)
+                continue
+            self._deliver(self._send(batch))
+            for e in finals:
+                self._finalize(e)
+
+    def _deliver(self, replies) -> None:
+        eng, seeds = self.engine, []
+        rid = eng.current.round_id if eng.current is not None else None
+        for node, _, _, _, outs in replies:
+            c = self._client(node)
+            seeds += [(c, o.payload) for o in outs if o.to == KEYHOLDER]
+        if seeds:  # pad seeds reach the key holder before the contributions that may complete the sum
+            self._send([(self.keyholder, pack("seed", {"senders": [c for c, _ in seeds]},
+                                              outs=[Outbound(KEYHOLDER, p) for _, p in seeds]))])
+        for node, _, _, _, outs in replies:
+            c = self._client(node)
+            for o in outs:
+                if o.to == AGGREGATOR and eng.current is not None and eng.current.round_id == rid:
+                    try:
+                        eng.deliver(c, rid, o.payload, self.now)
+                    except SecAggError as exc:
+                        log.warning("client %d: message refused: %s: %s", c, type(exc).__name__, exc)
+
+    def _finalize(self, e: ToKeyholder) -> None:
+        replies = self._send([(self.keyholder, pack("finalize", {"round_id": e.round_id}, e.payload))])
+        if not replies:
+            self.engine.keyholder_failed(e.round_id, StageError("the key holder did not finalize"), self.now)
+            return
+        self.engine.keyholder_reply(e.round_id, replies[0][4], self.now)
+
+    def _done(self, done: RoundDone, seconds: float) -> None:
+        """The round's row, after the clients' next check-in: it reports the DP events of this round's training,
+        so the row's ε covers everything released so far (also after the last round)."""
+        rec, state = done.record, self.engine.state
+        self._send([(self.nodes[c], pack("end", {"round_id": rec.round_id})) for c in rec.cohort])
+        self._checkins()
+        loss = float(self.work.evaluate(state.model)["loss"]) if rec.status == "done" else None
+        eps = {int(c): ledger["spent"] for c, ledger in state.ledgers.items()}
+        self.rows.append(metrics_of(rec, loss=loss, epsilon_per_client=eps, seconds=seconds, secure_seconds=seconds,
+                                    language_model=self.settings.get("trainer") == "local"))
+        if rec.status != "done":
+            log.warning("round %d (id %d) aborted: %s", rec.round, rec.round_id, rec.reason)
+
+
+def make_server_app(settings: dict[str, Any], trust: Trust, workload, result: dict, *, timeout: float = 120.0):
+    """The ServerApp; ``result`` receives ``rows``, ``initial_loss`` and ``model`` when the run ends."""
+    from flwr.serverapp import ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context) -> None:
+        agg = FlowerAggregator(grid, settings, Trust(trust.keyholder_public, trust.roster), workload(),
+                               timeout=timeout)
+        result["initial_loss"] = agg.initial_loss
+        result["rows"] = agg.rows
+        agg.run()
+        result["model"] = agg.engine.state.model.copy()
+
+    return app

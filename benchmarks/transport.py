@@ -43,7 +43,7 @@ from secagg.errors import SecAggError
 from secagg.messages import decode
 from secagg.roles import Outbound
 from training.transport.inproc import Deployment, FixedSource
-from training.transport.wire import unpack
+from training.transport.wire import model_bytes, pack, unpack
 
 
 def _lo_bytes() -> int:
@@ -173,21 +173,23 @@ def over_grpc(scheme: str, updates, weights, options: dict, rounds: int = 2) -> 
     marks: list[dict[str, int]] = []
     with Deployment(scheme, sources, updates[0].size, options=options, stage_timeout=60.0, rounds=rounds,
                     checkin_timeout=30.0, poll_seconds=5.0) as dep:
-        plan, open_round = dep.scheme.plan, dep.coordinator._open
+        plan, engine = dep.scheme.plan, dep.coordinator.engine
+        open_round = engine._open
 
         def counted_plan(*args, **kw):
             params, role = plan(*args, **kw)
             tallies.append({})
             return params, _Tally(role, tallies[-1])
 
-        def counted_open(cohort):
+        def counted_open(cohort, bases, now):
             marks.append(_snapshot(dep))
-            rnd = open_round(cohort)
-            tasks.append(_task_parts(rnd.task, len(rnd.cohort)))
-            return rnd
+            open_round(cohort, bases, now)
+            rnd = engine.current
+            if rnd is not None:  # the envelope every member fetches: header + the model as float32
+                tasks.append(_task_parts(pack(rnd.header, model_bytes(engine.state.model)), len(rnd.cohort)))
 
         dep.scheme.plan = counted_plan  # type: ignore[method-assign]
-        dep.coordinator._open = counted_open  # type: ignore[method-assign]
+        engine._open = counted_open  # type: ignore[method-assign]
         records = dep.run(timeout=900)
         marks.append(_snapshot(dep))
     lo_total = _lo_bytes() - lo0

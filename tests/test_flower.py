@@ -19,7 +19,7 @@ from training.aggregation import BufferedAsync, FedAvg  # noqa: E402
 from training.flower.sim import simulate  # noqa: E402
 from training.transport.config import TransportConfig  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower")]  # one Ray at a time on the machine
 
 
 def _cfg(scheme: str, aggregator: str = "fedavg", rounds: int = 2, **kw) -> TransportConfig:

@@ -1,0 +1,93 @@
+"""What a malicious Flower ServerApp gains by choosing the fields of what it relays: nothing but a named refusal.
+
+The node handlers (:class:`training.flower.client.NodeProcess`) are called directly, without a Flower runtime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from secagg.errors import AuthenticationError, MalformedMessageError, StageError  # noqa: E402
+from secagg.roles import AGGREGATOR, KEYHOLDER  # noqa: E402
+from training.engine import RoundEngine, RoundPolicy, ServerState, Task  # noqa: E402
+from training.engine.keyholder import StaleKeyError  # noqa: E402
+from training.flower.client import NodeProcess  # noqa: E402
+from training.flower.protocol import Trust, unpack  # noqa: E402
+from training.workload import SyntheticWorkload  # noqa: E402
+
+DIM, N = 8, 3
+
+
+def _node(scheme: str, options: dict, trust: Trust) -> NodeProcess:
+    settings = {"run": "t", "scheme": scheme, "scheme_options": options, "clients": N}
+    return NodeProcess(settings, trust, lambda: SyntheticWorkload(DIM, N, seed=1, clip=1.0))
+
+
+def _tasks(node: NodeProcess, context=None, identities=None) -> dict[int, Task]:
+    eng = RoundEngine(node.scheme, ServerState(np.zeros(DIM)), RoundPolicy(1, N, N), context=context)
+    for c in range(N):
+        eng.checkin(c, 1.0 + c % 3, 0.0, identity=None if identities is None else identities(c))
+    eng.tick(0.0)
+    return {e.cid: e for e in eng.drain() if isinstance(e, Task)}
+
+
+def _body(task: Task) -> bytes:
+    return np.ascontiguousarray(task.model, dtype="<f4").tobytes()
+
+
+def test_a_public_context_not_signed_by_the_trusted_key_holder_is_refused():
+    trust = Trust.generate(N)
+    kh = _node("ckks", {"params": "default"}, trust)
+    op, head, context, _ = unpack(kh.keyholder("context", {}, b"", []))
+    client = _node("ckks", {"params": "default"}, Trust(trust.keyholder_public, trust.roster,
+                                                        client_private=trust.client_private))
+    forged = _node("ckks", {"params": "default"}, Trust.generate(N))  # a key holder the aggregator runs itself
+    _, fhead, fcontext, _ = unpack(forged.keyholder("context", {}, b"", []))
+    with pytest.raises(AuthenticationError):
+        client.client(0, "setup", fhead, fcontext, [])
+    with pytest.raises(AuthenticationError):  # the genuine signature on another bundle
+        client.client(0, "setup", head, fcontext, [])
+    assert 0 not in client.bundles
+    client.client(0, "setup", head, context, [])
+    # a task made under the forged key: the client never encrypts to it
+    tasks = _tasks(client, context=fcontext)
+    with pytest.raises(StaleKeyError):
+        client.client(0, "task", tasks[0].header, _body(tasks[0]), [])
+    tasks = _tasks(client, context=context)  # the genuine round goes through, pad seed signed for the key holder
+    _, _, _, outs = unpack(client.client(0, "task", tasks[0].header, _body(tasks[0]), []))
+    assert sorted(o.to for o in outs) == [KEYHOLDER, AGGREGATOR]
+    seed = next(o for o in outs if o.to == KEYHOLDER)
+    _, ok, _, _ = unpack(kh.keyholder("seed", {"senders": [0]}, b"", [seed]))
+    assert ok["refused"] == []
+    _, bad, _, _ = unpack(kh.keyholder("seed", {"senders": [1]}, b"", [seed]))  # relabelled as client 1's
+    assert len(bad["refused"]) == 1
+
+
+def test_a_masking_task_naming_untrusted_signing_identities_is_refused():
+    trust = Trust.generate(N)
+    node = _node("masking", {"clip": 1.0, "signed": True}, trust)
+    other = Trust.generate(N)  # keys the aggregator made up for the cohort
+    tasks = _tasks(node, identities=other.identity)
+    with pytest.raises(AuthenticationError):
+        node.client(0, "task", tasks[0].header, _body(tasks[0]), [])
+    tasks = _tasks(node, identities=trust.identity)
+    _, _, _, outs = unpack(node.client(0, "task", tasks[0].header, _body(tasks[0]), []))
+    assert [o.to for o in outs] == [AGGREGATOR]
+
+
+def test_mail_for_a_round_the_client_is_not_in_and_malformed_tasks_are_refused():
+    trust = Trust.generate(N)
+    node = _node("masking", {"clip": 1.0, "signed": False}, trust)
+    with pytest.raises(StageError):
+        node.client(0, "mail", {"round_id": 7}, b"", [])
+    tasks = _tasks(node)
+    header = dict(tasks[0].header, round_id=99)  # relabelled round
+    with pytest.raises(MalformedMessageError):
+        node.client(0, "task", header, _body(tasks[0]), [])
+    with pytest.raises(MalformedMessageError):  # a model of the wrong size
+        node.client(0, "task", tasks[0].header, _body(tasks[0])[:-4], [])
+    with pytest.raises(MalformedMessageError):
+        node.client(0, "no-such-op", {}, b"", [])

@@ -11,8 +11,12 @@ values: nothing to train, so the round is the protocol), the same scheme and opt
 * ``protocol_bytes``: secagg payloads up and down per round, counted by the engine the same way on every driver
   (tasks, models and transport framing excluded; those differ by design).
 
-Flower's start (Ray, ~15 s here) and the first round (connections, caches) are left out. Not here yet: our masking
-over Flower against Flower's own ``SecAggPlusWorkflow`` on the same cohort (needs its legacy strategy API).
+Flower's start (Ray, ~15 s here) and the first round (connections, caches) are left out.
+
+``secaggplus``: our signed masking over Flower against Flower's own ``SecAggPlusWorkflow`` + ``secaggplus_mod``
+(its legacy strategy API) on the same runtime, cohort (``--secaggplus``, default 10), D, graph degree and
+threshold: steady-state round time and the largest error of the weighted mean. Client and server time are not
+separated (both run in this machine's one Ray actor and ServerApp thread), nor are Flower's bytes counted.
 Writes ``benchmarks/results/flower.json`` and ``flower.png``. Usage:
 ``python -m benchmarks.flower [--dim 100000] [--sizes 3,10] [--schemes masking,ckks] [--rounds 4]``.
 """
@@ -81,6 +85,107 @@ def over_flower(scheme: str, n: int, dim: int, rounds: int) -> dict:
 DRIVERS = {"in-process": in_process, "grpc": over_grpc, "flower": over_flower}
 
 
+def _exact_mean(n: int, dim: int) -> np.ndarray:
+    srcs = [SyntheticWorkload(dim, n, seed=1, clip=1.0).source(i) for i in range(n)]
+    return sum(s.weight * s.update(np.zeros(dim), 0).delta for s in srcs) / sum(s.weight for s in srcs)
+
+
+def flower_secaggplus(n: int, dim: int, rounds: int, k: int, t: int) -> dict:
+    """Flower's own SecAgg+ (``SecAggPlusWorkflow`` + ``secaggplus_mod``, its legacy strategy API) on the same
+    simulation runtime: every client submits the same fixed update every round, from the global model 0 (so the
+    FedAvg result after each round is the exact weighted mean); ``num_shares = k + 1`` (Flower counts the share a
+    client keeps), threshold ``t``."""
+    from flwr.client import NumPyClient
+    from flwr.client.mod import secaggplus_mod
+    from flwr.clientapp import ClientApp
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server import LegacyContext, ServerApp, ServerConfig
+    from flwr.server.strategy import FedAvg as FlowerFedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.simulation import run_simulation
+
+    times: list[float] = []
+    result: dict = {}
+
+    class Fixed(NumPyClient):
+        def __init__(self, cid: int) -> None:
+            src = SyntheticWorkload(dim, n, seed=1, clip=1.0).source(cid)
+            self.x, self.w = src.update(np.zeros(dim), 0).delta.astype(np.float32), int(src.weight)
+
+        def fit(self, parameters, config):
+            return [self.x], self.w, {}
+
+    class Timed(SecAggPlusWorkflow):
+        def __call__(self, grid, context) -> None:
+            t0 = time.perf_counter()
+            super().__call__(grid, context)
+            times.append(time.perf_counter() - t0)
+
+    client_app = ClientApp(client_fn=lambda context: Fixed(int(context.node_config["partition-id"])).to_client(),
+                           mods=[secaggplus_mod])
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid, context) -> None:
+        strategy = FlowerFedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_available_clients=n,
+                                initial_parameters=ndarrays_to_parameters([np.zeros(dim, np.float32)]),
+                                fit_metrics_aggregation_fn=lambda _m: {})
+        legacy = LegacyContext(context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
+        seen = []
+        inner = strategy.aggregate_fit
+
+        def aggregate_fit(server_round, results, failures):
+            params, metrics = inner(server_round, results, failures)
+            seen.append(parameters_to_ndarrays(params)[0])
+            return params, metrics
+
+        strategy.aggregate_fit = aggregate_fit
+        DefaultWorkflow(fit_workflow=Timed(num_shares=k + 1, reconstruction_threshold=t))(grid, legacy)
+        result["mean"] = seen[-1]
+
+    import os
+
+    cpus = max(1, os.cpu_count() or 1)
+    run_simulation(server_app, client_app, num_supernodes=n,
+                   backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": cpus, "log_to_driver": False}})
+    err = float(np.max(np.abs(result["mean"].astype(np.float64) - _exact_mean(n, dim))))
+    return {"seconds": times, "max_abs_error": err}
+
+
+def ours_over_flower_same_graph(n: int, dim: int, rounds: int, k: int, t: int) -> dict:
+    """Our signed masking over Flower, same cohort, D, graph degree k and threshold t: round times of a
+    ``rounds``-round run, and the error of the sum from a 1-round run (its model is the weighted mean itself)."""
+    from training.flower.sim import simulate
+
+    def cfg(r: int) -> TransportConfig:
+        return TransportConfig(scheme="masking", trainer="synthetic", clients=n, rounds=r, dim=dim, seed=1, clip=1.0,
+                               aggregator="fedavg", neighbors=k, threshold=t).validate()
+
+    rows = simulate(cfg(rounds), timeout=600)["rows"]
+    one = simulate(cfg(1), timeout=600)["model"]
+    return {"seconds": [r.seconds for r in rows], "max_abs_error": float(np.max(np.abs(one - _exact_mean(n, dim))))}
+
+
+def compare_secaggplus(n: int, dim: int, rounds: int) -> dict:
+    from secagg.masking.config import MaskingConfig
+
+    cfg = MaskingConfig(participants=tuple(range(n)), dim=1)
+    k, t = int(cfg.neighbors), int(cfg.t)
+    out = {"clients": n, "dim": dim, "neighbors": k, "threshold": t}
+    for name, fn in (("ours (signed masking) over Flower", ours_over_flower_same_graph),
+                     ("Flower SecAggPlusWorkflow", flower_secaggplus)):
+        res = fn(n, dim, rounds, k, t)
+        out[name] = res | {"steady_seconds": _stats(res["seconds"][1:])}
+        print(f"{name:<36} n={n} k={k} t={t}: {out[name]['steady_seconds']['median']:.3f} s/round "
+              f"[{out[name]['steady_seconds']['min']:.3f}, {out[name]['steady_seconds']['max']:.3f}], "
+              f"error of the mean {res['max_abs_error']:.1e}", flush=True)
+    ours, theirs = (out[x]["steady_seconds"]["median"] for x in ("ours (signed masking) over Flower",
+                                                                  "Flower SecAggPlusWorkflow"))
+    out["flower_secaggplus_over_ours"] = theirs / ours
+    return out
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -113,12 +218,14 @@ def main() -> None:
     ap.add_argument("--sizes", default="3,10")
     ap.add_argument("--schemes", default="masking,ckks")
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--secaggplus", type=int, default=10, help="cohort of the SecAgg+ comparison (0: skip)")
+    ap.add_argument("--skip-drivers", action="store_true", help="only the SecAgg+ comparison")
     ap.add_argument("--out", default="benchmarks/results/flower.json")
     args = ap.parse_args()
     if args.rounds < 4:
         raise SystemExit("--rounds must be at least 4 (3 steady-state rounds after the first)")
     rows = []
-    for scheme in args.schemes.split(","):
+    for scheme in ([] if args.skip_drivers else args.schemes.split(",")):
         for n in [int(x) for x in args.sizes.split(",")]:
             for name, fn in DRIVERS.items():
                 res = fn(scheme, n, args.dim, args.rounds)
@@ -136,8 +243,13 @@ def main() -> None:
         r["bytes_vs_in_process"] = r["steady_protocol_bytes"]["median"] / base["steady_protocol_bytes"]["median"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.platform(), "rows": rows}, indent=2))
-    plot(rows, out.with_suffix(".png"))
+    doc = json.loads(out.read_text()) if out.exists() else {}
+    doc |= {"machine": platform.platform()} | ({"rows": rows} if rows else {})
+    if args.secaggplus:
+        doc["secaggplus"] = compare_secaggplus(args.secaggplus, args.dim, args.rounds)
+    out.write_text(json.dumps(doc, indent=2))
+    if rows:
+        plot(rows, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 

@@ -108,6 +108,7 @@ class Federation:
         self._now = 0.0
         self._joined: set[int] = set()
         self._pending: dict[int, ClientUpdate] = {}
+        self._drop: set[int] = set()  # clients of the running aggregate() that vanish before their input
         self.history: list[RoundReport] = []
 
     @property
@@ -176,8 +177,6 @@ class Federation:
         return {c: self._pending.pop(c) for c in members}
 
     # ---- the pump -----------------------------------------------------------------------------------------
-    _drop: set[int] = set()
-
     def _pump(self) -> RoundReport:
         t0 = time.perf_counter()
         before = self.global_vec  # the engine replaces (never mutates) the model when it applies a round

@@ -168,7 +168,7 @@ class RoundEngine:
         """Client ``cid`` asks for work; True when it now waits for a cohort. False when the federation is finished
         or (asynchronous) it is sent the current model (a :class:`ModelReply`). ``privacy``: the DP events of its
         training since its last check-in under the report id ``report`` (composed into its ledger once)."""
-        if not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight > 0):
+        if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight > 0):
             raise MalformedMessageError(f"weight must be positive and finite, got {weight!r}")
         if privacy and not 8 <= len(report) <= 64:
             raise MalformedMessageError("a privacy report needs a report id of 8 to 64 characters")

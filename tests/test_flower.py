@@ -84,3 +84,25 @@ def test_secagg_flower_sim_writes_the_outputs_of_secagg_run(tmp_path):
     assert eps[0] is not None and 0 < eps[0] < eps[1]  # every round's DP-SGD steps are accounted in its row
     assert (out / "loss.png").stat().st_size > 1000 and (out / "epsilon.png").exists()
     assert "validation perplexity" in res.output and "privacy spent" in res.output
+
+
+def test_flower_sim_ends_with_the_model_of_secagg_run_with_dp_off(tmp_path):
+    """The issue's parity: one seed, DP off, a real (tiny) language model: `secagg run`'s in-process Runner and
+    `secagg flower sim` (clients train in a Ray actor from float32 models) end within CKKS's error."""
+    from training.config import load_config
+    from training.local import build_model, get_flat
+    from training.runner import Runner
+    from training.transport.config import load_transport_config
+
+    run = tmp_path / "run.toml"
+    run.write_text("[data]\nplays = [\"the-tempest\", \"macbeth\", \"hamlet\"]\nvocab_size = 300\nblock_size = 16\n"
+                   "max_blocks_per_client = 48\n[model]\nn_layer = 1\nn_embd = 16\n[train]\nlocal_steps = 2\n"
+                   "rounds = 2\nbatch_size = 8\nthreads = 1\n[dp]\nenabled = false\n"
+                   "[federation]\nclients = 3\nscheme = \"ckks\"\nupdate_clip = 1.0\n")
+    runner = Runner(load_config(run))
+    start = get_flat(build_model(runner.spec)).astype(np.float64)
+    runner.run()
+    flower = simulate(load_transport_config(run), timeout=120)["model"]
+    moved = float(np.max(np.abs(runner.fed.global_vec - start)))
+    diff = float(np.max(np.abs(runner.fed.global_vec - flower)))
+    assert moved > 1e-3 and diff < 1e-5, (moved, diff)

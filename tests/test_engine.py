@@ -154,3 +154,48 @@ def test_a_client_refuses_a_cohort_smaller_than_its_configured_noise_shares():
     assert c.weight == 10.0 and not np.allclose(c.vector, 0.1)  # noised
     plain = contribute(FedAvg(), update, 0, terms, update_clip=0.1, cohort=3)
     assert np.linalg.norm(plain.vector) == pytest.approx(0.1)  # clipped in L2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(-3, 9), st.integers(0, 4), st.binary(max_size=64))
+def test_any_refused_delivery_changes_nothing(sender, round_id, payload):
+    """Whatever sender, round id and bytes a peer chooses: delivered or refused with a named SecAggError, and a
+    refusal leaves the round exactly as it was (no effects, no bytes counted, same stage)."""
+    from secagg.errors import SecAggError
+
+    eng = _engine()
+    for c in range(3):
+        eng.checkin(c, 1.0, now=0.0)
+    eng.tick(0.0)
+    eng.drain()
+    before = (dict(eng.current.up), eng.current.stage, eng.state.next_round_id, eng.state.round)
+    try:
+        eng.deliver(sender, round_id, payload, now=0.5)
+    except SecAggError:
+        assert eng.drain() == []
+        assert (dict(eng.current.up), eng.current.stage, eng.state.next_round_id, eng.state.round) == before
+    else:  # random bytes are never a valid advertisement
+        pytest.fail("a random payload was accepted")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 20), st.floats(0, 10)), min_size=1, max_size=15, unique_by=lambda x: x[0]),
+       st.integers(1, 6))
+def test_the_cohort_policy_takes_the_first_arrivals_for_a_buffer_and_any_waiting_clients_otherwise(arrivals, k):
+    from training.engine.cohort import Cohorts
+
+    policy = RoundPolicy(rounds=1, cohort_size=k, min_clients=1, checkin_timeout=100.0)
+    sync, buf = Cohorts(StrategyStep(FedAvg()), policy), Cohorts(StrategyStep(BufferedAsync(buffer_size=k)), policy)
+    order = sorted(arrivals, key=lambda a: a[1])
+    for cid, t in order:
+        assert sync.admit(cid, 1.0, None, 0, t) and buf.admit(cid, 1.0, 0, 0, t)
+    now = order[-1][1]
+    got, got_async = sync.choose(0, now), buf.choose(0, now)
+    if len(arrivals) < k:  # not due until the first has waited checkin_timeout
+        assert got is None and got_async is None
+        got, got_async = sync.choose(0, order[0][1] + 100.0), buf.choose(0, order[0][1] + 100.0)
+    cohort, bases = got
+    assert bases is None and len(cohort) == min(k, len(arrivals)) and set(cohort) <= {c for c, _ in arrivals}
+    first = [c for c, _ in order[:min(k, len(arrivals))]]
+    assert sorted(got_async[0]) == sorted(first) and got_async[1] == {c: 0 for c in first}
+    assert not set(cohort) & set(sync.waiting) and len(sync.waiting) == len(arrivals) - len(cohort)

@@ -218,7 +218,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="3,10")
     ap.add_argument("--schemes", default="masking,ckks")
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--secaggplus", type=int, default=10, help="cohort of the SecAgg+ comparison (0: skip)")
+    ap.add_argument("--secaggplus", type=int, default=10, help="cohort of the SecAgg+ comparison (0: skip; "
+                    "results for other cohorts already in --out are kept)")
     ap.add_argument("--skip-drivers", action="store_true", help="only the SecAgg+ comparison")
     ap.add_argument("--out", default="benchmarks/results/flower.json")
     args = ap.parse_args()
@@ -245,8 +246,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = json.loads(out.read_text()) if out.exists() else {}
     doc |= {"machine": platform.platform()} | ({"rows": rows} if rows else {})
-    if args.secaggplus:
-        doc["secaggplus"] = compare_secaggplus(args.secaggplus, args.dim, args.rounds)
+    if args.secaggplus:  # by cohort size; an earlier run's other cohorts are kept
+        done = doc.get("secaggplus", {})
+        done = {str(done["clients"]): done} if "clients" in done else done
+        doc["secaggplus"] = done | {str(args.secaggplus): compare_secaggplus(args.secaggplus, args.dim, args.rounds)}
     out.write_text(json.dumps(doc, indent=2))
     if rows:
         plot(rows, out.with_suffix(".png"))

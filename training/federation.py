@@ -184,6 +184,7 @@ class Federation:
         aggregator, cohort = (None, ()) if rnd is None else (rnd.role, sorted(rnd.cohort))
         self._roles: dict = {}
         self._gone: set[int] = set()
+        self._peers: dict | None = None
         self._traffic = {"up": {}, "down": {}, "messages": {}, "keyholder": 0}
         self._drop_tag = self.secure.roles.drop_tag
         done: RoundDone | None = None
@@ -231,9 +232,9 @@ class Federation:
         contrib = contribute(self.strategy, self._pending[c], task.header["round"], terms,
                              update_clip=self.update_clip, noise_multiplier=self.noise_multiplier,
                              noise_shares=self.noise_shares, cohort=len(params["cohort"]))
-        role = self.secure.roles.client_role(c, params, self.secure.public, self.secure.signer(c),
-                                             None if not self.secure.signed else
-                                             {i: self.secure.identity(i).key for i in params["cohort"]},
+        if self._peers is None and self.secure.signed:  # the cohort's verified keys, once per round
+            self._peers = {i: self.secure.identity(i).key for i in params["cohort"]}
+        role = self.secure.roles.client_role(c, params, self.secure.public, self.secure.signer(c), self._peers,
                                              sessions=self.secure.sessions[c])
         self._roles[c] = role
         self._emit(c, task.round_id, role.start(contrib.vector, contrib.weight))

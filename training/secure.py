@@ -35,6 +35,11 @@ class LocalIdentity:
     key: Ed25519PublicKey
     fingerprint: str
 
+    @classmethod
+    def of(cls, key: Ed25519PublicKey) -> LocalIdentity:
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return cls(key, hashlib.sha256(raw).hexdigest())
+
 
 class SecureSum:
     """One scheme for one federation. Options — ckks: ``params`` ("default" | "add-only"), ``min_contributors``;
@@ -68,6 +73,7 @@ class SecureSum:
             self.context = self.keyholder.public_context()
             self.public = self._parse(self.context)
         self._keys: dict[int, Ed25519PrivateKey] = {}
+        self._identities: dict[int, LocalIdentity] = {}
         self.sessions: dict[int, set[bytes]] = defaultdict(set)  # client -> masking sessions it took part in
         self.next_round_id = 1  # round ids of this key holder's life (it finalizes each once, in order)
         self.last_roles: tuple | None = None  # (clients, aggregator, key holder) of the latest round, for audits
@@ -102,9 +108,9 @@ class SecureSum:
         return self._keys[cid]
 
     def identity(self, cid: int) -> LocalIdentity | None:
-        key = self.signer(cid)
-        if key is None:
-            return None
-        pub = key.public_key()
-        raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return LocalIdentity(pub, hashlib.sha256(raw).hexdigest())
+        if cid not in self._identities:
+            key = self.signer(cid)
+            if key is None:
+                return None
+            self._identities[cid] = LocalIdentity.of(key.public_key())  # derived once per client, not per round
+        return self._identities[cid]

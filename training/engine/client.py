@@ -22,23 +22,11 @@ import numpy as np
 from secagg.encoding import validate_update
 from secagg.errors import ConfigurationError, MalformedMessageError
 from secagg.roles import ClientRole
+from training.engine.codec import field
 from training.engine.roles import Scheme
 from training.update import ClientUpdate
 
-__all__ = ["ClientSession", "get"]
-
-
-def get(obj: dict, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-    """``obj[key]`` checked to be of ``kind`` (bool is never an int); MalformedMessageError otherwise."""
-    if key not in obj:
-        if default is ...:
-            raise MalformedMessageError(f"missing field {key!r}")
-        return default
-    value = obj[key]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise MalformedMessageError(f"field {key!r} has the wrong type")
-    return value
+__all__ = ["ClientSession", "contribution"]
 
 
 def contribution(source, model: np.ndarray, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
@@ -93,17 +81,17 @@ class ClientSession:
         """Validate a task; (round id, its parameters, this client's vector and weight). ``model`` is None for
         an asynchronous task (members trained already)."""
         trained, self.trained = self.trained, None  # an asynchronous update joins one round at most
-        round_id = get(header, "round_id", int)
-        params = get(header, "params", dict)
-        if get(params, "round_id", int) != round_id or self.client_id not in get(params, "cohort", list):
+        round_id = field(header, "round_id", int)
+        params = field(header, "params", dict)
+        if field(params, "round_id", int) != round_id or self.client_id not in field(params, "cohort", list):
             raise MalformedMessageError("task does not match its round or does not include this client")
-        dim = get(params, "dim", int)
-        terms = get(params, "strategy", dict, {})
-        round_no = get(header, "round", int)
+        dim = field(params, "dim", int)
+        terms = field(params, "strategy", dict, {})
+        round_no = field(header, "round", int)
         if trained is not None:  # asynchronous: trained already, the task carries no model
             if model is not None or trained.delta.size != dim:
                 raise MalformedMessageError("an asynchronous task carries no model, and this update has another size")
-            if get(terms, "base_versions", dict, {}).get(str(self.client_id)) != trained.base_version:
+            if field(terms, "base_versions", dict, {}).get(str(self.client_id)) != trained.base_version:
                 raise MalformedMessageError("the task misstates the version this client's update was trained from")
             vector, weight = self.source.encode(trained, round_no, terms)
         else:

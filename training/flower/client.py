@@ -20,11 +20,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 
 from secagg.errors import AuthenticationError, MalformedMessageError, SecAggError, StageError
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
-from training.engine.client import ClientSession, get
+from training.engine.client import ClientSession
+from training.engine.codec import field, model_from
 from training.engine.keyholder import KeyHolderDesk, StaleKeyError
 from training.engine.roles import context_id, make_keyholder, make_scheme, roster_digest
 from training.flower.protocol import Trust, pack, unpack
@@ -33,12 +33,6 @@ __all__ = ["make_client_app", "NodeProcess"]
 
 log = logging.getLogger("training.flower.client")
 _PROCESS: dict[str, "NodeProcess"] = {}  # this process's node state, for the run named by settings["run"]
-
-
-def _model(body: bytes, dim: int | None = None) -> np.ndarray:
-    if not body or len(body) % 4 or (dim is not None and len(body) != 4 * dim):
-        raise MalformedMessageError(f"a model of {len(body)} bytes is not a float32 vector")
-    return np.frombuffer(body, dtype="<f4").astype(np.float64)
 
 
 class NodeProcess:
@@ -70,14 +64,14 @@ class NodeProcess:
             return pack("context", {"signature": self.trust.sign_context(self.desk.context).hex()}, self.desk.context)
         if op == "seed":
             refused = []
-            for out, sender in zip(outs, get(head, "senders", list)):
+            for out, sender in zip(outs, field(head, "senders", list)):
                 try:
                     self.desk.seed(int(sender), out.payload)
                 except SecAggError as exc:
                     refused.append(f"{type(exc).__name__}: {exc}")
             return pack("seed", {"refused": refused})
         if op == "finalize":
-            return pack("finalize", {}, outs=self.desk.finalize(get(head, "round_id", int), body))
+            return pack("finalize", {}, outs=self.desk.finalize(field(head, "round_id", int), body))
         raise MalformedMessageError(f"the key holder has no op {op!r}")
 
     # ---- clients ------------------------------------------------------------------------------------------
@@ -88,7 +82,7 @@ class NodeProcess:
         if op == "hello":
             return pack("hello", {"role": "client", "client_id": cid})
         if op == "setup":
-            self.trust.verify_context(body, bytes.fromhex(get(head, "signature", str)))
+            self.trust.verify_context(body, bytes.fromhex(field(head, "signature", str)))
             self.bundles[cid] = body
             return pack("setup")
         if op == "checkin":
@@ -96,12 +90,12 @@ class NodeProcess:
                 session.acknowledged()
             return pack("checkin", session.checkin())
         if op == "model":
-            session.on_model(get(head, "version", int), _model(body))
+            session.on_model(field(head, "version", int), model_from(body))
             return pack("model")
         if op == "task":
             return self._task(session, head, body)
         if op == "mail":
-            return self._mail(cid, get(head, "round_id", int), outs)
+            return self._mail(cid, field(head, "round_id", int), outs)
         if op == "end":
             self.roles.pop(cid, None)
             return pack("end")
@@ -110,19 +104,19 @@ class NodeProcess:
     def _task(self, session: ClientSession, head: dict, body: bytes):
         cid = session.client_id
         self.roles.pop(cid, None)
-        dim = get(get(head, "params", dict), "dim", int)
-        round_id, params, vector, weight = session.on_task(head, _model(body, dim) if body else None)
+        dim = field(field(head, "params", dict), "dim", int)
+        round_id, params, vector, weight = session.on_task(head, model_from(body, dim) if body else None)
         context = None
         if self.scheme.needs_keyholder:
             context = self.bundles.get(cid)
-            if context is None or context_id(context) != get(params, "context_id", str):
+            if context is None or context_id(context) != field(params, "context_id", str):
                 raise StaleKeyError("the task names a public context this client has not verified")
-        cohort = [int(c) for c in get(params, "cohort", list)]
+        cohort = [int(c) for c in field(params, "cohort", list)]
         signed = self.scheme.needs_identities or self.scheme.needs_keyholder
         peers = None
         if "identities" in params:
             trusted = {c: self.trust.identity(c).fingerprint for c in cohort}
-            if get(params, "identities", str) != roster_digest(trusted):
+            if field(params, "identities", str) != roster_digest(trusted):
                 raise AuthenticationError("the task names signing identities that are not the trusted roster's")
             peers = {c: self.trust.public(c) for c in cohort}
         role = session.role(params, context, self.trust.signer(cid) if signed else None, peers)

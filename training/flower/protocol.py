@@ -16,7 +16,6 @@ by the CLI and handed to every virtual node (one machine); a deployment gives ea
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +65,7 @@ class Trust:
         return Ed25519PublicKey.from_public_bytes(self.roster[cid])
 
     def identity(self, cid: int) -> LocalIdentity:
-        return LocalIdentity(self.public(cid), hashlib.sha256(self.roster[cid]).hexdigest())
+        return LocalIdentity.of(self.public(cid))
 
     def sign_context(self, context: bytes) -> bytes:
         if self.keyholder_private is None:

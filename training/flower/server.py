@@ -17,10 +17,10 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
 
 from secagg.errors import AuthenticationError, SecAggError, StageError
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
+from training.engine.codec import model_bytes
 from training.engine.core import Mail, ModelReply, RoundDone, RoundEngine, Task, ToKeyholder
 from training.engine.metrics import RoundMetrics, metrics_of
 from training.engine.roles import make_scheme
@@ -31,10 +31,6 @@ from training.flower.protocol import MESSAGE_TYPE, Trust, pack, unpack
 __all__ = ["FlowerAggregator", "make_server_app"]
 
 log = logging.getLogger("training.flower.server")
-
-
-def _f32(model: np.ndarray) -> bytes:
-    return np.ascontiguousarray(model, dtype="<f4").tobytes()
 
 
 class FlowerAggregator:
@@ -146,7 +142,7 @@ class FlowerAggregator:
         models = [e for e in eng.drain() if isinstance(e, ModelReply)]
         for e in models:
             eng.count_sent(e.cid, 4 * e.model.size)
-        self._send([(self.nodes[e.cid], pack("model", {"version": e.version}, _f32(e.model))) for e in models])
+        self._send([(self.nodes[e.cid], pack("model", {"version": e.version}, model_bytes(e.model))) for e in models])
 
     def _round(self) -> None:
         eng, t0 = self.engine, time.perf_counter()
@@ -158,7 +154,7 @@ class FlowerAggregator:
             batch, mail = [], defaultdict(list)
             for e in effects:
                 if isinstance(e, Task):
-                    body = b"" if e.model is None else _f32(e.model)
+                    body = b"" if e.model is None else model_bytes(e.model)
                     eng.count_sent(e.cid, len(body))
                     batch.append((self.nodes[e.cid], pack("task", e.header, body)))
                 elif isinstance(e, Mail):

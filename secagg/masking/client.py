@@ -72,6 +72,11 @@ def parse_share_pair(plaintext: bytes, owner: int, holder: int) -> tuple[bytes, 
     return b_open, s_open
 
 
+# server message -> (the stage it may arrive in, its handler); by name, so a client's state is plain data
+_HANDLERS = {KeyRoster: ("advertised", "_on_roster"), ShareDelivery: ("shared", "_on_delivery"),
+             ConsistencyRequest: ("masked", "_on_consistency"), UnmaskRequest: ("checked", "_on_unmask")}
+
+
 class MaskingClient(StagedRole):
     """One participant of a masking round. ``identity`` signs its messages; ``peer_identities`` verify others'.
     ``sessions`` (optional, shared across this client's rounds) records the session ids it took part in."""
@@ -91,9 +96,6 @@ class MaskingClient(StagedRole):
         self._neighbours = config.graph[client_id]
         self._stage = "init"
         self._seen: set[int] = set()
-        self._handlers = {KeyRoster: ("advertised", self._on_roster), ShareDelivery: ("shared", self._on_delivery),
-                          ConsistencyRequest: ("masked", self._on_consistency),
-                          UnmaskRequest: ("checked", self._on_unmask)}
 
     def start(self, update: np.ndarray, weight: float) -> list[Outbound]:
         """Encode ``[w*x, w]`` and advertise two fresh X25519 public keys (signed when an identity is set)."""
@@ -120,14 +122,14 @@ class MaskingClient(StagedRole):
         msg = decode(payload)
         if msg.round_id != self.config.round_id:  # type: ignore[attr-defined]
             raise WrongRoundError(f"message for round {msg.round_id}, this is round {self.config.round_id}")  # type: ignore[attr-defined]
-        entry = self._handlers.get(type(msg))
+        entry = _HANDLERS.get(type(msg))
         if entry is None:
             raise MalformedMessageError(f"{type(msg).__name__} is not a server-to-client masking message")
         if msg.TAG in self._seen:
             raise DuplicateMessageError(f"{type(msg).__name__} already received")
         if self._stage != entry[0]:
             raise StageError(f"{type(msg).__name__} arrived in stage {self._stage!r}")
-        outs = entry[1](msg)
+        outs = getattr(self, entry[1])(msg)
         self._seen.add(msg.TAG)
         return outs
 

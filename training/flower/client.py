@@ -1,10 +1,12 @@
 """The Flower ClientApp: a client node runs the engine's client side, the key-holder node runs the key holder.
 
 A node's role comes from its node config: ``role = "keyholder"`` (``flower-supernode --node-config
-"role='keyholder'"``) or a client with ``client-id`` (default: the simulation's ``partition-id``). Per node the
-process keeps its :class:`~training.engine.client.ClientSession` and the role of the open round (the masking
-client's keys live across the round's messages, so one process must serve a node for a whole round: in
-simulation ``secagg flower sim`` runs one actor); the key holder keeps its secret key in memory only.
+"role='keyholder'"``) or a client with ``client-id`` (default: the simulation's ``partition-id``). A deployed SuperNode starts a fresh
+process per message, so a node's state (its :class:`~training.engine.client.ClientSession`, the open round's role
+with a masking client's keys and shares, the key holder's secret context and pad seeds) lives between messages
+only sealed in ``context.state`` (:class:`NodeProcess`): AES-GCM under a key derived from the party's own
+signing key, bound to the run and the party, so a blob altered, replayed into another run, or handed to another
+party does not open (``SnapshotError``, the message is refused).
 
 Checks on what the untrusted ServerApp sends: the key holder's public bundle must carry the trusted key holder's
 signature, and every task must name exactly that bundle (``context_id``); a signed masking task must name the
@@ -23,43 +25,79 @@ from typing import Any
 
 from secagg.errors import AuthenticationError, MalformedMessageError, SecAggError, StageError
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
+from secagg.snapshot import SnapshotError, seal, unseal
 from training.engine.client import ClientSession
 from training.engine.codec import field, model_from
 from training.engine.keyholder import KeyHolderDesk, StaleKeyError
 from training.engine.roles import context_id, make_keyholder, make_scheme, roster_digest
 from training.flower.protocol import Trust, pack, unpack
 
-__all__ = ["make_client_app", "NodeProcess"]
+__all__ = ["make_client_app", "NodeProcess", "serve"]
 
 log = logging.getLogger("training.flower.client")
-_PROCESS: dict[str, "NodeProcess"] = {}  # this process's node state, for the run named by settings["run"]
+_WORK: dict[str, Any] = {}  # this process's workload and update sources (public code and data, not state)
+STATE = "secagg"  # the context.state ConfigRecord that holds this node's sealed state
 
 
 class NodeProcess:
-    """Everything one process keeps for the nodes it serves (keyed by client id; the key holder by role)."""
+    """One node's protocol state, restored from and sealed back into ``context.state`` around every message.
+
+    Flower's SuperNode may start a fresh process per message, so nothing but the sealed blob survives: the client
+    sessions' pending privacy report, asynchronous update and masking sessions, the open round's role (a masking
+    client's keys and shares), the verified public bundle, and the key holder's desk (secret context, seal key,
+    pad seeds, finalized rounds). The blob is AES-GCM under this party's own key (:meth:`Trust.state_key`) bound
+    to the run and the party (:mod:`secagg.snapshot`)."""
 
     def __init__(self, settings: dict[str, Any], trust: Trust, workload: Callable[[], Any]) -> None:
         self.settings, self.trust, self.workload = settings, trust, workload
         self.scheme = make_scheme(settings["scheme"], settings["scheme_options"])
-        self._work = None
         self.sessions: dict[int, ClientSession] = {}
         self.roles: dict[int, tuple[int, Any]] = {}  # client -> (round id, role)
         self.bundles: dict[int, bytes] = {}  # client -> the verified public context
         self.desk: KeyHolderDesk | None = None
 
     def work(self):
-        if self._work is None:
-            self._work = self.workload()
-        return self._work
+        key = self.settings["run"]
+        if key not in _WORK:
+            _WORK.clear()
+            _WORK[key] = (self.workload(), {})
+        return _WORK[key]
+
+    def source(self, cid: int):
+        work, sources = self.work()
+        if cid not in sources:
+            sources[cid] = work.source(cid)
+        return sources[cid]
+
+    # ---- node state -----------------------------------------------------------------------------------------
+    def restore(self, state, key: bytes, aad: bytes) -> None:
+        if STATE not in state:
+            return
+        try:
+            blob = state[STATE]["blob"]
+        except (KeyError, TypeError) as exc:
+            raise SnapshotError("the node state holds no sealed blob") from exc
+        saved = unseal(blob, key, aad, allow=("training.", "privacy."))
+        for cid, (report, trained, sessions) in saved["sessions"].items():
+            s = self.sessions[cid] = ClientSession(cid, self.scheme, self.source(cid))
+            s.report, s.trained, s.sessions = report, trained, sessions
+        self.roles, self.bundles, self.desk = saved["roles"], saved["bundles"], saved["desk"]
+
+    def save(self, state, key: bytes, aad: bytes) -> None:
+        from flwr.app import ConfigRecord
+
+        saved = {"sessions": {c: (s.report, s.trained, s.sessions) for c, s in self.sessions.items()},
+                 "roles": self.roles, "bundles": self.bundles, "desk": self.desk}
+        state[STATE] = ConfigRecord({"blob": seal(saved, key, aad)})
 
     # ---- key holder ---------------------------------------------------------------------------------------
     def keyholder(self, op: str, head: dict, body: bytes, outs: list[Outbound]):
+        if op == "hello":
+            return pack("hello", {"role": "keyholder"})
         if self.desk is None:
             roster = {c: self.trust.public(c) for c in self.trust.roster}
             self.desk = KeyHolderDesk(make_keyholder(self.settings["scheme"], self.settings["scheme_options"],
                                                      peer_identities=roster))
-        if op == "hello":
-            return pack("hello", {"role": "keyholder"})
         if op == "context":
             return pack("context", {"signature": self.trust.sign_context(self.desk.context).hex()}, self.desk.context)
         if op == "seed":
@@ -78,7 +116,7 @@ class NodeProcess:
     def client(self, cid: int, op: str, head: dict, body: bytes, outs: list[Outbound]):
         session = self.sessions.get(cid)
         if session is None:
-            session = self.sessions[cid] = ClientSession(cid, self.scheme, self.work().source(cid))
+            session = self.sessions[cid] = ClientSession(cid, self.scheme, self.source(cid))
         if op == "hello":
             return pack("hello", {"role": "client", "client_id": cid})
         if op == "setup":
@@ -120,8 +158,10 @@ class NodeProcess:
                 raise AuthenticationError("the task names signing identities that are not the trusted roster's")
             peers = {c: self.trust.public(c) for c in cohort}
         role = session.role(params, context, self.trust.signer(cid) if signed else None, peers)
-        self.roles[cid] = (round_id, role)
-        return pack("task", {"round_id": round_id}, outs=self._checked(role.start(vector, weight)))
+        outs = self._checked(role.start(vector, weight))
+        if not role.done:  # masking: the role's keys and shares wait (sealed) for the round's next message
+            self.roles[cid] = (round_id, role)
+        return pack("task", {"round_id": round_id}, outs=outs)
 
     def _mail(self, cid: int, round_id: int, inbox: list[Outbound]):
         if cid not in self.roles or self.roles[cid][0] != round_id:
@@ -143,24 +183,35 @@ class NodeProcess:
         return outs
 
 
-def _serve(settings: dict[str, Any], trust: Trust, workload: Callable[[], Any], msg, context):
-    """Answer one message (module-level: its state, :data:`_PROCESS`, survives the runtime re-sending the app)."""
+def _party(settings: dict[str, Any], cfg) -> int:
+    """The party this node serves, from its node config: the key holder, or client ``client-id`` (in
+    simulation: ``partition-id``, the last partition being the key holder)."""
+    if cfg.get("role") == "keyholder" or ("role" not in cfg and int(cfg.get("partition-id", -1)) == settings["clients"]):
+        return KEYHOLDER
+    cid = int(cfg.get("client-id", cfg.get("partition-id", -1)))
+    if not 0 <= cid < settings["clients"]:
+        raise AuthenticationError(f"this node's client-id {cid} is not a client of this run")
+    return cid
+
+
+def serve(settings: dict[str, Any], trust: Trust, workload: Callable[[], Any], msg, context):
+    """Answer one message: restore this node's sealed state, handle, seal it back (a refused message leaves
+    the state as it was)."""
     from flwr.app import Message
 
-    proc = _PROCESS.get(settings["run"])
-    if proc is None:
-        _PROCESS.clear()
-        proc = _PROCESS[settings["run"]] = NodeProcess(settings, trust, workload)
-    cfg = context.node_config
     try:
+        party = _party(settings, context.node_config)
+        key = trust.state_key(party)
+        aad = f"{context.run_id}|{settings['run']}|{party}".encode()
+        proc = NodeProcess(settings, trust, workload)
+        proc.restore(context.state, key, aad)
         op, head, body, outs = unpack(msg.content)
-        if cfg.get("role") == "keyholder" or (
-                "role" not in cfg and int(cfg.get("partition-id", -1)) == settings["clients"]):
-            return Message(proc.keyholder(op, head, body, outs), reply_to=msg)
-        cid = int(cfg.get("client-id", cfg.get("partition-id", -1)))
-        if cid < 0:
-            raise AuthenticationError("this node has no client-id")
-        return Message(proc.client(cid, op, head, body, outs), reply_to=msg)
+        if party == KEYHOLDER:
+            reply = proc.keyholder(op, head, body, outs)
+        else:
+            reply = proc.client(party, op, head, body, outs)
+        proc.save(context.state, key, aad)
+        return Message(reply, reply_to=msg)
     except SecAggError as exc:
         return Message(pack("refused", {"error": type(exc).__name__, "reason": str(exc)}), reply_to=msg)
 
@@ -174,6 +225,6 @@ def make_client_app(settings: dict[str, Any], trust: Trust, workload: Callable[[
 
     @app.query("secagg")  # the driver's one message type: protocol.MESSAGE_TYPE
     def handle(msg, context):
-        return _serve(settings, trust, workload, msg, context)
+        return serve(settings, trust, workload, msg, context)
 
     return app

@@ -11,26 +11,32 @@ be trusted for who holds which key. Every party gets, out of band: the key holde
 signature on the public bundle is checked by every client, so the aggregator cannot substitute a key it could
 decrypt with) and the roster of client signing keys (masking signatures; HE pad seeds are signed, so relayed seeds
 cannot be forged). Each client uses only its own signing key. In ``secagg flower sim`` the material is generated
-by the CLI and handed to every virtual node (one machine); a deployment gives each node only its own key.
+by the CLI and handed to every virtual node (one machine); a deployment reads it from a ``secagg certs init``
+directory (:meth:`Trust.from_certs`: CA-certified signing keys; each node holds only its own private key).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from secagg.errors import AuthenticationError, MalformedMessageError
-from secagg.roles import Outbound
+from secagg.roles import KEYHOLDER, Outbound
+from training.pki.certs import role_name
 from training.secure import LocalIdentity
 
 __all__ = ["Trust", "pack", "unpack", "MESSAGE_TYPE", "CONTEXT_LABEL"]
 
 MESSAGE_TYPE = "query.secagg"
 CONTEXT_LABEL = b"secagg/flower/keyholder-context/v1"
+STATE_LABEL = b"secagg/flower/node-state/v1"
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
@@ -53,6 +59,40 @@ class Trust:
         raw = lambda k: k.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())  # noqa: E731
         return cls(_raw_public(kh.public_key()), {c: _raw_public(k.public_key()) for c, k in keys.items()},
                    raw(kh), {c: raw(k) for c, k in keys.items()})
+
+    @classmethod
+    def from_certs(cls, directory: str, clients: int, own: int | None = None) -> Trust:
+        """A deployment's trust from a ``secagg certs init`` directory: every ``*.sign.pem`` is checked against
+        ``ca.pem`` and the identity it is used for; ``own`` (a client id or KEYHOLDER) also loads that party's
+        signing key (``None``: the ServerApp, public material only)."""
+        from training.pki.certs import Credentials, verify_signing_cert
+
+        d = Path(directory)
+        try:
+            ca = (d / "ca.pem").read_bytes()
+            pems = {c: (d / f"{role_name(c)}.sign.pem").read_bytes() for c in [KEYHOLDER, *range(clients)]}
+        except OSError as exc:
+            raise AuthenticationError(f"trust material missing in {d}: {exc}") from exc
+        keys = {c: _raw_public(verify_signing_cert(ca, pem, c)) for c, pem in pems.items()}
+        trust = cls(keys.pop(KEYHOLDER), keys)
+        if own is not None:
+            signer = Credentials.load(d, own).signer()
+            if signer is None or _raw_public(signer.public_key()) != (trust.keyholder_public if own == KEYHOLDER
+                                                                      else keys.get(own)):
+                raise AuthenticationError(f"the signing key in {d} is not {role_name(own)}'s certified key")
+            raw = signer.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+            if own == KEYHOLDER:
+                trust.keyholder_private = raw
+            else:
+                trust.client_private[own] = raw
+        return trust
+
+    def state_key(self, party: int) -> bytes:
+        """The 32-byte key ``party`` seals its node state with (HKDF of its own signing key: only it holds it)."""
+        raw = self.keyholder_private if party == KEYHOLDER else self.client_private.get(party)
+        if raw is None:
+            raise AuthenticationError(f"this node holds no signing key for {role_name(party)}")
+        return HKDF(hashes.SHA256(), 32, salt=None, info=STATE_LABEL).derive(raw)
 
     def signer(self, cid: int) -> Ed25519PrivateKey:
         if cid not in self.client_private:

@@ -124,8 +124,8 @@ _SIGN_ONLY = x509.KeyUsage(digital_signature=True, content_commitment=False, key
 
 
 def issue(directory: str | os.PathLike, identity: int) -> None:
-    """Issue ``<role>.pem``/``<role>.key`` for ``identity`` signed by the CA in ``directory`` (and, for a client,
-    its signing identity ``<role>.sign.pem``/``<role>.sign.key``)."""
+    """Issue ``<role>.pem``/``<role>.key`` for ``identity`` signed by the CA in ``directory`` (and, for a client or
+    the key holder, its signing identity ``<role>.sign.pem``/``<role>.sign.key``)."""
     d = pathlib.Path(directory)
     ca_key, ca_cert = _load_ca(d)
     name = role_name(identity)
@@ -138,7 +138,7 @@ def issue(directory: str | os.PathLike, identity: int) -> None:
     cert = _certificate(ca_key, ca_cert, name, key.public_key(), sans, usages, None)
     _write(d / f"{name}.key", _pem_key(key), secret=True)
     _write(d / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM))
-    if identity >= 0:
+    if identity >= 0 or identity == KEYHOLDER:  # the key holder signs its public bundle (Flower driver)
         skey = ed25519.Ed25519PrivateKey.generate()
         scert = _certificate(ca_key, ca_cert, name, skey.public_key(), [x509.DNSName(name)], [], _SIGN_ONLY)
         _write(d / f"{name}.sign.key", skey.private_bytes(serialization.Encoding.PEM,

@@ -1,0 +1,101 @@
+"""The Flower driver deployed: a ServerApp and a ClientApp configured by ``flwr run``'s run config and each
+SuperNode's node config, for ``flower-superlink``/``flower-supernode`` processes on separate machines.
+
+Run config (the app's ``[tool.flwr.app.config]``, overridable with ``flwr run --run-config``): ``scheme``,
+``aggregator``, ``clients``, ``rounds``, ``trainer`` (``synthetic``), ``dim``, ``seed``, ``clip``, ``config`` (a
+run file, optional), ``certs`` (the ServerApp's public trust: ``ca.pem`` and the ``*.sign.pem``), ``out`` (where
+the ServerApp writes ``metrics.jsonl``, ``model.npy`` and the final table) and ``timeout``.
+
+Node config (``flower-supernode --node-config``): ``role='keyholder'`` or ``client-id=<i>``, and ``certs`` (this
+node's trust directory: ``ca.pem``, every ``*.sign.pem``, and its own ``.sign.key``). Nothing secret travels with
+the app or the run config; each party's signing key stays on its node.
+
+The language-model trainer keeps its optimizer and DP ledger in the process; a SuperNode process lives for one
+message, so ``trainer = "local"`` is refused here (it runs on the simulation runtime, ``secagg flower sim``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from secagg.roles import KEYHOLDER
+from training.errors import ConfigError
+from training.flower.client import _party, serve
+from training.flower.protocol import MESSAGE_TYPE, Trust
+from training.flower.server import FlowerAggregator
+from training.flower.sim import settings_of
+from training.transport.config import TransportConfig, load_transport_config
+from training.workload import make_workload
+
+__all__ = ["server_app", "client_app", "config_of"]
+
+_KEYS = ("scheme", "aggregator", "clients", "rounds", "trainer", "dim", "seed", "clip", "rounding")
+
+
+def config_of(run_config: dict[str, Any]) -> TransportConfig:
+    """The deployment's configuration from Flower's run config (see the module docstring)."""
+    path = run_config.get("config") or None
+    cfg = load_transport_config(path, **{k: run_config.get(k) for k in _KEYS}).validate()
+    if cfg.trainer != "synthetic":
+        raise ConfigError("a deployed SuperNode runs one process per message; the 'local' trainer's optimizer and "
+                          "DP ledger would not survive it: use trainer = 'synthetic' here, or `secagg flower sim`")
+    return cfg
+
+
+def _settings(cfg: TransportConfig, run_id: int) -> dict[str, Any]:
+    return settings_of(cfg) | {"run": f"flower-run-{run_id}"}  # every party derives the same settings
+
+
+def _certs(config: dict[str, Any], where: str) -> str:
+    certs = config.get("certs")
+    if not isinstance(certs, str) or not certs:
+        raise ConfigError(f"the {where} config names no trust directory (certs = '<secagg certs init dir>')")
+    return certs
+
+
+def server_app():
+    """The ServerApp: the untrusted aggregator; public trust only (``certs`` in the run config)."""
+    from flwr.serverapp import ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context) -> None:
+        rc = dict(context.run_config)
+        cfg = config_of(rc)
+        trust = Trust.from_certs(_certs(rc, "run"), cfg.clients)
+        agg = FlowerAggregator(grid, _settings(cfg, context.run_id), trust, make_workload(cfg),
+                               timeout=float(rc.get("timeout", 120.0)))
+        rows = agg.run()
+        out = Path(str(rc.get("out") or "runs/flower-deploy"))
+        out.mkdir(parents=True, exist_ok=True)
+        from training.flower.sim import write_outputs
+
+        table = write_outputs({"rows": rows, "initial_loss": agg.initial_loss}, out)
+        np.save(out / "model.npy", agg.engine.state.model)
+        (out / "config.json").write_text(json.dumps(rc | {"run_id": context.run_id}, indent=2, default=str))
+        print(table)
+
+    return app
+
+
+def client_app():
+    """The ClientApp of every SuperNode: a client or the key holder, by its node config."""
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    @app.query(MESSAGE_TYPE.split(".", 1)[1])
+    def handle(msg, context):
+        cfg = config_of(dict(context.run_config))
+        settings = _settings(cfg, context.run_id)
+        party = _party(settings, context.node_config)
+        trust = Trust.from_certs(_certs(dict(context.node_config), "node"), cfg.clients,
+                                 own=KEYHOLDER if party == KEYHOLDER else party)
+        return serve(settings, trust, lambda: make_workload(cfg), msg, context)
+
+    return app

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from privacy.accounting import (PrivacyLedger, central_noise_multiplier, distributed_epsilon, epsilon,
-                                epsilon_of_events, noise_multiplier_for_epsilon)
 from privacy.clipping import clip_update, validate_update
 from privacy.errors import (BudgetExceededError, ConfigurationError, InsecureRNGWarning, InvalidUpdateError,
                             LedgerFormatError, PrivacyError, UnsupportedModelError)
@@ -26,7 +24,7 @@ from privacy.noise import (CSPRNG, DiscreteGaussian, discrete_gaussian, discrete
 __all__ = [
     # DP-SGD (lazy: importing them loads torch, transformers and Opacus)
     "make_private", "DPTrainer", "LoraSettings", "sequence_loss", "load_causal_lm",
-    # accounting
+    # accounting (lazy: dp-accounting loads scipy, ~1 s; a process that only clips and noises never pays it)
     "PrivacyEvent", "epsilon", "epsilon_of_events", "noise_multiplier_for_epsilon", "PrivacyLedger",
     "central_noise_multiplier", "distributed_epsilon",
     # update clipping and noise
@@ -38,7 +36,9 @@ __all__ = [
 ]
 
 _LAZY = {"make_private": "privacy.dpsgd", "DPTrainer": "privacy.dpsgd", "LoraSettings": "privacy.hf",
-         "sequence_loss": "privacy.hf", "load_causal_lm": "privacy.hf"}
+         "sequence_loss": "privacy.hf", "load_causal_lm": "privacy.hf",
+         **{n: "privacy.accounting" for n in ("PrivacyLedger", "central_noise_multiplier", "distributed_epsilon",
+                                              "epsilon", "epsilon_of_events", "noise_multiplier_for_epsilon")}}
 
 
 def __getattr__(name: str) -> Any:

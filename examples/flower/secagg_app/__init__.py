@@ -1,0 +1,1 @@
+"""secagg on Flower: the apps come from :mod:`training.flower.deploy`."""

@@ -306,8 +306,10 @@ def test_a_loss_release_is_a_subsampled_gaussian_release_composed_with_the_steps
     with torch.no_grad():  # the clipped mean per-sequence loss over all the data (what the release estimates)
         out = tr.model(input_ids=DATA, position_ids=position_ids_for(DATA, None), use_cache=False)
         clean = float(sequence_loss(out.logits, DATA).clamp(0, math.log(VOCAB)).mean())
-    est = tr.release_loss(noise_multiplier=1e-6, bound=math.log(VOCAB), batches=60)
-    assert est == pytest.approx(clean, rel=0.1)  # 60 Poisson batches of expected size 8 out of 48
+    est = tr.release_loss(noise_multiplier=1e-6, bound=math.log(VOCAB), batches=400)
+    # 400 Poisson batches of expected size 8 out of 48: the batch-size spread alone is ~1.8% of the estimate
+    # (60 batches, ~4.6%, failed a 10% tolerance by chance once)
+    assert est == pytest.approx(clean, rel=0.1)
     assert tr.release_loss(noise_multiplier=1e-6, bound=0.5, batches=20) <= 0.5 * 1.6  # clipped at the bound
     assert epsilon(1e-6, q, 80, 1e-5) > 1e6  # such noise is no privacy at all, and the accountant says so fast
     tight = PrivacyLedger(ledger.spent() + 1e-3, 1e-5)

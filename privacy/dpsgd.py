@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -163,6 +163,16 @@ class DPTrainer:
         self._history.extend(events)
         self._round_steps, self._allowed, self._releases = 0, None, []
         return events
+
+    def restore_history(self, events: Sequence[PrivacyEvent]) -> None:
+        """A fresh trainer takes over the closed rounds of an earlier process of the same client (its events are
+        spent on the ledger again: the budget covers the client's whole life, not this process's)."""
+        if self._history or self._round_steps or self._releases:
+            raise ConfigurationError("only a fresh trainer takes over an earlier history")
+        events = [e if isinstance(e, PrivacyEvent) else PrivacyEvent(**e) for e in events]
+        if self.ledger is not None:
+            self.ledger.spend_events(events)
+        self._history = list(events)
 
     def epsilon(self, delta: float, *, accountant: Literal["prv", "rdp"] = "prv") -> float:
         """ε of this trainer's lifetime (closed rounds + open round, releases included) at ``delta``."""

@@ -56,7 +56,8 @@ def _run(tmp_path, scheme: str, tamper=None):
     certs = str(init_certs(tmp_path / "certs", N))
     rc = {"scheme": scheme, "clients": N, "rounds": 2, "trainer": "synthetic", "dim": DIM, "seed": 7, "clip": 1.0,
           "rounding": "deterministic", "aggregator": "fedavg"}
-    nodes = {100 + c: {"client-id": c} for c in range(N)} | {200: {"role": "keyholder"}}
+    pins = {"scheme": scheme, "clients": N}  # each node operator's own choice
+    nodes = {100 + c: {"client-id": c} | pins for c in range(N)} | {200: {"role": "keyholder"} | pins}
     grid = FreshProcessGrid(rc, certs, nodes)
     cfg = config_of(rc)
     agg = FlowerAggregator(grid, settings_of(cfg) | {"run": "flower-run-42"}, Trust.from_certs(certs, N),
@@ -114,6 +115,54 @@ def test_node_with_the_wrong_signing_key_is_refused(tmp_path):
         Trust.from_certs(str(certs), N, own=1)
 
 
-def test_deployment_refuses_the_stateful_lm_trainer():
-    with pytest.raises(ConfigError, match="one process per message"):
-        config_of({"trainer": "local", "clients": 3})
+def test_a_node_refuses_a_run_config_that_differs_from_its_pins(tmp_path, caplog):
+    """The run config comes through the untrusted SuperLink: a server that asks pinned nodes for a weaker
+    scheme (unsigned-by-default masking instead of CKKS, or a smaller federation) is refused by every node."""
+    agg, grid = _run(tmp_path, "ckks")
+    for ctx in grid.contexts.values():
+        ctx.run_config = dict(ctx.run_config) | {"scheme": "masking"}
+    with pytest.raises(Exception, match="expected 3 clients"):
+        agg.run()
+    assert "AuthenticationError" in caplog.text and "run config asks for" in caplog.text
+    with pytest.raises(ConfigError, match="pins"):
+        config_of({"scheme": "ckks", "clients": 3}, {"client-id": 0})
+
+
+def test_lm_clients_carry_their_dp_ledger_across_fresh_processes(tmp_path):
+    """A DP language-model client in a fresh process per message: its trainer's DP history (and so its
+    ledger), optimizer and unreported events come back from the sealed node state, so the ε the aggregator
+    composes is that of every step taken, and the model trains."""
+    from privacy.accounting import epsilon_of_events
+    from privacy.events import PrivacyEvent
+
+    run = tmp_path / "run.toml"
+    run.write_text("[data]\nplays = [\"the-tempest\", \"macbeth\", \"hamlet\"]\nvocab_size = 300\n"
+                   "block_size = 16\nmax_blocks_per_client = 48\n[model]\nn_layer = 1\nn_embd = 16\n[train]\n"
+                   "local_steps = 2\nbatch_size = 8\nthreads = 1\n[dp]\nenabled = true\nnoise_multiplier = 1.0\n"
+                   "max_grad_norm = 1.0\nepsilon_budget = 50.0\n[federation]\nscheme = \"masking\"\n"
+                   "update_clip = 1.0\n")
+    certs = str(init_certs(tmp_path / "certs", N))
+    rc = {"scheme": "masking", "clients": N, "rounds": 2, "trainer": "local", "config": str(run)}
+    pins = {"scheme": "masking", "clients": N, "config": str(run)}
+    grid = FreshProcessGrid(rc, certs, {100 + c: {"client-id": c} | pins for c in range(N)})
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1
+    cfg = config_of(rc)
+    work = make_workload(cfg)
+    agg = FlowerAggregator(grid, settings_of(cfg) | {"run": "flower-run-42"}, Trust.from_certs(certs, N), work,
+                           timeout=5)
+    rows = agg.run()
+    assert [r.status for r in rows] == ["done", "done"] and rows[-1].loss < agg.initial_loss
+    for c in range(N):  # ε composed by the aggregator = every step of both rounds (none lost with a process)
+        q = min(1.0, 8 / len(work.data.clients[c]))
+        want = epsilon_of_events([PrivacyEvent(1.0, q, 4)], 1e-5)
+        assert rows[-1].epsilon_per_client[c] == pytest.approx(want, rel=1e-6)
+        flower_client._WORK.clear()  # and the client's own ledger, in a fresh process, holds both rounds
+        proc = flower_client.NodeProcess(agg.settings, Trust.from_certs(certs, N, own=c), lambda: make_workload(cfg))
+        proc.restore(grid.contexts[100 + c].state, proc.trust.state_key(c), f"42|flower-run-42|{c}".encode())
+        private = proc.sessions[c].source.trainer.private
+        assert sum(e.steps for e in private.history) == 4
+        assert private.ledger.spent() == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ConfigError, match="its own run file"):
+        config_of({"trainer": "local", "clients": 3, "scheme": "ckks"}, {"scheme": "ckks", "clients": 3})

@@ -88,7 +88,8 @@ def test_flwr_run_against_superlink_and_supernodes_with_tls(tmp_path):
             d = _node_dir(certs, nodes, role)
             conf = "role='keyholder'" if role == "keyholder" else f"client-id={role.split('-')[1]}"
             start(role, "flower-supernode", "--root-certificates", str(certs / "ca.pem"), "--superlink",
-                  f"127.0.0.1:{link}", "--port", str(_free_port()), "--node-config", f"{conf} certs='{d}'")
+                  f"127.0.0.1:{link}", "--port", str(_free_port()), "--node-config",
+                  f"{conf} scheme='ckks' clients={N} certs='{d}'")
         out = tmp_path / "out"
         run_config = (f"scheme='ckks' dim={DIM} seed=7 rounding='deterministic' rounds=2 clients={N} "
                       f"certs='{_node_dir(certs, nodes, None)}' out='{out}' timeout=60.0")

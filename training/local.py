@@ -256,6 +256,29 @@ class LocalTrainer:
         return ClientUpdate(self.client_id, delta, self.num_samples, mean_loss, base_version=version,
                             seconds=seconds, steps=self.local_steps, privacy=events)
 
+    def state(self) -> bytes:
+        """What this client carries from round to round besides the global model (the DP history, which its
+        ledger is rebuilt from, the optimizer's moments, the shuffle generator), for a runtime that keeps no
+        process alive between rounds; :meth:`load_state` in a fresh trainer of the same client takes it over."""
+        import io
+
+        buf = io.BytesIO()
+        history = [e.to_dict() for e in self.private.history] if self.private is not None else []
+        torch.save({"optimizer": self.optimizer.state_dict(), "generator": self._gen.get_state(),
+                    "history": history}, buf)
+        return buf.getvalue()
+
+    def load_state(self, raw: bytes) -> None:
+        import io
+
+        saved = torch.load(io.BytesIO(raw), weights_only=True)  # tensors and plain data only
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self._gen.set_state(saved["generator"])
+        if self.private is not None:
+            self.private.restore_history(saved["history"])
+        elif saved["history"]:
+            raise ConfigError("a DP client's state handed to a non-private trainer")
+
     def epsilon(self) -> float | None:
         """The client's privacy spent so far at the configured δ (None without DP)."""
         return None if self.private is None else self.private.epsilon(self.dp.delta, accountant=self.dp.accountant)

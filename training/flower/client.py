@@ -63,10 +63,19 @@ class NodeProcess:
             _WORK[key] = (self.workload(), {})
         return _WORK[key]
 
-    def source(self, cid: int):
+    def source(self, cid: int, carried: tuple | None = None):
+        """Client ``cid``'s update source; a fresh one takes over the ``carried`` state of an earlier process:
+        DP events not yet reported, and a trainer's state (its DP history, so the ledger covers the client's
+        whole life, and optimizer state)."""
         work, sources = self.work()
         if cid not in sources:
             sources[cid] = work.source(cid)
+            if carried is not None:
+                events, state = carried
+                if state is not None:
+                    sources[cid].load_state(state)
+                if events:
+                    sources[cid].events = tuple(events)
         return sources[cid]
 
     # ---- node state -----------------------------------------------------------------------------------------
@@ -78,15 +87,16 @@ class NodeProcess:
         except (KeyError, TypeError) as exc:
             raise SnapshotError("the node state holds no sealed blob") from exc
         saved = unseal(blob, key, aad, allow=("training.", "privacy."))
-        for cid, (report, trained, sessions) in saved["sessions"].items():
-            s = self.sessions[cid] = ClientSession(cid, self.scheme, self.source(cid))
+        for cid, (report, trained, sessions, carried) in saved["sessions"].items():
+            s = self.sessions[cid] = ClientSession(cid, self.scheme, self.source(cid, carried))
             s.report, s.trained, s.sessions = report, trained, sessions
         self.roles, self.bundles, self.desk = saved["roles"], saved["bundles"], saved["desk"]
 
     def save(self, state, key: bytes, aad: bytes) -> None:
         from flwr.app import ConfigRecord
 
-        saved = {"sessions": {c: (s.report, s.trained, s.sessions) for c, s in self.sessions.items()},
+        saved = {"sessions": {c: (s.report, s.trained, s.sessions, _carried(s.source))
+                              for c, s in self.sessions.items()},
                  "roles": self.roles, "bundles": self.bundles, "desk": self.desk}
         state[STATE] = ConfigRecord({"blob": seal(saved, key, aad)})
 
@@ -181,6 +191,11 @@ class NodeProcess:
         if any(o.to not in (AGGREGATOR, KEYHOLDER) for o in outs):
             raise MalformedMessageError("client roles talk to the aggregator or key holder only")
         return outs
+
+
+def _carried(source) -> tuple:
+    state = getattr(source, "state", None)
+    return tuple(getattr(source, "events", ())), None if state is None else state()
 
 
 def _party(settings: dict[str, Any], cfg) -> int:

@@ -6,12 +6,15 @@ Run config (the app's ``[tool.flwr.app.config]``, overridable with ``flwr run --
 run file, optional), ``certs`` (the ServerApp's public trust: ``ca.pem`` and the ``*.sign.pem``), ``out`` (where
 the ServerApp writes ``metrics.jsonl``, ``model.npy`` and the final table) and ``timeout``.
 
-Node config (``flower-supernode --node-config``): ``role='keyholder'`` or ``client-id=<i>``, and ``certs`` (this
-node's trust directory: ``ca.pem``, every ``*.sign.pem``, and its own ``.sign.key``). Nothing secret travels with
+Node config (``flower-supernode --node-config``): ``role='keyholder'`` or ``client-id=<i>``; ``certs`` (this
+node's trust directory: ``ca.pem``, every ``*.sign.pem``, and its own ``.sign.key``); ``scheme`` and ``clients``,
+pinned by the node's operator (the run config travels through the untrusted SuperLink: one that differs is
+refused); and optionally ``config``, the node's own run file (scheme options such as threshold and signing). Nothing secret travels with
 the app or the run config; each party's signing key stays on its node.
 
-The language-model trainer keeps its optimizer and DP ledger in the process; a SuperNode process lives for one
-message, so ``trainer = "local"`` is refused here (it runs on the simulation runtime, ``secagg flower sim``).
+A SuperNode process lives for one message, so a language-model client's carried state (DP history, from which
+its ledger is rebuilt, optimizer moments, shuffle generator, unreported DP events) is sealed in the node state
+with the rest (:class:`training.flower.client.NodeProcess`); each message rebuilds the model from the run file.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from secagg.errors import AuthenticationError, SecAggError
 from secagg.roles import KEYHOLDER
-from training.errors import ConfigError
+from training.errors import ConfigError, TrainingError
 from training.flower.client import _party, serve
-from training.flower.protocol import MESSAGE_TYPE, Trust
+from training.flower.protocol import MESSAGE_TYPE, Trust, pack
 from training.flower.server import FlowerAggregator
 from training.flower.sim import settings_of
 from training.transport.config import TransportConfig, load_transport_config
@@ -33,16 +37,30 @@ from training.workload import make_workload
 
 __all__ = ["server_app", "client_app", "config_of"]
 
+PINNED = ("scheme", "clients")  # what a node takes from its own config, never from the server's
 _KEYS = ("scheme", "aggregator", "clients", "rounds", "trainer", "dim", "seed", "clip", "rounding")
 
 
-def config_of(run_config: dict[str, Any]) -> TransportConfig:
-    """The deployment's configuration from Flower's run config (see the module docstring)."""
+def config_of(run_config: dict[str, Any], node_config: dict[str, Any] | None = None) -> TransportConfig:
+    """The deployment's configuration from Flower's run config (see the module docstring).
+
+    ``node_config`` (a SuperNode's own): the run config comes through the untrusted SuperLink, so a node takes
+    the parameters its guarantee rests on (:data:`PINNED`) from its own config and refuses a run config that
+    differs; a node's run file is its own ``config`` (a run config's path is never read by a node)."""
+    if node_config is not None:
+        missing = [k for k in PINNED if k not in node_config]
+        if missing:
+            raise ConfigError(f"a SuperNode pins {missing} in its --node-config (the run config is the server's)")
+        differ = {k: (run_config.get(k), node_config[k]) for k in PINNED
+                  if k in run_config and run_config[k] != node_config[k]}
+        if differ:
+            raise AuthenticationError(f"the run config asks for {differ} (run, this node): refused")
+        run_config = dict(run_config) | {k: node_config[k] for k in PINNED} | {"config": node_config.get("config")}
     path = run_config.get("config") or None
     cfg = load_transport_config(path, **{k: run_config.get(k) for k in _KEYS}).validate()
-    if cfg.trainer != "synthetic":
-        raise ConfigError("a deployed SuperNode runs one process per message; the 'local' trainer's optimizer and "
-                          "DP ledger would not survive it: use trainer = 'synthetic' here, or `secagg flower sim`")
+    if node_config is not None and cfg.trainer == "local" and not path:
+        raise ConfigError("a language-model node trains under its own run file (config='<run.toml>' in its "
+                          "--node-config: model, data, DP); the server's run config cannot set them")
     return cfg
 
 
@@ -91,11 +109,16 @@ def client_app():
 
     @app.query(MESSAGE_TYPE.split(".", 1)[1])
     def handle(msg, context):
-        cfg = config_of(dict(context.run_config))
-        settings = _settings(cfg, context.run_id)
-        party = _party(settings, context.node_config)
-        trust = Trust.from_certs(_certs(dict(context.node_config), "node"), cfg.clients,
-                                 own=KEYHOLDER if party == KEYHOLDER else party)
+        from flwr.app import Message
+
+        try:
+            cfg = config_of(dict(context.run_config), dict(context.node_config))
+            settings = _settings(cfg, context.run_id)
+            party = _party(settings, context.node_config)
+            trust = Trust.from_certs(_certs(dict(context.node_config), "node"), cfg.clients,
+                                     own=KEYHOLDER if party == KEYHOLDER else party)
+        except (SecAggError, TrainingError) as exc:  # this node will not serve this run: say why, hold nothing
+            return Message(pack("refused", {"error": type(exc).__name__, "reason": str(exc)}), reply_to=msg)
         return serve(settings, trust, lambda: make_workload(cfg), msg, context)
 
     return app

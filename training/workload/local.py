@@ -52,6 +52,13 @@ class _TrainerSource:
         self.strategy = work.make_strategy()  # this client's own instance (encode side)
         self.events: tuple = ()
 
+    def state(self) -> bytes:
+        """The trainer's carried state (:meth:`training.local.LocalTrainer.state`), for sealed node state."""
+        return self.trainer.state()
+
+    def load_state(self, raw: bytes) -> None:
+        self.trainer.load_state(raw)
+
     def update(self, model: np.ndarray, version: int):
         """Local training from global ``version`` (its DP events are reported at the next check-in)."""
         update = self.trainer.train(model, version)

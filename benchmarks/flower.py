@@ -9,14 +9,20 @@ values: nothing to train, so the round is the protocol), the same scheme and opt
   ``Coordinator`` (aggregator, key holder and n client agents with mTLS on loopback, threads of this process),
   Flower's simulation runtime (ServerApp thread, ClientApps in one Ray actor);
 * ``protocol_bytes``: secagg payloads up and down per round, counted by the engine the same way on every driver
-  (tasks, models and transport framing excluded; those differ by design).
+  (tasks, models and transport framing excluded; those differ by design); over Flower also
+  ``flower_message_bytes``: every message's whole content (records, tasks and models included) in and out of
+  every node, metered by :class:`training.flower.meter.MessageMeter`.
 
 Flower's start (Ray, ~15 s here) and the first round (connections, caches) are left out.
 
 ``secaggplus``: our signed masking over Flower against Flower's own ``SecAggPlusWorkflow`` + ``secaggplus_mod``
 (its legacy strategy API) on the same runtime, cohort (``--secaggplus``, default 10), D, graph degree and
-threshold: steady-state round time and the largest error of the weighted mean. Client and server time are not
-separated (both run in this machine's one Ray actor and ServerApp thread), nor are Flower's bytes counted.
+threshold, in one run. Per steady-state round: the round's wall time; the whole client (every message of the
+round, Flower's ``secaggplus_mod`` and quantization or our encoding included: wall time inside the ClientApp,
+metered by :class:`training.flower.meter.MessageMeter` outermost on both apps; the one Ray actor handles one
+message at a time) per client; the whole server (CPU time of the ServerApp thread over the round: strategy,
+workflow or engine, (de)serialization; waits excluded); the Flower message bytes per client (content protobuf
+size, the same meter on both); and the largest error of the weighted mean.
 Writes ``benchmarks/results/flower.json`` and ``flower.png``. Usage:
 ``python -m benchmarks.flower [--dim 100000] [--sizes 3,10] [--schemes masking,ckks] [--rounds 4]``.
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +40,7 @@ import numpy as np
 
 from training.aggregation import FedAvg
 from training.federation import Federation
+from training.flower.meter import MessageMeter, per_round
 from training.secure import SecureSum
 from training.transport.config import TransportConfig
 from training.transport.inproc import Deployment
@@ -75,11 +83,15 @@ def over_flower(scheme: str, n: int, dim: int, rounds: int) -> dict:
     cfg = TransportConfig(scheme=scheme, trainer="synthetic", clients=n, rounds=rounds, dim=dim, seed=1, clip=1.0,
                           aggregator="fedavg").validate()
     t0 = time.perf_counter()
-    rows = simulate(cfg, timeout=600)["rows"]
+    with tempfile.TemporaryDirectory() as tmp:
+        meter = Path(tmp) / "meter.jsonl"
+        rows = simulate(cfg, timeout=600, mods=(MessageMeter(meter),))["rows"]
+        groups = per_round(meter)
     if [r.status for r in rows] != ["done"] * rounds:
         raise RuntimeError(f"a Flower round failed: {[r.reason for r in rows]}")
     return {"seconds": [r.seconds for r in rows], "wall_incl_start": time.perf_counter() - t0,
-            "protocol_bytes": [r.bytes_up + sum(r.bytes_down_per_client.values()) for r in rows]}
+            "protocol_bytes": [r.bytes_up + sum(r.bytes_down_per_client.values()) for r in rows],
+            "flower_message_bytes": [groups[str(r)]["down"] + groups[str(r)]["up"] for r in range(1, rounds + 1)]}
 
 
 DRIVERS = {"in-process": in_process, "grpc": over_grpc, "flower": over_flower}
@@ -90,7 +102,7 @@ def _exact_mean(n: int, dim: int) -> np.ndarray:
     return sum(s.weight * s.update(np.zeros(dim), 0).delta for s in srcs) / sum(s.weight for s in srcs)
 
 
-def flower_secaggplus(n: int, dim: int, rounds: int, k: int, t: int) -> dict:
+def flower_secaggplus(n: int, dim: int, rounds: int, k: int, t: int, meter: str) -> dict:
     """Flower's own SecAgg+ (``SecAggPlusWorkflow`` + ``secaggplus_mod``, its legacy strategy API) on the same
     simulation runtime: every client submits the same fixed update every round, from the global model 0 (so the
     FedAvg result after each round is the exact weighted mean); ``num_shares = k + 1`` (Flower counts the share a
@@ -105,6 +117,7 @@ def flower_secaggplus(n: int, dim: int, rounds: int, k: int, t: int) -> dict:
     from flwr.simulation import run_simulation
 
     times: list[float] = []
+    cpu: list[float] = []
     result: dict = {}
 
     class Fixed(NumPyClient):
@@ -117,12 +130,13 @@ def flower_secaggplus(n: int, dim: int, rounds: int, k: int, t: int) -> dict:
 
     class Timed(SecAggPlusWorkflow):
         def __call__(self, grid, context) -> None:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             super().__call__(grid, context)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
 
     client_app = ClientApp(client_fn=lambda context: Fixed(int(context.node_config["partition-id"])).to_client(),
-                           mods=[secaggplus_mod])
+                           mods=[MessageMeter(meter), secaggplus_mod])
     server_app = ServerApp()
 
     @server_app.main()
@@ -150,10 +164,10 @@ def flower_secaggplus(n: int, dim: int, rounds: int, k: int, t: int) -> dict:
                    backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": cpus, "log_to_driver": False}})
     err = float(np.max(np.abs(result["mean"].astype(np.float64) - _exact_mean(n, dim))))
-    return {"seconds": times, "max_abs_error": err}
+    return {"seconds": times, "server_cpu_seconds": cpu, "max_abs_error": err}
 
 
-def ours_over_flower_same_graph(n: int, dim: int, rounds: int, k: int, t: int) -> dict:
+def ours_over_flower_same_graph(n: int, dim: int, rounds: int, k: int, t: int, meter: str) -> dict:
     """Our signed masking over Flower, same cohort, D, graph degree k and threshold t: round times of a
     ``rounds``-round run, and the error of the sum from a 1-round run (its model is the weighted mean itself)."""
     from training.flower.sim import simulate
@@ -162,9 +176,23 @@ def ours_over_flower_same_graph(n: int, dim: int, rounds: int, k: int, t: int) -
         return TransportConfig(scheme="masking", trainer="synthetic", clients=n, rounds=r, dim=dim, seed=1, clip=1.0,
                                aggregator="fedavg", neighbors=k, threshold=t).validate()
 
-    rows = simulate(cfg(rounds), timeout=600)["rows"]
+    res = simulate(cfg(rounds), timeout=600, mods=(MessageMeter(meter),))
     one = simulate(cfg(1), timeout=600)["model"]
-    return {"seconds": [r.seconds for r in rows], "max_abs_error": float(np.max(np.abs(one - _exact_mean(n, dim))))}
+    return {"seconds": [r.seconds for r in res["rows"]], "server_cpu_seconds": res["server_cpu_seconds"],
+            "max_abs_error": float(np.max(np.abs(one - _exact_mean(n, dim))))}
+
+
+def _steady(res: dict, meter: str, n: int, rounds: int) -> dict:
+    """Steady-state rounds 2..R of a run: round, whole-client (per client) and whole-server seconds, bytes."""
+    groups = per_round(meter)
+    steady = [groups[str(r)] for r in range(2, rounds + 1)]
+    per_client = lambda g, k: sum(v[k] for p, v in g["by_partition"].items() if 0 <= p < n) / n  # noqa: E731
+    return {"steady_seconds": _stats(res["seconds"][1:]),
+            "client_seconds_per_client": _stats([per_client(g, "seconds") for g in steady]),
+            "server_cpu_seconds": _stats(res["server_cpu_seconds"][1:]),
+            "message_bytes_down_per_client": _stats([per_client(g, "down") for g in steady]),
+            "message_bytes_up_per_client": _stats([per_client(g, "up") for g in steady]),
+            "messages_per_round": _stats([g["messages"] for g in steady])}
 
 
 def compare_secaggplus(n: int, dim: int, rounds: int) -> dict:
@@ -173,16 +201,23 @@ def compare_secaggplus(n: int, dim: int, rounds: int) -> dict:
     cfg = MaskingConfig(participants=tuple(range(n)), dim=1)
     k, t = int(cfg.neighbors), int(cfg.t)
     out = {"clients": n, "dim": dim, "neighbors": k, "threshold": t}
-    for name, fn in (("ours (signed masking) over Flower", ours_over_flower_same_graph),
-                     ("Flower SecAggPlusWorkflow", flower_secaggplus)):
-        res = fn(n, dim, rounds, k, t)
-        out[name] = res | {"steady_seconds": _stats(res["seconds"][1:])}
-        print(f"{name:<36} n={n} k={k} t={t}: {out[name]['steady_seconds']['median']:.3f} s/round "
-              f"[{out[name]['steady_seconds']['min']:.3f}, {out[name]['steady_seconds']['max']:.3f}], "
-              f"error of the mean {res['max_abs_error']:.1e}", flush=True)
-    ours, theirs = (out[x]["steady_seconds"]["median"] for x in ("ours (signed masking) over Flower",
-                                                                  "Flower SecAggPlusWorkflow"))
-    out["flower_secaggplus_over_ours"] = theirs / ours
+    names = ("ours (signed masking) over Flower", "Flower SecAggPlusWorkflow")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fn in zip(names, (ours_over_flower_same_graph, flower_secaggplus)):
+            meter = str(Path(tmp) / f"{len(out)}.jsonl")
+            res = fn(n, dim, rounds, k, t, meter)
+            out[name] = res | _steady(res, meter, n, rounds)
+            o = out[name]
+            print(f"{name:<36} n={n} k={k} t={t}: round {o['steady_seconds']['median']:.3f} s "
+                  f"[{o['steady_seconds']['min']:.3f}, {o['steady_seconds']['max']:.3f}], client "
+                  f"{o['client_seconds_per_client']['median']:.4f} s, server {o['server_cpu_seconds']['median']:.3f} s"
+                  f" CPU, up {o['message_bytes_up_per_client']['median'] / 1e6:.3f} MB/client, error of the mean "
+                  f"{res['max_abs_error']:.1e}", flush=True)
+    ours, theirs = out[names[0]], out[names[1]]
+    out["flower_secaggplus_over_ours"] = {
+        k: theirs[k]["median"] / ours[k]["median"]
+        for k in ("steady_seconds", "client_seconds_per_client", "server_cpu_seconds", "message_bytes_up_per_client",
+                  "message_bytes_down_per_client")}
     return out
 
 
@@ -233,10 +268,14 @@ def main() -> None:
                 steady = res["seconds"][1:]
                 row = {"scheme": scheme, "clients": n, "dim": args.dim, "driver": name, **res,
                        "steady_seconds": _stats(steady), "steady_protocol_bytes": _stats(res["protocol_bytes"][1:])}
+                if "flower_message_bytes" in res:
+                    row["steady_flower_message_bytes"] = _stats(res["flower_message_bytes"][1:])
                 rows.append(row)
                 print(f"{scheme:>7} n={n:<3} {name:<10} {row['steady_seconds']['median']:7.3f} s/round "
                       f"[{row['steady_seconds']['min']:.3f}, {row['steady_seconds']['max']:.3f}] "
-                      f"{row['steady_protocol_bytes']['median'] / 1e6:8.2f} MB", flush=True)
+                      f"{row['steady_protocol_bytes']['median'] / 1e6:8.2f} MB" +
+                      (f" (Flower messages {row['steady_flower_message_bytes']['median'] / 1e6:.2f} MB)"
+                       if "steady_flower_message_bytes" in row else ""), flush=True)
     for r in rows:
         base = next(x for x in rows if (x["scheme"], x["clients"], x["driver"]) == (r["scheme"], r["clients"],
                                                                                      "in-process"))

@@ -28,10 +28,17 @@ def _cfg(scheme: str, aggregator: str = "fedavg", rounds: int = 2, **kw) -> Tran
 
 
 @pytest.mark.parametrize("scheme", ["masking", "ckks"])
-def test_flower_sim_gives_the_in_process_model(scheme):
-    res = simulate(_cfg(scheme), timeout=60)
+def test_flower_sim_gives_the_in_process_model(scheme, tmp_path):
+    from training.flower.meter import MessageMeter, per_round
+
+    res = simulate(_cfg(scheme), timeout=60, mods=(MessageMeter(tmp_path / "meter.jsonl"),))
     rows = res["rows"]
     assert [r.status for r in rows] == ["done", "done"] and all(r.contributors == [0, 1, 2] for r in rows)
+    metered = per_round(tmp_path / "meter.jsonl")  # every message metered, grouped by round
+    assert set(metered) == {"setup", "1", "2"} and len(res["server_cpu_seconds"]) == 2
+    clients = set(range(N)) | ({N} if scheme == "ckks" else set())  # the key holder is the last partition
+    assert set(metered["1"]["by_partition"]) == clients
+    assert all(metered[g]["up"] > 0 and metered[g]["seconds"] > 0 for g in ("1", "2"))
     assert rows[1].loss < rows[0].loss < res["initial_loss"]
     local = _in_process(scheme, FedAvg(), [{c: r for c in range(N)} for r in range(2)])
     if scheme == "masking":

@@ -91,3 +91,54 @@ def test_mail_for_a_round_the_client_is_not_in_and_malformed_tasks_are_refused()
         node.client(0, "task", tasks[0].header, _body(tasks[0])[:-4], [])
     with pytest.raises(MalformedMessageError):
         node.client(0, "no-such-op", {}, b"", [])
+
+
+def _discovering(nodes: dict, trust: Trust, scheme: str = "ckks"):
+    """A FlowerAggregator discovering ``nodes`` (node id -> the head it answers hello with, given the nonce)."""
+    from flwr.app import Message
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from training.flower.protocol import pack
+    from training.flower.server import FlowerAggregator
+
+    class Grid:
+        def get_node_ids(self):
+            return list(nodes)
+
+        def send_and_receive(self, messages, timeout=None):
+            out = []
+            for m in messages:
+                _, head, _, _ = unpack(m.content)
+                out.append(Message(pack("hello", nodes[m.metadata.dst_node_id](bytes.fromhex(head["nonce"]))),
+                                   reply_to=m))
+            return out
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1  # what flwr-serverapp sets
+    settings = {"run": "r", "scheme": scheme, "scheme_options": {}, "clients": N}
+    agg = FlowerAggregator(Grid(), settings, Trust(trust.keyholder_public, trust.roster),
+                           SyntheticWorkload(DIM, N, seed=1, clip=1.0), timeout=1)
+    agg._discover()
+    return agg
+
+
+def _claim(trust: Trust, party: int, node: int, run: str = "r", nonce: bytes | None = None):
+    role = {"role": "keyholder"} if party == KEYHOLDER else {"role": "client", "client_id": party}
+    return lambda n: role | {"signature": trust.sign_hello(party, run, nonce or n, node).hex()}
+
+
+def test_nodes_are_mapped_to_parties_only_by_a_signed_fresh_hello():
+    trust = Trust.generate(N)
+    honest = {100 + c: _claim(trust, c, 100 + c) for c in range(N)} | {200: _claim(trust, KEYHOLDER, 200)}
+    agg = _discovering(honest, trust)
+    assert agg.nodes == {0: 100, 1: 101, 2: 102} and agg.keyholder == 200
+    # a node that relays client 1's signed hello (made for node 101) and answers first is not client 1
+    agg = _discovering({109: _claim(trust, 1, 101)} | honest, trust)
+    assert agg.nodes[1] == 101 and 109 not in agg.nodes.values()
+    # the same for a rogue key holder, a replayed hello (an earlier nonce) and another run's hello
+    agg = _discovering({300: lambda n: {"role": "keyholder", "signature": trust.sign_hello(KEYHOLDER, "r", n,
+                                                                                          200).hex()}} | honest, trust)
+    assert agg.keyholder == 200
+    for forged in (_claim(trust, 1, 101, nonce=bytes(32)), _claim(trust, 1, 101, run="another run"),
+                   _claim(Trust.generate(N), 1, 101)):  # the last: a key the roster does not certify
+        with pytest.raises(AuthenticationError, match=r"clients \[0, 2\]"):
+            _discovering(honest | {101: forged}, trust)

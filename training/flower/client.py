@@ -48,8 +48,8 @@ class NodeProcess:
     pad seeds, finalized rounds). The blob is AES-GCM under this party's own key (:meth:`Trust.state_key`) bound
     to the run and the party (:mod:`secagg.snapshot`)."""
 
-    def __init__(self, settings: dict[str, Any], trust: Trust, workload: Callable[[], Any]) -> None:
-        self.settings, self.trust, self.workload = settings, trust, workload
+    def __init__(self, settings: dict[str, Any], trust: Trust, workload: Callable[[], Any], node_id: int = 0) -> None:
+        self.settings, self.trust, self.workload, self.node_id = settings, trust, workload, node_id
         self.scheme = make_scheme(settings["scheme"], settings["scheme_options"])
         self.sessions: dict[int, ClientSession] = {}
         self.roles: dict[int, tuple[int, Any]] = {}  # client -> (round id, role)
@@ -103,7 +103,7 @@ class NodeProcess:
     # ---- key holder ---------------------------------------------------------------------------------------
     def keyholder(self, op: str, head: dict, body: bytes, outs: list[Outbound]):
         if op == "hello":
-            return pack("hello", {"role": "keyholder"})
+            return pack("hello", {"role": "keyholder", "signature": self._hello(KEYHOLDER, head)})
         if self.desk is None:
             roster = {c: self.trust.public(c) for c in self.trust.roster}
             self.desk = KeyHolderDesk(make_keyholder(self.settings["scheme"], self.settings["scheme_options"],
@@ -122,13 +122,20 @@ class NodeProcess:
             return pack("finalize", {}, outs=self.desk.finalize(field(head, "round_id", int), body))
         raise MalformedMessageError(f"the key holder has no op {op!r}")
 
+    def _hello(self, party: int, head: dict) -> str:
+        """This node's signed claim to serve ``party`` (the ServerApp maps Flower nodes to parties by it)."""
+        nonce = bytes.fromhex(field(head, "nonce", str))
+        if len(nonce) != 32:
+            raise MalformedMessageError("a hello nonce is 32 bytes")
+        return self.trust.sign_hello(party, self.settings["run"], nonce, self.node_id).hex()
+
     # ---- clients ------------------------------------------------------------------------------------------
     def client(self, cid: int, op: str, head: dict, body: bytes, outs: list[Outbound]):
         session = self.sessions.get(cid)
         if session is None:
             session = self.sessions[cid] = ClientSession(cid, self.scheme, self.source(cid))
         if op == "hello":
-            return pack("hello", {"role": "client", "client_id": cid})
+            return pack("hello", {"role": "client", "client_id": cid, "signature": self._hello(cid, head)})
         if op == "setup":
             self.trust.verify_context(body, bytes.fromhex(field(head, "signature", str)))
             self.bundles[cid] = body
@@ -218,7 +225,7 @@ def serve(settings: dict[str, Any], trust: Trust, workload: Callable[[], Any], m
         party = _party(settings, context.node_config)
         key = trust.state_key(party)
         aad = f"{context.run_id}|{settings['run']}|{party}".encode()
-        proc = NodeProcess(settings, trust, workload)
+        proc = NodeProcess(settings, trust, workload, int(context.node_id))
         proc.restore(context.state, key, aad)
         op, head, body, outs = unpack(msg.content)
         if party == KEYHOLDER:
@@ -231,12 +238,12 @@ def serve(settings: dict[str, Any], trust: Trust, workload: Callable[[], Any], m
         return Message(pack("refused", {"error": type(exc).__name__, "reason": str(exc)}), reply_to=msg)
 
 
-def make_client_app(settings: dict[str, Any], trust: Trust, workload: Callable[[], Any]):
+def make_client_app(settings: dict[str, Any], trust: Trust, workload: Callable[[], Any], mods: tuple = ()):
     """The ClientApp for a run with ``settings`` (scheme, options, a ``run`` token), out-of-band ``trust`` and a
-    ``workload`` factory (called once per process)."""
+    ``workload`` factory (called once per process); ``mods``: Flower client mods, outermost first."""
     from flwr.clientapp import ClientApp
 
-    app = ClientApp()
+    app = ClientApp(mods=list(mods))
 
     @app.query("secagg")  # the driver's one message type: protocol.MESSAGE_TYPE
     def handle(msg, context):

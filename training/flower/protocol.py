@@ -37,6 +37,14 @@ __all__ = ["Trust", "pack", "unpack", "MESSAGE_TYPE", "CONTEXT_LABEL"]
 MESSAGE_TYPE = "query.secagg"
 CONTEXT_LABEL = b"secagg/flower/keyholder-context/v1"
 STATE_LABEL = b"secagg/flower/node-state/v1"
+HELLO_LABEL = b"secagg/flower/hello/v1"
+
+
+def _hello(run: str, nonce: bytes, party: int, node_id: int) -> bytes:
+    """What a node signs to claim ``party`` on Flower node ``node_id``, for the ServerApp's fresh ``nonce``."""
+    tag = run.encode()
+    return (HELLO_LABEL + len(tag).to_bytes(4, "big") + tag + len(nonce).to_bytes(4, "big") + nonce
+            + int(party).to_bytes(8, "big", signed=True) + int(node_id).to_bytes(8, "big"))  # Flower: uint64 ids
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
@@ -93,6 +101,26 @@ class Trust:
         if raw is None:
             raise AuthenticationError(f"this node holds no signing key for {role_name(party)}")
         return HKDF(hashes.SHA256(), 32, salt=None, info=STATE_LABEL).derive(raw)
+
+    def sign_hello(self, party: int, run: str, nonce: bytes, node_id: int) -> bytes:
+        """``party``'s Ed25519 signature binding it to Flower node ``node_id`` for this run and nonce."""
+        raw = self.keyholder_private if party == KEYHOLDER else self.client_private.get(party)
+        if raw is None:
+            raise AuthenticationError(f"this node holds no signing key for {role_name(party)}")
+        return Ed25519PrivateKey.from_private_bytes(raw).sign(_hello(run, nonce, party, node_id))
+
+    def verify_hello(self, party: int, run: str, nonce: bytes, node_id: int, signature: bytes) -> None:
+        """AuthenticationError unless ``signature`` is ``party``'s (trusted key) over this run, nonce and node."""
+        from cryptography.exceptions import InvalidSignature
+
+        key = self.keyholder_public if party == KEYHOLDER else self.roster.get(party)
+        if key is None:
+            raise AuthenticationError(f"{role_name(party)} is not in the trusted roster")
+        try:
+            Ed25519PublicKey.from_public_bytes(key).verify(signature, _hello(run, nonce, party, node_id))
+        except InvalidSignature as exc:
+            raise AuthenticationError(f"node {node_id}'s claim to be {role_name(party)} is not signed by its "
+                                      "certified key") from exc
 
     def signer(self, cid: int) -> Ed25519PrivateKey:
         if cid not in self.client_private:

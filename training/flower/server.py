@@ -1,5 +1,8 @@
 """The Flower ServerApp: the untrusted aggregator, driving the round engine with ``grid.send_and_receive``.
 
+Discovery (``hello``, with a fresh 32-byte nonce): a Flower node is mapped to a party only by that party's
+Ed25519 signature (its certified key) over the run, the nonce and the Flower node id, so a node cannot take
+another client's or the key holder's place, relay another node's answer, or replay an earlier one.
 Each engine step is one batch of messages: check-ins (``checkin``; asynchronous clients without an update get
 ``model``), the round's tasks and mail (``task``/``mail``: each reply carries the client role's outbound
 messages), relayed pad seeds and the aggregate for the key-holder node (``seed``/``finalize``). The ServerApp
@@ -13,6 +16,7 @@ engine recorded (``acked``), and only then does the client drop it.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import defaultdict
 from typing import Any
@@ -44,6 +48,7 @@ class FlowerAggregator:
         self.keyholder: int | None = None
         self.acked: dict[int, str] = {}
         self.rows: list[RoundMetrics] = []
+        self.server_cpu: list[float] = []  # per round: this (ServerApp) thread's CPU seconds, waits excluded
         self.now = 0.0
         self.engine: RoundEngine | None = None
         self.initial_loss = float(work.evaluate(work.initial_model())["loss"])
@@ -54,7 +59,9 @@ class FlowerAggregator:
 
         if not batch:
             return []
-        msgs = [Message(content, dst_node_id=node, message_type=MESSAGE_TYPE) for node, content in batch]
+        group = "setup" if self.engine is None else str(len(self.rows) + 1)  # Flower's convention: the round
+        msgs = [Message(content, dst_node_id=node, message_type=MESSAGE_TYPE, group_id=group)
+                for node, content in batch]
         out = []
         for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
             if reply.has_error():
@@ -82,15 +89,36 @@ class FlowerAggregator:
             if time.monotonic() > end:
                 raise StageError(f"{len(ids)} of {want} Flower nodes connected within {self.timeout} s")
             time.sleep(0.5)
-        for node, _, head, _, _ in self._send([(i, pack("hello")) for i in ids]):
-            if head.get("role") == "keyholder":
-                self.keyholder = node
-            elif isinstance(head.get("client_id"), int) and 0 <= head["client_id"] < self.n:
-                self.nodes.setdefault(head["client_id"], node)
-        if len(self.nodes) < self.n or (self.scheme.needs_keyholder and self.keyholder is None):
+        for _ in range(3):  # a node's first message may have to start its process: ask the silent ones again
+            ask = [i for i in ids if i not in self.nodes.values() and i != self.keyholder]
+            if self._mapped() or not ask:
+                break
+            self._hello(ask)
+        if not self._mapped():
             raise AuthenticationError(f"nodes answered as clients {sorted(self.nodes)} and key holder "
                                       f"{self.keyholder}; expected {self.n} clients" +
                                       (" and a key holder" if self.scheme.needs_keyholder else ""))
+
+    def _mapped(self) -> bool:
+        return len(self.nodes) == self.n and (self.keyholder is not None or not self.scheme.needs_keyholder)
+
+    def _hello(self, ask: list[int]) -> None:
+        nonce = secrets.token_bytes(32)
+        for node, _, head, _, _ in self._send([(i, pack("hello", {"nonce": nonce.hex()})) for i in ask]):
+            party = KEYHOLDER if head.get("role") == "keyholder" else head.get("client_id")
+            if not (party == KEYHOLDER or (type(party) is int and 0 <= party < self.n)):
+                log.warning("node %d claimed no party of this run: %r", node, head)
+                continue
+            try:
+                self.trust.verify_hello(party, self.settings["run"], nonce, node,
+                                        bytes.fromhex(str(head.get("signature", ""))))
+            except (AuthenticationError, ValueError, OverflowError) as exc:
+                log.warning("node %d: hello refused: %s", node, exc)
+                continue
+            if party == KEYHOLDER:
+                self.keyholder = node if self.keyholder is None else self.keyholder
+            else:
+                self.nodes.setdefault(party, node)
 
     # ---- the run ------------------------------------------------------------------------------------------
     def run(self) -> list[RoundMetrics]:
@@ -121,7 +149,9 @@ class FlowerAggregator:
                 self.now += 1.0
                 continue
             idle_steps = 0
+            cpu = time.thread_time()
             self._round()
+            self.server_cpu.append(time.thread_time() - cpu)
             fresh = True  # the round's end collected the check-ins (and privacy reports) already
         return self.rows
 
@@ -213,7 +243,8 @@ class FlowerAggregator:
 
 
 def make_server_app(settings: dict[str, Any], trust: Trust, workload, result: dict, *, timeout: float = 120.0):
-    """The ServerApp; ``result`` receives ``rows``, ``initial_loss`` and ``model`` when the run ends."""
+    """The ServerApp; ``result`` receives ``rows``, ``initial_loss``, ``model`` and ``server_cpu_seconds`` (per
+    round) when the run ends. Messages carry ``group_id`` = the round (``setup`` before the first)."""
     from flwr.serverapp import ServerApp
 
     app = ServerApp()
@@ -226,5 +257,6 @@ def make_server_app(settings: dict[str, Any], trust: Trust, workload, result: di
         result["rows"] = agg.rows
         agg.run()
         result["model"] = agg.engine.state.model.copy()
+        result["server_cpu_seconds"] = agg.server_cpu
 
     return app

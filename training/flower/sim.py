@@ -32,9 +32,10 @@ def settings_of(cfg: TransportConfig) -> dict[str, Any]:
             "trainer": cfg.trainer}
 
 
-def simulate(cfg: TransportConfig, *, timeout: float = 300.0) -> dict[str, Any]:
-    """Run ``cfg`` on Flower's simulation runtime; ``rows`` (one metrics row per attempt), ``initial_loss`` and
-    the final ``model``. Raises what the ServerApp raised."""
+def simulate(cfg: TransportConfig, *, timeout: float = 300.0, mods: tuple = ()) -> dict[str, Any]:
+    """Run ``cfg`` on Flower's simulation runtime (``mods``: Flower client mods on every node); ``rows`` (one
+    metrics row per attempt), ``initial_loss``, the final ``model`` and ``server_cpu_seconds`` per round. Raises
+    what the ServerApp raised."""
     try:
         from flwr.simulation import run_simulation
     except ImportError as exc:
@@ -52,7 +53,7 @@ def simulate(cfg: TransportConfig, *, timeout: float = 300.0) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(make_server_app(settings, trust, workload, result, timeout=timeout),
-                       make_client_app(settings, trust, workload), num_supernodes=nodes, backend_config=backend)
+                       make_client_app(settings, trust, workload, mods), num_supernodes=nodes, backend_config=backend)
     if "model" not in result:
         raise RuntimeError("the Flower run ended before its last round (see the log above)")
     return result

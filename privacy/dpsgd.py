@@ -133,7 +133,7 @@ class DPTrainer:
         self._history: list[PrivacyEvent] = []
         self._releases: list[PrivacyEvent] = []  # the open round's loss releases
         self._round_steps = 0
-        self._allowed: tuple[int, int] | None = None  # (ledger events seen, steps allowed this round)
+        self._allowed: tuple[int, int, int] | None = None  # (ledger events seen, steps allowed this round, cap)
         optimizer.attach_step_hook(self._count_step)
 
     # -- accounting --------------------------------------------------------------------------------------------
@@ -208,13 +208,18 @@ class DPTrainer:
         self._releases.extend(new)
         return total / (batches * self.sample_rate * len(self.data_loader.dataset))
 
-    def _check_budget(self) -> None:
+    def _check_budget(self, planned: int = 1) -> None:
+        """BudgetExceededError unless one more step fits the ledger; ``planned``: the steps the caller still
+        intends to take, which caps the search for how many fit (searched again past the cap or once the ledger
+        moved)."""
         if self.ledger is None:
             return
-        if self._allowed is None or self._allowed[0] != len(self.ledger.events):  # (re)compute if ledger moved
-            self._allowed = (len(self.ledger.events), self.ledger.remaining_steps(self.noise_multiplier,
-                                                                                  self.sample_rate))
-        if self._round_steps + 1 > self._allowed[1]:
+        need, seen = self._round_steps + 1, len(self.ledger.events)
+        if self._allowed is None or self._allowed[0] != seen or (need > self._allowed[1] == self._allowed[2]):
+            cap = self._round_steps + max(1, planned)
+            self._allowed = (seen, self.ledger.remaining_steps(self.noise_multiplier, self.sample_rate,
+                                                               max_steps=cap), cap)
+        if need > self._allowed[1]:
             after = self.ledger.epsilon_if([PrivacyEvent(self.noise_multiplier, self.sample_rate,
                                                          self._round_steps + 1)])
             raise BudgetExceededError(
@@ -280,7 +285,7 @@ class DPTrainer:
                 physical, pending = iter(loader), []
                 while len(losses) < target:
                     if not pending:
-                        self._check_budget()  # before the next logical batch is even drawn
+                        self._check_budget(target - len(losses))  # before the next logical batch is drawn
                     batch = next(physical, _EXHAUSTED)
                     if batch is _EXHAUSTED:
                         break

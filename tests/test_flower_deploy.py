@@ -23,7 +23,7 @@ from training.flower.sim import settings_of  # noqa: E402
 from training.pki.certs import init_certs  # noqa: E402
 from training.workload import make_workload  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("flower")
+pytestmark = pytest.mark.xdist_group("flower-deploy")  # no Ray: beside the simulation tests
 
 
 class FreshProcessGrid:

@@ -25,7 +25,7 @@ from tests.test_engine_parity import DIM, N, _in_process  # noqa: E402
 from training.aggregation import FedAvg  # noqa: E402
 from training.pki.certs import init_certs  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower-process")]  # processes, no Ray
 
 APP = Path(__file__).resolve().parents[1] / "examples" / "flower"
 BIN = Path(sys.executable).parent

@@ -239,6 +239,15 @@ def test_ledger_refuses_the_step_before_it_happens():
     assert all(torch.equal(before[n], p) for n, p in tr.trainable_state_dict().items())
     events = tr.end_round()
     assert ledger.events == events and ledger.spent() <= 1.5
+    # the budget search is capped at the steps a call plans: planning past the budget, or in pieces, stops at
+    # the same step
+    for plan in ([allowed + 3], [1, allowed - 1, 1]):
+        fresh = PrivacyLedger(1.5, 1e-5, accountant="rdp")
+        tr = private(gpt2(), ledger=fresh, noise_multiplier=1.5)
+        with pytest.raises(BudgetExceededError):
+            for steps in plan:
+                tr.train(steps)
+        assert tr.round_steps == allowed
 
 
 def test_target_epsilon_picks_a_sufficient_noise_multiplier():

@@ -55,8 +55,11 @@ def test_remaining_steps_is_the_exact_boundary(accountant):
     ledger.check(1.0, 0.05, k)  # k fits
     with pytest.raises(BudgetExceededError):
         ledger.check(1.0, 0.05, k + 1)  # k + 1 does not
+    for cap in (1, k - 1, k, k + 1, 3 * k):  # a capped search answers min(k, cap), as DP-SGD's budget check asks
+        assert ledger.remaining_steps(1.0, 0.05, max_steps=cap) == min(k, cap)
     ledger.spend(1.0, 0.05, k)
     assert ledger.remaining_steps(1.0, 0.05) == 0
+    assert ledger.remaining_steps(1.0, 0.05, max_steps=1) == 0
 
 
 def test_json_round_trip_is_exact(tmp_path):

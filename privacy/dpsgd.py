@@ -1,4 +1,4 @@
-"""DP-SGD for Hugging Face causal LMs via Opacus (the only module of this package that imports Opacus).
+"""DP-SGD for Hugging Face causal LMs via Opacus (with :mod:`privacy.opacus_ext`, the only modules that import it).
 
 Entry point: :func:`make_private` returns a :class:`DPTrainer`, which a client keeps for its whole life across
 rounds (the role of Opacus' ``PrivacyEngine``; built from Opacus' hooks, DP optimizers and
@@ -36,24 +36,22 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-from opacus.grad_sample import GradSampleHooks
-from opacus.grad_sample.linear import compute_linear_norm_sample
-from opacus.grad_sample.utils import prepare_module, register_grad_sampler, register_norm_sampler
+from opacus.grad_sample.utils import prepare_module
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers.pytorch_utils import Conv1D
 
 from privacy.accounting import PrivacyLedger, epsilon_of_events, noise_multiplier_for_epsilon
 from privacy.errors import BudgetExceededError, ConfigurationError, InsecureRNGWarning, UnsupportedModelError
 from privacy.events import PrivacyEvent
 from privacy.batches import Batch, PoissonBatchSampler, collate_or_none, unpack_batch
-from privacy.hf import (LoraSettings, apply_lora, conv1d_grad_sample, freeze_embeddings, position_ids_for,
-                        rmsnorm_grad_sample, sequence_loss, tied_embeddings, untie_embeddings)
+from privacy.dp_inspect import GradientInspection
+from privacy.hf import (LoraSettings, apply_lora, freeze_embeddings, position_ids_for, sequence_loss,
+                        tied_embeddings, untie_embeddings)
 from privacy.noise import CSPRNG, gaussian
+from privacy.opacus_ext import CsprngDPOptimizer, CsprngGhostDPOptimizer, register_model_layers
 
 __all__ = ["Mode", "TieStrategy", "NoiseSource", "DPTrainer", "make_private"]
 
@@ -61,44 +59,6 @@ Mode = Literal["hooks", "ghost", "lora"]
 TieStrategy = Literal["keep", "untie", "freeze"]
 NoiseSource = Literal["csprng", "torch"]
 _EXHAUSTED = object()
-
-
-# -- per-example gradient samplers for HF layers -----------------------------------------------------------------
-register_grad_sampler(Conv1D)(conv1d_grad_sample)
-register_norm_sampler(Conv1D)(compute_linear_norm_sample)  # ‖Wᵀ‖ = ‖W‖: the ghost norm of nn.Linear applies
-
-
-def _register_model_layers(model: nn.Module) -> None:
-    for m in model.modules():
-        kind = type(m)
-        if (kind.__name__.endswith("RMSNorm") and hasattr(m, "variance_epsilon")
-                and kind not in GradSampleHooks.GRAD_SAMPLERS):
-            register_grad_sampler(kind)(rmsnorm_grad_sample)
-
-
-# -- noise -------------------------------------------------------------------------------------------------------
-class _CsprngNoise:
-    """Mixin replacing Opacus' torch.normal noise by CSPRNG (AES-CTR Box–Muller) noise of the same std."""
-
-    _rng: CSPRNG
-
-    def add_noise(self) -> None:
-        params = self.params
-        for p in params:
-            _check_processed_flag(p.summed_grad)
-        sizes = [p.summed_grad.numel() for p in params]
-        noise = torch.from_numpy(gaussian(sum(sizes), self.noise_multiplier * self.max_grad_norm, rng=self._rng))
-        for p, chunk in zip(params, noise.split(sizes)):
-            p.grad = (p.summed_grad + chunk.view_as(p.summed_grad).to(p.summed_grad)).view_as(p)
-            _mark_as_processed(p.summed_grad)
-
-
-class _CsprngDPOptimizer(_CsprngNoise, DPOptimizer):
-    pass
-
-
-class _CsprngGhostDPOptimizer(_CsprngNoise, DPOptimizerFastGradientClipping):
-    pass
 
 
 _warned_insecure = False
@@ -113,7 +73,7 @@ def _warn_insecure() -> None:
                       InsecureRNGWarning, stacklevel=3)
 
 
-class DPTrainer:
+class DPTrainer(GradientInspection):
     """A client's private model, optimizer and loader for its whole life; records its privacy events.
 
     Create with :func:`make_private`. Invariants: every optimizer update is one DP-SGD step of a Poisson batch of
@@ -300,48 +260,6 @@ class DPTrainer:
                         pending = []
         return losses
 
-    # -- inspection (no update, no noise, no privacy cost recorded: for tests and debugging only) ---------------
-    def per_sample_gradient_norms(self, batch: Batch) -> torch.Tensor:
-        """L2 norm of each example's full gradient (all trainable parameters), shape (B,)."""
-        if self.mode == "ghost":
-            self._inspect(batch)
-            norms = self._hooks.get_norm_sample().detach().clone()
-        else:
-            grads = self.per_sample_gradients(batch)
-            norms = torch.stack([g.reshape(g.shape[0], -1).norm(dim=1) for g in grads.values()], 1).norm(dim=1)
-        self.optimizer.zero_grad()
-        return norms
-
-    def per_sample_gradients(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Per-example gradients {param name: (B, *shape)} (hooks and lora modes)."""
-        if self.mode == "ghost":
-            raise ConfigurationError("ghost clipping never materialises per-example gradients; use hooks mode")
-        self._inspect(batch)
-        out = {n: p.grad_sample.detach().clone() for n, p in self._named_trainable()}
-        self.optimizer.zero_grad()
-        return out
-
-    def clipped_gradient_sum(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Σ_i min(1, C/‖g_i‖)·g_i over the batch, without noise or update (what DP-SGD noises)."""
-        self._inspect(batch)
-        if self.mode == "ghost":
-            out = {n: p.grad.detach().clone() for n, p in self._named_trainable()}
-        else:
-            self.optimizer.clip_and_accumulate()
-            out = {n: p.summed_grad.detach().clone() for n, p in self._named_trainable()}
-        for p in self.optimizer.params:
-            p.summed_grad = None
-        self.optimizer.zero_grad()
-        return out
-
-    def _inspect(self, batch: Batch) -> None:
-        parts = unpack_batch(batch)
-        if parts is None:
-            raise ConfigurationError("cannot inspect an empty batch")
-        self.model.train()
-        self.optimizer.zero_grad()
-        self._backward(parts)
-
     # -- weights -----------------------------------------------------------------------------------------------
     def _named_trainable(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -450,14 +368,14 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer | Callable[[
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UnsupportedModelError("model has no trainable parameters")
-    _register_model_layers(model)
+    register_model_layers(model)
     grad_mode = "ghost" if mode == "ghost" else "hooks"
     extra = {"max_grad_norm": max_grad_norm} if grad_mode == "ghost" else {}
     hooks = prepare_module(model, grad_mode, wrap_model=False, batch_first=True, loss_reduction="mean",
                            strict=False, **extra)
     base = _make_optimizer(optimizer, params)
     if noise == "csprng":
-        cls = _CsprngGhostDPOptimizer if grad_mode == "ghost" else _CsprngDPOptimizer
+        cls = CsprngGhostDPOptimizer if grad_mode == "ghost" else CsprngDPOptimizer
     else:
         cls = DPOptimizerFastGradientClipping if grad_mode == "ghost" else DPOptimizer
         _warn_insecure()

@@ -142,3 +142,18 @@ def test_nodes_are_mapped_to_parties_only_by_a_signed_fresh_hello():
                    _claim(Trust.generate(N), 1, 101)):  # the last: a key the roster does not certify
         with pytest.raises(AuthenticationError, match=r"clients \[0, 2\]"):
             _discovering(honest | {101: forged}, trust)
+
+
+@pytest.mark.parametrize("value", ["zz" * 32, "ab" * 31, "ab" * 33, "a" * 10_000_000, 7])
+def test_a_malformed_hello_nonce_or_bundle_signature_is_a_named_error(value):
+    trust = Trust.generate(N)
+    node = _node("ckks", {"params": "default"}, trust)
+    for party in (0, KEYHOLDER):
+        with pytest.raises(MalformedMessageError):
+            (node.keyholder if party == KEYHOLDER else lambda *a: node.client(0, *a))("hello", {"nonce": value},
+                                                                                      b"", [])
+    with pytest.raises(MalformedMessageError):
+        node.client(0, "setup", {"signature": value}, b"bundle", [])
+    assert 0 not in node.bundles
+    good = unpack(node.client(0, "hello", {"nonce": "ab" * 32}, b"", []))[1]
+    trust.verify_hello(0, "t", bytes.fromhex("ab" * 32), 0, bytes.fromhex(good["signature"]))

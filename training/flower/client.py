@@ -124,10 +124,7 @@ class NodeProcess:
 
     def _hello(self, party: int, head: dict) -> str:
         """This node's signed claim to serve ``party`` (the ServerApp maps Flower nodes to parties by it)."""
-        nonce = bytes.fromhex(field(head, "nonce", str))
-        if len(nonce) != 32:
-            raise MalformedMessageError("a hello nonce is 32 bytes")
-        return self.trust.sign_hello(party, self.settings["run"], nonce, self.node_id).hex()
+        return self.trust.sign_hello(party, self.settings["run"], _hex(head, "nonce", 32), self.node_id).hex()
 
     # ---- clients ------------------------------------------------------------------------------------------
     def client(self, cid: int, op: str, head: dict, body: bytes, outs: list[Outbound]):
@@ -137,7 +134,7 @@ class NodeProcess:
         if op == "hello":
             return pack("hello", {"role": "client", "client_id": cid, "signature": self._hello(cid, head)})
         if op == "setup":
-            self.trust.verify_context(body, bytes.fromhex(field(head, "signature", str)))
+            self.trust.verify_context(body, _hex(head, "signature", 64))
             self.bundles[cid] = body
             return pack("setup")
         if op == "checkin":
@@ -198,6 +195,17 @@ class NodeProcess:
         if any(o.to not in (AGGREGATOR, KEYHOLDER) for o in outs):
             raise MalformedMessageError("client roles talk to the aggregator or key holder only")
         return outs
+
+
+def _hex(head: dict, key: str, size: int) -> bytes:
+    """``head[key]``: exactly ``size`` bytes as hex (checked before decoding); MalformedMessageError else."""
+    text = field(head, key, str)
+    try:
+        if len(text) != 2 * size:
+            raise ValueError(f"{len(text)} hex digits")
+        return bytes.fromhex(text)
+    except ValueError as exc:
+        raise MalformedMessageError(f"{key!r} is not {size} bytes of hex: {exc}") from exc
 
 
 def _carried(source) -> tuple:

@@ -114,6 +114,11 @@ def _fmt(x, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _paper_and_ours(rows: dict, aggregators: list[str]):
+    """(rule, the paper's row, our row) for each rule that was run, in ``aggregators`` order."""
+    return [(a, PAPER[a], rows[a]) for a in aggregators if a in rows]
+
+
 def tables(summary: dict, aggregators: list[str]) -> str:
     """Tables 2 and 3 in the paper's layout, paper value next to ours, with ratios to FedAvg for comparison."""
     lines = []
@@ -124,10 +129,7 @@ def tables(summary: dict, aggregators: list[str]) -> str:
         lines += ["", f"Table 2 ({part} partitioning): Communication Overhead and Training Time",
                   f"{'Aggregation Algorithm':<22} {'paper GB':>8} {'ours MB':>9} {'ratio p/o':>11} "
                   f"{'ours MB to tgt':>14} {'paper h':>7} {'ours s':>8} {'ratio p/o':>11} {'s to tgt':>8}"]
-        for a in aggregators:
-            if a not in rows:
-                continue
-            p, o = PAPER[a], rows[a]
+        for a, p, o in _paper_and_ours(rows, aggregators):
             rr = o.get("ratio_to_fedavg", {})
             tt = o["to_target"]
             lines.append(
@@ -140,10 +142,7 @@ def tables(summary: dict, aggregators: list[str]) -> str:
                       f"(ours: next-token accuracy and validation loss in nats/token; target {grp['target_loss']:.3f})",
                   f"{'Aggregation Algorithm':<22} {'paper acc %':>11} {'ours acc %':>10} {'paper loss':>10} "
                   f"{'ours loss':>9} {'ours ppl':>8} {'rounds to tgt':>13}"]
-        for a in aggregators:
-            if a not in rows:
-                continue
-            p, o = PAPER[a], rows[a]
+        for a, p, o in _paper_and_ours(rows, aggregators):
             lines.append(f"{LABEL[a]:<22} {p['accuracy']:>11.1f} {o['accuracy_pct']:>10.1f} {p['loss']:>10.2f} "
                          f"{o['loss']:>9.3f} {o['perplexity']:>8.1f} {_fmt(o['to_target']['rounds'], 'd'):>13}")
     if "dynamic_vs_fixed" in summary:

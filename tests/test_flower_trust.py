@@ -139,7 +139,9 @@ def test_nodes_are_mapped_to_parties_only_by_a_signed_fresh_hello():
                                                                                           200).hex()}} | honest, trust)
     assert agg.keyholder == 200
     for forged in (_claim(trust, 1, 101, nonce=bytes(32)), _claim(trust, 1, 101, run="another run"),
-                   _claim(Trust.generate(N), 1, 101)):  # the last: a key the roster does not certify
+                   _claim(Trust.generate(N), 1, 101),  # a key the roster does not certify
+                   lambda n: {"role": "client", "client_id": 1, "signature": "ab" * 10_000_000},
+                   lambda n: {"role": "client", "client_id": 1, "signature": 7}):
         with pytest.raises(AuthenticationError, match=r"clients \[0, 2\]"):
             _discovering(honest | {101: forged}, trust)
 

@@ -109,9 +109,11 @@ class FlowerAggregator:
             if not (party == KEYHOLDER or (type(party) is int and 0 <= party < self.n)):
                 log.warning("node %d claimed no party of this run: %r", node, head)
                 continue
+            sig = head.get("signature")
             try:
-                self.trust.verify_hello(party, self.settings["run"], nonce, node,
-                                        bytes.fromhex(str(head.get("signature", ""))))
+                if not (isinstance(sig, str) and len(sig) == 128):  # 64 bytes of Ed25519, checked before decoding
+                    raise AuthenticationError("the hello carries no 64-byte signature")
+                self.trust.verify_hello(party, self.settings["run"], nonce, node, bytes.fromhex(sig))
             except (AuthenticationError, ValueError, OverflowError) as exc:
                 log.warning("node %d: hello refused: %s", node, exc)
                 continue

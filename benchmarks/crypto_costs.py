@@ -18,7 +18,9 @@ References in the same run:
   Compared with our client's masked-input stage (``time_ratio``) and with our **whole** client, every stage:
   encoding, key agreement, signatures, Shamir shares and commitments, masking, unmasking
   (``whole_client_time_ratio``). Flower's figure leaves out its key agreement, Shamir sharing and unmasking, so
-  the whole-client ratio is conservative (it flatters Flower). Skipped with a message if pip fails.
+  the whole-client ratio is conservative (it flatters Flower). Skipped with a message if pip fails. The
+  like-for-like comparison (Flower's whole client, server and round, every stage, same cohort, D, degree and
+  threshold, one run) is ``benchmarks.secaggplus_whole``.
 * NVFlare's published CKKS parameters in plain TenSEAL: N=8192, coeff [60, 40, 40], scale 2^40, 4096-value chunks.
 
 Timings were taken on a shared 2-core machine; compare ratios measured in the same run.

@@ -17,8 +17,9 @@ Reported:
   the ratio to a best-case bound (fastest of 15 calls) is recorded too;
 * the client's main costs, each timed alone at the same D and k right after the round (same load): fixed-point
   encoding (with its own AES-CTR rounding stream, also timed alone), expanding and adding the k+1 mask keystreams,
-  serialising the masked input (CRC-32 and one copy, in ``secagg.messages``), and 2k X25519 + HKDF key agreements
-  (channel keys and mask seeds); each also as a multiple of the AES time of 4*D bytes sampled right after it;
+  serialising the masked input (CRC-32 and one copy, in ``secagg.messages``), 2k X25519 + HKDF key agreements
+  (channel keys and mask seeds), and the k + min_signers Ed25519 verifications of a signed round (the k roster
+  key signatures, the min_signers consistency signatures: what a signed round adds to an unsigned one); each also as a multiple of the AES time of 4*D bytes sampled right after it;
 * server unmask time: the server's time in the unmask stage (receiving every UnmaskResponse, Shamir
   reconstruction, key agreement for dropped clients, re-expanding and removing the masks, decoding);
 * bytes per client up and down (all messages), and upload relative to float32 (4*D bytes).
@@ -80,12 +81,13 @@ def unrecoverable_rate(cfg: MaskingConfig, count: int, draws: int = 4000) -> flo
                for _ in range(draws)) / draws
 
 
-def masking_round(n: int, dim: int, drop_frac: float, round_id: int, probe: AesProbe) -> dict:
-    """One timed round of ``n`` clients; ``round(drop_frac * n)`` random ones vanish before their masked input
-    (redrawn until the round can finish: the failure rate of random sets is measured by
-    :func:`unrecoverable_rate`)."""
+def masking_round(n: int, dim: int, drop_frac: float, round_id: int, probe: AesProbe,
+                  neighbors: int | None = None) -> dict:
+    """One timed round of ``n`` clients (graph degree ``neighbors``, default ours); ``round(drop_frac * n)`` random
+    ones vanish before their masked input (redrawn until the round can finish: the failure rate of random sets is
+    measured by :func:`unrecoverable_rate`)."""
     cfg = MaskingConfig(participants=tuple(range(n)), dim=dim, weight_bound=2.0, round_id=round_id,
-                        graph_seed=os.urandom(16))
+                        graph_seed=os.urandom(16), neighbors=neighbors)
     keys = {i: ed25519.generate() for i in range(n)}  # the hardened default: signed rounds
     public = {i: k.public_key() for i, k in keys.items()}
     clients = {i: MaskingClient(i, cfg, identity=keys[i], peer_identities=public) for i in range(n)}
@@ -158,6 +160,7 @@ def masking_round(n: int, dim: int, drop_frac: float, round_id: int, probe: AesP
         "contributors": len(res.contributors), "max_abs_error": err,
         "client_s_median": statistics.median(totals[i] for i in full),
         "client_s_min": min(totals[i] for i in full),
+        "client_s_sum": sum(totals.values()),  # every client's calls, the dropped ones' included
         "client_stage_s_median": {s: statistics.median(ctime[i][s] for i in full) for s in STAGES},
         "server_stage_s": dict(stime),
         "server_unmask_s": stime["unmask"],
@@ -177,6 +180,10 @@ def client_parts(n: int, dim: int, repeats: int = 7) -> tuple[dict[str, float], 
     enc = np.empty(dim + 1, dtype=cfg.dtype)
     seeds = [os.urandom(16) for _ in range(k + 1)]
     sk, pk = kex.generate(), kex.public_bytes(kex.generate())
+    ident = ed25519.generate()
+    signed = os.urandom(8 * n + 64)  # about the size of a survivor-list payload
+    sig, vk = ed25519.sign(ident, signed), ident.public_key()
+    checks = k + int(cfg.min_signers)  # the roster's k key signatures and min_signers consistency signatures
 
     def rounding_stream() -> None:
         words = U32Stream(1 << 15)
@@ -187,7 +194,8 @@ def client_parts(n: int, dim: int, repeats: int = 7) -> tuple[dict[str, float], 
              "rounding stream (in encode)": rounding_stream,
              "masks": lambda: add_masks(enc, seeds[:k // 2 + 1], seeds[k // 2 + 1:]),
              "serialise": lambda: MaskedInput(round_id=0, client_id=0, masked=enc).to_bytes(),
-             "key agreement": lambda: [kex.mask_seed(sk, pk, session=bytes(32), u=0, v=1) for _ in range(2 * k)]}
+             "key agreement": lambda: [kex.mask_seed(sk, pk, session=bytes(32), u=0, v=1) for _ in range(2 * k)],
+             "signature checks": lambda: [ed25519.verify(vk, sig, signed) for _ in range(checks)]}
     times: dict[str, list[float]] = defaultdict(list)
     probe = AesProbe(4 * dim)
     for _ in range(repeats):

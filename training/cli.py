@@ -38,7 +38,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 DEMO_PROMPT = "HAMLET\nTo be, or not to be, that is the question:\n"
 """The demo's sample prompt, in the corpus' layout (speaker line, verse); Hamlet is not one of the demo's plays."""
 BENCHMARKS = ("ckks_micro", "dp_overhead", "transport", "secagg_micro", "crypto_costs", "scaling", "full_model",
-              "smollm2_privacy", "privacy_utility", "paper_tables", "flower")
+              "smollm2_privacy", "privacy_utility", "paper_tables", "flower", "secaggplus_whole")
 """The benchmarks documented in benchmarks/README.md (any module of the ``benchmarks`` package can be run)."""
 
 

@@ -19,7 +19,8 @@ Reported:
   encoding (with its own AES-CTR rounding stream, also timed alone), expanding and adding the k+1 mask keystreams,
   serialising the masked input (CRC-32 and one copy, in ``secagg.messages``), 2k X25519 + HKDF key agreements
   (channel keys and mask seeds), and the k + min_signers Ed25519 verifications of a signed round (the k roster
-  key signatures, the min_signers consistency signatures: what a signed round adds to an unsigned one); each also as a multiple of the AES time of 4*D bytes sampled right after it;
+  key signatures, the min_signers consistency signatures: what a signed round adds to an unsigned one); each
+  also as a multiple of the AES time of 4*D bytes sampled right after it;
 * server unmask time: the server's time in the unmask stage (receiving every UnmaskResponse, Shamir
   reconstruction, key agreement for dropped clients, re-expanding and removing the masks, decoding);
 * bytes per client up and down (all messages), and upload relative to float32 (4*D bytes).

@@ -88,12 +88,12 @@ def run(ns: list[int], dim: int, repeats: int) -> list[dict]:
         for j in range(repeats):
             ours.append(_ours(n, dim, k, round_id=j))
             flower.append(_flower(n, dim, k, t))
-            ratios.append({f"{key}": flower[-1][key] / ours[-1][key] for key in KEYS})
+            ratios.append({key: flower[-1][key] / ours[-1][key] for key in KEYS})
             print(f"n={n} repeat {j + 1}/{repeats}: client {ours[-1]['client_s'] * 1e3:.1f} vs "
                   f"{flower[-1]['client_s'] * 1e3:.1f} ms, server {ours[-1]['server_s']:.2f} vs "
                   f"{flower[-1]['server_s']:.2f} s", flush=True)
-        out.append({"n": n, "dim": dim, "k": k, "t": t, "flower_num_shares": k + 1, "ours": _median_repeat(ours, "round_s"),
-                    "flower": _median_repeat(flower, "round_s"),
+        out.append({"n": n, "dim": dim, "k": k, "t": t, "flower_num_shares": k + 1,
+                    "ours": _median_repeat(ours, "round_s"), "flower": _median_repeat(flower, "round_s"),
                     "flower_over_ours": {key: statistics.median(r[key] for r in ratios) for key in KEYS},
                     "flower_over_ours_range": {key: [min(r[key] for r in ratios), max(r[key] for r in ratios)]
                                                for key in KEYS}})

@@ -165,8 +165,9 @@ def plan(args) -> list[tuple[str, str, float, str]]:
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny", choices=["tiny", "smollm2-135m"],
-                    help="smollm2-135m: the demo's DP LoRA federation per ε, seed and secure scheme "
-                         "(benchmarks.smollm2_privacy; only --eps, --seeds, --schemes, --out apply)")
+                    help="smollm2-135m: the demo's DP LoRA federation per ε, seed and secure scheme, each ε at "
+                         "the lr picked on a tuning split of other plays (benchmarks.smollm2_privacy; only "
+                         "--eps, --seeds, --schemes, --out apply)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 rounds x 2 steps, ε ∈ {8, ∞}, plaintext")
     ap.add_argument("--eps", nargs="+", type=float, default=list(EPSILONS), help="targets; 'inf' = no DP")
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)

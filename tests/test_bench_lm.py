@@ -120,6 +120,60 @@ def test_smollm2_privacy_summary_checks_the_goal_against_the_non_private_run():
     assert not summarise([run(None, 70.0), run(8.0, 90.0)])["goal"]["ckks"]["pass"]  # 1.29x: a miss
 
 
+def _fake_federation(optimum: dict, calls: list):
+    """A stand-in for one SmolLM2 federation: perplexity is a bowl in log10(lr) around ``optimum[ε]``."""
+    def run_one(scheme, eps, seed, threads, lr=0.03, tuning=False):
+        calls.append((eps, lr, tuning))
+        ppl = 50.0 + 10 * (math.log10(lr) - math.log10(optimum[eps])) ** 2 + (0 if tuning else 1)
+        return {"scheme": scheme, "seed": seed, "epsilon_target": None if math.isinf(eps) else eps, "lr": lr,
+                "split": "tuning" if tuning else "reported", "initial_perplexity": 160.0,
+                "final_perplexity": ppl, "wall_s": 1.0}
+    return run_one
+
+
+def test_smollm2_lr_selection_extends_past_an_edge_and_stops(monkeypatch):
+    from benchmarks import smollm2_privacy as SP
+
+    calls: list = []
+    monkeypatch.setattr(SP, "run_one", _fake_federation({8.0: 0.3, math.inf: 0.01, 1.0: 100.0}, calls))
+    monkeypatch.setattr(SP, "tuning_plays", lambda: ["p7", "p8"])
+    sel = SP.select_lr([8.0, math.inf, 1.0], [1e-2, 3e-2, 1e-1], "masking", 0, 1, jobs=1)
+    assert sel["chosen"]["8"] == pytest.approx(0.3)             # one step past the upper edge, then interior
+    assert sel["chosen"]["inf"] == pytest.approx(0.01)          # the lower edge tried once more, still best
+    assert sel["chosen"]["1"] == pytest.approx(0.9)             # capped at MAX_EXTENSIONS steps
+    assert all(tuning for _, _, tuning in calls)                # selection never runs on the reported split
+    assert sorted(lr for e, lr, _ in calls if e == 1.0) == pytest.approx([0.01, 0.03, 0.1, 0.3, 0.9])
+    assert len(calls) == 3 * 3 + 2 + 1 + 2
+    again: list = []
+    monkeypatch.setattr(SP, "run_one", _fake_federation({8.0: 0.3, math.inf: 0.01, 1.0: 100.0}, again))
+    assert SP.select_lr([8.0, math.inf, 1.0], [1e-2, 3e-2, 1e-1], "masking", 0, 1, 1, sel["runs"])["chosen"] \
+        == sel["chosen"] and again == []                        # an earlier selection's runs are reused
+
+
+def test_smollm2_privacy_reports_each_eps_at_its_selected_lr_and_keeps_matching_runs(monkeypatch, tmp_path):
+    import json
+
+    from benchmarks import smollm2_privacy as SP
+
+    calls: list = []
+    monkeypatch.setattr(SP, "run_one", _fake_federation({8.0: 0.03, math.inf: 0.1}, calls))
+    monkeypatch.setattr(SP, "tuning_plays", lambda: ["p7", "p8"])
+    out = tmp_path / "sp.json"
+    old = _fake_federation({8.0: 0.03, math.inf: 0.1}, [])
+    kept, stale = old("ckks", 8.0, 0, 1, 0.03), old("ckks", math.inf, 0, 1, 0.03)
+    for r in (kept, stale):  # rows written before lr selection carry no lr: they ran at the demo's
+        del r["lr"], r["split"]
+    out.write_text(json.dumps({"runs": [kept, stale]}))
+    rep = SP.main(["--eps", "8", "inf", "--seeds", "0", "--schemes", "ckks", "--out", str(out), "--extend"])
+    assert rep["lr_per_epsilon"] == {"8": pytest.approx(0.03), "inf": pytest.approx(0.1)}
+    reported = [(e, lr) for e, lr, tuning in calls if not tuning]
+    assert reported == [(math.inf, pytest.approx(0.1))]         # ε = 8 at 3e-2 kept; ε = ∞ rerun at its lr
+    assert sorted((r["epsilon_target"] or math.inf, r["lr"]) for r in rep["runs"]) == \
+        [(8.0, 0.03), (math.inf, pytest.approx(0.1))]
+    assert json.loads(out.read_text())["lr_selection"]["chosen"] == rep["lr_per_epsilon"]
+    assert (tmp_path / "sp.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_privacy_utility_hands_the_smollm2_grid_to_smollm2_privacy(monkeypatch):
     from benchmarks import smollm2_privacy
 

@@ -219,6 +219,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--extend", action="store_true",
                     help="keep the runs already in --out (tuning and reported) and add only the missing ones")
     args = ap.parse_args(argv)
+    if not all(0 < lr < math.inf for lr in args.lr_grid) or len(set(args.lr_grid)) != len(args.lr_grid):
+        ap.error(f"--lr-grid needs distinct positive finite learning rates, got {args.lr_grid}")
+    if args.jobs < 1 or args.threads < 0:
+        ap.error("--jobs must be >= 1 and --threads >= 0")
     if args.plot_only:
         rep = json.loads(args.out.read_text())
         _plot(rep["runs"], args.out.with_suffix(".png"), rep.get("lr_selection"))

@@ -172,6 +172,9 @@ def test_smollm2_privacy_reports_each_eps_at_its_selected_lr_and_keeps_matching_
         [(8.0, 0.03), (math.inf, pytest.approx(0.1))]
     assert json.loads(out.read_text())["lr_selection"]["chosen"] == rep["lr_per_epsilon"]
     assert (tmp_path / "sp.png").read_bytes()[:4] == b"\x89PNG"
+    for bad in (["--lr-grid", "0"], ["--lr-grid", "nan"], ["--lr-grid", "0.1", "0.1"], ["--jobs", "0"]):
+        with pytest.raises(SystemExit):
+            SP.main([*bad, "--out", str(out)])
 
 
 def test_privacy_utility_hands_the_smollm2_grid_to_smollm2_privacy(monkeypatch):

@@ -21,10 +21,11 @@ available for current torch). ``noise="torch"`` uses torch's non-cryptographic P
 emits :class:`~privacy.errors.InsecureRNGWarning` once per process.
 
 Accounting: each round's steps form one :class:`~privacy.events.PrivacyEvent` (σ, q, steps); each DP release of
-the training loss (:meth:`DPTrainer.release_loss`, what the loss-weighted rule needs) is one more (σ_L, q, 1).
-With a :class:`~privacy.accounting.PrivacyLedger` attached, a step or release that would exceed the budget raises
-:class:`~privacy.errors.BudgetExceededError` before any computation, and :meth:`DPTrainer.end_round` spends the
-round's events on the ledger.
+the training loss (:meth:`DPTrainer.release_loss`, what the loss-weighted rule needs) is one more
+(σ_L, q, batches). With a ledger (:class:`~privacy.ledger.PrivacyLedger`, or the client's durable
+:class:`~privacy.durable.ClientLedger`) attached, :meth:`DPTrainer.begin_round` spends the whole round on it
+before the first step (:class:`~privacy.errors.BudgetExceededError` if it does not fit: nothing runs), and a
+step or release beyond that reservation raises :class:`~privacy.errors.PlanExceededError`.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClippi
 from torch import nn
 from torch.utils.data import DataLoader
 
-from privacy.accounting import PrivacyLedger, epsilon_of_events, noise_multiplier_for_epsilon
-from privacy.errors import BudgetExceededError, ConfigurationError, InsecureRNGWarning, UnsupportedModelError
+from privacy.accounting import epsilon_of_events, noise_multiplier_for_epsilon
+from privacy.ledger import PrivacyLedger
+from privacy.errors import ConfigurationError, InsecureRNGWarning, PlanExceededError, UnsupportedModelError
 from privacy.events import PrivacyEvent
 from privacy.batches import Batch, PoissonBatchSampler, collate_or_none, unpack_batch
 from privacy.dp_inspect import GradientInspection
@@ -93,7 +95,7 @@ class DPTrainer(GradientInspection):
         self._history: list[PrivacyEvent] = []
         self._releases: list[PrivacyEvent] = []  # the open round's loss releases
         self._round_steps = 0
-        self._allowed: tuple[int, int, int] | None = None  # (ledger events seen, steps allowed this round, cap)
+        self._plan: tuple[int, list[tuple[float, int]]] | None = None  # open round: (steps, loss releases) reserved
         optimizer.attach_step_hook(self._count_step)
 
     # -- accounting --------------------------------------------------------------------------------------------
@@ -114,30 +116,51 @@ class DPTrainer(GradientInspection):
         """The current round's steps so far as (σ, q, steps)."""
         return PrivacyEvent(self.noise_multiplier, self.sample_rate, self._round_steps)
 
-    def end_round(self) -> tuple[PrivacyEvent, ...]:
-        """Close the round: return its events (its steps, then its loss releases), add them to :attr:`history`,
-        and spend them on the ledger if any."""
-        events = (self.pending_event(), *self._releases)
-        if self.ledger is not None:
-            self.ledger.spend_events(events)  # fits: every step and release was checked before it ran
-        self._history.extend(events)
-        self._round_steps, self._allowed, self._releases = 0, None, []
-        return events
+    def plan_events(self, steps: int, loss_releases: Sequence[tuple[float, int]] = ()) -> list[PrivacyEvent]:
+        """The events of a round of ``steps`` DP-SGD steps and the loss releases ``(σ_L, batches)``."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ConfigurationError(f"steps must be an integer >= 0, got {steps!r}")
+        return [PrivacyEvent(self.noise_multiplier, self.sample_rate, steps),
+                *(PrivacyEvent(float(s), self.sample_rate, int(b)) for s, b in loss_releases)]
 
-    def restore_history(self, events: Sequence[PrivacyEvent]) -> None:
-        """A fresh trainer takes over the closed rounds of an earlier process of the same client (its events are
-        spent on the ledger again: the budget covers the client's whole life, not this process's)."""
-        if self._history or self._round_steps or self._releases:
-            raise ConfigurationError("only a fresh trainer takes over an earlier history")
-        events = [e if isinstance(e, PrivacyEvent) else PrivacyEvent(**e) for e in events]
-        if self.ledger is not None:
-            self.ledger.spend_events(events)
-        self._history = list(events)
+    def begin_round(self, steps: int, *, loss_releases: Sequence[tuple[float, int]] = (),
+                    what: str = "round") -> float | None:
+        """Reserve the whole round before its first step: ``steps`` DP-SGD steps and each planned loss release
+        ``(σ_L, batches)``. With a ledger the reservation is spent on it first (a durable ledger writes it to
+        disk before this returns), so no step or release of the round can outrun the record; if the round does
+        not fit, BudgetExceededError (spent, needed, budget), nothing recorded and nothing run. Within the round,
+        steps and releases beyond the plan raise PlanExceededError. Returns the ledger's ε after the reservation
+        (None without a ledger)."""
+        if self._plan is not None:
+            raise ConfigurationError("a round is already open: end_round() first")
+        events = self.plan_events(steps, loss_releases)
+        after = None if self.ledger is None else self.ledger.spend_events(events, what)
+        self._plan = (steps, [(float(s), int(b)) for s, b in loss_releases])
+        return after
+
+    def end_round(self) -> tuple[PrivacyEvent, ...]:
+        """Close the round: return its events as taken (its steps, then its loss releases) and add them to
+        :attr:`history`. The ledger already holds the round's reservation (at least what was taken)."""
+        events = (self.pending_event(), *self._releases)
+        self._history.extend(events)
+        self._round_steps, self._plan, self._releases = 0, None, []
+        return events
 
     def epsilon(self, delta: float, *, accountant: Literal["prv", "rdp"] = "prv") -> float:
         """ε of this trainer's lifetime (closed rounds + open round, releases included) at ``delta``."""
         return epsilon_of_events([*self._history, self.pending_event(), *self._releases], delta,
                                  accountant=accountant)
+
+    def _check_plan(self) -> None:
+        """PlanExceededError unless one more step fits the open round's reservation (or, without a ledger and
+        outside a round, always)."""
+        if self._plan is None:
+            if self.ledger is not None:
+                raise PlanExceededError("with a ledger, every step is part of a round reserved by begin_round()")
+            return
+        if self._round_steps + 1 > self._plan[0]:
+            raise PlanExceededError(f"step {self._round_steps + 1} is beyond the {self._plan[0]} steps this round "
+                                    "reserved; the step was not taken")
 
     def release_loss(self, *, noise_multiplier: float, bound: float, batches: int = 1) -> float:
         """A DP estimate of the mean per-sequence training loss, and its cost recorded like a step's.
@@ -145,15 +168,19 @@ class DPTrainer(GradientInspection):
         Each of ``batches`` Poisson batches of rate q (drawn as a step's are) gives the sum of its per-sequence
         losses clipped to ``[0, bound]`` plus N(0, (σ_L·bound)²) CSPRNG noise: a Poisson-subsampled Gaussian
         release (σ_L, q) of a sum with sensitivity ``bound``. The estimate is their total over the expected
-        count ``batches·q·N`` (post-processing). A release the ledger cannot afford raises BudgetExceededError
-        before any data is touched."""
+        count ``batches·q·N`` (post-processing). Within a round it must be one the round reserved
+        (PlanExceededError otherwise, before any data is touched)."""
         if not (math.isfinite(noise_multiplier) and noise_multiplier > 0 and math.isfinite(bound) and bound > 0):
             raise ConfigurationError("loss releases need a noise multiplier > 0 and a finite bound > 0")
         if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
             raise ConfigurationError(f"batches must be an integer >= 1, got {batches!r}")
-        new = [PrivacyEvent(noise_multiplier, self.sample_rate, 1) for _ in range(batches)]
-        if self.ledger is not None:
-            self.ledger.check_events([self.pending_event(), *self._releases, *new])
+        if self._plan is not None:
+            if (float(noise_multiplier), batches) not in self._plan[1]:
+                raise PlanExceededError(f"this round reserved no loss release (σ_L={noise_multiplier:g}, "
+                                        f"batches={batches}); nothing was released")
+            self._plan[1].remove((float(noise_multiplier), batches))
+        elif self.ledger is not None:
+            raise PlanExceededError("with a ledger, every release is part of a round reserved by begin_round()")
         total = 0.0
         self.model.eval()
         for _ in range(batches):
@@ -165,27 +192,8 @@ class DPTrainer(GradientInspection):
                                      use_cache=False)
                     total += float(sequence_loss(out.logits, labels).clamp(0.0, bound).sum())
             total += float(gaussian(1, noise_multiplier * bound)[0])
-        self._releases.extend(new)
+        self._releases.append(PrivacyEvent(noise_multiplier, self.sample_rate, batches))
         return total / (batches * self.sample_rate * len(self.data_loader.dataset))
-
-    def _check_budget(self, planned: int = 1) -> None:
-        """BudgetExceededError unless one more step fits the ledger; ``planned``: the steps the caller still
-        intends to take, which caps the search for how many fit (searched again past the cap or once the ledger
-        moved)."""
-        if self.ledger is None:
-            return
-        need, seen = self._round_steps + 1, len(self.ledger.events)
-        if self._allowed is None or self._allowed[0] != seen or (need > self._allowed[1] == self._allowed[2]):
-            cap = self._round_steps + max(1, planned)
-            self._allowed = (seen, self.ledger.remaining_steps(self.noise_multiplier, self.sample_rate,
-                                                               max_steps=cap), cap)
-        if need > self._allowed[1]:
-            after = self.ledger.epsilon_if([PrivacyEvent(self.noise_multiplier, self.sample_rate,
-                                                         self._round_steps + 1)])
-            raise BudgetExceededError(
-                f"step {self._round_steps + 1} of this round would raise ε to {after:.4g} > budget "
-                f"{self.ledger.epsilon_budget:.4g}; the step was not taken", epsilon_after=after,
-                budget=self.ledger.epsilon_budget)
 
     # -- training ----------------------------------------------------------------------------------------------
     def _backward(self, parts: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None) -> torch.Tensor:
@@ -209,13 +217,17 @@ class DPTrainer(GradientInspection):
                 per_seq.mean().backward()
         return per_seq.detach()
 
-    def step(self, batch: Batch) -> float:
-        """One DP-SGD step on one logical batch (drawn from :attr:`data_loader`; ``None``/empty allowed).
+    def step(self) -> float:
+        """One DP-SGD step on a Poisson batch of rate q that this trainer draws itself (a batch chosen by the
+        caller would be accounted as Poisson-sampled without being so).
 
         Split into physical batches of at most ``max_physical_batch_size``. Returns the mean per-sequence loss
-        (nan for an empty batch). Raises BudgetExceededError before doing anything if the ledger forbids it.
+        (nan for an empty batch). Raises PlanExceededError before doing anything if the open round forbids it.
         """
-        self._check_budget()
+        self._check_plan()
+        return self._step(next(iter(self.data_loader)))
+
+    def _step(self, batch: Batch) -> float:
         self.model.train()
         parts = unpack_batch(batch)
         chunks: list = [None]
@@ -245,7 +257,7 @@ class DPTrainer(GradientInspection):
                 physical, pending = iter(loader), []
                 while len(losses) < target:
                     if not pending:
-                        self._check_budget(target - len(losses))  # before the next logical batch is drawn
+                        self._check_plan()  # before the next logical batch is drawn
                     batch = next(physical, _EXHAUSTED)
                     if batch is _EXHAUSTED:
                         break
@@ -324,8 +336,8 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer | Callable[[
     * ``tied``: tied-embedding strategy, default "keep" (hooks) / "untie" (ghost); ghost + "keep" is refused.
     * ``max_physical_batch_size``: cap on rows per forward/backward (virtual batches); None = no cap.
     * ``noise``: "csprng" (AES-CTR, default) or "torch" (fast, insecure, warns once).
-    * ``ledger``: optional :class:`PrivacyLedger`; steps beyond its budget are refused before they run and
-      :meth:`DPTrainer.end_round` spends each round on it. Spend this ledger only through the trainer.
+    * ``ledger``: optional :class:`PrivacyLedger` (or :class:`~privacy.durable.ClientLedger`); each round is
+      reserved on it by :meth:`DPTrainer.begin_round` before its first step. Spend it only through the trainer.
     """
     if getattr(model, "_privacy_dp_trainer", False):
         raise ConfigurationError("model is already private: keep one DPTrainer per client for its whole life")

@@ -5,7 +5,11 @@
     ├── BudgetExceededError         a DP run that would push a ledger past its ε budget; raised BEFORE anything is
     │                               recorded or trained, so the ledger is unchanged
     ├── InvalidUpdateError          a bad update vector: wrong shape/dtype, empty, NaN/Inf
-    ├── LedgerFormatError           a persisted ledger that does not decode (bad JSON, wrong version, bad fields)
+    ├── LedgerFormatError           a persisted ledger that does not decode (bad JSON, wrong version, bad fields,
+    │                               truncated, checksum mismatch)
+    ├── LedgerMismatchError         a ledger of another client or data set, or written with another δ, budget,
+    │                               accountant or neighbouring relation: never reset silently
+    ├── PlanExceededError           a step or release beyond what the open round reserved on the ledger
     └── UnsupportedModelError       a model that cannot be made private in the requested mode (e.g. tied
                                     embeddings under ghost clipping, LoRA without ``peft``)
 
@@ -20,6 +24,8 @@ __all__ = [
     "BudgetExceededError",
     "InvalidUpdateError",
     "LedgerFormatError",
+    "LedgerMismatchError",
+    "PlanExceededError",
     "UnsupportedModelError",
     "InsecureRNGWarning",
 ]
@@ -48,6 +54,15 @@ class InvalidUpdateError(PrivacyError, ValueError):
 
 class LedgerFormatError(PrivacyError, ValueError):
     """A serialized ledger is malformed or of an unknown version."""
+
+
+class LedgerMismatchError(PrivacyError):
+    """A durable ledger belongs to another client or data set, or to other accounting terms; the message says
+    what differs and what to do. The ledger is left as it is."""
+
+
+class PlanExceededError(PrivacyError):
+    """A DP step or release beyond what the open round reserved (write-ahead) on the ledger; nothing ran."""
 
 
 class UnsupportedModelError(PrivacyError):

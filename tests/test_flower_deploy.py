@@ -129,9 +129,9 @@ def test_a_node_refuses_a_run_config_that_differs_from_its_pins(tmp_path, caplog
 
 
 def test_lm_clients_carry_their_dp_ledger_across_fresh_processes(tmp_path):
-    """A DP language-model client in a fresh process per message: its trainer's DP history (and so its
-    ledger), optimizer and unreported events come back from the sealed node state, so the ε the aggregator
-    composes is that of every step taken, and the model trains."""
+    """A DP language-model client in a fresh process per message: its durable ledger (the SuperNode's state
+    directory) holds every round, its optimizer and unreported events come back from the sealed node state, so
+    the ε the aggregator composes is that of every step taken, and the model trains."""
     from privacy.accounting import epsilon_of_events
     from privacy.events import PrivacyEvent
 
@@ -156,13 +156,13 @@ def test_lm_clients_carry_their_dp_ledger_across_fresh_processes(tmp_path):
     assert [r.status for r in rows] == ["done", "done"] and rows[-1].loss < agg.initial_loss
     for c in range(N):  # ε composed by the aggregator = every step of both rounds (none lost with a process)
         q = min(1.0, 8 / len(work.data.clients[c]))
-        want = epsilon_of_events([PrivacyEvent(1.0, q, 4)], 1e-5)
+        want = epsilon_of_events([PrivacyEvent(1.0, q, 4)], 1e-5, relation="replace-one")
         assert rows[-1].epsilon_per_client[c] == pytest.approx(want, rel=1e-6)
         flower_client._WORK.clear()  # and the client's own ledger, in a fresh process, holds both rounds
         proc = flower_client.NodeProcess(agg.settings, Trust.from_certs(certs, N, own=c), lambda: make_workload(cfg))
         proc.restore(grid.contexts[100 + c].state, proc.trust.state_key(c), f"42|flower-run-42|{c}".encode())
-        private = proc.sessions[c].source.trainer.private
-        assert sum(e.steps for e in private.history) == 4
-        assert private.ledger.spent() == pytest.approx(want, rel=1e-6)
+        ledger = proc.sessions[c].source.trainer.ledger
+        assert [r["events"][0].steps for r in ledger.releases] == [2, 2]
+        assert ledger.spent() == pytest.approx(want, rel=1e-6)
     with pytest.raises(ConfigError, match="its own run file"):
         config_of({"trainer": "local", "clients": 3, "scheme": "ckks"}, {"scheme": "ckks", "clients": 3})

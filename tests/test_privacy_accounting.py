@@ -15,8 +15,8 @@ from scipy.optimize import brentq
 from scipy.special import comb, logsumexp
 from scipy.stats import norm
 
-from privacy.accounting import (central_noise_multiplier, distributed_epsilon, epsilon, epsilon_of_events,
-                                noise_multiplier_for_epsilon)
+from privacy.accounting import epsilon, epsilon_of_events, noise_multiplier_for_epsilon
+from privacy.distributed import central_noise_multiplier, distributed_epsilon
 from privacy.errors import ConfigurationError
 from privacy.events import PrivacyEvent
 

@@ -15,9 +15,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import privacy.dpsgd as dpsgd
-from privacy.accounting import PrivacyLedger, epsilon
+from privacy.accounting import epsilon
+from privacy.ledger import PrivacyLedger
 from privacy.dpsgd import make_private
-from privacy.errors import BudgetExceededError, ConfigurationError, InsecureRNGWarning, UnsupportedModelError
+from privacy.errors import (BudgetExceededError, ConfigurationError, InsecureRNGWarning, PlanExceededError,
+                            UnsupportedModelError)
+from privacy.events import PrivacyEvent
 from privacy.hf import load_causal_lm, position_ids_for, sequence_loss, tied_embeddings, untie_embeddings
 
 VOCAB, T = 128, 12
@@ -173,18 +176,18 @@ def test_sequence_loss_matches_manual_computation():
 
 @pytest.mark.parametrize("mode", ["hooks", "ghost"])
 def test_virtual_batches_give_the_same_update_as_one_physical_batch(mode):
-    def one_step(max_physical):
-        tr = private(gpt2(), max_physical_batch_size=max_physical, max_grad_norm=2.0, mode=mode)
+    def one_step(max_physical):  # q = 1: the trainer's own Poisson batch is the whole data set, every time
+        tr = private(gpt2(), max_physical_batch_size=max_physical, max_grad_norm=2.0, mode=mode, batch_size=48)
 
         def no_noise(self):  # isolate clipping/accumulation from the noise
             for p in self.params:
                 p.grad = p.summed_grad.clone().view_as(p)
         tr.optimizer.add_noise = types.MethodType(no_noise, tr.optimizer)
-        tr.step(BATCH)
+        tr.step()
         assert tr.round_steps == 1
         return tr.trainable_state_dict()
 
-    whole, split = one_step(None), one_step(3)
+    whole, split = one_step(None), one_step(7)
     for name in whole:
         torch.testing.assert_close(whole[name], split[name], rtol=1e-5, atol=1e-7)
 
@@ -208,10 +211,17 @@ def test_train_with_batch_memory_manager_counts_logical_steps():
     assert tr.history == (event,) and tr.round_steps == 0
 
 
+class _NoneIn:  # a sampler stream that includes no record: an empty Poisson batch
+    @staticmethod
+    def uniform(n):
+        return np.ones(n)
+
+
 def test_empty_poisson_batch_takes_a_noise_only_step():
     tr = private(gpt2())
+    tr.data_loader.batch_sampler._rng = _NoneIn()
     before = tr.trainable_state_dict()
-    assert math.isnan(tr.step(None))
+    assert math.isnan(tr.step())
     assert tr.round_steps == 1
     assert any(not torch.equal(before[n], p) for n, p in tr.trainable_state_dict().items())
 
@@ -226,28 +236,38 @@ def test_csprng_noise_has_the_dp_std():
     assert chi2.ppf(1e-6, noise.size) <= stat <= chi2.ppf(1 - 1e-6, noise.size)
 
 
-def test_ledger_refuses_the_step_before_it_happens():
+def test_a_round_is_reserved_whole_before_its_first_step_and_never_outrun():
     ledger = PrivacyLedger(1.5, 1e-5, accountant="rdp")
     tr = private(gpt2(), ledger=ledger, noise_multiplier=1.5)
     allowed = ledger.remaining_steps(1.5, 8 / 48)
     assert 0 < allowed < 20
-    tr.train(allowed)
+    with pytest.raises(PlanExceededError):  # with a ledger, no step outside a reserved round
+        tr.step()
     before = tr.trainable_state_dict()
-    with pytest.raises(BudgetExceededError):
-        tr.step(BATCH)
-    assert tr.round_steps == allowed
+    with pytest.raises(BudgetExceededError) as info:  # one step too many for the budget: nothing at all runs
+        tr.begin_round(allowed + 1)
+    assert "spent ε=0" in str(info.value) and "budget ε=1.5" in str(info.value)
+    assert ledger.events == () and tr.round_steps == 0
     assert all(torch.equal(before[n], p) for n, p in tr.trainable_state_dict().items())
-    events = tr.end_round()
-    assert ledger.events == events and ledger.spent() <= 1.5
-    # the budget search is capped at the steps a call plans: planning past the budget, or in pieces, stops at
-    # the same step
-    for plan in ([allowed + 3], [1, allowed - 1, 1]):
-        fresh = PrivacyLedger(1.5, 1e-5, accountant="rdp")
-        tr = private(gpt2(), ledger=fresh, noise_multiplier=1.5)
-        with pytest.raises(BudgetExceededError):
-            for steps in plan:
-                tr.train(steps)
-        assert tr.round_steps == allowed
+    assert tr.begin_round(allowed) == ledger.spent() <= 1.5  # spent before the first step (write-ahead)
+    assert ledger.events == (PrivacyEvent(1.5, 8 / 48, allowed),)
+    tr.train(allowed)
+    with pytest.raises(PlanExceededError):  # beyond the reservation
+        tr.step()
+    with pytest.raises(PlanExceededError):  # a loss release the round did not reserve
+        tr.release_loss(noise_multiplier=2.0, bound=1.0)
+    assert tr.round_steps == allowed
+    with pytest.raises(ConfigurationError):  # one round at a time
+        tr.begin_round(1)
+    assert tr.end_round() == (PrivacyEvent(1.5, 8 / 48, allowed),)
+    with pytest.raises(BudgetExceededError):
+        tr.begin_round(1)
+    # a round that takes fewer steps than it reserved: the ledger keeps the reservation (over-counts, never under)
+    roomy = PrivacyLedger(50.0, 1e-5)
+    tr = private(gpt2(), ledger=roomy, noise_multiplier=1.5)
+    tr.begin_round(5)
+    tr.train(2)
+    assert tr.end_round()[0].steps == 2 and roomy.events[0].steps == 5
 
 
 def test_target_epsilon_picks_a_sufficient_noise_multiplier():
@@ -286,8 +306,8 @@ def test_misuse_raises_named_errors():
         private(gpt2(), target_epsilon=1.0)  # both σ and target
     with pytest.raises(ConfigurationError):
         private(gpt2(), mode="functorch")
-    with pytest.raises(ConfigurationError):
-        private(gpt2()).step(torch.zeros(2, 3, 4, dtype=torch.long))
+    with pytest.raises(TypeError):  # the trainer draws its own Poisson batches: a caller's batch is not accepted
+        private(gpt2()).step(BATCH)
 
 
 def test_a_loss_release_is_a_subsampled_gaussian_release_composed_with_the_steps():
@@ -300,10 +320,11 @@ def test_a_loss_release_is_a_subsampled_gaussian_release_composed_with_the_steps
     tr = private(gpt2(), ledger=ledger, noise_multiplier=1.0, batch_size=8)
     q = 8 / 48
     for _ in range(2):  # two rounds of 3 steps and 4 loss releases at σ_L = 2
+        tr.begin_round(3, loss_releases=[(2.0, 4)])
         tr.train(3)
         tr.release_loss(noise_multiplier=2.0, bound=math.log(VOCAB), batches=4)
         events = tr.end_round()
-        assert [(e.noise_multiplier, e.steps) for e in events] == [(1.0, 3)] + [(2.0, 1)] * 4
+        assert [(e.noise_multiplier, e.steps) for e in events] == [(1.0, 3), (2.0, 4)]
     direct = PLDAccountant(value_discretization_interval=1e-3)
     step = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(1.0))
     loss = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(2.0))
@@ -322,8 +343,9 @@ def test_a_loss_release_is_a_subsampled_gaussian_release_composed_with_the_steps
     assert tr.release_loss(noise_multiplier=1e-6, bound=0.5, batches=20) <= 0.5 * 1.6  # clipped at the bound
     assert epsilon(1e-6, q, 80, 1e-5) > 1e6  # such noise is no privacy at all, and the accountant says so fast
     tight = PrivacyLedger(ledger.spent() + 1e-3, 1e-5)
+    tight.spend_events(ledger.events)
     tr.ledger = tight
-    with pytest.raises(BudgetExceededError):
-        tr.release_loss(noise_multiplier=0.5, bound=1.0, batches=50)
+    with pytest.raises(BudgetExceededError):  # a release the budget cannot afford is refused with its round
+        tr.begin_round(0, loss_releases=[(0.5, 50)])
     with pytest.raises(ConfigurationError):
         tr.release_loss(noise_multiplier=0.0, bound=1.0)

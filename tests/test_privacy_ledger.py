@@ -8,7 +8,8 @@ import pytest
 from dp_accounting import dp_event
 from dp_accounting.rdp import RdpAccountant
 
-from privacy.accounting import PrivacyLedger, epsilon_of_events
+from privacy.accounting import epsilon_of_events
+from privacy.ledger import PrivacyLedger
 from privacy.errors import BudgetExceededError, ConfigurationError, LedgerFormatError
 from privacy.events import PrivacyEvent
 

@@ -94,10 +94,13 @@ def test_configured_dropout_and_dp_accounting_in_a_run(tmp_path):
     rows = runner.run()
     assert rows[0].contributors == [0, 1, 2] and rows[1].contributors == [0, 2] and rows[1].dropped == [1]
     n = min(len(tr.blocks) for tr in runner.trainers)
-    # each client's ε is the PRV ε of its own history: σ = 1, q = batch/N, 2 rounds of local_steps steps
+    # each client's ε is the PRV ε of its own history: σ = 1, q = batch/N, 2 rounds of local_steps steps, for
+    # replace-one neighbours (its example count is public)
     for c, eps in rows[-1].epsilon_per_client.items():
         q = min(1.0, cfg.train.batch_size / len(runner.trainers[c].blocks))
-        assert eps == pytest.approx(epsilon(1.0, q, 2 * cfg.train.local_steps, cfg.dp.delta), rel=0.02)
+        assert eps == pytest.approx(epsilon(1.0, q, 2 * cfg.train.local_steps, cfg.dp.delta,
+                                            relation="replace-one"), rel=0.02)
+        assert eps > epsilon(1.0, q, 2 * cfg.train.local_steps, cfg.dp.delta)  # add/remove would under-state it
     assert rows[-1].epsilon == max(rows[-1].epsilon_per_client.values()) and n > 0
 
 
@@ -142,7 +145,7 @@ def test_privacy_budget_ends_the_run_early_keeping_completed_rounds(tmp_path, ag
     cfg = _tiny(tmp_path, scheme="masking", aggregator=aggregator)
     cfg.dp.enabled, cfg.dp.noise_multiplier, cfg.train.rounds = True, 1.0, 4
     q = cfg.train.batch_size / cfg.data.max_blocks_per_client
-    one, two = (epsilon(1.0, q, k * cfg.train.local_steps, cfg.dp.delta) for k in (1, 2))
+    one, two = (epsilon(1.0, q, k * cfg.train.local_steps, cfg.dp.delta, relation="replace-one") for k in (1, 2))
     cfg.dp.epsilon_budget = (one + two) / 2  # every client can afford one round of local steps, not two
     runner = Runner(cfg)
     assert all(len(tr.blocks) == cfg.data.max_blocks_per_client for tr in runner.trainers)
@@ -201,9 +204,9 @@ def test_loss_weighted_runs_account_the_loss_releases_the_weights_come_from(tmp_
     q = cfg.train.batch_size / len(runner.trainers[0].blocks)
     step = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(1.0))
     loss = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(cfg.dp.loss_noise_multiplier))
-    acc = PLDAccountant(value_discretization_interval=1e-3)
+    acc = PLDAccountant(dp_accounting.NeighboringRelation.REPLACE_ONE, value_discretization_interval=1e-3)
     acc.compose(dp_accounting.ComposedDpEvent([dp_accounting.SelfComposedDpEvent(step, 4),
                                                dp_accounting.SelfComposedDpEvent(loss, 2 * cfg.dp.loss_batches)]))
     assert rows[-1].epsilon_per_client[0] == pytest.approx(acc.get_epsilon(cfg.dp.delta), rel=1e-6)
-    assert rows[-1].epsilon_per_client[0] > epsilon(1.0, q, 4, cfg.dp.delta)
+    assert rows[-1].epsilon_per_client[0] > epsilon(1.0, q, 4, cfg.dp.delta, relation="replace-one")
     assert math.isfinite(rows[-1].loss)

@@ -280,8 +280,10 @@ def test_secagg_up_trains_a_real_model_with_every_role_a_process(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from privacy.accounting import PrivacyLedger, epsilon_of_events
+    from privacy.accounting import epsilon_of_events
+    from privacy.durable import read_ledgers
     from privacy.events import PrivacyEvent
+    from privacy.ledger import PrivacyLedger
     from training.transport.cli import mount
 
     run = tmp_path / "run.toml"
@@ -301,9 +303,13 @@ def test_secagg_up_trains_a_real_model_with_every_role_a_process(tmp_path):
     assert state.round == 2 and state.model.size > 10_000  # the tiny GPT-2's trainable parameters
     assert "cohort_loss" in state.strategy  # the loss-weighted server state went into the checkpoint
     assert sorted(state.ledgers) == ["0", "1", "2"]
-    for raw in state.ledgers.values():  # two local trainings each, reported once each: their steps and, since the
-        ledger = PrivacyLedger.from_json(json.dumps(raw))  # rule is loss-weighted, their 4 DP loss releases
-        assert len(ledger.events) == 2 * 5 and all(isinstance(e, PrivacyEvent) for e in ledger.events)
-        assert ledger.events[0].noise_multiplier == pytest.approx(1.0)
-        assert [e.noise_multiplier for e in ledger.events[1:5]] == [2.0] * 4
-        assert ledger.spent() == pytest.approx(epsilon_of_events(ledger.events, 1e-5), rel=1e-6)
+    own = {r["client"]: r for r in read_ledgers(out)}  # each client's durable ledger, on its side, in OUT/ledger
+    assert sorted(own) == ["client-0", "client-1", "client-2"]
+    for cid, raw in state.ledgers.items():  # two local trainings each, reported once each: their steps and, since
+        ledger = PrivacyLedger.from_json(json.dumps(raw))  # the rule is loss-weighted, a 4-batch DP loss release
+        assert ledger.events == (PrivacyEvent(1.0, 1 / 3, 2), PrivacyEvent(2.0, 1 / 3, 4)) * 2
+        assert ledger.relation == "replace-one"  # the example counts are public at check-in
+        assert ledger.spent() == pytest.approx(epsilon_of_events(ledger.events, 1e-5, relation="replace-one"),
+                                               rel=1e-6)
+        assert own[f"client-{cid}"]["epsilon"] == pytest.approx(ledger.spent(), rel=1e-9)
+        assert own[f"client-{cid}"]["releases"] == 2

@@ -216,7 +216,8 @@ def test_config_reads_run_file_sections_and_transport_table(tmp_path):
 def test_privacy_reports_are_checkpointed_before_the_reply_and_composed_once(tmp_path):
     import json as _json
 
-    from privacy.accounting import PrivacyLedger, epsilon
+    from privacy.accounting import epsilon
+    from privacy.ledger import PrivacyLedger
     from training.transport.coordinator import Coordinator, RoundPolicy
     from training.engine.roles import make_scheme
 
@@ -231,14 +232,14 @@ def test_privacy_reports_are_checkpointed_before_the_reply_and_composed_once(tmp
     events = [{"noise_multiplier": 1.1, "sample_rate": 0.01, "steps": 50}]
     coord = coordinator(checkpoint.ServerState(np.zeros(4)))
     assert wire.unpack(coord.checkin(0, 1.0, 0.0, privacy=events, report="report-one"))[0] == {"type": "idle"}
-    once = epsilon(1.1, 0.01, 50, 1e-5)
+    once = epsilon(1.1, 0.01, 50, 1e-5, relation="replace-one")  # N_i is public
     assert spent("0") == pytest.approx(once, rel=1e-6)  # on disk before the reply
     # the aggregator dies before its reply arrives; the client re-sends the same report to the restarted one
     coord = coordinator(checkpoint.load(path))
     coord.checkin(0, 1.0, 0.0, privacy=events, report="report-one")
     assert spent("0") == pytest.approx(once, rel=1e-6)
     coord.checkin(0, 1.0, 0.0, privacy=events, report="report-two")  # a new report composes
-    assert spent("0") == pytest.approx(epsilon(1.1, 0.01, 100, 1e-5), rel=1e-6)
+    assert spent("0") == pytest.approx(epsilon(1.1, 0.01, 100, 1e-5, relation="replace-one"), rel=1e-6)
     assert checkpoint.load(path).reports == {"0": "report-two"}
 
 

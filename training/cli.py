@@ -7,6 +7,7 @@
 * ``secagg certs init``, ``keyholder serve``, ``aggregator serve``, ``client run``, ``up`` — the networked
   deployment, mounted from :mod:`training.transport.cli`.
 * ``secagg flower sim`` — the same federation on Flower's simulation runtime (:mod:`training.flower`).
+* ``secagg budget show PATH [--json]`` — each client's ε from its durable ledger (:mod:`training.ledgers`).
 * ``secagg bench NAME [ARGS...]`` — runs ``python -m benchmarks.NAME ARGS...``.
 """
 
@@ -28,6 +29,7 @@ import typer
 from training.config import RunConfig, demo_config, load_config
 from training.errors import ConfigError, TrainingError
 from training.flower.cli import mount as mount_flower
+from training.ledgers import default_ledger_dir, mount as mount_budget
 from training.transport.cli import mount
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no tokenizers thread pool: safe across fork()
@@ -86,6 +88,8 @@ def _execute(cfg: RunConfig, out: Path, prompt: str | None = None) -> None:
     typer.echo(f"secagg: {f.clients} clouds, scheme={f.scheme}, aggregator={f.aggregator}, "
                f"partition={cfg.data.partition}, DP-SGD={'on' if cfg.dp.enabled else 'off'}, rounds={cfg.train.rounds}")
     t0 = time.perf_counter()
+    if cfg.dp.enabled:  # re-running with the same --out continues each client's budget
+        cfg.dp.ledger = str(default_ledger_dir(cfg.dp.ledger, out))
     runner = Runner(cfg)
     typer.echo(f"data: {[len(c) for c in runner.data.clients]} training blocks per client "
                f"({[', '.join(a[:3]) for a in runner.data.assignment]}), {len(runner.data.val)} validation blocks; "
@@ -224,6 +228,7 @@ def bench(ctx: typer.Context, name: str = typer.Argument(..., help="benchmark mo
 
 mount(app)  # certs init, keyholder serve, aggregator serve, client run, up
 mount_flower(app)  # flower sim
+mount_budget(app)  # budget show
 
 if __name__ == "__main__":
     app()

@@ -112,6 +112,9 @@ class DPConfig:
     loss_noise_multiplier: float = 2.0   # σ_L of the DP loss release the loss-weighted rule needs
     loss_bound: float | None = None      # per-sequence losses are clipped to [0, bound] (default ln(vocab))
     loss_batches: int = 4                # Poisson batches averaged per release (each one accounted)
+    ledger: str | None = None            # the clients' durable ledger directory (default: see training.ledgers)
+    colluders: int | None = None         # distributed DP: clients colluding with the server (default: the bound
+                                         # of the masking scheme for the cohort; 0 only when stated)
 
     def __post_init__(self) -> None:
         if self.enabled and not (self.noise_multiplier >= 0 and self.max_grad_norm > 0 and 0 < self.delta < 1):
@@ -119,6 +122,11 @@ class DPConfig:
         if self.enabled and not (self.loss_noise_multiplier > 0 and self.loss_batches >= 1 and
                                  (self.loss_bound is None or self.loss_bound > 0)):
             raise ConfigError("DP loss releases need loss_noise_multiplier > 0, loss_batches >= 1, loss_bound > 0")
+        if self.colluders is not None and (isinstance(self.colluders, bool) or not isinstance(self.colluders, int)
+                                           or self.colluders < 0):
+            raise ConfigError(f"dp.colluders must be an integer >= 0, got {self.colluders!r}")
+        if self.ledger is not None and (not isinstance(self.ledger, str) or not self.ledger):
+            raise ConfigError("dp.ledger must be a directory path")
         if self.mode not in ("hooks", "ghost"):
             raise ConfigError(f"unknown dp.mode {self.mode!r}; expected 'hooks' or 'ghost' (LoRA: [model] lora)")
 

@@ -13,15 +13,26 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from training.errors import ConfigError
+from training.ledgers import RELATION
 from training.update import ClientUpdate
 
 __all__ = ["ModelSpec", "build_model", "parameter_counts", "get_flat", "set_flat", "evaluate", "LocalTrainer",
-           "ClientUpdate"]
+           "RELATION", "data_fingerprint", "ClientUpdate"]
+
+
+
+def data_fingerprint(blocks: np.ndarray) -> str:
+    """sha256 of a client's training blocks (shape and values): what its ledger is keyed by."""
+    import hashlib
+
+    a = np.ascontiguousarray(blocks, dtype=np.int64)
+    return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -152,12 +163,17 @@ class LocalTrainer:
     the round's privacy events and ``epsilon()`` reports the client's spent budget. ``release_loss`` (set when the
     rule needs the loss, i.e. loss-weighted) makes the reported loss a DP release (``[dp] loss_*``) accounted in
     the same ledger; otherwise the loss never leaves the client.
+
+    Ledger: with ``ledger_dir`` the client's durable :class:`privacy.durable.ClientLedger` there (identity
+    ``client-<id>``, keyed by a fingerprint of its blocks; every driver passes one), else an in-memory ledger.
+    Each round is reserved on it (write-ahead) before its first step; :meth:`round_fits` is the check a driver
+    makes before it checks in. ε is labelled :data:`RELATION`.
     """
 
     def __init__(self, client_id: int, spec: ModelSpec, blocks: np.ndarray, *, batch_size: int = 8,
                  lr: float = 1e-3, local_steps: int = 4, optimizer: str = "adamw", dp=None, seed: int = 0,
                  model_factory: Callable[[ModelSpec], torch.nn.Module] = build_model,
-                 release_loss: bool = False) -> None:
+                 release_loss: bool = False, ledger_dir: str | Path | None = None) -> None:
         if len(blocks) == 0:
             raise ConfigError(f"client {client_id} has no training data")
         if local_steps < 1 or batch_size < 1 or not lr > 0:
@@ -177,13 +193,46 @@ class LocalTrainer:
         self._gen = torch.Generator().manual_seed(seed * 7919 + client_id)
         self.dp = dp if dp is not None and dp.enabled else None
         self.private = None
+        self.ledger = None
         if self.dp is not None:
+            self.ledger = self._ledger(ledger_dir)
             self.private = self._make_private(self.blocks)
             self.model, self.optimizer = self.private.model, self.private.optimizer
 
+    @property
+    def identity(self) -> str:
+        return f"client-{self.client_id}"
+
+    def _ledger(self, directory: str | Path | None):
+        d = self.dp
+        if directory is None:
+            from privacy.ledger import PrivacyLedger
+
+            return PrivacyLedger(d.epsilon_budget, d.delta, d.accountant, RELATION)
+        from privacy.durable import ClientLedger, ledger_file
+        from privacy.errors import PrivacyError
+
+        try:
+            return ClientLedger(ledger_file(directory, self.identity), client=self.identity,
+                                data=data_fingerprint(self.blocks), epsilon_budget=d.epsilon_budget,
+                                delta=d.delta, accountant=d.accountant, relation=RELATION)
+        except OSError as e:
+            raise ConfigError(f"cannot open the privacy ledger in {directory}: {e}") from e
+        except PrivacyError as e:
+            raise ConfigError(str(e)) from e
+
+    def _loss_releases(self) -> list[tuple[float, int]]:
+        return [(self.dp.loss_noise_multiplier, self.dp.loss_batches)] if self.release_loss else []
+
+    def round_fits(self) -> None:
+        """BudgetExceededError (spent, needed, budget) unless the next whole round (its steps and loss release)
+        fits the ledger; records nothing. A no-op without DP."""
+        if self.private is not None:
+            self.ledger.refresh().check_events(self.private.plan_events(self.local_steps,
+                                                                        self._loss_releases()))
+
     def _make_private(self, blocks: np.ndarray):
         """One :class:`privacy.dpsgd.DPTrainer` for this client's life (Poisson batches of rate batch/N)."""
-        from privacy.accounting import PrivacyLedger
         from privacy.dpsgd import make_private
         from torch.utils.data import DataLoader, TensorDataset
 
@@ -194,10 +243,9 @@ class LocalTrainer:
                 raise ConfigError("dp.mode = 'ghost' in a federation needs [model] freeze_embeddings = true or "
                                   "lora = true (untying the tied embedding would change the model every client shares)")
             tied = "freeze"
-        ledger = PrivacyLedger(d.epsilon_budget, d.delta, d.accountant) if d.epsilon_budget else None
         loader = DataLoader(TensorDataset(torch.from_numpy(blocks)), batch_size=min(self.batch_size, len(blocks)))
         return make_private(self.model, self.optimizer, loader, max_grad_norm=d.max_grad_norm,
-                            noise_multiplier=d.noise_multiplier, delta=d.delta, ledger=ledger,
+                            noise_multiplier=d.noise_multiplier, delta=d.delta, ledger=self.ledger,
                             accountant=d.accountant, mode=d.mode, tied=tied)
 
     @property
@@ -227,8 +275,12 @@ class LocalTrainer:
     def train(self, global_vec: np.ndarray, version: int = 0) -> ClientUpdate:
         """E local steps from ``global_vec``; returns the delta and the mean training loss (client-private).
 
-        Under DP a step the client's budget forbids raises ``privacy.errors.BudgetExceededError`` before it runs.
+        Under DP the whole round is first reserved on the ledger: if it does not fit,
+        ``privacy.errors.BudgetExceededError`` before anything runs or is recorded.
         """
+        if self.private is not None:
+            self.private.begin_round(self.local_steps, loss_releases=self._loss_releases(),
+                                     what=f"round from model version {version}")
         set_flat(self.model, global_vec)
         start = time.perf_counter()
         self.model.train()
@@ -257,15 +309,14 @@ class LocalTrainer:
                             seconds=seconds, steps=self.local_steps, privacy=events)
 
     def state(self) -> bytes:
-        """What this client carries from round to round besides the global model (the DP history, which its
-        ledger is rebuilt from, the optimizer's moments, the shuffle generator), for a runtime that keeps no
-        process alive between rounds; :meth:`load_state` in a fresh trainer of the same client takes it over."""
+        """What this client carries from round to round besides the global model and its ledger (the optimizer's
+        moments, the shuffle generator), for a runtime that keeps no process alive between rounds;
+        :meth:`load_state` in a fresh trainer of the same client takes it over. The DP history is not in it: the
+        ledger on the client's disk holds it."""
         import io
 
         buf = io.BytesIO()
-        history = [e.to_dict() for e in self.private.history] if self.private is not None else []
-        torch.save({"optimizer": self.optimizer.state_dict(), "generator": self._gen.get_state(),
-                    "history": history}, buf)
+        torch.save({"optimizer": self.optimizer.state_dict(), "generator": self._gen.get_state()}, buf)
         return buf.getvalue()
 
     def load_state(self, raw: bytes) -> None:
@@ -274,11 +325,7 @@ class LocalTrainer:
         saved = torch.load(io.BytesIO(raw), weights_only=True)  # tensors and plain data only
         self.optimizer.load_state_dict(saved["optimizer"])
         self._gen.set_state(saved["generator"])
-        if self.private is not None:
-            self.private.restore_history(saved["history"])
-        elif saved["history"]:
-            raise ConfigError("a DP client's state handed to a non-private trainer")
 
     def epsilon(self) -> float | None:
-        """The client's privacy spent so far at the configured δ (None without DP)."""
-        return None if self.private is None else self.private.epsilon(self.dp.delta, accountant=self.dp.accountant)
+        """The client's privacy spent so far per its ledger, at the configured δ (None without DP)."""
+        return None if self.ledger is None else self.ledger.spent()

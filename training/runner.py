@@ -22,7 +22,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from privacy.accounting import central_noise_multiplier, epsilon_of_events
+from privacy.accounting import epsilon_of_events
+from privacy.distributed import central_noise_multiplier
 from privacy.errors import BudgetExceededError
 from privacy.events import PrivacyEvent
 from privacy.noise import clamp_probability, noise_range
@@ -43,6 +44,10 @@ __all__ = ["Runner", "RoundMetrics", "Tick"]
 
 Tick = Callable[[int, str], None]
 """Progress callback ``tick(round, what)``: called after each client's local training and each secure round."""
+
+
+class _Stop(Exception):
+    """Too few clients can go on: the run ends cleanly after the rounds it completed."""
 
 
 class Runner:
@@ -67,8 +72,9 @@ class Runner:
         dp = cfg.dp if cfg.dp.enabled else None
         self.trainers = [LocalTrainer(i, self.spec, self.data.clients[i], batch_size=t.batch_size, lr=t.lr,
                                       local_steps=self._steps(i), optimizer=t.optimizer, dp=dp, seed=t.seed,
-                                      release_loss=f.aggregator == "loss-weighted")
+                                      release_loss=f.aggregator == "loss-weighted", ledger_dir=cfg.dp.ledger)
                          for i in range(f.clients)]
+        self.refused: dict[int, str] = {}  # clients that withdrew because their next round does not fit
         clip = f.update_clip or 1.0
         self.shares = min(f.clients, int(cfg.aggregator_options.get("buffer_size", f.clients))) \
             if f.aggregator == "async" else f.clients  # the fewest noise shares a cohort splits into
@@ -151,8 +157,9 @@ class Runner:
             ) -> list[RoundMetrics]:
         """Run ``train.rounds`` server steps; ``progress`` gets each round's metrics, ``tick`` finer progress.
 
-        A client whose privacy budget (``dp.epsilon_budget``) would be exceeded by its next round's steps ends the
-        run early: the rounds completed so far are returned and :attr:`stop_reason` says why.
+        Before each round a client checks the whole round against its ledger; one that does not fit sends
+        nothing and withdraws (a dropout, listed in :attr:`refused`). The run ends early, cleanly, when too few
+        clients can go on for a round: the rounds completed so far are returned and :attr:`stop_reason` says why.
         """
         tick = tick or (lambda _r, _w: None)
         out: list[RoundMetrics] = []
@@ -162,19 +169,45 @@ class Runner:
                 self._run_async(progress, tick, out)
             else:
                 self._run_sync(progress, tick, out)
-        except BudgetExceededError as e:
+        except _Stop as e:
             self.stop_reason = f"privacy budget reached after {len(out)} rounds: {e}"
         return out
+
+    def _min_cohort(self) -> int:
+        """The fewest clients a round can run with: the noise shares each client is configured for under
+        distributed noise (a smaller cohort would carry less noise than accounted), else two (a sum of one is
+        that client's update)."""
+        return self.shares if self.cfg.federation.noise_multiplier else 2
+
+    def _train(self, tr: LocalTrainer) -> ClientUpdate | None:
+        """``tr``'s update, or None when its round does not fit its ledger (it withdraws; nothing leaves it)."""
+        if tr.client_id in self.refused:
+            return None
+        try:
+            tr.round_fits()
+            return tr.train(self.fed.global_vec, self.fed.version)
+        except BudgetExceededError as e:
+            self.refused[tr.client_id] = str(e)
+            return None
+
+    def _check_cohort(self, ready: int) -> None:
+        if ready < self._min_cohort():
+            why = "; ".join(f"client {c}: {e}" for c, e in sorted(self.refused.items()))
+            raise _Stop(f"{ready} clients can go on, a round needs {self._min_cohort()} ({why})")
 
     def _run_sync(self, progress, tick: Tick, out: list[RoundMetrics]) -> None:
         sim = 0.0
         for r in range(1, self.cfg.train.rounds + 1):
             t0 = time.perf_counter()
             drop = [int(c) for c in self.cfg.federation.dropouts.get(str(r), [])]
+            self._check_cohort(sum(c not in self.refused for c in range(len(self.trainers))))
             updates = {}
             for tr in self.trainers:
-                updates[tr.client_id] = tr.train(self.fed.global_vec, self.fed.version)
-                tick(r, f"client {tr.client_id} trained")
+                u = self._train(tr)
+                if u is not None:
+                    updates[tr.client_id] = u
+                tick(r, f"client {tr.client_id} trained" if u is not None else f"client {tr.client_id} withdrew")
+            self._check_cohort(len(updates))
             rep = self.fed.aggregate(updates, drop=drop)
             tick(r, "secure aggregation")
             self.rebalance(updates)
@@ -195,7 +228,10 @@ class Runner:
             """Train now; the update arrives after the modelled compute and transfer time (the client's real bytes
             of its previous round; the float32 model size before its first)."""
             nonlocal seq
-            u = tr.train(self.fed.global_vec, self.fed.version)
+            u = self._train(tr)
+            if u is None:
+                tick(r, f"client {tr.client_id} withdrew")
+                return
             tick(r, f"client {tr.client_id} trained")
             p = self.platforms[tr.client_id]
             up, down = traffic.get(tr.client_id, (model_bytes, model_bytes))
@@ -207,6 +243,7 @@ class Runner:
             launch(tr, 0.0, 0)
         for r in range(1, self.cfg.train.rounds + 1):
             t0 = time.perf_counter()
+            self._check_cohort(min(len(events), k))
             batch = [heapq.heappop(events) for _ in range(min(k, len(events)))]
             now = batch[-1][0]
             updates = {u.client_id: u for _, _, u in batch}
@@ -214,15 +251,9 @@ class Runner:
             rep = self.fed.aggregate(updates)
             tick(r, "secure aggregation")
             traffic.update({c: (rep.bytes_up[c], rep.bytes_down[c]) for c in updates})
-            refused = None
-            try:
-                for c in updates:
-                    launch(self.trainers[c], now + rep.secure_seconds, r)
-            except BudgetExceededError as e:  # this server step is done; report it, then stop
-                refused = e
+            for c in updates:
+                launch(self.trainers[c], now + rep.secure_seconds, r)
             wall = time.perf_counter() - t0
             out.append(self._metrics(rep, wall, now + rep.secure_seconds, staleness))
             if progress:
                 progress(out[-1])
-            if refused is not None:
-                raise refused

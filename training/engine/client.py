@@ -49,9 +49,21 @@ class ClientSession:
         self.report: tuple[str, list[dict]] | None = None  # DP events sent but not yet acknowledged
         self.trained: ClientUpdate | None = None  # asynchronous rounds: trained, waiting for a buffer
         self.sessions: set[bytes] = set()  # masking sessions (round nonces) this client took part in
+        self.retired: Exception | None = None  # why this client withdrew for good (sent with its last check-in)
 
     def checkin(self) -> dict[str, Any]:
-        """The check-in header: public weight, pending privacy report, base version of a trained update."""
+        """The check-in header: public weight, pending privacy report, base version of a trained update; and,
+        when the source's ledger cannot afford its next round (``source.ready()`` raises BudgetExceededError),
+        ``retire`` with the reason: the client then takes no task and the driver raises :attr:`retired` once
+        the check-in is answered (its last privacy report delivered)."""
+        from privacy.errors import BudgetExceededError
+
+        ready = getattr(self.source, "ready", None)
+        if ready is not None and self.trained is None:
+            try:
+                ready()
+            except BudgetExceededError as e:
+                self.retired = e
         if self.report is None and getattr(self.source, "events", ()):
             self.report = (secrets.token_hex(8), [e.to_dict() for e in self.source.events])
             self.source.events = ()  # pending in self.report until acknowledged
@@ -60,6 +72,8 @@ class ClientSession:
             header |= {"report": self.report[0], "privacy": self.report[1]}
         if self.trained is not None:
             header["base"] = self.trained.base_version
+        if self.retired is not None:
+            header["retire"] = f"{type(self.retired).__name__}: {self.retired}"
         return header
 
     def acknowledged(self) -> None:

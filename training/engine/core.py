@@ -129,6 +129,8 @@ class RoundEngine:
         self.outcomes: dict[int, str] = {}
         self.identities: dict[int, Identity] = {}
         self.stopping = False
+        self.stop_reason: str | None = None
+        self.retired: dict[int, str] = {}  # clients that withdrew for good, and why (their own words)
         self._retry_at: float | None = None  # a cohort failed to open: wait until then
         self._pending_task_bytes = 0  # async model replies since the last round opened
         self._out: list[Effect] = []
@@ -164,10 +166,12 @@ class RoundEngine:
 
     # ---- events -----------------------------------------------------------------------------------------
     def checkin(self, cid: int, weight: float, now: float, *, base: int | None = None,
-                identity: Identity | None = None, privacy: list | None = None, report: str = "") -> bool:
+                identity: Identity | None = None, privacy: list | None = None, report: str = "",
+                retire: str | None = None) -> bool:
         """Client ``cid`` asks for work; True when it now waits for a cohort. False when the federation is finished
         or (asynchronous) it is sent the current model (a :class:`ModelReply`). ``privacy``: the DP events of its
-        training since its last check-in under the report id ``report`` (composed into its ledger once)."""
+        training since its last check-in under the report id ``report`` (composed into its ledger once).
+        ``retire``: the client withdraws for good (its reason; e.g. its budget cannot afford a round)."""
         if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight > 0):
             raise MalformedMessageError(f"weight must be positive and finite, got {weight!r}")
         if privacy and not 8 <= len(report) <= 64:
@@ -177,6 +181,10 @@ class RoundEngine:
             self._out.append(Persist(self.state))  # durable before the client is told
         if identity is not None:
             self.identities[cid] = identity
+        if retire is not None:
+            self.retire(cid, retire)
+            return False
+        self.retired.pop(cid, None)
         if self.finished:
             self.cohorts.withdraw(cid)
             return False
@@ -188,6 +196,21 @@ class RoundEngine:
     def withdraw(self, cid: int) -> None:
         """A waiting client left (its check-in timed out or its connection closed)."""
         self.cohorts.withdraw(cid)
+
+    def retire(self, cid: int, reason: str) -> None:
+        """Client ``cid`` withdraws for good (``reason``: its own words, at most 500 characters kept). The
+        federation stops once fewer than ``policy.min_clients`` of its ``policy.clients`` can go on."""
+        if not isinstance(reason, str):
+            raise MalformedMessageError("a retirement states its reason as a string")
+        self.cohorts.withdraw(cid)
+        self.retired[cid] = reason[:500]
+        log.warning("client %d withdrew: %s", cid, reason[:500])
+        total = self.policy.clients
+        if total is not None and total - len(self.retired) < self.policy.min_clients:
+            self.stop_reason = (f"{total - len(self.retired)} of {total} clients can go on, a round needs "
+                                f"{self.policy.min_clients}; withdrawn: "
+                                + "; ".join(f"client {c}: {r}" for c, r in sorted(self.retired.items())))
+            self.stopping = True
 
     def count_sent(self, cid: int, nbytes: int) -> None:
         """The driver sent ``cid`` a task envelope or model reply of ``nbytes`` (counted as the next round's task

@@ -27,6 +27,8 @@ class RoundPolicy:
     stage_timeout: float = 5.0
     max_closes: int = 4
     train_timeout: float = 0.0  # extra time of a round's first stage: clients train before their first message
+    clients: int | None = None  # the federation's population: once fewer than min_clients have not retired
+                                # (their privacy budget cannot afford a round), the federation stops
 
 
 @dataclass

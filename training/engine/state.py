@@ -33,14 +33,15 @@ class ServerState:
         """Compose client ``cid``'s reported DP events (``PrivacyEvent.to_dict()`` forms) into its ledger (a new
         one with ``budget`` = (ε, δ) if it has none) and remember ``report`` as its last report id. Anything
         malformed, or over the budget, raises MalformedMessageError and changes nothing."""
-        from privacy.accounting import PrivacyLedger
         from privacy.errors import PrivacyError
+        from privacy.ledger import PrivacyLedger
+        from training.ledgers import RELATION
         from privacy.events import PrivacyEvent
 
         try:
-            evs = [PrivacyEvent(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in events]
+            evs = [PrivacyEvent.from_dict(e) for e in events]
             old = self.ledgers.get(str(cid))
-            ledger = PrivacyLedger.from_json(json.dumps(old)) if old else PrivacyLedger(*budget)
+            ledger = PrivacyLedger.from_dict(old) if old else PrivacyLedger(*budget, relation=RELATION)
             ledger.spend_events(evs)
         except (PrivacyError, KeyError, TypeError, ValueError) as exc:
             raise MalformedMessageError(f"bad privacy report: {type(exc).__name__}: {exc}") from exc

@@ -35,6 +35,8 @@ def sim(
     try:
         cfg = load_transport_config(config, clients=clients, rounds=rounds, scheme=scheme, aggregator=aggregator,
                                     trainer=trainer, out=str(out))
+        if cfg.ledger is None:  # as `secagg run`: the same --out continues each client's budget
+            cfg = dataclasses.replace(cfg, ledger=str(out / "ledger"))
         result = simulate(cfg, timeout=timeout)
     except TrainingError as e:
         typer.echo(f"error: {e}", err=True)
@@ -42,6 +44,8 @@ def sim(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
     typer.echo(write_outputs(result, out))
+    if result.get("stop_reason"):
+        typer.echo(f"stopped early: {result['stop_reason']}")
     typer.echo(f"wrote {out / 'metrics.jsonl'}, loss.png, epsilon.png (total {time.perf_counter() - t0:.1f} s)")
 
 

@@ -132,7 +132,7 @@ class FlowerAggregator:
             self._send(setup)
         s = self.settings
         policy = RoundPolicy(s["rounds"], s["cohort_size"], s["min_clients"], checkin_timeout=1.0,
-                             stage_timeout=1.0, max_closes=4)
+                             stage_timeout=1.0, max_closes=4, clients=len(self.nodes))
         self.engine = eng = RoundEngine(self.scheme, ServerState(self.work.initial_model()), policy,
                                         step=self.work.step(), context=context, ledger_budget=self.work.ledger_budget)
         if context is not None:
@@ -165,7 +165,7 @@ class FlowerAggregator:
             c = self._client(node)
             try:
                 eng.checkin(c, head.get("weight"), self.now, base=head.get("base"), privacy=head.get("privacy"),
-                            report=head.get("report", ""),
+                            report=head.get("report", ""), retire=head.get("retire"),
                             identity=self.trust.identity(c) if self.scheme.needs_identities else None)
                 if head.get("privacy"):
                     self.acked[c] = head["report"]
@@ -260,5 +260,6 @@ def make_server_app(settings: dict[str, Any], trust: Trust, workload, result: di
         agg.run()
         result["model"] = agg.engine.state.model.copy()
         result["server_cpu_seconds"] = agg.server_cpu
+        result["stop_reason"] = agg.engine.stop_reason  # too few clients could afford another round
 
     return app

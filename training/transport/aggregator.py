@@ -78,6 +78,7 @@ class AggregatorService:
         privacy = field(header, "privacy", list, [])
         report = field(header, "report", str, "")
         base = field(header, "base", int, None)
+        retire = field(header, "retire", str, None)
         identity = None
         if self.coord.scheme.needs_identities:
             pem = field(header, "identity", str, None)
@@ -85,7 +86,7 @@ class AggregatorService:
                 raise AuthenticationError("this deployment signs masking rounds: check in with a signing certificate")
             identity = verify_signing_identity(self.ca, pem, cid)
         yield from split(self.coord.checkin(cid, float(weight), self.poll, context.is_active, privacy, report,
-                                            identity, base))
+                                            identity, base, retire))
 
     @guarded
     def Send(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:

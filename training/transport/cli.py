@@ -125,17 +125,25 @@ def client_run(client_id: int = typer.Option(..., "--id", help="this client's id
                                                         help="fault injection: crash after K messages"),
                aggregator_port_file: Optional[str] = typer.Option(None, hidden=True),
                keyholder_port_file: Optional[str] = typer.Option(None, hidden=True),
+               ledger: Optional[str] = typer.Option(None, help="this client's privacy-ledger directory (default: "
+                                                    "[dp] ledger, else the user's state directory)"),
                verbose: bool = typer.Option(False)) -> None:
-    """Join the federation as client ``--id`` and take part until it finishes."""
+    """Join the federation as client ``--id`` and take part until it finishes (or until its privacy budget
+    cannot afford another round: it then withdraws and exits with status 3)."""
+    from privacy.errors import BudgetExceededError
     from training.transport.node import run_client
 
     _logging(f"client-{client_id}", verbose)
-    cfg = _cfg(config, resolved, certs=certs, scheme=scheme)
+    cfg = _cfg(config, resolved, certs=certs, scheme=scheme, ledger=ledger)
     aggregator = _address(aggregator, cfg, cfg.aggregator_port, "aggregator", aggregator_port_file is None)
     keyholder = _address(keyholder, cfg, cfg.keyholder_port, "keyholder",
                          cfg.scheme in ("ckks", "packed") and keyholder_port_file is None)
-    done = run_client(cfg, client_id, aggregator=aggregator, keyholder=keyholder, exit_after=exit_after,
-                      aggregator_port_file=aggregator_port_file, keyholder_port_file=keyholder_port_file)
+    try:
+        done = run_client(cfg, client_id, aggregator=aggregator, keyholder=keyholder, exit_after=exit_after,
+                          aggregator_port_file=aggregator_port_file, keyholder_port_file=keyholder_port_file)
+    except BudgetExceededError as e:
+        typer.echo(f"client-{client_id}: withdrew: BudgetExceededError: {e}", err=True)
+        raise typer.Exit(3) from None
     typer.echo(f"client-{client_id}: {done} rounds")
 
 
@@ -149,7 +157,10 @@ def up(clients: Optional[int] = typer.Option(None, "--clients", help="default: t
        dim: Optional[int] = typer.Option(None, help="model size of the synthetic trainer"),
        out: Optional[Path] = typer.Option(None, "--out", help="default: \\[transport] out (runs/transport)"),
        timeout: float = typer.Option(600.0, help="give up (and stop every process) after this many seconds")) -> None:
-    """Start the key holder (ckks, packed), the aggregator and N clients as separate processes and run R rounds."""
+    """Start the key holder (ckks, packed), the aggregator and N clients as separate processes and run R rounds.
+
+    Exit status: 0 all R rounds applied; 3 the federation stopped cleanly because too few clients could afford
+    another round (their privacy budgets; see ``secagg budget show OUT``); 1 anything else short of R rounds."""
     from training.transport.launcher import launch
 
     cfg = _cfg(config, None, clients=clients, rounds=rounds, scheme=scheme, aggregator=aggregator, trainer=trainer,
@@ -157,7 +168,9 @@ def up(clients: Optional[int] = typer.Option(None, "--clients", help="default: t
     cfg = dataclasses.replace(cfg, certs=str(Path(cfg.out) / "certs"))  # a fresh federation gets a fresh PKI
     rows = launch(cfg, timeout=timeout, echo=typer.echo)
     if sum(r.get("status") == "done" for r in rows) < cfg.rounds:
-        raise typer.Exit(1)
+        status = Path(cfg.out) / "aggregator.status.json"
+        stopped = status.exists() and json.loads(status.read_text()).get("stop_reason")
+        raise typer.Exit(3 if stopped else 1)
 
 
 def mount(parent: typer.Typer) -> None:

@@ -100,6 +100,8 @@ class ClientAgent:
                 continue
             unreachable_since = None
             self.session.acknowledged()
+            if self.session.retired is not None:  # withdrew for good: the aggregator has heard why
+                raise self.session.retired
             self.bytes_down += len(env)
             header, body = unpack(env)
             kind = field(header, "type", str)

@@ -85,6 +85,8 @@ class TransportConfig:
     min_contributors: int = _RUN["min_contributors"]
     min_value_bits: int = 14              # packed: smallest quantized value width (lanes per slot follow from it)
     run_config: str | None = None         # the run file itself (the ``local`` trainer reads its sections)
+    ledger: str | None = None             # clients' privacy ledgers (default: [dp] ledger, else `up`: OUT/ledger,
+                                          # a standalone client: the user's state dir; see training.ledgers)
 
     def validate(self) -> "TransportConfig":
         if self.scheme not in SCHEMES:

@@ -75,9 +75,15 @@ def launch(cfg: TransportConfig, *, timeout: float = 600.0, echo: Callable[[str]
     """Run a fresh federation of ``cfg.clients`` client processes; return the aggregator's metrics rows."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("aggregator.ckpt", "metrics.jsonl", "aggregator.port", "keyholder.port"):
+    for stale in ("aggregator.ckpt", "metrics.jsonl", "aggregator.port", "keyholder.port", "aggregator.status.json"):
         (out / stale).unlink(missing_ok=True)
     init_certs(cfg.certs, cfg.clients)
+    if cfg.ledger is None:  # every client's budget continues when `up` runs again with the same --out
+        from training.workload.local import run_config
+
+        run = run_config(cfg.run_config, cfg) if cfg.trainer == "local" else None
+        cfg = dataclasses.replace(cfg, ledger=str(out / "ledger") if run is None or not run.dp.ledger
+                                  else run.dp.ledger)
     resolved = out / "transport.json"
     resolved.write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     base = ["--resolved", str(resolved)]
@@ -120,6 +126,9 @@ def launch(cfg: TransportConfig, *, timeout: float = 600.0, echo: Callable[[str]
     finally:
         procs.close()
     rows = _rows(out / "metrics.jsonl")
+    status = out / "aggregator.status.json"
+    if status.exists() and json.loads(status.read_text()).get("stop_reason"):
+        echo(f"up: the federation stopped: {json.loads(status.read_text())['stop_reason']}")
     echo(f"up: {sum(r['status'] == 'done' for r in rows)} rounds in {time.monotonic() - t0:.1f} s; "
          f"metrics in {out / 'metrics.jsonl'}")
     return rows

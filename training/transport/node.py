@@ -111,7 +111,7 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
 
     trains_in_round = cfg.trainer == "local" and cfg.aggregator != "async"  # async clients train before joining
     policy = RoundPolicy(cfg.rounds, cfg.cohort_size, cfg.min_cohort, cfg.checkin_timeout, cfg.stage_timeout,
-                         train_timeout=cfg.train_timeout if trains_in_round else 0.0)
+                         train_timeout=cfg.train_timeout if trains_in_round else 0.0, clients=cfg.clients)
     coord = Coordinator(scheme, state, policy, checkpoint_path=checkpoint, context=context, finalize=finalize,
                         step=work.step(), on_round=on_round, ledger_budget=work.ledger_budget,
                         refresh=None if link is None else link.refresh)
@@ -128,6 +128,11 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
             raise coord.failure
         time.sleep(linger)  # let waiting clients hear "finished" (and report their last privacy events)
         coord.save()
+        (out / "aggregator.status.json").write_text(json.dumps(
+            {"rounds": state.round, "stop_reason": coord.engine.stop_reason,
+             "withdrawn": {str(c): r for c, r in coord.engine.retired.items()}}, indent=1))
+        if coord.engine.stop_reason:
+            log.warning("the federation stopped: %s", coord.engine.stop_reason)
     except KeyboardInterrupt:
         coord.stop()
     finally:

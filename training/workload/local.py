@@ -47,10 +47,16 @@ class _TrainerSource:
         self.trainer = LocalTrainer(client_id, work.spec, work.data.clients[client_id], batch_size=r.train.batch_size,
                                     lr=r.train.lr, local_steps=r.train.local_steps, optimizer=r.train.optimizer,
                                     dp=r.dp if r.dp.enabled else None, seed=r.train.seed,
-                                    release_loss=r.federation.aggregator == "loss-weighted")
+                                    release_loss=r.federation.aggregator == "loss-weighted",
+                                    ledger_dir=work.ledger_dir)
         self.weight = float(self.trainer.num_samples)
         self.strategy = work.make_strategy()  # this client's own instance (encode side)
         self.events: tuple = ()
+
+    def ready(self) -> None:
+        """BudgetExceededError (spent, needed, budget) unless this client's ledger affords its next whole round:
+        asked before every check-in, so a client that cannot afford a round never receives its task."""
+        self.trainer.round_fits()
 
     def state(self) -> bytes:
         """The trainer's carried state (:meth:`training.local.LocalTrainer.state`), for sealed node state."""
@@ -101,6 +107,9 @@ class LocalWorkload:
         self.spec = ModelSpec.from_config(m, self.data.vocab_size, run.data.block_size, run.train.seed,
                                           run.data.cache_dir)
         self.cohort = cfg.cohort_size
+        from training.ledgers import default_ledger_dir
+
+        self.ledger_dir = default_ledger_dir(cfg.ledger or run.dp.ledger, None)
         self.ledger_budget = (run.dp.epsilon_budget or 1e9, run.dp.delta)
         self._eval_model = None
         self._initial = None

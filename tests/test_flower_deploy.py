@@ -29,9 +29,9 @@ pytestmark = pytest.mark.xdist_group("flower-deploy")  # no Ray: beside the simu
 class FreshProcessGrid:
     """Node i answers through the deployed ClientApp; module memory is wiped before every message."""
 
-    def __init__(self, run_config: dict, certs: str, nodes: dict[int, dict]) -> None:
+    def __init__(self, run_config: dict, certs: str, nodes: dict[int, dict], run_id: int = 42) -> None:
         self.app = client_app()
-        self.contexts = {nid: Context(run_id=42, node_id=nid, node_config=cfg | {"certs": certs},
+        self.contexts = {nid: Context(run_id=run_id, node_id=nid, node_config=cfg | {"certs": certs},
                                       state=RecordDict(), run_config=run_config) for nid, cfg in nodes.items()}
         self.tamper = None
 
@@ -166,3 +166,44 @@ def test_lm_clients_carry_their_dp_ledger_across_fresh_processes(tmp_path):
         assert ledger.spent() == pytest.approx(want, rel=1e-6)
     with pytest.raises(ConfigError, match="its own run file"):
         config_of({"trainer": "local", "clients": 3, "scheme": "ckks"}, {"scheme": "ckks", "clients": 3})
+
+
+def test_two_flower_runs_with_one_ledger_continue_one_budget_and_a_third_is_refused(tmp_path):
+    """Each run a fresh Flower run (a new run id: nothing sealed carries over); the SuperNodes' ledger directory
+    (their own node config) continues each client's budget: run 2 adds to run 1, run 3 cannot afford a round,
+    so every client withdraws at check-in and the federation stops cleanly without a round. A run config that
+    names another ledger path (a server resetting budgets) is ignored."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from privacy.accounting import epsilon
+    from privacy.durable import read_ledgers
+
+    q = 8 / 48
+    e2, e3 = (epsilon(1.0, q, 2 * k, 1e-5, relation="replace-one") for k in (2, 3))
+    run = tmp_path / "run.toml"
+    run.write_text("[data]\nplays = [\"the-tempest\", \"macbeth\", \"hamlet\"]\nvocab_size = 300\n"
+                   "block_size = 16\nmax_blocks_per_client = 48\n[model]\nn_layer = 1\nn_embd = 16\n[train]\n"
+                   "local_steps = 2\nbatch_size = 8\nthreads = 1\n[dp]\nenabled = true\nnoise_multiplier = 1.0\n"
+                   f"max_grad_norm = 1.0\nepsilon_budget = {(e2 + e3) / 2}\n[federation]\nscheme = \"masking\"\n"
+                   "update_clip = 1.0\n")
+    certs, ledger = str(init_certs(tmp_path / "certs", N)), tmp_path / "node-ledgers"
+    rc = {"scheme": "masking", "clients": N, "rounds": 1, "trainer": "local", "config": str(run),
+          "ledger": str(tmp_path / "server-chosen")}
+    pins = {"scheme": "masking", "clients": N, "config": str(run), "ledger": str(ledger)}
+    outcomes = []
+    for run_id in (7, 8, 9):
+        grid = FreshProcessGrid(rc, certs, {100 + c: {"client-id": c} | pins for c in range(N)}, run_id)
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 1, 1
+        cfg = config_of(rc)
+        agg = FlowerAggregator(grid, settings_of(cfg) | {"run": f"flower-run-{run_id}"}, Trust.from_certs(certs, N),
+                               make_workload(cfg), timeout=5)
+        rows = agg.run()
+        outcomes.append(([r.status for r in rows], agg.engine.stop_reason))
+        if run_id < 9:
+            assert {r["client"]: r["releases"] for r in read_ledgers(ledger)} == \
+                {f"client-{c}": run_id - 6 for c in range(N)}
+    assert outcomes[:2] == [(["done"], None)] * 2
+    assert outcomes[2][0] == [] and "BudgetExceededError: spent ε=" in outcomes[2][1]
+    assert not (tmp_path / "server-chosen").exists()
+    final = read_ledgers(ledger)
+    assert all(r["epsilon"] == pytest.approx(e2, rel=1e-6) and r["epsilon"] <= r["budget"] for r in final)

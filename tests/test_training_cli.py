@@ -115,6 +115,15 @@ epsilon_budget = {(one + two) / 2}
     assert [r["round"] for r in rows] == [1] and rows[0]["epsilon"] == pytest.approx(one, rel=0.02)
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert saved["aggregator_options"] == {"optimizer": "adam", "lr": 0.01}
+    # the same --out again: each client's ledger in out/ledger continues; none can afford a round, none trains
+    again = CliRunner().invoke(cli.app, ["run", "--config", str(run), "--out", str(tmp_path / "out")])
+    assert again.exit_code == 0, again.output
+    assert "stopped early: privacy budget reached after 0 rounds" in again.output and "spent ε=" in again.output
+    shown = CliRunner().invoke(cli.app, ["budget", "show", str(tmp_path / "out"), "--json"])
+    ledgers = [json.loads(x) for x in shown.output.splitlines()]
+    assert [r["client"] for r in ledgers] == ["client-0", "client-1", "client-2"]
+    assert all(r["epsilon"] == pytest.approx(one, rel=0.02) and r["epsilon"] <= r["budget"] and r["releases"] == 1
+               for r in ledgers)
     bad = tmp_path / "bad.toml"
     bad.write_text("[federation]\naggregator = \"gradient\"\n[aggregator_options]\nmomentum = 0.9\n")
     res = CliRunner().invoke(cli.app, ["run", "--config", str(bad)])

@@ -313,3 +313,49 @@ def test_secagg_up_trains_a_real_model_with_every_role_a_process(tmp_path):
                                                rel=1e-6)
         assert own[f"client-{cid}"]["epsilon"] == pytest.approx(ledger.spent(), rel=1e-9)
         assert own[f"client-{cid}"]["releases"] == 2
+
+
+def test_secagg_up_twice_continues_each_clients_budget_and_refuses_before_releasing(tmp_path):
+    """`secagg up --out D` twice with a budget the first run nearly spends: the second run's clients check the
+    round against their durable ledgers in D/ledger, refuse before any release and withdraw; the federation
+    stops cleanly (exit 3) with no update received; `secagg budget show D --json` carries each ε, <= budget."""
+    import typer
+    from typer.testing import CliRunner
+
+    from privacy.accounting import epsilon
+    from training.ledgers import mount as mount_budget
+    from training.transport.cli import mount
+
+    q = 8 / 24
+    e2, e3 = (epsilon(1.0, q, 2 * k, 1e-5, relation="replace-one") for k in (2, 3))
+    run = tmp_path / "run.toml"
+    run.write_text(RUN_TOML.replace('"loss-weighted"', '"fedavg"')
+                   .replace("noise_multiplier = 1.0\n", f"noise_multiplier = 1.0\nepsilon_budget = {(e2 + e3) / 2}\n")
+                   .replace("checkin_timeout = 120.0", "checkin_timeout = 20.0"))
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    mount(app)
+    mount_budget(app)
+    out, args = tmp_path / "out", ["--clients", "3", "--rounds", "2", "--config", str(run), "--timeout", "240"]
+    first = CliRunner().invoke(app, ["up", *args, "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    shown = CliRunner().invoke(app, ["budget", "show", str(out), "--json"])
+    before = {r["client"]: r for r in map(json.loads, shown.output.splitlines())}
+    assert sorted(before) == ["client-0", "client-1", "client-2"]
+    assert all(r["epsilon"] == pytest.approx(e2, rel=1e-6) and r["releases"] == 2 for r in before.values())
+    logs = [(out / "logs" / f"client-{i}.log").read_text() for i in range(3)]  # the logs are appended to
+    second = CliRunner().invoke(app, ["up", *args, "--out", str(out)])
+    assert second.exit_code == 3, second.output
+    assert "the federation stopped" in second.output and "BudgetExceededError" in second.output
+    assert _rows(out) == []  # no round: the aggregator received no update
+    state = checkpoint.load(out / "aggregator.ckpt")
+    assert state.round == 0 and state.ledgers == {}  # and no privacy report: nothing was released
+    new = "".join((out / "logs" / f"client-{i}.log").read_text()[len(logs[i]):] for i in range(3))
+    assert new.count("withdrew: BudgetExceededError: spent ε=") == 3 and f"budget ε={(e2 + e3) / 2:.4g}" in new
+    after = CliRunner().invoke(app, ["budget", "show", str(out), "--json"])
+    rows = [json.loads(x) for x in after.output.splitlines()]
+    assert {r["client"]: (r["epsilon"], r["releases"]) for r in rows} == \
+        {c: (r["epsilon"], r["releases"]) for c, r in before.items()}  # carried over, nothing added
+    assert all(r["epsilon"] <= r["budget"] == pytest.approx((e2 + e3) / 2) for r in rows)
+    text = CliRunner().invoke(app, ["budget", "show", str(out / "ledger" / "client-0.json")]).output
+    assert text.startswith("client-0: ε=") and "replace-one" in text

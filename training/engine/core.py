@@ -206,7 +206,7 @@ class RoundEngine:
         self.retired[cid] = reason[:500]
         log.warning("client %d withdrew: %s", cid, reason[:500])
         total = self.policy.clients
-        if total is not None and total - len(self.retired) < self.policy.min_clients:
+        if total is not None and total - len(self.retired) < self.policy.min_clients and not self.finished:
             self.stop_reason = (f"{total - len(self.retired)} of {total} clients can go on, a round needs "
                                 f"{self.policy.min_clients}; withdrawn: "
                                 + "; ".join(f"client {c}: {r}" for c, r in sorted(self.retired.items())))

@@ -9,15 +9,20 @@ the ServerApp writes ``metrics.jsonl``, ``model.npy`` and the final table) and `
 Node config (``flower-supernode --node-config``): ``role='keyholder'`` or ``client-id=<i>``; ``certs`` (this
 node's trust directory: ``ca.pem``, every ``*.sign.pem``, and its own ``.sign.key``); ``scheme`` and ``clients``,
 pinned by the node's operator (the run config travels through the untrusted SuperLink: one that differs is
-refused); and optionally ``config``, the node's own run file (scheme options such as threshold and signing). Nothing secret travels with
-the app or the run config; each party's signing key stays on its node.
+refused); optionally ``config``, the node's own run file (scheme options such as threshold and signing; model,
+data and DP), and ``ledger``, the client's privacy-ledger directory (default: its run file's ``[dp] ledger``, else
+the user's state directory; never the run config's word, or a server could point it at a fresh one). Nothing
+secret travels with the app or the run config; each party's signing key stays on its node.
 
-A SuperNode process lives for one message, so a language-model client's carried state (DP history, from which
-its ledger is rebuilt, optimizer moments, shuffle generator, unreported DP events) is sealed in the node state
-with the rest (:class:`training.flower.client.NodeProcess`); each message rebuilds the model from the run file.
+A SuperNode process lives for one message: a language-model client's DP history is its durable ledger on the
+node's disk (every Flower run of that client continues it); its optimizer moments, shuffle generator and
+unreported DP events are sealed in the node state with the rest (:class:`training.flower.client.NodeProcess`);
+each message rebuilds the model from the run file.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import json
 from pathlib import Path
@@ -58,6 +63,8 @@ def config_of(run_config: dict[str, Any], node_config: dict[str, Any] | None = N
         run_config = dict(run_config) | {k: node_config[k] for k in PINNED} | {"config": node_config.get("config")}
     path = run_config.get("config") or None
     cfg = load_transport_config(path, **{k: run_config.get(k) for k in _KEYS}).validate()
+    if node_config is not None and node_config.get("ledger"):  # the node's own word only: a server that named
+        cfg = dataclasses.replace(cfg, ledger=str(node_config["ledger"]))  # a fresh path would reset budgets
     if node_config is not None and cfg.trainer == "local" and not path:
         raise ConfigError("a language-model node trains under its own run file (config='<run.toml>' in its "
                           "--node-config: model, data, DP); the server's run config cannot set them")

@@ -13,6 +13,8 @@ import pytest
 from scipy.optimize import brentq
 from scipy.stats import chi2, norm
 
+from privacy.distributed import distributed_epsilon
+from privacy.errors import ConfigurationError
 from privacy.noise import noise_range, weighted_share
 from training.aggregation import FedAvg, LossWeighted
 from training.errors import ConfigError
@@ -48,7 +50,7 @@ def test_shares_stay_in_the_encoders_bound_and_refuse_a_weight_above_the_referen
     for w in (0.5, 4.0):
         noisy = weighted_share(x, w, clip_norm=1.0, noise_multiplier=2.0, n_clients=3, reference_weight=4.0)
         assert np.max(np.abs(w * noisy)) <= 4.0 * noise_range(1.0, noise_multiplier=2.0, n_clients=3)
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigurationError, match="reference_weight"):
         weighted_share(x, 5.0, clip_norm=1.0, noise_multiplier=2.0, n_clients=3, reference_weight=4.0)
 
 
@@ -70,3 +72,37 @@ def test_runs_report_the_central_epsilon_of_the_sums_they_release(tmp_path):
         assert exact - 1e-6 <= row.central_epsilon <= exact + 1e-2, (r, row.central_epsilon, exact)
     assert rows[1].central_epsilon > rows[0].central_epsilon and rows[0].epsilon is None  # no DP-SGD here
     assert all(r.as_json()["central_epsilon"] == r.central_epsilon for r in rows)
+
+
+def _independent_central_epsilon(z: float, n: int, c: int, rounds: int, delta: float) -> float:
+    """dp-accounting's PLD of `rounds` Gaussian sums whose honest noise is (n − c) shares of std z/√n each."""
+    from dp_accounting.pld import privacy_loss_distribution as pld
+
+    sigma = z * math.sqrt((n - c) / n)
+    one = pld.from_gaussian_mechanism(sigma, value_discretization_interval=1e-4)
+    return one.self_compose(rounds).get_epsilon_for_delta(delta)
+
+
+def test_the_central_epsilon_against_a_coalition_matches_an_independent_accountant():
+    # the issue's numbers: n = 10, z = 1, 20 rounds; 4 colluders subtract their own shares
+    delta = 1e-5
+    honest = distributed_epsilon(1.0, 1.0, delta, n_clients=10, survivors=10, rounds=20)
+    coalition = distributed_epsilon(1.0, 1.0, delta, n_clients=10, survivors=10, rounds=20, colluders=4)
+    assert coalition == pytest.approx(_independent_central_epsilon(1.0, 10, 4, 20, delta), rel=2e-2)
+    assert honest == pytest.approx(_independent_central_epsilon(1.0, 10, 0, 20, delta), rel=2e-2)
+    assert coalition > 1.3 * honest  # ~40 vs ~28: the coalition costs the honest clients a lot
+    with pytest.raises(ConfigurationError, match="no honest noise"):
+        distributed_epsilon(1.0, 1.0, delta, n_clients=10, survivors=10, rounds=1, colluders=10)
+
+
+def test_runs_report_the_coalition_they_state_the_central_epsilon_against(tmp_path):
+    cfg = _tiny(tmp_path, scheme="masking", noise_multiplier=2.0, update_clip=1.0)
+    cfg.train.rounds, cfg.train.local_steps = 2, 1
+    cfg.dp.colluders = 1
+    rows = Runner(cfg).run()
+    assert all(r.colluders == 1 and r.as_json()["colluders"] == 1 for r in rows)
+    want = _independent_central_epsilon(2.0, 3, 1, 2, cfg.dp.delta)
+    assert rows[-1].central_epsilon == pytest.approx(want, rel=2e-2)
+    cfg.dp.colluders = 3  # all three shares: nothing honest left to state a guarantee with
+    with pytest.raises(ConfigError, match="no honest noise share"):
+        Runner(cfg)

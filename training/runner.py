@@ -22,15 +22,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from privacy.accounting import epsilon_of_events
-from privacy.distributed import central_noise_multiplier
 from privacy.errors import BudgetExceededError
-from privacy.events import PrivacyEvent
-from privacy.noise import clamp_probability, noise_range
+from privacy.noise import noise_range
 
 from training.aggregation import make_strategy
 from training.config import RunConfig
 from training.corpus import Prepared, prepare
+from training.engine.central import central_account
 from training.engine.metrics import RoundMetrics, metrics_of
 from training.federation import Federation, RoundReport
 from training.local import LocalTrainer, ModelSpec, build_model, evaluate, get_flat, set_flat
@@ -80,7 +78,10 @@ class Runner:
             if f.aggregator == "async" else f.clients  # the fewest noise shares a cohort splits into
         if f.noise_multiplier:  # the encoders' bound leaves room for each client's noise share
             clip = noise_range(clip, noise_multiplier=f.noise_multiplier, n_clients=self.shares)
-        self._central: list[PrivacyEvent] = []
+        self.central = central_account(f.noise_multiplier, noise_shares=self.shares, delta=cfg.dp.delta,
+                                       dim=get_flat(self.eval_model).size, colluders=cfg.dp.colluders,
+                                       accountant=cfg.dp.accountant, neighbors=f.neighbors, threshold=f.threshold,
+                                       share_dropouts=f.share_dropouts, max_corrupt=f.max_corrupt)
         secure = SecureSum(f.scheme, params=f.ckks_params, min_contributors=f.min_contributors,
                            clip=clip, ring_bits=f.ring_bits, threshold=f.threshold,
                            neighbors=f.neighbors, max_cohort=f.clients, max_corrupt=f.max_corrupt,
@@ -106,17 +107,9 @@ class Runner:
         return {tr.client_id: tr.epsilon() for tr in self.trainers}
 
     def _central_epsilon(self, rep: RoundReport) -> float | None:
-        """Client-level ε of the distributed-DP sums so far: each round's sum carries N(0, (z·C·w_ref)²·m/n)
-        against a sensitivity of at most C·w_ref (one client's weighted update), so its noise multiplier is
-        z·√(m/n); rounds compose (q = 1). The clamp of each share (probability ``clamp_probability``) is paid
-        from δ. None without distributed noise."""
-        z = self.cfg.federation.noise_multiplier
-        if not z:
-            return None
-        n, m = rep.extra["noise_shares"]
-        self._central.append(PrivacyEvent(central_noise_multiplier(z, n_clients=n, survivors=m), 1.0, 1))
-        slack = len(self._central) * n * clamp_probability(self.fed.global_vec.size)
-        return epsilon_of_events(self._central, self.cfg.dp.delta - slack, accountant=self.cfg.dp.accountant)
+        """Client-level ε of the distributed-DP sums so far against :attr:`central`'s colluders
+        (:mod:`training.engine.central`); None without distributed noise."""
+        return None if self.central is None else self.central.add(rep.extra["noise_shares"][1])
 
     def _metrics(self, rep: RoundReport, wall: float, sim_time: float, staleness: dict[int, int]) -> RoundMetrics:
         loss = self.evaluate()
@@ -129,7 +122,7 @@ class Runner:
                           compute_seconds=sum(rep.compute_seconds.values()), secure_seconds=rep.secure_seconds,
                           modelled_seconds=max(rep.modelled_seconds.values()) + rep.secure_seconds,
                           sim_time=sim_time, staleness=staleness, comm_seconds_per_client=dict(rep.comm_seconds),
-                          central_epsilon=central)
+                          central_epsilon=central, colluders=None if self.central is None else self.central.c)
 
     def rebalance(self, updates: dict[int, ClientUpdate]) -> None:
         """Capacity partitioning: fold each client's observed throughput (local steps per modelled compute

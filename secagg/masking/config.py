@@ -42,7 +42,7 @@ from secagg.encoding import FixedPoint
 from secagg.errors import ConfigurationError
 from secagg.masking.graph import effective_degree, harary_graph
 
-__all__ = ["MaskingConfig", "MAX_CLIENT_ID"]
+__all__ = ["MaskingConfig", "MAX_CLIENT_ID", "resolve_parameters", "corruption_bound"]
 
 MAX_CLIENT_ID = (1 << 31) - 3
 
@@ -51,6 +51,34 @@ def _int(name: str, v: object) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise ConfigurationError(f"{name} must be a non-negative int, got {v!r}")
     return v
+
+
+def resolve_parameters(n: int, *, neighbors: int | None = None, threshold: int | None = None,
+                       share_dropouts: int | None = None, max_corrupt: int | None = None) -> tuple[int, int, int, int]:
+    """(k, t, e, c) of a masking round of ``n`` participants: the neighbour degree, Shamir threshold, share
+    dropouts tolerated and corruption bound, the defaults filled in; ConfigurationError if they let a
+    malicious server learn a sum of fewer than 2 honest inputs."""
+    k = min(n - 1, 2 * math.ceil(math.log2(n)) + 1) if neighbors is None else _int("neighbors", neighbors)
+    k = effective_degree(n, k)
+    t = min(k + 1, max(2, math.ceil(2 * (k + 1) / 3))) if threshold is None else \
+        _int("threshold", threshold)
+    if not 2 <= t <= k + 1:
+        raise ConfigurationError(f"threshold {t} must satisfy 2 <= t <= k+1 = {k + 1} (k = {k} neighbours)")
+    e = min(1, t - 2) if share_dropouts is None else _int("share_dropouts", share_dropouts)
+    c = max(0, t - 2 - e) if max_corrupt is None else _int("max_corrupt", max_corrupt)
+    if t < c + e + 2:
+        raise ConfigurationError(
+            f"threshold {t} with max_corrupt={c} and share_dropouts={e} lets a malicious server learn sums of "
+            f"fewer than 2 honest inputs (every sum covers t - e - C = {t - e - c}): use threshold >= "
+            f"{c + e + 2} (at most k+1 = {k + 1}), or lower max_corrupt/share_dropouts so that "
+            f"max_corrupt + share_dropouts <= {t - 2}")
+    return k, t, e, c
+
+
+def corruption_bound(n: int, **options: int | None) -> int:
+    """The clients that may collude with the server in a masking round of ``n`` (``max_corrupt``, default: what
+    the threshold allows); options as :func:`resolve_parameters`."""
+    return resolve_parameters(n, **options)[3]
 
 
 @dataclass(frozen=True)
@@ -91,21 +119,8 @@ class MaskingConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ConfigurationError(f"{name} must be a positive finite number, got {v!r}")
-        n = len(ids)
-        k = min(n - 1, 2 * math.ceil(math.log2(n)) + 1) if self.neighbors is None else _int("neighbors", self.neighbors)
-        k = effective_degree(n, k)
-        t = min(k + 1, max(2, math.ceil(2 * (k + 1) / 3))) if self.threshold is None else \
-            _int("threshold", self.threshold)
-        if not 2 <= t <= k + 1:
-            raise ConfigurationError(f"threshold {t} must satisfy 2 <= t <= k+1 = {k + 1} (k = {k} neighbours)")
-        e = min(1, t - 2) if self.share_dropouts is None else _int("share_dropouts", self.share_dropouts)
-        c = max(0, t - 2 - e) if self.max_corrupt is None else _int("max_corrupt", self.max_corrupt)
-        if t < c + e + 2:
-            raise ConfigurationError(
-                f"threshold {t} with max_corrupt={c} and share_dropouts={e} lets a malicious server learn sums of "
-                f"fewer than 2 honest inputs (every sum covers t - e - C = {t - e - c}): use threshold >= "
-                f"{c + e + 2} (at most k+1 = {k + 1}), or lower max_corrupt/share_dropouts so that "
-                f"max_corrupt + share_dropouts <= {t - 2}")
+        k, t, e, c = resolve_parameters(len(ids), neighbors=self.neighbors, threshold=self.threshold,
+                                        share_dropouts=self.share_dropouts, max_corrupt=self.max_corrupt)
         object.__setattr__(self, "neighbors", k)
         object.__setattr__(self, "threshold", t)
         object.__setattr__(self, "share_dropouts", e)

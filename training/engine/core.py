@@ -115,7 +115,7 @@ class RoundEngine:
 
     def __init__(self, scheme: Scheme, state: ServerState, policy: RoundPolicy, *, step: StrategyStep | None = None,
                  context: bytes | None = None, public: object = None,
-                 ledger_budget: tuple[float, float] = (1e9, 1e-5)) -> None:
+                 ledger_budget: tuple[float | None, float] = (None, 1e-5)) -> None:
         if scheme.needs_keyholder and context is None:
             raise ConfigurationError(f"scheme {scheme.name} needs the key holder's public context")
         self.scheme, self.state, self.policy = scheme, state, policy

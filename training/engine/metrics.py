@@ -45,7 +45,8 @@ class RoundMetrics:
     dropped: list[int]
     staleness: dict[int, int]
     comm_seconds_per_client: dict[int, float] = field(default_factory=dict)
-    central_epsilon: float | None = None  # distributed DP: client-level ε of every sum released so far
+    central_epsilon: float | None = None  # distributed DP: client-level ε of every sum released so far, ...
+    colluders: int | None = None  # ... against this many clients colluding with the server (their shares known)
     round_id: int | None = None
     status: str = "done"
     cohort: list[int] = field(default_factory=list)

@@ -26,6 +26,7 @@ from secagg.errors import AuthenticationError, SecAggError, StageError
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
 from training.engine.codec import model_bytes
 from training.engine.core import Mail, ModelReply, RoundDone, RoundEngine, Task, ToKeyholder
+from training.engine.central import central_account, central_of
 from training.engine.metrics import RoundMetrics, metrics_of
 from training.engine.roles import make_scheme
 from training.engine.rounds import RoundPolicy
@@ -135,6 +136,9 @@ class FlowerAggregator:
                              stage_timeout=1.0, max_closes=4, clients=len(self.nodes))
         self.engine = eng = RoundEngine(self.scheme, ServerState(self.work.initial_model()), policy,
                                         step=self.work.step(), context=context, ledger_budget=self.work.ledger_budget)
+        self.central = central_account(s.get("noise_multiplier", 0.0), noise_shares=s["cohort_size"],
+                                       delta=self.work.ledger_budget[1], dim=self.work.dim,
+                                       colluders=self.work.colluders, **s.get("masking", {}))
         if context is not None:
             for c in self.nodes:
                 eng.count_sent(c, len(context))
@@ -239,7 +243,8 @@ class FlowerAggregator:
         loss = float(self.work.evaluate(state.model)["loss"]) if rec.status == "done" else None
         eps = {int(c): ledger["spent"] for c, ledger in state.ledgers.items()}
         self.rows.append(metrics_of(rec, loss=loss, epsilon_per_client=eps, seconds=seconds, secure_seconds=seconds,
-                                    language_model=self.settings.get("trainer") == "local"))
+                                    language_model=self.settings.get("trainer") == "local",
+                                    **central_of(self.central, rec)))
         if rec.status != "done":
             log.warning("round %d (id %d) aborted: %s", rec.round, rec.round_id, rec.reason)
 

@@ -29,7 +29,8 @@ def settings_of(cfg: TransportConfig) -> dict[str, Any]:
     """The public settings every party of a Flower run shares."""
     return {"run": secrets.token_hex(8), "scheme": cfg.scheme, "scheme_options": cfg.scheme_options(), "clients": cfg.clients,
             "rounds": cfg.rounds, "cohort_size": cfg.cohort_size, "min_clients": cfg.min_cohort,
-            "trainer": cfg.trainer}
+            "trainer": cfg.trainer, "noise_multiplier": cfg.noise_multiplier,
+            "masking": {k: getattr(cfg, k) for k in ("neighbors", "threshold", "share_dropouts", "max_corrupt")}}
 
 
 def simulate(cfg: TransportConfig, *, timeout: float = 300.0, mods: tuple = ()) -> dict[str, Any]:

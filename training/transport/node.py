@@ -24,6 +24,7 @@ from training.transport.client import ClientAgent
 from training.transport.config import TransportConfig
 from training.transport.coordinator import Coordinator, RoundPolicy, RoundRecord
 from training.transport.keyholder import serve_keyholder
+from training.engine.central import central_account, central_of
 from training.engine.metrics import metrics_of
 from training.engine.roles import make_keyholder, make_scheme
 from training.workload import make_workload
@@ -98,10 +99,15 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    central = central_account(cfg.noise_multiplier, noise_shares=cfg.cohort_size, delta=work.ledger_budget[1],
+                              dim=work.dim, colluders=work.colluders, neighbors=cfg.neighbors,
+                              threshold=cfg.threshold, share_dropouts=cfg.share_dropouts, max_corrupt=cfg.max_corrupt)
+
     def on_round(rec: RoundRecord) -> None:
         loss = work.evaluate(coord.state.model)["loss"] if rec.status == "done" else None
         eps = {int(c): ledger["spent"] for c, ledger in coord.state.ledgers.items()}
-        row = metrics_of(rec, loss=loss, epsilon_per_client=eps, language_model=cfg.trainer == "local")
+        row = metrics_of(rec, loss=loss, epsilon_per_client=eps, language_model=cfg.trainer == "local",
+                         **central_of(central, rec))
         with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row.as_json(), sort_keys=True) + "\n")
         applied[0] += rec.status == "done"

@@ -38,7 +38,8 @@ class UpdateSource(Protocol):
 
 class Workload(Protocol):
     dim: int
-    ledger_budget: tuple[float, float]  # (ε budget, δ) of the per-client ledgers the aggregator keeps
+    ledger_budget: tuple[float | None, float]  # (ε budget or None, δ) of the client ledgers the aggregator keeps
+    colluders: int | None  # distributed DP: the coalition the central ε is stated against (None: the default)
 
     def initial_model(self) -> np.ndarray: ...
 

@@ -110,7 +110,8 @@ class LocalWorkload:
         from training.ledgers import default_ledger_dir
 
         self.ledger_dir = default_ledger_dir(cfg.ledger or run.dp.ledger, None)
-        self.ledger_budget = (run.dp.epsilon_budget or 1e9, run.dp.delta)
+        self.ledger_budget = (run.dp.epsilon_budget, run.dp.delta)
+        self.colluders = run.dp.colluders  # the coalition the central ε is stated against (None: the default)
         self._eval_model = None
         self._initial = None
         self._last: tuple[bytes, dict[str, float]] | None = None

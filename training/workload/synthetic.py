@@ -40,7 +40,8 @@ class SyntheticWorkload:
     """Federated mean estimation over ``clients`` fixed targets in ``[-clip/2, clip/2]^dim``; ``strategy`` builds
     a fresh strategy object (default FedAvg) for each party: every client and the aggregator."""
 
-    ledger_budget = (1e9, 1e-5)
+    ledger_budget = (None, 1e-5)
+    colluders = None  # the central ε's coalition: the masking default
 
     def __init__(self, dim: int, clients: int, *, seed: int = 0, clip: float = 1.0,
                  strategy: Callable[[], Strategy] | None = None) -> None:

@@ -85,8 +85,10 @@ class PlainScheme(Scheme):
     def drop_tag(self) -> int:
         return _PLAIN[3]
 
-    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None, public=None):
-        return {"round_id": round_id, "cohort": sorted(cohort), "dim": dim}, _PlainServer(sorted(cohort), dim)
+    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None, public=None,
+             terms=None):
+        params = {"round_id": round_id, "cohort": sorted(cohort), "dim": dim, "strategy": dict(terms or {})}
+        return params, _PlainServer(sorted(cohort), dim)
 
     def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None):
         return _PlainClient(client_id)

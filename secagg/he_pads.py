@@ -11,11 +11,14 @@ decrypts. Because ``P_i`` is uniform in ``R_q`` and known only to client ``i`` a
   in ``R_q``, so it decrypts to uniform noise in every slot; the key holder sees that in the guard slots (zeros
   every client encrypts) and refuses (``VerificationError``), releasing nothing;
 * a colluding client cannot absorb an honest client's missing pad: it does not know it;
-* a seed is used at most once: the key holder consumes a round's seeds when it decrypts (or refuses) that round.
+* a seed is used at most once: the key holder consumes a round's seeds when it decrypts (or refuses) that round;
+* every seed names the digest of the round's public terms its client was told (:mod:`secagg.terms`); the key
+  holder refuses an aggregate whose contributors were told different terms (a server that gave one client a
+  smaller ``max_weight`` would scale that client's noise share down).
 
-Wire: :class:`PadSeed` (tag 0x40): ``round_id, client_id, session_id, ephemeral (X25519 public), sealed (AES-GCM
-of the seed), signature (64 bytes, or empty without identities)``. Every key and the signature bind the session
-id, the round and the client.
+Wire: :class:`PadSeed` (tag 0x40): ``round_id, client_id, session_id, terms, ephemeral (X25519 public),
+sealed (AES-GCM of the seed), signature (64 bytes, or empty without identities)``. Every key and the signature bind the session
+id, the round, the client and the terms.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from secagg.errors import AuthenticationError, MalformedMessageError
 from secagg.hazmat import aead, kex, sign
 from secagg.messages import Message, message
+from secagg.terms import NO_TERMS, TERMS_BYTES
 
 __all__ = ["PadSeed", "SEED_BYTES", "seal_seed", "open_seed", "pad_key", "fresh_seed"]
 
@@ -38,8 +42,8 @@ _PAD_LABEL = b"secagg/he/pad/v1"
 _SIGN_LABEL = b"secagg/he/pad-seed/v1"
 
 
-def _binding(session_id: bytes, round_id: int, client_id: int) -> bytes:
-    return session_id + struct.pack("<qq", round_id, client_id)
+def _binding(session_id: bytes, round_id: int, client_id: int, terms: bytes) -> bytes:
+    return session_id + struct.pack("<qq", round_id, client_id) + terms
 
 
 @message(0x40)
@@ -49,6 +53,7 @@ class PadSeed(Message):
     round_id: int
     client_id: int
     session_id: bytes
+    terms: bytes
     ephemeral: bytes
     sealed: bytes
     signature: bytes
@@ -56,8 +61,8 @@ class PadSeed(Message):
     def validate(self) -> None:
         if self.round_id < 0 or self.client_id < 0:
             raise MalformedMessageError("round_id and client_id must be >= 0")
-        if len(self.session_id) != 32 or len(self.ephemeral) != kex.KEY_BYTES:
-            raise MalformedMessageError("session id and ephemeral key must be 32 bytes")
+        if len(self.session_id) != 32 or len(self.ephemeral) != kex.KEY_BYTES or len(self.terms) != TERMS_BYTES:
+            raise MalformedMessageError("session id, round terms digest and ephemeral key must be 32 bytes")
         if len(self.sealed) != SEED_BYTES + aead.OVERHEAD:
             raise MalformedMessageError(f"sealed seed must be {SEED_BYTES + aead.OVERHEAD} bytes")
         if len(self.signature) not in (0, sign.SIGNATURE_BYTES):
@@ -65,21 +70,23 @@ class PadSeed(Message):
 
     def signed_bytes(self) -> bytes:
         """What the client's identity signs: everything but the signature."""
-        return _SIGN_LABEL + _binding(self.session_id, self.round_id, self.client_id) + self.ephemeral + self.sealed
+        return (_SIGN_LABEL + _binding(self.session_id, self.round_id, self.client_id, self.terms) + self.ephemeral
+                + self.sealed)
 
 
 def seal_seed(seed: bytes, keyholder_key: bytes, *, session_id: bytes, round_id: int, client_id: int,
-              identity: Ed25519PrivateKey | None) -> PadSeed:
-    """The :class:`PadSeed` carrying ``seed`` to the key holder whose X25519 public key is ``keyholder_key``."""
+              identity: Ed25519PrivateKey | None, terms: bytes = NO_TERMS) -> PadSeed:
+    """The :class:`PadSeed` carrying ``seed`` to the key holder whose X25519 public key is ``keyholder_key``;
+    ``terms``: the digest of the round's public terms as this client was told them."""
     eph = kex.generate()
     eph_pk = kex.public_bytes(eph)
-    info = _SEAL_LABEL + _binding(session_id, round_id, client_id) + eph_pk
+    info = _SEAL_LABEL + _binding(session_id, round_id, client_id, terms) + eph_pk
     key = kex.derive_key(kex.exchange(eph, keyholder_key), info=info, length=16)
-    msg = PadSeed(round_id=round_id, client_id=client_id, session_id=session_id, ephemeral=eph_pk,
+    msg = PadSeed(round_id=round_id, client_id=client_id, session_id=session_id, terms=terms, ephemeral=eph_pk,
                   sealed=aead.encrypt(key, seed, info), signature=b"")
     if identity is None:
         return msg
-    return PadSeed(round_id=round_id, client_id=client_id, session_id=session_id, ephemeral=eph_pk,
+    return PadSeed(round_id=round_id, client_id=client_id, session_id=session_id, terms=terms, ephemeral=eph_pk,
                    sealed=msg.sealed, signature=sign.sign(identity, msg.signed_bytes()))
 
 
@@ -90,14 +97,14 @@ def open_seed(msg: PadSeed, secret: X25519PrivateKey, identity: Ed25519PublicKey
         if not msg.signature:
             raise AuthenticationError(f"pad seed of client {msg.client_id} is unsigned")
         sign.verify(identity, msg.signature, msg.signed_bytes())
-    info = _SEAL_LABEL + _binding(msg.session_id, msg.round_id, msg.client_id) + msg.ephemeral
+    info = _SEAL_LABEL + _binding(msg.session_id, msg.round_id, msg.client_id, msg.terms) + msg.ephemeral
     key = kex.derive_key(kex.exchange(secret, msg.ephemeral), info=info, length=16)
     return aead.decrypt(key, msg.sealed, info)
 
 
-def pad_key(seed: bytes, *, session_id: bytes, round_id: int, client_id: int) -> bytes:
+def pad_key(seed: bytes, *, session_id: bytes, round_id: int, client_id: int, terms: bytes = NO_TERMS) -> bytes:
     """The AES key of client ``client_id``'s pad in this round (:func:`secagg.hazmat.rlwe.apply_pad`)."""
-    return kex.derive_key(seed, info=_PAD_LABEL + _binding(session_id, round_id, client_id), length=16)
+    return kex.derive_key(seed, info=_PAD_LABEL + _binding(session_id, round_id, client_id, terms), length=16)
 
 
 def fresh_seed() -> bytes:

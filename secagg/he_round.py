@@ -15,7 +15,8 @@ Invariants kept here for both schemes:
 * fewer than ``min_contributors`` at the deadline raises ``DropoutError`` (stage ``"failed"``), nothing decrypted;
 * the key holder bounds every size field (``max_dim``, chunk count, contributors) before it allocates anything,
   decrypts at most one aggregate per round, and consumes that round's seeds whether it releases or refuses;
-* a key-holder result must answer the aggregate that was sent (round and contributor set).
+* a key-holder result must answer the aggregate that was sent (round and contributor set);
+* the key holder releases a sum only if every contributor's pad seed names the same round-terms digest.
 
 Public material travels as a *bundle* (:func:`bundle`): the TenSEAL public context (no secret key) and the key
 holder's X25519 sealing key; its SHA-256 is the session id every message names.
@@ -42,6 +43,7 @@ from secagg.errors import AuthenticationError, CapacityError, ConfigurationError
 from secagg.he_pads import PadSeed, fresh_seed, open_seed, pad_key, seal_seed
 from secagg.hazmat import kex, rlwe
 from secagg.messages import decode
+from secagg.terms import NO_TERMS
 from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, Outbound, StagedRole
 
 __all__ = ["check_int", "bundle", "unbundle", "ring_of", "HEClient", "HEAggregator", "HEKeyHolder",
@@ -90,9 +92,11 @@ def ring_of(context: ts.Context, *, ntt: bool) -> tuple[rlwe.RingLayout, list[in
 class HEClient(StagedRole, ABC):
     """Stages ``"ready"`` -> ``start`` -> ``"done"``; a refused input leaves the client ready to retry.
 
-    Subclasses set ``client_id``, ``round_id``, ``_layout``, ``_session_id``, ``_seal_key``, ``_identity`` and
-    implement :meth:`_encrypt` and :meth:`_contribution`."""
+    Subclasses set ``client_id``, ``round_id``, ``_layout``, ``_session_id``, ``_seal_key``, ``_identity`` (and
+    ``terms``, the digest of the round's public terms, when it has any) and implement :meth:`_encrypt` and
+    :meth:`_contribution`."""
 
+    terms: bytes = NO_TERMS
     client_id: int
     round_id: int
     _layout: rlwe.RingLayout
@@ -111,11 +115,12 @@ class HEClient(StagedRole, ABC):
         residues = np.empty((len(serialized), *self._layout.shape), dtype=np.uint64)
         for k, raw in enumerate(serialized):
             residues[k] = rlwe.extract(raw, self._layout)
-        key = pad_key(seed, session_id=self._session_id, round_id=self.round_id, client_id=self.client_id)
+        key = pad_key(seed, session_id=self._session_id, round_id=self.round_id, client_id=self.client_id,
+                      terms=self.terms)
         rlwe.apply_pad(residues[:, 0], key, self._layout)
         chunks = rlwe.pack(residues, self._layout)
         sealed = seal_seed(seed, self._seal_key, session_id=self._session_id, round_id=self.round_id,
-                           client_id=self.client_id, identity=self._identity)
+                           client_id=self.client_id, identity=self._identity, terms=self.terms)
         msg = self._contribution(int(x.shape[0]), tuple(chunks))
         self._stage = "done"
         return [Outbound(KEYHOLDER, sealed.to_bytes()), Outbound(AGGREGATOR, msg.to_bytes())]
@@ -268,7 +273,7 @@ class HEKeyHolder(ABC):
         self._seal = kex.generate()
         self.seal_key = kex.public_bytes(self._seal)
         self._finalized: set[int] = set()
-        self._seeds: dict[int, dict[int, bytes]] = {}
+        self._seeds: dict[int, dict[int, tuple[bytes, bytes]]] = {}  # round -> client -> (seed, terms digest)
 
     def public_context(self) -> bytes:
         """The public bundle: the context with the public key only (no secret, relinearization or Galois keys)
@@ -312,8 +317,14 @@ class HEKeyHolder(ABC):
         residues = rlwe.unpack(msg.chunks, self._layout)
         self._finalized.add(msg.round_id)  # consumed from here on, released or not
         del self._seeds[msg.round_id]
+        told = {seeds[c][1] for c in msg.contributors}
+        if len(told) != 1:
+            raise VerificationError(f"the contributors of round {msg.round_id} were told {len(told)} different sets "
+                                    "of round terms (a server may have lowered one client's noise terms): "
+                                    "nothing released")
         for c in msg.contributors:
-            key = pad_key(seeds[c], session_id=self.session_id, round_id=msg.round_id, client_id=c)
+            seed, terms = seeds[c]
+            key = pad_key(seed, session_id=self.session_id, round_id=msg.round_id, client_id=c, terms=terms)
             rlwe.apply_pad(residues[:, 0], key, self._layout, subtract=True)
         return [Outbound(AGGREGATOR, self._decrypt(msg, residues).to_bytes())]
 
@@ -337,7 +348,7 @@ class HEKeyHolder(ABC):
             raise DuplicateMessageError(f"client {msg.client_id} already sent its seed for round {msg.round_id}")
         if sum(len(s) for s in self._seeds.values()) >= MAX_PENDING_SEEDS:
             raise CapacityError(f"{MAX_PENDING_SEEDS} seeds of undecrypted rounds are pending")
-        pending[msg.client_id] = open_seed(msg, self._seal, identity)
+        pending[msg.client_id] = (open_seed(msg, self._seal, identity), msg.terms)
         return []
 
     def _guard_error(self, what: str) -> VerificationError:

@@ -26,7 +26,7 @@ dims = st.integers(1, 2**31)
 contributions = st.builds(CKKSContribution, round_id=rounds, client_id=st.integers(0, 2**63 - 1),
                           context_id=ctx_ids, dim=dims, chunks=chunks)
 aggregates = st.builds(CKKSAggregate, round_id=rounds, context_id=ctx_ids, dim=dims, contributors=ids, chunks=chunks)
-seeds = st.builds(PadSeed, round_id=rounds, client_id=st.integers(0, 2**63 - 1), session_id=ctx_ids,
+seeds = st.builds(PadSeed, round_id=rounds, client_id=st.integers(0, 2**63 - 1), session_id=ctx_ids, terms=ctx_ids,
                   ephemeral=ctx_ids, sealed=st.binary(min_size=60, max_size=60),
                   signature=st.sampled_from([b"", bytes(64)]))
 results = st.builds(CKKSResult, round_id=rounds, contributors=ids,
@@ -100,9 +100,10 @@ def test_semantic_validation() -> None:
                    dict(contributors=(2, 1))]:
         with pytest.raises(MalformedMessageError):
             dataclasses.replace(good_r, **change)
-    good_s = PadSeed(round_id=1, client_id=2, session_id=bytes(32), ephemeral=bytes(32), sealed=bytes(60),
-                     signature=b"")
+    good_s = PadSeed(round_id=1, client_id=2, session_id=bytes(32), terms=bytes(32), ephemeral=bytes(32),
+                     sealed=bytes(60), signature=b"")
     for change in [dict(round_id=-1), dict(client_id=-3), dict(session_id=bytes(31)), dict(ephemeral=bytes(33)),
+                   dict(terms=bytes(31)),
                    dict(sealed=bytes(59)), dict(signature=bytes(63))]:
         with pytest.raises(MalformedMessageError):
             dataclasses.replace(good_s, **change)

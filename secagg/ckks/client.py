@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from secagg.ckks.messages import CKKSContribution
 from secagg.ckks.params import GUARD_SLOTS, PublicContext, load_public_context, np_chunks
 from secagg.errors import ConfigurationError, KeyMisuseError, MalformedUpdateError
+from secagg.terms import NO_TERMS, TERMS_BYTES
 from secagg.he_round import HEClient, check_int
 
 __all__ = ["CKKSClient", "DEFAULT_MAX_COHORT"]
@@ -32,7 +33,8 @@ class CKKSClient(HEClient):
     (needed when the seed travels through the aggregator)."""
 
     def __init__(self, client_id: int, public_context: bytes | PublicContext, *, round_id: int = 0,
-                 max_cohort: int = DEFAULT_MAX_COHORT, identity: Ed25519PrivateKey | None = None) -> None:
+                 max_cohort: int = DEFAULT_MAX_COHORT, identity: Ed25519PrivateKey | None = None,
+                 terms: bytes = NO_TERMS) -> None:
         self.client_id, self.round_id = check_int("client_id", client_id), check_int("round_id", round_id)
         check_int("max_cohort", max_cohort, 1)
         self._pc = public_context if isinstance(public_context, PublicContext) else \
@@ -43,6 +45,9 @@ class CKKSClient(HEClient):
             raise ConfigurationError("public context has no public key; clients cannot encrypt")
         self._layout, self._session_id, self._seal_key = self._pc.layout, self._pc.context_id, self._pc.seal_key
         self._identity = identity
+        if not isinstance(terms, bytes) or len(terms) != TERMS_BYTES:
+            raise ConfigurationError(f"terms must be a {TERMS_BYTES}-byte digest (secagg.terms.terms_digest)")
+        self.terms = terms
         self.slot_bound = self._pc.params.fresh_value_bound / max_cohort
         self._stage = "ready"
 

@@ -20,9 +20,10 @@ neighbours, ``t`` threshold, ``e`` = ``share_dropouts``):
   ``min_signers = max(t, floor((n + C)/2) + 1)`` participants. Any two such lists share an honest signer, and an
   honest client signs once, so every honest client that reveals anything sees the same survivor list: none
   reveals a self-mask share of a client another treats as dropped.
-* ``round_nonce`` (32 bytes, fresh from the CSPRNG by default) makes the round unique; :attr:`session_id` hashes
-  every public field, and every signature, share encryption and mask key binds it, so nothing from another round
-  or another cohort is accepted.
+* ``round_nonce`` (32 bytes, fresh from the CSPRNG by default) makes the round unique; ``terms`` is the digest of
+  the round's public terms (:func:`secagg.terms.terms_digest`: the weights' bound, the cohort size, anything that
+  sets a client's noise); :attr:`session_id` hashes every public field, and every signature, share encryption
+  and mask key binds it, so nothing from another round, another cohort or other terms is accepted.
 * Values lane encodes ``w*x`` with range ``clip*weight_bound``; the weight lane encodes ``w`` with range
   ``weight_bound``; both with headroom for all ``n`` clients so the sum cannot wrap (see FixedPoint).
 """
@@ -41,6 +42,7 @@ import numpy as np
 from secagg.encoding import FixedPoint
 from secagg.errors import ConfigurationError
 from secagg.masking.graph import effective_degree, harary_graph
+from secagg.terms import NO_TERMS, TERMS_BYTES
 
 __all__ = ["MaskingConfig", "MAX_CLIENT_ID", "resolve_parameters", "corruption_bound"]
 
@@ -99,6 +101,7 @@ class MaskingConfig:
     max_corrupt: int | None = None
     share_dropouts: int | None = None
     round_nonce: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    terms: bytes = NO_TERMS
 
     def __post_init__(self) -> None:
         ids = tuple(sorted(int(p) for p in self.participants))
@@ -115,6 +118,8 @@ class MaskingConfig:
             raise ConfigurationError("graph_seed must be 16 bytes")
         if not isinstance(self.round_nonce, bytes) or len(self.round_nonce) != 32:
             raise ConfigurationError("round_nonce must be 32 bytes (fresh from a CSPRNG for every round)")
+        if not isinstance(self.terms, bytes) or len(self.terms) != TERMS_BYTES:
+            raise ConfigurationError(f"terms must be a {TERMS_BYTES}-byte digest (secagg.terms.terms_digest)")
         for name in ("clip", "weight_bound"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -153,7 +158,7 @@ class MaskingConfig:
                            int(self.max_corrupt), int(self.share_dropouts), float(self.clip),  # type: ignore
                            float(self.weight_bound))
         text = f"{self.ring_bits}|{self.rounding}|{self.out_of_range}".encode()
-        return hashlib.sha256(b"secagg/masking/session/v1" + self.round_nonce + self.graph_seed + head
+        return hashlib.sha256(b"secagg/masking/session/v2" + self.round_nonce + self.terms + self.graph_seed + head
                               + struct.pack(f"<{len(ids)}q", *ids) + text).digest()
 
     @property

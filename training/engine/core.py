@@ -319,7 +319,8 @@ class RoundEngine:
             if not self.step.private_weights:  # distributed-DP shares are scaled to the largest public weight
                 terms["max_weight"] = float(max(cohort.values()))
             params, role = self.scheme.plan(round_id, ids, cohort, int(self.state.model.size), self.context, known,
-                                            private_bound=terms.get("weight_bound"), public=self.public)
+                                            private_bound=terms.get("weight_bound"), public=self.public,
+                                            terms=terms)
         except SecAggError as exc:  # e.g. a threshold the cohort cannot meet: wait for more clients
             log.error("cannot open a round with cohort %s: %s: %s", ids, type(exc).__name__, exc)
             self.cohorts.put_back(cohort, now)
@@ -328,7 +329,6 @@ class RoundEngine:
             return
         self._retry_at = None
         self.cohorts.taken(ids)
-        params["strategy"] = terms
         header = {"type": "task", "round_id": round_id, "round": version, "scheme": self.scheme.name,
                   "params": params}
         rnd = Round(round_id, version, frozenset(ids), role, header, {c: deque() for c in ids}, terms,

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from secagg.errors import AuthenticationError, ConfigurationError, MalformedMessageError
 from secagg.roles import AggregatorRole, ClientRole, FinalizerRole
+from secagg.terms import terms_digest
 
 __all__ = ["Scheme", "MaskingScheme", "CKKSScheme", "PackedScheme", "make_scheme", "make_keyholder", "context_id",
            "roster_digest", "Identity", "SCHEMES"]
@@ -72,9 +73,13 @@ class Scheme:
 
     def plan(self, round_id: int, cohort: list[int], weights: dict[int, float], dim: int,
              context: bytes | None, identities: Identities | None = None, *,
-             private_bound: float | None = None, public: object = None) -> tuple[dict[str, Any], AggregatorRole]:
+             private_bound: float | None = None, public: object = None,
+             terms: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], AggregatorRole]:
         """Public round parameters (JSON-able) and the aggregator's role built from exactly those (``public``: the
-        already parsed ``context``, to skip re-parsing it).
+        already parsed ``context``, to skip re-parsing it). ``terms``: the strategy's public round terms, carried
+        as ``params["strategy"]``; every client binds the digest of the whole ``params``
+        (:func:`secagg.terms.terms_digest`) into what it signs or seals, so clients told different parameters
+        cannot end up in one released sum.
         ``identities``: the cohort's verified signing identities (required when :attr:`needs_identities`);
         ``private_bound``: weights are private (clients pre-weight) and at most this."""
         raise NotImplementedError
@@ -119,7 +124,8 @@ class MaskingScheme(Scheme):
             seed, nonce = bytes.fromhex(params["graph_seed"]), bytes.fromhex(params["round_nonce"])
             kwargs = {k: params[k] for k in self._KEYS if params.get(k) is not None}
             return MaskingConfig(participants=[int(p) for p in params["cohort"]], dim=int(params["dim"]),
-                                 round_id=int(params["round_id"]), graph_seed=seed, round_nonce=nonce, **kwargs)
+                                 round_id=int(params["round_id"]), graph_seed=seed, round_nonce=nonce,
+                                 terms=terms_digest(params), **kwargs)
         except (KeyError, TypeError, ValueError) as exc:
             raise MalformedMessageError(f"bad masking round parameters: {exc!r}") from exc
 
@@ -144,7 +150,8 @@ class MaskingScheme(Scheme):
 
         return MaskedInput.TAG
 
-    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None, public=None):
+    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None, public=None,
+             terms=None):
         from secagg.masking import MaskingServer
 
         opts = dict(self.options)
@@ -154,7 +161,7 @@ class MaskingScheme(Scheme):
             opts["weight_bound"] = max(weights.values())
         params = {k: opts.get(k) for k in self._KEYS} | {
             "round_id": round_id, "cohort": sorted(cohort), "dim": dim, "graph_seed": secrets.token_hex(16),
-            "round_nonce": secrets.token_hex(32)}
+            "round_nonce": secrets.token_hex(32), "strategy": dict(terms or {})}
         peers = None
         if self.needs_identities:
             if identities is None or any(c not in identities for c in cohort):
@@ -198,12 +205,14 @@ class CKKSScheme(Scheme):
 
         return CKKSContribution.TAG
 
-    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None, public=None):
+    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None, public=None,
+             terms=None):
         from secagg.ckks import CKKSAggregator
 
         if context is None:
             raise ConfigurationError("CKKS needs the key holder's public context")
-        params = {"round_id": round_id, "cohort": sorted(cohort), "dim": dim, "context_id": context_id(context)}
+        params = {"round_id": round_id, "cohort": sorted(cohort), "dim": dim, "context_id": context_id(context),
+                  "strategy": dict(terms or {})}
         agg = CKKSAggregator(public if public is not None else context, sorted(cohort), dim=dim, round_id=round_id,
                              min_contributors=int(self.options.get("min_contributors", 2)))
         return params, agg
@@ -214,7 +223,7 @@ class CKKSScheme(Scheme):
         if context is None:
             raise ConfigurationError("CKKS needs the key holder's public context")
         return CKKSClient(client_id, context, round_id=int(params["round_id"]),
-                          max_cohort=max(1, len(params["cohort"])), identity=signer)
+                          max_cohort=max(1, len(params["cohort"])), identity=signer, terms=terms_digest(params))
 
 
 class PackedScheme(Scheme):
@@ -248,7 +257,8 @@ class PackedScheme(Scheme):
         except (KeyError, TypeError, ValueError) as exc:
             raise MalformedMessageError(f"bad packed round parameters: {exc!r}") from exc
 
-    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None, public=None):
+    def plan(self, round_id, cohort, weights, dim, context, identities=None, *, private_bound=None, public=None,
+             terms=None):
         from secagg.packed import PackedAggregator
 
         if context is None:
@@ -260,7 +270,7 @@ class PackedScheme(Scheme):
         bound = private_bound if private_bound is not None else opts.get("weight_bound") or max(weights.values())
         params = {k: opts[k] for k in self._KEYS} | {
             "round_id": round_id, "cohort": sorted(cohort), "dim": dim, "weight_bound": float(bound),
-            "context_id": context_id(context)}
+            "context_id": context_id(context), "strategy": dict(terms or {})}
         packed, common, ids, dim = self._parse(params)
         agg = PackedAggregator(public if public is not None else context, packed, ids, dim=dim, min_contributors=int(opts.get("min_contributors", 2)),
                                **common)
@@ -272,7 +282,7 @@ class PackedScheme(Scheme):
         if context is None:
             raise ConfigurationError("the packed scheme needs the key holder's public context")
         packed, common, _, _ = self._parse(params)
-        return PackedClient(client_id, context, packed, identity=signer, **common)
+        return PackedClient(client_id, context, packed, identity=signer, terms=terms_digest(params), **common)
 
 
 def make_keyholder(name: str, options: Mapping[str, Any] | None = None, *,

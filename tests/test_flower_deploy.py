@@ -12,6 +12,7 @@ pytest.importorskip("flwr")
 
 from flwr.app import Context, RecordDict  # noqa: E402
 
+from secagg.errors import AuthenticationError  # noqa: E402
 from tests.test_engine_parity import DIM, N, _in_process  # noqa: E402
 from training.aggregation import FedAvg  # noqa: E402
 from training.errors import ConfigError  # noqa: E402
@@ -101,7 +102,7 @@ def test_a_swapped_node_state_is_refused_not_used(tmp_path):
     grid.tamper = swap
     flower_client.NodeProcess.restore = spy
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(AuthenticationError, match="expected 3 clients"):
             agg.run()
     finally:
         flower_client.NodeProcess.restore = real
@@ -111,7 +112,7 @@ def test_a_swapped_node_state_is_refused_not_used(tmp_path):
 def test_node_with_the_wrong_signing_key_is_refused(tmp_path):
     certs = init_certs(tmp_path / "certs", N)
     (certs / "client-1.sign.key").write_bytes((certs / "client-0.sign.key").read_bytes())
-    with pytest.raises(Exception, match="not client-1's certified key"):
+    with pytest.raises(AuthenticationError, match="not client-1's certified key"):
         Trust.from_certs(str(certs), N, own=1)
 
 
@@ -121,7 +122,7 @@ def test_a_node_refuses_a_run_config_that_differs_from_its_pins(tmp_path, caplog
     agg, grid = _run(tmp_path, "ckks")
     for ctx in grid.contexts.values():
         ctx.run_config = dict(ctx.run_config) | {"scheme": "masking"}
-    with pytest.raises(Exception, match="expected 3 clients"):
+    with pytest.raises(AuthenticationError, match="expected 3 clients"):
         agg.run()
     assert "AuthenticationError" in caplog.text and "run config asks for" in caplog.text
     with pytest.raises(ConfigError, match="pins"):

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from secagg.errors import AuthenticationError, ConfigurationError, DropoutError, ReplayError, SecAggError, \
-    VerificationError
+    DuplicateMessageError, VerificationError
 from secagg.hazmat import kex, shamir
 from secagg.hazmat import sign as ed25519
 from secagg.hazmat.prg import SEED_BYTES, expand_mask
@@ -219,7 +219,7 @@ def test_an_equivocating_server_cannot_collect_quorums_for_two_survivor_lists() 
         req = ConsistencyRequest(round_id=0, survivors=alive).to_bytes()
         sigs[name] = {u: ConsistencyResponse.from_bytes(clients[u].receive(req)[0].payload).signature
                       for u in groups[name]}
-    with pytest.raises(Exception):  # a client that signed one list signs no other
+    with pytest.raises(DuplicateMessageError):  # a client that signed one list signs no other
         clients[0].receive(ConsistencyRequest(round_id=0, survivors=lists["without 0"]).to_bytes())
     assert max(len(s) for s in sigs.values()) < cfg.min_signers
     for name, alive in lists.items():

@@ -236,6 +236,26 @@ def test_csprng_noise_has_the_dp_std():
     assert chi2.ppf(1e-6, noise.size) <= stat <= chi2.ppf(1 - 1e-6, noise.size)
 
 
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_one_dp_sgd_step_moves_the_weights_by_noise_of_std_sigma_c_over_b(mode):
+    """End to end through ``step()`` (a real Poisson batch, SGD at lr 0.1): Δθ·B/lr = −(clipped sum + noise),
+    with B = q·N = 8 the expected batch size (σ large, so the signal is small). The noise is N(0, (σC)²)^d, so ‖Δθ·B/lr‖ lies within the
+    chi-square band of σC·√d widened by the signal's norm (at most |batch|·C); a B off by 10% falls outside."""
+    sigma, c, lr = 40.0, 1.0, 0.1
+    tr = private(gpt2(seed=5), noise_multiplier=sigma, max_grad_norm=c, mode=mode, tied="freeze")
+    before = {n: p.detach().clone() for n, p in tr.trainable_state_dict().items()}
+    tr.step()
+    moved = torch.cat([(p - before[n]).reshape(-1) for n, p in tr.trainable_state_dict().items()]).double()
+    d, b = moved.numel(), 8 / 48 * len(DATA)
+    lo, hi = (math.sqrt(chi2.ppf(p, d)) * sigma * c for p in (1e-6, 1 - 1e-6))
+    signal = len(DATA) * c  # no Poisson batch of 48 records holds more (under 1% of the noise's norm here)
+    norm = float(torch.linalg.norm(moved)) * b / lr
+    assert lo - signal <= norm <= hi + signal, (norm, lo, hi)
+    for wrong in (0.9 * b, 1.1 * b):  # the bound can fail: a step scaled by another B is outside it
+        off = float(torch.linalg.norm(moved)) * wrong / lr
+        assert not lo - signal <= off <= hi + signal
+
+
 def test_a_round_is_reserved_whole_before_its_first_step_and_never_outrun():
     ledger = PrivacyLedger(1.5, 1e-5, accountant="rdp")
     tr = private(gpt2(), ledger=ledger, noise_multiplier=1.5)

@@ -280,7 +280,7 @@ def test_secagg_up_trains_a_real_model_with_every_role_a_process(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from privacy.accounting import epsilon_of_events
+    from tests.independent import pld_epsilon
     from privacy.durable import read_ledgers
     from privacy.events import PrivacyEvent
     from privacy.ledger import PrivacyLedger
@@ -309,8 +309,8 @@ def test_secagg_up_trains_a_real_model_with_every_role_a_process(tmp_path):
         ledger = PrivacyLedger.from_json(json.dumps(raw))  # the rule is loss-weighted, a 4-batch DP loss release
         assert ledger.events == (PrivacyEvent(1.0, 1 / 3, 2), PrivacyEvent(2.0, 1 / 3, 4)) * 2
         assert ledger.relation == "replace-one"  # the example counts are public at check-in
-        assert ledger.spent() == pytest.approx(epsilon_of_events(ledger.events, 1e-5, relation="replace-one"),
-                                               rel=1e-6)
+        ref = pld_epsilon(ledger.events, 1e-5, relation="replace-one")  # dp_accounting directly, event by event
+        assert ref - 1e-3 <= ledger.spent() <= ref * 1.01
         assert own[f"client-{cid}"]["epsilon"] == pytest.approx(ledger.spent(), rel=1e-9)
         assert own[f"client-{cid}"]["releases"] == 2
 

@@ -1,8 +1,8 @@
 """DP-SGD for Hugging Face causal LMs via Opacus (with :mod:`privacy.opacus_ext`, the only modules that import it).
 
-Entry point: :func:`make_private` returns a :class:`DPTrainer`, which a client keeps for its whole life across
-rounds (the role of Opacus' ``PrivacyEngine``; built from Opacus' hooks, DP optimizers and
-``BatchMemoryManager``). It fixes what breaks when HF models meet Opacus:
+Entry point: :func:`make_private` returns a :class:`DPTrainer`, which a client keeps for its whole life (the role of
+Opacus' ``PrivacyEngine``, from its hooks, DP optimizers and ``BatchMemoryManager``). It fixes what breaks when HF
+models meet Opacus:
 
 * per-example ``position_ids`` of shape (B, T) are always passed (HF's (1, T) default breaks the hooks);
 * the loss is per SEQUENCE (:func:`privacy.hf.sequence_loss`), never HF's batch-mean ``labels=`` loss;
@@ -12,13 +12,12 @@ rounds (the role of Opacus' ``PrivacyEngine``; built from Opacus' hooks, DP opti
 * ``mode="lora"`` wraps the model with ``peft`` LoRA and runs DP only on the adapters (base model frozen);
 * GPT-2's ``Conv1D`` and Llama-style ``*RMSNorm`` get exact per-example gradient (and ghost-norm) samplers;
 * the model is never wrapped (``wrap_model=False``): ``trainer.model.state_dict()`` keys are the plain HF keys;
-* batches are Poisson-sampled with rate q = batch_size/N by a CSPRNG, physical batches are capped with
-  ``BatchMemoryManager`` (virtual batches), and empty Poisson batches still take a noise-only step.
+* batches are Poisson-sampled (rate q = batch_size/N, CSPRNG), physical batches capped by ``BatchMemoryManager``;
+  an empty Poisson batch still takes a noise-only step.
 
-Noise: by default (``noise="csprng"``) the Gaussian noise comes from :func:`privacy.noise.gaussian`, an
-AES-256-CTR stream keyed from ``os.urandom`` (Opacus' own ``secure_mode`` needs ``torchcsprng``, which is not
-available for current torch). ``noise="torch"`` uses torch's non-cryptographic PRNG (faster; experiments only) and
-emits :class:`~privacy.errors.InsecureRNGWarning` once per process.
+Noise: ``noise="csprng"`` (default): :func:`privacy.noise.gaussian`, AES-256-CTR keyed from ``os.urandom`` (Opacus'
+``secure_mode`` needs ``torchcsprng``, unavailable for current torch); ``noise="torch"``: torch's PRNG (experiments
+only; :class:`~privacy.errors.InsecureRNGWarning` once per process).
 
 Accounting: each round's steps form one :class:`~privacy.events.PrivacyEvent` (σ, q, steps); each DP release of
 the training loss (:meth:`DPTrainer.release_loss`, what the loss-weighted rule needs) is one more
@@ -44,7 +43,7 @@ from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClippi
 from torch import nn
 from torch.utils.data import DataLoader
 
-from privacy.accounting import epsilon_of_events, noise_multiplier_for_epsilon
+from privacy.accounting import noise_multiplier_for_epsilon
 from privacy.ledger import PrivacyLedger
 from privacy.errors import ConfigurationError, InsecureRNGWarning, PlanExceededError, UnsupportedModelError
 from privacy.events import PrivacyEvent
@@ -61,8 +60,6 @@ Mode = Literal["hooks", "ghost", "lora"]
 TieStrategy = Literal["keep", "untie", "freeze"]
 NoiseSource = Literal["csprng", "torch"]
 _EXHAUSTED = object()
-
-
 _warned_insecure = False
 
 
@@ -145,11 +142,6 @@ class DPTrainer(GradientInspection):
         self._history.extend(events)
         self._round_steps, self._plan, self._releases = 0, None, []
         return events
-
-    def epsilon(self, delta: float, *, accountant: Literal["prv", "rdp"] = "prv") -> float:
-        """ε of this trainer's lifetime (closed rounds + open round, releases included) at ``delta``."""
-        return epsilon_of_events([*self._history, self.pending_event(), *self._releases], delta,
-                                 accountant=accountant)
 
     def _check_plan(self) -> None:
         """PlanExceededError unless one more step fits the open round's reservation (or, without a ledger and

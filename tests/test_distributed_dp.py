@@ -101,6 +101,7 @@ def test_runs_report_the_coalition_they_state_the_central_epsilon_against(tmp_pa
     cfg.dp.colluders = 1
     rows = Runner(cfg).run()
     assert all(r.colluders == 1 and r.as_json()["colluders"] == 1 for r in rows)
+    assert all(r.central_relation == "add-remove client" for r in rows)
     want = _independent_central_epsilon(2.0, 3, 1, 2, cfg.dp.delta)
     assert rows[-1].central_epsilon == pytest.approx(want, rel=2e-2)
     cfg.dp.colluders = 3  # all three shares: nothing honest left to state a guarantee with

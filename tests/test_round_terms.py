@@ -82,6 +82,12 @@ def _masking_round():
     return scheme, keys, peers, params, server
 
 
+def _roster(ads: dict[int, AdvertiseKeys], ids: list[int]) -> bytes:
+    """The key roster a server builds from the advertisements of ``ids``, forwarded as they are."""
+    return KeyRoster(round_id=1, client_ids=tuple(ids), c_pks=tuple(ads[v].c_pk for v in ids),
+                     s_pks=tuple(ads[v].s_pk for v in ids), signatures=tuple(ads[v].signature for v in ids)).to_bytes()
+
+
 def test_masking_peers_refuse_the_advertisement_of_a_client_told_a_lower_max_weight() -> None:
     scheme, keys, peers, params, _ = _masking_round()
     assert params["strategy"] == TERMS
@@ -91,19 +97,14 @@ def test_masking_peers_refuse_the_advertisement_of_a_client_told_a_lower_max_wei
     # the server forwards every advertisement as it is (it does not check them itself)
     neighbours = sorted(roles[1]._neighbours)
     assert 0 in neighbours
-    roster = KeyRoster(round_id=1, client_ids=tuple(neighbours), c_pks=tuple(ads[v].c_pk for v in neighbours),
-                       s_pks=tuple(ads[v].s_pk for v in neighbours),
-                       signatures=tuple(ads[v].signature for v in neighbours))
     with pytest.raises(AuthenticationError):
-        roles[1].receive(roster.to_bytes())
+        roles[1].receive(_roster(ads, neighbours))
     # the same roster without the victim's lowered terms is accepted: the refusal is the terms' doing
     honest = scheme.client_role(0, params, None, keys[0], peers)
     ads[0] = AdvertiseKeys.from_bytes(honest.start(np.full(DIM, 0.1), WEIGHTS[0])[0].payload)
     fresh = scheme.client_role(1, params, None, keys[1], peers)
     fresh.start(np.full(DIM, 0.1), WEIGHTS[1])
-    ok = KeyRoster(round_id=1, client_ids=tuple(neighbours), c_pks=tuple(ads[v].c_pk for v in neighbours),
-                   s_pks=tuple(ads[v].s_pk for v in neighbours), signatures=tuple(ads[v].signature for v in neighbours))
-    assert fresh.receive(ok.to_bytes())
+    assert fresh.receive(_roster(ads, neighbours))
 
 
 def test_the_masking_server_of_the_honest_terms_drops_the_victim() -> None:

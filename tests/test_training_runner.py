@@ -102,6 +102,7 @@ def test_configured_dropout_and_dp_accounting_in_a_run(tmp_path):
                                             relation="replace-one"), rel=0.02)
         assert eps > epsilon(1.0, q, 2 * cfg.train.local_steps, cfg.dp.delta)  # add/remove would under-state it
     assert rows[-1].epsilon == max(rows[-1].epsilon_per_client.values()) and n > 0
+    assert rows[-1].epsilon_relation == rows[-1].as_json()["epsilon_relation"] == "replace-one record"
 
 
 def test_lora_run_sends_only_adapters(tmp_path):

@@ -29,7 +29,7 @@ from training.aggregation import make_strategy
 from training.config import RunConfig
 from training.corpus import Prepared, prepare
 from training.engine.central import central_account
-from training.engine.metrics import RoundMetrics, metrics_of
+from training.engine.metrics import CLIENT_RELATION, RoundMetrics, metrics_of
 from training.federation import Federation, RoundReport
 from training.local import LocalTrainer, ModelSpec, build_model, evaluate, get_flat, set_flat
 from training.partition import CapacityPartitioner
@@ -122,7 +122,8 @@ class Runner:
                           compute_seconds=sum(rep.compute_seconds.values()), secure_seconds=rep.secure_seconds,
                           modelled_seconds=max(rep.modelled_seconds.values()) + rep.secure_seconds,
                           sim_time=sim_time, staleness=staleness, comm_seconds_per_client=dict(rep.comm_seconds),
-                          central_epsilon=central, colluders=None if self.central is None else self.central.c)
+                          central_epsilon=central, colluders=None if self.central is None else self.central.c,
+                          central_relation=None if self.central is None else CLIENT_RELATION)
 
     def rebalance(self, updates: dict[int, ClientUpdate]) -> None:
         """Capacity partitioning: fold each client's observed throughput (local steps per modelled compute

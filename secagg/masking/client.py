@@ -107,6 +107,27 @@ class MaskingClient(StagedRole):
             raise MalformedUpdateError(f"update has length {update.shape[0]}, expected {cfg.dim}")
         enc = np.empty(cfg.dim + 1, dtype=cfg.dtype)
         cfg.value_codec.encode(update, factor=w, out=enc[:-1])  # validates (finite, numeric, 1-D, in range)
+        return self._advertise(enc, w)
+
+    def start_levels(self, levels: np.ndarray, weight: float) -> list[Outbound]:
+        """As :meth:`start`, for a value lane the caller quantised itself: ``levels`` are the signed integers of
+        ``w*x`` on the value codec's grid (``value_codec.scale`` levels per unit), each within
+        ``±value_codec.max_level`` so the sum cannot wrap (e.g. a rounded update plus integer DP noise)."""
+        if self._stage != "init":
+            raise StageError(f"start_levels() called in stage {self._stage!r}")
+        cfg = self.config
+        w = check_weight(weight, cfg.weight_bound)
+        if not isinstance(levels, np.ndarray) or levels.dtype != np.int64 or levels.shape != (cfg.dim,):
+            raise MalformedUpdateError(f"levels must be an int64 vector of length {cfg.dim}")
+        top = cfg.value_codec.max_level
+        if levels.size and int(np.abs(levels).max()) > top:
+            raise MalformedUpdateError(f"a level exceeds ±{top}: the sum of the cohort could wrap")
+        enc = np.empty(cfg.dim + 1, dtype=cfg.dtype)
+        enc[:-1] = (levels.astype(np.uint64) & np.uint64(cfg.ring_mask)).astype(cfg.dtype)  # two's complement
+        return self._advertise(enc, w)
+
+    def _advertise(self, enc: np.ndarray, w: float) -> list[Outbound]:
+        cfg = self.config
         enc[-1:] = cfg.weight_codec.encode(np.array([w]))
         self._encoded = enc
         self._c_sk, self._s_sk = kex.generate(), kex.generate()

@@ -18,6 +18,7 @@ from privacy.distributed import central_noise_multiplier
 from privacy.events import PrivacyEvent
 from privacy.noise import clamp_probability
 from secagg.masking.config import corruption_bound
+from training.engine.metrics import CLIENT_RELATION
 
 __all__ = ["CentralAccount", "default_colluders", "central_account", "central_of"]
 
@@ -80,4 +81,4 @@ def central_of(account: CentralAccount | None, record) -> dict:
         return {}
     if record.status == "done" and record.result is not None:
         account.add(len(record.result.contributors))
-    return {"central_epsilon": account.epsilon, "colluders": account.c}
+    return {"central_epsilon": account.epsilon, "colluders": account.c, "central_relation": CLIENT_RELATION}

@@ -1,26 +1,24 @@
 """The sans-I/O round engine: events in, effects out. No threads, clocks, sockets, gRPC or Flower in here.
 
-Events (methods): :meth:`RoundEngine.checkin`, :meth:`withdraw`, :meth:`deliver` (a client's payload),
-:meth:`keyholder_reply` / :meth:`keyholder_failed`, :meth:`tick` (the driver's clock: real or simulated).
-Effects (drained with :meth:`drain`): :class:`Task` (a cohort member's round), :class:`ModelReply`
-(asynchronous: train on this version), :class:`Mail` (a message for a client), :class:`ToKeyholder`,
-:class:`Persist` (write the checkpoint now, before anything else is sent), :class:`RoundDone` (the round's one
-record), :class:`OpenFailed` (a cohort that could not be opened; it waits again).
+Events: :meth:`RoundEngine.checkin`, :meth:`withdraw`, :meth:`deliver` (a client's payload), :meth:`keyholder_reply`
+/ :meth:`keyholder_failed`, :meth:`tick` (the driver's clock: real or simulated).
+Effects (:meth:`drain`): :class:`Task` (a cohort member's round), :class:`ModelReply` (asynchronous: train on
+this version), :class:`Mail` (for a client), :class:`ToKeyholder`, :class:`Persist` (write the checkpoint now,
+before anything else is sent), :class:`RoundDone` (the round's one record), :class:`OpenFailed` (waits again).
 
 Invariants (every driver inherits them):
 
 * a message reaches the aggregator role only if its round id is the open round's and its sender is in that round's
   cohort; anything else raises a named ``SecAggError`` and changes nothing;
-* a stage that makes no progress for ``stage_timeout`` (the first stage: plus ``train_timeout``) is closed
-  (``close_stage``): silent clients become dropouts; after ``max_closes`` fruitless closes, or if too few survive,
-  the round is aborted (the next one gets a fresh cohort and round id); no stage is closed while the key holder
-  is working on the round;
+* a stage without progress for ``stage_timeout`` (the first: plus ``train_timeout``) is closed: silent clients
+  become dropouts; after ``max_closes`` fruitless closes, or too few survivors, the round is aborted (the next
+  gets a fresh cohort and round id); no stage is closed while the key holder works on the round;
 * round ids are written ahead (a :class:`Persist` before the round's tasks), so none is ever reused;
-* the model changes only after the result is validated; the new model, the round counter and the strategy's state
-  are persisted together before :class:`RoundDone`; a failed server step leaves the strategy's state as it was;
-* a round's public strategy terms are fixed when it opens, sent in its task, and used for its server step;
-* privacy reports are composed into the client's ledger once (a re-sent report id is ignored) and persisted
-  before the check-in is answered.
+* the model changes only after the result is validated; model, round counter and strategy state are persisted
+  together before :class:`RoundDone`; a failed server step leaves the strategy's state as it was;
+* a round's public strategy terms are fixed when it opens, sent in its task (bound into what each client signs
+  or seals: :func:`secagg.terms.terms_digest`), and used for its server step;
+* privacy reports are composed into the client's ledger once (re-sent ids ignored), persisted before the answer.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,8 +34,9 @@ from secagg.errors import (ConfigurationError, MalformedMessageError, SecAggErro
                            WrongRoundError)
 from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, Outbound
 from training.engine.cohort import Cohorts
+from training.engine.effects import Effect, Mail, ModelReply, OpenFailed, Persist, RoundDone, Task, ToKeyholder
 from training.engine.roles import Identity, Scheme
-from training.engine.rounds import Round, RoundPolicy, RoundRecord
+from training.engine.rounds import Round, RoundPolicy
 from training.engine.state import ServerState
 from training.engine.terms import StrategyStep
 
@@ -46,57 +44,6 @@ __all__ = ["RoundEngine", "Task", "ModelReply", "Mail", "ToKeyholder", "Persist"
            "Effect"]
 
 log = logging.getLogger("training.engine")
-
-
-@dataclass(frozen=True)
-class Task:
-    """Client ``cid`` is in round ``round_id``: its public ``header`` (type, round ids, scheme, params with the
-    strategy terms) and the model to train on (None for an asynchronous round: members trained already)."""
-
-    cid: int
-    round_id: int
-    header: dict
-    model: np.ndarray | None
-
-
-@dataclass(frozen=True)
-class ModelReply:
-    cid: int
-    version: int
-    model: np.ndarray
-
-
-@dataclass(frozen=True)
-class Mail:
-    cid: int
-    round_id: int
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class ToKeyholder:
-    round_id: int
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class Persist:
-    state: ServerState
-
-
-@dataclass(frozen=True)
-class RoundDone:
-    record: RoundRecord
-    error: SecAggError | None = None  # why an aborted round was aborted
-
-
-@dataclass(frozen=True)
-class OpenFailed:
-    cohort: tuple[int, ...]
-    error: SecAggError
-
-
-Effect = Task | ModelReply | Mail | ToKeyholder | Persist | RoundDone | OpenFailed
 
 
 def as_secagg(exc: Exception) -> SecAggError:

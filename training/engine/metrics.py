@@ -13,7 +13,12 @@ from dataclasses import asdict, dataclass, field
 
 from training.engine.rounds import RoundRecord
 
-__all__ = ["RoundMetrics", "metrics_of"]
+__all__ = ["RoundMetrics", "metrics_of", "RECORD_RELATION", "CLIENT_RELATION"]
+
+# The example counts N_i are public (check-in weights), so a record-level ε holds for replace-one neighbours only;
+# the central ε of distributed DP is client-level: one client's clipped update in the sum or not (add-remove).
+RECORD_RELATION = "replace-one record"
+CLIENT_RELATION = "add-remove client"
 
 
 @dataclass
@@ -45,8 +50,10 @@ class RoundMetrics:
     dropped: list[int]
     staleness: dict[int, int]
     comm_seconds_per_client: dict[int, float] = field(default_factory=dict)
+    epsilon_relation: str | None = None  # the neighbouring relation of ``epsilon`` (record-level, per client)
     central_epsilon: float | None = None  # distributed DP: client-level ε of every sum released so far, ...
     colluders: int | None = None  # ... against this many clients colluding with the server (their shares known)
+    central_relation: str | None = None  # ... for this relation (one client's update present or absent)
     round_id: int | None = None
     status: str = "done"
     cohort: list[int] = field(default_factory=list)
@@ -67,6 +74,7 @@ def metrics_of(rec: RoundRecord, *, loss: float | None, epsilon_per_client: dict
     row = dict(round=rec.round + 1 if done else rec.round, loss=loss,
                perplexity=math.exp(min(loss, 50.0)) if loss is not None and language_model else None,
                epsilon=max(known) if known else None, epsilon_per_client=dict(epsilon_per_client),
+               epsilon_relation=RECORD_RELATION if known else None,
                bytes_up=rec.bytes_up, bytes_down=rec.bytes_down + rec.task_bytes,
                bytes_up_per_client=dict(rec.up), bytes_down_per_client=dict(rec.down), seconds=rec.seconds,
                compute_seconds=None, secure_seconds=rec.seconds, modelled_seconds=None, sim_time=None,

@@ -313,6 +313,10 @@ def test_secagg_up_trains_a_real_model_with_every_role_a_process(tmp_path):
         assert ref - 1e-3 <= ledger.spent() <= ref * 1.01
         assert own[f"client-{cid}"]["epsilon"] == pytest.approx(ledger.spent(), rel=1e-9)
         assert own[f"client-{cid}"]["releases"] == 2
+        # each round's row already counts that round's training (reported with the round's first message)
+        for k, row in enumerate(rows, start=1):
+            want = pld_epsilon(ledger.events[:2 * k], 1e-5, relation="replace-one")
+            assert want - 1e-3 <= row["epsilon_per_client"][cid] <= want * 1.01, (k, row["epsilon_per_client"])
 
 
 def test_secagg_up_twice_continues_each_clients_budget_and_refuses_before_releasing(tmp_path):

@@ -117,9 +117,9 @@ def test_loss_weighted_over_grpc_is_formula_2_and_no_weight_reaches_the_aggregat
         coord = dep.coordinator
         send, checkin = coord.send, coord.checkin
 
-        def spy_send(cid, round_id, payload):
+        def spy_send(cid, round_id, payload, *report):
             seen.append(payload)
-            return send(cid, round_id, payload)
+            return send(cid, round_id, payload, *report)
 
         def spy_checkin(cid, weight, *args, **kw):
             checkins[cid] = weight

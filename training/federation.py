@@ -28,7 +28,7 @@ import numpy as np
 from secagg.errors import SecAggError, StageError
 from secagg.roles import AGGREGATOR, KEYHOLDER, message_tag
 from training.aggregation.base import Strategy
-from training.engine.contribution import contribute
+from training.engine.contribution import IntegerNoise, contribute
 from training.engine.core import Mail, OpenFailed, RoundDone, RoundEngine, Task, ToKeyholder
 from training.engine.rounds import RoundPolicy, RoundRecord
 from training.engine.state import ServerState
@@ -229,13 +229,17 @@ class Federation:
     def _start(self, task: Task) -> None:
         c, params = task.cid, task.header["params"]
         terms = params["strategy"]
+        scheme = self.secure.roles
+        noise = None if self.update_clip is None or not self.noise_multiplier else \
+            IntegerNoise(self.noise_multiplier, self.update_clip, self.noise_shares)
         contrib = contribute(self.strategy, self._pending[c], task.header["round"], terms,
-                             update_clip=self.update_clip, noise_multiplier=self.noise_multiplier,
+                             update_clip=self.update_clip,
+                             noise_multiplier=0.0 if scheme.integer_noise else self.noise_multiplier,
                              noise_shares=self.noise_shares, cohort=len(params["cohort"]))
         if self._peers is None and self.secure.signed:  # the cohort's verified keys, once per round
             self._peers = {i: self.secure.identity(i).key for i in params["cohort"]}
-        role = self.secure.roles.client_role(c, params, self.secure.public, self.secure.signer(c), self._peers,
-                                             sessions=self.secure.sessions[c])
+        role = scheme.client_role(c, params, self.secure.public, self.secure.signer(c), self._peers,
+                                  sessions=self.secure.sessions[c], noise=noise)
         self._roles[c] = role
         self._emit(c, task.round_id, role.start(contrib.vector, contrib.weight))
 

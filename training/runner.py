@@ -80,8 +80,9 @@ class Runner:
             clip = noise_range(clip, noise_multiplier=f.noise_multiplier, n_clients=self.shares)
         self.central = central_account(f.noise_multiplier, noise_shares=self.shares, delta=cfg.dp.delta,
                                        dim=get_flat(self.eval_model).size, colluders=cfg.dp.colluders,
-                                       accountant=cfg.dp.accountant, neighbors=f.neighbors, threshold=f.threshold,
-                                       share_dropouts=f.share_dropouts, max_corrupt=f.max_corrupt)
+                                       accountant=cfg.dp.accountant, scheme=f.scheme, neighbors=f.neighbors,
+                                       threshold=f.threshold, share_dropouts=f.share_dropouts,
+                                       max_corrupt=f.max_corrupt)
         secure = SecureSum(f.scheme, params=f.ckks_params, min_contributors=f.min_contributors,
                            clip=clip, ring_bits=f.ring_bits, threshold=f.threshold,
                            neighbors=f.neighbors, max_cohort=f.clients, max_corrupt=f.max_corrupt,

@@ -46,7 +46,9 @@ class RoundContext:
         self.report_result: RoundReport | None = None
 
     def report(self, *, num_samples: int, loss: float) -> None:
-        """Declare this round's sample count and mean training loss (the loss never leaves the client)."""
+        """Declare this round's sample count and mean training loss. The loss is never sent, but the
+        loss-weighted rule turns it into this client's (hidden) weight inside the released sum: a private loop
+        should pass a DP loss release (``privacy.dpsgd.DPTrainer.release_loss``), not its raw loss."""
         if self._reported is not None:
             raise SessionError("report() called twice in one round")
         self._reported = (int(num_samples), float(loss))

@@ -6,7 +6,9 @@ shares, so the sum's noise multiplier against the coalition is z·√((m − c)/
 (:func:`privacy.distributed.central_noise_multiplier`); rounds compose (q = 1). The clamp of each share
 (probability ``clamp_probability`` per client and round) is paid from δ. A sum with m <= c carries no honest
 noise: ε is infinite from then on. ``c`` defaults to the masking corruption bound for the cohort
-(:func:`default_colluders`).
+(:func:`default_colluders`). Masking (``integer``) adds discrete Gaussian shares on the integer grid, so each
+of its sums is a zCDP event of exactly that mechanism (:func:`privacy.discrete.sum_rho`: m − c honest shares,
+the rounding's sensitivity inflation included); CKKS and packed sums are Gaussian events.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from __future__ import annotations
 import math
 
 from privacy.accounting import epsilon_of_events
+from privacy.discrete import sum_rho
 from privacy.distributed import central_noise_multiplier
-from privacy.events import PrivacyEvent
+from privacy.events import PrivacyEvent, zcdp_event
 from privacy.noise import clamp_probability
 from secagg.masking.config import corruption_bound
 from training.engine.metrics import CLIENT_RELATION
@@ -36,14 +39,14 @@ class CentralAccount:
     """Composes the central ε of each released sum (see the module)."""
 
     def __init__(self, noise_multiplier: float, *, noise_shares: int, colluders: int, delta: float, dim: int,
-                 accountant: str = "prv") -> None:
+                 accountant: str = "prv", integer: bool = False) -> None:
         if colluders >= noise_shares:
             from training.errors import ConfigError
 
             raise ConfigError(f"dp.colluders = {colluders} leaves no honest noise share of the {noise_shares} "
                               "every sum needs: the central guarantee would be void")
         self.z, self.n, self.c, self.delta, self.dim = noise_multiplier, noise_shares, colluders, delta, dim
-        self.accountant = accountant
+        self.accountant, self.integer = accountant, integer
         self.events: list[PrivacyEvent] = []
         self.void = False
         self.epsilon = 0.0  # ε of the sums added so far
@@ -55,23 +58,28 @@ class CentralAccount:
         if self.void:
             self.epsilon = math.inf
             return self.epsilon
-        self.events.append(PrivacyEvent(central_noise_multiplier(
-            self.z, n_clients=self.n, survivors=min(survivors, self.n), colluders=self.c), 1.0, 1))
+        m = min(survivors, self.n)
+        if self.integer:
+            self.events.append(zcdp_event(sum_rho(self.z, n_clients=self.n, honest=m - self.c, dim=self.dim)))
+        else:
+            self.events.append(PrivacyEvent(central_noise_multiplier(self.z, n_clients=self.n, survivors=m,
+                                                                     colluders=self.c), 1.0, 1))
         slack = len(self.events) * self.n * clamp_probability(self.dim)
         self.epsilon = epsilon_of_events(self.events, self.delta - slack, accountant=self.accountant)
         return self.epsilon
 
 
 def central_account(noise_multiplier: float, *, noise_shares: int, delta: float, dim: int,
-                    colluders: int | None = None, accountant: str = "prv",
+                    colluders: int | None = None, accountant: str = "prv", scheme: str = "masking",
                     **masking_options: int | None) -> CentralAccount | None:
-    """The account of a deployment (None without distributed noise); ``colluders`` None: :func:`default_colluders`
-    for ``noise_shares`` clients under ``masking_options`` (neighbors, threshold, share_dropouts, max_corrupt)."""
+    """The account of a deployment of ``scheme`` (None without distributed noise); ``colluders`` None:
+    :func:`default_colluders` for ``noise_shares`` clients under ``masking_options`` (neighbors, threshold,
+    share_dropouts, max_corrupt)."""
     if not noise_multiplier:
         return None
     c = default_colluders(noise_shares, **masking_options) if colluders is None else colluders
     return CentralAccount(noise_multiplier, noise_shares=noise_shares, colluders=c, delta=delta, dim=dim,
-                          accountant=accountant)
+                          accountant=accountant, integer=scheme == "masking")
 
 
 def central_of(account: CentralAccount | None, record) -> dict:

@@ -64,17 +64,23 @@ class ClientSession:
                 ready()
             except BudgetExceededError as e:
                 self.retired = e
-        if self.report is None and getattr(self.source, "events", ()):
-            self.report = (secrets.token_hex(8), [e.to_dict() for e in self.source.events])
-            self.source.events = ()  # pending in self.report until acknowledged
         header: dict[str, Any] = {"client_id": self.client_id, "weight": float(self.source.weight)}
-        if self.report is not None:
-            header |= {"report": self.report[0], "privacy": self.report[1]}
+        header |= self.report_header()
         if self.trained is not None:
             header["base"] = self.trained.base_version
         if self.retired is not None:
             header["retire"] = f"{type(self.retired).__name__}: {self.retired}"
         return header
+
+    def report_header(self) -> dict[str, Any]:
+        """The pending privacy report as header fields (``report``, ``privacy``; {} when none): the source's DP
+        events since the last acknowledged report, under one id. Sent with the check-in and with a round's first
+        message (so the round's metrics count its training); pending until a check-in is acknowledged, and a
+        re-sent id is composed once."""
+        if self.report is None and getattr(self.source, "events", ()):
+            self.report = (secrets.token_hex(8), [e.to_dict() for e in self.source.events])
+            self.source.events = ()  # pending in self.report until acknowledged
+        return {} if self.report is None else {"report": self.report[0], "privacy": self.report[1]}
 
     def acknowledged(self) -> None:
         """The aggregator answered the check-in: its checkpointed ledger holds the report."""
@@ -116,5 +122,7 @@ class ClientSession:
         return round_id, params, validate_update(np.asarray(vector), dim), float(weight)
 
     def role(self, params: dict, context: object, signer=None, peers=None) -> ClientRole:
-        """This client's role for the task's ``params`` (``peers``: verified keys of a signed cohort)."""
-        return self.scheme.client_role(self.client_id, params, context, signer, peers, sessions=self.sessions)
+        """This client's role for the task's ``params`` (``peers``: verified keys of a signed cohort; the
+        source's own ``integer_noise``, if any, for a scheme that adds integer noise in the role)."""
+        return self.scheme.client_role(self.client_id, params, context, signer, peers, sessions=self.sessions,
+                                       noise=getattr(self.source, "integer_noise", None))

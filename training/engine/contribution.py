@@ -7,11 +7,17 @@ The only copy: every driver's client (in-process, gRPC client process, Flower Cl
 configuration, never the aggregator's word: a task whose cohort is smaller is refused, because fewer shares than
 configured would carry less noise than the accounting assumes. ``w_ref`` is the cohort's largest public weight
 (``max_weight`` in the terms; a smaller value than this client's weight is refused by ``weighted_share``).
+
+Masking sums integers, so there the noise is integer too (:class:`IntegerNoise`, the distributed discrete
+Gaussian of :mod:`privacy.discrete`): :func:`contribute` is then called without a noise multiplier, and the
+masking role is wrapped so that its value lane is the rounded update plus N_Z noise on the round's own grid;
+the central ε is computed for exactly that (:mod:`training.engine.central`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +30,7 @@ from training.engine.terms import encode_update
 from training.errors import ConfigError
 from training.update import ClientUpdate
 
-__all__ = ["contribute"]
+__all__ = ["contribute", "IntegerNoise", "NoisyMaskingClient"]
 
 
 def contribute(strategy: Strategy, update: ClientUpdate, round_no: int, terms: Mapping[str, Any], *,
@@ -49,3 +55,45 @@ def contribute(strategy: Strategy, update: ClientUpdate, round_no: int, terms: M
             x = weighted_share(x, weight, clip_norm=update_clip, noise_multiplier=noise_multiplier,
                                n_clients=noise_shares, reference_weight=reference)
     return Contribution(x, weight)
+
+
+@dataclass(frozen=True)
+class IntegerNoise:
+    """A client's own distributed-noise configuration: multiplier z, clip C, the n shares it is configured for."""
+
+    noise_multiplier: float
+    update_clip: float
+    noise_shares: int
+
+
+class NoisyMaskingClient:
+    """A :class:`secagg.masking.MaskingClient` whose value lane carries this client's discrete Gaussian share,
+    scaled to the round's public ``max_weight`` (the task's terms, bound into the session id)."""
+
+    def __init__(self, inner, noise: IntegerNoise, terms: Mapping[str, Any], cohort: int) -> None:
+        if cohort < noise.noise_shares:
+            raise ConfigurationError(f"the round's cohort of {cohort} is smaller than the {noise.noise_shares} "
+                                     "noise shares this client is configured for; refusing the round")
+        self.inner, self.noise, self.reference = inner, noise, terms.get("max_weight")
+        self.client_id = inner.client_id
+
+    @property
+    def stage(self) -> str:
+        return self.inner.stage
+
+    @property
+    def done(self) -> bool:
+        return self.inner.done
+
+    def start(self, update: np.ndarray, weight: float):
+        from privacy.discrete import discrete_levels
+
+        codec, n = self.inner.config.value_codec, self.noise
+        reference = float(weight if self.reference is None else self.reference)
+        levels = discrete_levels(update, float(weight), scale=codec.scale, max_level=codec.max_level,
+                                 clip_norm=n.update_clip, noise_multiplier=n.noise_multiplier,
+                                 n_clients=n.noise_shares, reference_weight=reference)
+        return self.inner.start_levels(levels, weight)
+
+    def receive(self, payload: bytes):
+        return self.inner.receive(payload)

@@ -121,11 +121,7 @@ class RoundEngine:
         ``retire``: the client withdraws for good (its reason; e.g. its budget cannot afford a round)."""
         if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight > 0):
             raise MalformedMessageError(f"weight must be positive and finite, got {weight!r}")
-        if privacy and not 8 <= len(report) <= 64:
-            raise MalformedMessageError("a privacy report needs a report id of 8 to 64 characters")
-        if privacy and self.state.reports.get(str(cid)) != report:
-            self.state.record_privacy(cid, privacy, report, self.ledger_budget)
-            self._out.append(Persist(self.state))  # durable before the client is told
+        self.report(cid, privacy, report)
         if identity is not None:
             self.identities[cid] = identity
         if retire is not None:
@@ -139,6 +135,16 @@ class RoundEngine:
             self._out.append(ModelReply(cid, self.state.round, self.state.model))
             return False
         return True
+
+    def report(self, cid: int, privacy: list | None, report: str) -> None:
+        """Compose client ``cid``'s privacy report (the DP events of its training under the id ``report``) into
+        its ledger once, durable (a :class:`Persist`) before the client is answered; sent at check-in and with
+        a round's first message, so the round's metrics already count its training."""
+        if privacy and not (isinstance(report, str) and 8 <= len(report) <= 64):
+            raise MalformedMessageError("a privacy report needs a report id of 8 to 64 characters")
+        if privacy and self.state.reports.get(str(cid)) != report:
+            self.state.record_privacy(cid, privacy, report, self.ledger_budget)
+            self._out.append(Persist(self.state))
 
     def withdraw(self, cid: int) -> None:
         """A waiting client left (its check-in timed out or its connection closed)."""

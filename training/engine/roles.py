@@ -86,15 +86,22 @@ class Scheme:
 
     def client_role(self, client_id: int, params: dict[str, Any], context: object,
                     signer: Ed25519PrivateKey | None = None, peers: Mapping[int, Ed25519PublicKey] | None = None, *,
-                    sessions: set[bytes] | None = None) -> ClientRole:
+                    sessions: set[bytes] | None = None, noise: Any = None) -> ClientRole:
         """This client's role for the round (``context``: the key holder's public context, bytes or parsed);
         for signed rounds ``signer`` (its signing key) and ``peers``: the
         verified key of every cohort member, resolved from the roster digest ``params["identities"]``;
-        ``sessions``: the masking sessions this client already took part in (a reused one is refused)."""
+        ``sessions``: the masking sessions this client already took part in (a reused one is refused);
+        ``noise``: the client's :class:`~training.engine.contribution.IntegerNoise`, for a scheme that adds its
+        distributed noise on the integer grid itself (:attr:`integer_noise`); the others ignore it."""
         raise NotImplementedError
 
     @property
     def needs_keyholder(self) -> bool:
+        return False
+
+    @property
+    def integer_noise(self) -> bool:
+        """Whether clients add their distributed noise in the role (integers) rather than in the contribution."""
         return False
 
     @property
@@ -170,7 +177,11 @@ class MaskingScheme(Scheme):
             peers = {c: identities[c].key for c in cohort}
         return params, MaskingServer(self._config(params), peer_identities=peers)
 
-    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None):
+    @property
+    def integer_noise(self) -> bool:
+        return True
+
+    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None, noise=None):
         from secagg.masking import MaskingClient
 
         config = self._config(params)
@@ -179,14 +190,20 @@ class MaskingScheme(Scheme):
         if listed is None:
             if self.needs_identities:
                 raise AuthenticationError("this deployment signs masking rounds, but the round lists no identities")
-            return MaskingClient(client_id, config, sessions=sessions)
-        if signer is None:
-            raise ConfigurationError(f"client {client_id} has no signing identity for a signed masking round")
-        if not isinstance(listed, str):
-            raise MalformedMessageError("the round's identities are not a roster digest")
-        if peers is None or set(peers) != set(config.participants):
-            raise AuthenticationError("a signed masking round needs a verified key for every cohort member")
-        return MaskingClient(client_id, config, identity=signer, peer_identities=dict(peers), sessions=sessions)
+            role = MaskingClient(client_id, config, sessions=sessions)
+        else:
+            if signer is None:
+                raise ConfigurationError(f"client {client_id} has no signing identity for a signed masking round")
+            if not isinstance(listed, str):
+                raise MalformedMessageError("the round's identities are not a roster digest")
+            if peers is None or set(peers) != set(config.participants):
+                raise AuthenticationError("a signed masking round needs a verified key for every cohort member")
+            role = MaskingClient(client_id, config, identity=signer, peer_identities=dict(peers), sessions=sessions)
+        if noise is None or not noise.noise_multiplier:
+            return role
+        from training.engine.contribution import NoisyMaskingClient
+
+        return NoisyMaskingClient(role, noise, params.get("strategy") or {}, len(config.participants))
 
 
 class CKKSScheme(Scheme):
@@ -217,7 +234,7 @@ class CKKSScheme(Scheme):
                              min_contributors=int(self.options.get("min_contributors", 2)))
         return params, agg
 
-    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None):
+    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None, noise=None):
         from secagg.ckks import CKKSClient
 
         if context is None:
@@ -276,7 +293,7 @@ class PackedScheme(Scheme):
                                **common)
         return params, agg
 
-    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None):
+    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None, noise=None):
         from secagg.packed import PackedClient
 
         if context is None:

@@ -138,7 +138,8 @@ class FlowerAggregator:
                                         step=self.work.step(), context=context, ledger_budget=self.work.ledger_budget)
         self.central = central_account(s.get("noise_multiplier", 0.0), noise_shares=s["cohort_size"],
                                        delta=self.work.ledger_budget[1], dim=self.work.dim,
-                                       colluders=self.work.colluders, **s.get("masking", {}))
+                                       colluders=self.work.colluders, scheme=self.scheme.name,
+                                       **s.get("masking", {}))
         if context is not None:
             for c in self.nodes:
                 eng.count_sent(c, len(context))

@@ -92,7 +92,8 @@ class AggregatorService:
     def Send(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         header, payload = unpack(join(request_iterator, self.limit))
         cid = _client(context, header)
-        self.coord.send(cid, field(header, "round_id", int), payload)
+        self.coord.send(cid, field(header, "round_id", int), payload, field(header, "privacy", list, []),
+                        field(header, "report", str, ""))
         return pack({"ok": True})
 
     @guarded_stream

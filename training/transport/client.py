@@ -59,6 +59,7 @@ class ClientAgent:
         self.stop = threading.Event()
         self.on_task: Callable[[dict], None] | None = None  # test hook: sees each task header before training
         self.session = ClientSession(self.client_id, scheme, source)  # the engine's client side
+        self._report: dict = {}  # the privacy report for the open round's first message (see _send)
 
     def _rpc_timeout(self) -> float:
         return self.poll + 30.0
@@ -130,6 +131,7 @@ class ClientAgent:
                                               lambda: self._certificates(round_id, None),
                                               lambda ids: self._certificates(round_id, ids))
         role = self.session.role(params, ctx, self.creds.signer() if peers is not None else None, peers)
+        self._report = self.session.report_header()  # rides on the round's first message to the aggregator
         self._send(round_id, role.start(vector, weight))
         while not role.done and not self.stop.is_set():
             env = self.stub.unary_stream("Receive", pack({"client_id": self.client_id, "round_id": round_id}),
@@ -167,10 +169,15 @@ class ClientAgent:
         return {int(k): v for k, v in got.items()}
 
     def _send(self, round_id: int, outs: list[Outbound]) -> None:
+        """Send the role's messages; a pending privacy report (``_report``) rides on the first to the aggregator,
+        so the round's metrics count this round's training (it stays pending until a check-in is answered)."""
         for out in outs:
             if out.to not in (AGGREGATOR, KEYHOLDER):
                 raise MalformedMessageError(f"client roles talk to the aggregator or key holder, not {out.to}")
-            env = pack({"client_id": self.client_id, "round_id": round_id}, out.payload)
+            head = {"client_id": self.client_id, "round_id": round_id}
+            if out.to == AGGREGATOR and self._report:
+                head, self._report = head | self._report, {}
+            env = pack(head, out.payload)
             self.bytes_up += len(env)
             if out.to == KEYHOLDER:
                 self._keyholder_stub().stream_unary("Seed", env, self._rpc_timeout())

@@ -140,9 +140,12 @@ class Coordinator:
             self.engine.withdraw(cid)
             return pack({"type": "finished", "round": self.engine.state.round})
 
-    def send(self, cid: int, round_id: int, payload: bytes) -> None:
-        """Deliver one message from client ``cid`` to the open round's role (raises a named error to refuse)."""
+    def send(self, cid: int, round_id: int, payload: bytes, privacy: list | None = None, report: str = "") -> None:
+        """Deliver one message from client ``cid`` to the open round's role (raises a named error to refuse);
+        a privacy report riding on it is composed first (durable before the answer)."""
         with self.cond:
+            if privacy:
+                self._call(self.engine.report, cid, privacy, report)
             self._call(self.engine.deliver, cid, round_id, payload, time.monotonic())
 
     def receive(self, cid: int, round_id: int, timeout: float, alive: Callable[[], bool] = lambda: True) -> bytes:

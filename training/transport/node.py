@@ -100,7 +100,7 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
     out.mkdir(parents=True, exist_ok=True)
 
     central = central_account(cfg.noise_multiplier, noise_shares=cfg.cohort_size, delta=work.ledger_budget[1],
-                              dim=work.dim, colluders=work.colluders, neighbors=cfg.neighbors,
+                              dim=work.dim, colluders=work.colluders, scheme=cfg.scheme, neighbors=cfg.neighbors,
                               threshold=cfg.threshold, share_dropouts=cfg.share_dropouts, max_corrupt=cfg.max_corrupt)
 
     def on_round(rec: RoundRecord) -> None:

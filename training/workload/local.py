@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from training.engine.contribution import contribute
+from training.engine.contribution import IntegerNoise, contribute
 from training.engine.terms import StrategyStep
 from training.transport.config import TransportConfig
 
@@ -77,10 +77,20 @@ class _TrainerSource:
     def encode(self, update, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
         """The engine's client-side contribution (as in-process): strategy encode, L2 clip, noise share."""
         f = self.work.run.federation
+        z = 0.0 if self.integer_noise is not None else f.noise_multiplier  # masking: the role adds it
         c = contribute(self.strategy, update, round_no, terms, update_clip=f.update_clip,
-                       noise_multiplier=f.noise_multiplier, noise_shares=self.work.cohort,
+                       noise_multiplier=z, noise_shares=self.work.cohort,
                        cohort=terms.get("cohort_size"), announced=self.weight)
         return c.vector, c.weight
+
+    @property
+    def integer_noise(self) -> IntegerNoise | None:
+        """Masking sums integers: this client's distributed-noise share is a discrete Gaussian its masking role
+        adds on the round's grid (None for the other schemes, or without distributed noise)."""
+        f = self.work.run.federation
+        if self.work.scheme != "masking" or not f.noise_multiplier or f.update_clip is None:
+            return None
+        return IntegerNoise(f.noise_multiplier, f.update_clip, self.work.cohort)
 
     def compute(self, model: np.ndarray, round_no: int) -> np.ndarray:
         return self.contribute(model, round_no, {})[0]
@@ -107,6 +117,7 @@ class LocalWorkload:
         self.spec = ModelSpec.from_config(m, self.data.vocab_size, run.data.block_size, run.train.seed,
                                           run.data.cache_dir)
         self.cohort = cfg.cohort_size
+        self.scheme = cfg.scheme  # the deployment's (packed too), not the run file's
         from training.ledgers import default_ledger_dir
 
         self.ledger_dir = default_ledger_dir(cfg.ledger or run.dp.ledger, None)

@@ -33,6 +33,13 @@ from training.update import ClientUpdate
 __all__ = ["contribute", "IntegerNoise", "NoisyMaskingClient"]
 
 
+def check_cohort(cohort: int, noise_shares: int) -> None:
+    """Fewer shares than configured would carry less noise than the accounting assumes: refuse the round."""
+    if cohort < noise_shares:
+        raise ConfigurationError(f"the round's cohort of {cohort} is smaller than the {noise_shares} noise shares "
+                                 "this client is configured for; refusing the round")
+
+
 def contribute(strategy: Strategy, update: ClientUpdate, round_no: int, terms: Mapping[str, Any], *,
                update_clip: float | None, noise_multiplier: float = 0.0, noise_shares: int = 1,
                cohort: int | None = None, announced: float | None = None) -> Contribution:
@@ -48,9 +55,8 @@ def contribute(strategy: Strategy, update: ClientUpdate, round_no: int, terms: M
     if update_clip is not None:
         x, _ = clip_update(x, update_clip)
         if noise_multiplier > 0:
-            if cohort is not None and cohort < noise_shares:
-                raise ConfigurationError(f"the round's cohort of {cohort} is smaller than the {noise_shares} "
-                                         "noise shares this client is configured for; refusing the round")
+            if cohort is not None:
+                check_cohort(cohort, noise_shares)
             reference = float(terms.get("max_weight", weight))
             x = weighted_share(x, weight, clip_norm=update_clip, noise_multiplier=noise_multiplier,
                                n_clients=noise_shares, reference_weight=reference)
@@ -71,9 +77,7 @@ class NoisyMaskingClient:
     scaled to the round's public ``max_weight`` (the task's terms, bound into the session id)."""
 
     def __init__(self, inner, noise: IntegerNoise, terms: Mapping[str, Any], cohort: int) -> None:
-        if cohort < noise.noise_shares:
-            raise ConfigurationError(f"the round's cohort of {cohort} is smaller than the {noise.noise_shares} "
-                                     "noise shares this client is configured for; refusing the round")
+        check_cohort(cohort, noise.noise_shares)
         self.inner, self.noise, self.reference = inner, noise, terms.get("max_weight")
         self.client_id = inner.client_id
 

@@ -123,7 +123,7 @@ class MaskingClient(StagedRole):
         if levels.size and int(np.abs(levels).max()) > top:
             raise MalformedUpdateError(f"a level exceeds ±{top}: the sum of the cohort could wrap")
         enc = np.empty(cfg.dim + 1, dtype=cfg.dtype)
-        enc[:-1] = (levels.astype(np.uint64) & np.uint64(cfg.ring_mask)).astype(cfg.dtype)  # two's complement
+        enc[:-1] = (levels.view(np.uint64) & np.uint64(cfg.ring_mask)).astype(cfg.dtype)  # two's complement
         return self._advertise(enc, w)
 
     def _advertise(self, enc: np.ndarray, w: float) -> list[Outbound]:

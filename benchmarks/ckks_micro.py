@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import tenseal as ts
 
+from secagg.he_keyholder import granted_tag_key
 from secagg.ckks import PARAMS, CKKSAggregator, CKKSClient, KeyHolder
 from secagg.roles import AGGREGATOR, KEYHOLDER
 
@@ -31,7 +32,7 @@ TARGET_RATIO, TARGET_ERROR = 14.5, 1e-6  # default set: at most 14.5x float32, e
 
 def _round(kh: KeyHolder, xs: list[np.ndarray], ws: list[float], round_id: int) -> dict:
     ctx, n, dim = kh.public_context(), len(xs), xs[0].shape[0]
-    clients = [CKKSClient(i, ctx, round_id=round_id, max_cohort=n) for i in range(n)]
+    clients = [CKKSClient(i, ctx, round_id=round_id, max_cohort=n, tag_key=granted_tag_key(kh, i)) for i in range(n)]
     t = time.perf_counter()
     sent = [c.start(x, w) for c, x, w in zip(clients, xs, ws)]
     encrypt = (time.perf_counter() - t) / n

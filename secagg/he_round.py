@@ -4,15 +4,19 @@ Each client sends the key holder its sealed pad seed (:mod:`secagg.he_pads`) and
 contribution: ``[w*x, w]`` and zero *guard* values, encrypted under the key holder's public key, with a secret
 uniform pad added to ``c0`` of every ciphertext, in the compact raw form of :mod:`secagg.hazmat.rlwe`. The
 aggregator adds residues mod ``q`` without any key and sends the sum to the key holder once every participant
-submitted, or at ``close_stage()`` with whoever did. The key holder removes the named contributors' pads, decrypts,
-and releases the sum only if every guard decrypts to zero: otherwise the aggregate was not the sum of exactly the
-named contributions under this key and this round (``VerificationError``), and nothing is released.
+submitted, or at ``close_stage()`` with whoever did. The key holder (:mod:`secagg.he_keyholder`) checks the
+aggregate's linear tags against the sum of the tags each named contributor sealed with its seed
+(:mod:`secagg.he_tags`: a term the aggregator added itself fails them), removes the named contributors' pads,
+decrypts, and releases the sum only if every guard decrypts to zero: otherwise the aggregate was not the sum of
+exactly the named contributions under this key and this round (``VerificationError``), and nothing is released.
+Before its first round a client asks the key holder for the session tag key (:class:`TagKeyRequest`).
 
 Invariants kept here for both schemes:
 
 * the aggregator checks every contribution (stage, participant, round, sender = the client it names, no duplicate,
   session, layout, every residue reduced) before any of it touches the running sum;
 * fewer than ``min_contributors`` at the deadline raises ``DropoutError`` (stage ``"failed"``), nothing decrypted;
+* a client without the session tag key refuses to start (nothing it sent could be verified);
 * the key holder bounds every size field (``max_dim``, chunk count, contributors) before it allocates anything,
   decrypts at most one aggregate per round, and consumes that round's seeds whether it releases or refuses;
 * a key-holder result must answer the aggregate that was sent (round and contributor set);
@@ -26,32 +30,30 @@ Aggregator stages: ``"collect"`` -> ``"finalize"`` (sum sent, waiting for the ke
 
 from __future__ import annotations
 
-import math
+import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
 import tenseal as ts
 import tenseal.sealapi  # noqa: F401  (registers SEAL's types, e.g. Modulus, with pybind)
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from secagg.encoding import check_weight, validate_update
-from secagg.errors import AuthenticationError, CapacityError, ConfigurationError, DecryptionError, DropoutError, \
-    DuplicateMessageError, MalformedMessageError, StageError, TooFewContributorsError, UnknownClientError, \
-    VerificationError, WrongRoundError
-from secagg.he_pads import PadSeed, fresh_seed, open_seed, pad_key, seal_seed
+from secagg.errors import AuthenticationError, ConfigurationError, DropoutError, DuplicateMessageError, \
+    MalformedMessageError, StageError, UnknownClientError, WrongRoundError
+from secagg.he_pads import fresh_seed, pad_key, seal_seed
+from secagg.he_tags import compute_tags, open_grant, request_tag_key
 from secagg.hazmat import kex, rlwe
-from secagg.messages import decode
 from secagg.terms import NO_TERMS
 from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, Outbound, StagedRole
 
-__all__ = ["check_int", "bundle", "unbundle", "ring_of", "HEClient", "HEAggregator", "HEKeyHolder",
-           "DEFAULT_MAX_DIM", "MAX_PENDING_SEEDS"]
+__all__ = ["check_int", "bundle", "unbundle", "ring_of", "HEClient", "HEAggregator", 
+           "TagKeyRequest", "DEFAULT_MAX_DIM"]
 
 _BUNDLE_MAGIC = b"SAHE\x01"
 DEFAULT_MAX_DIM = 1 << 28  # values per aggregate the key holder accepts unless told otherwise
-MAX_PENDING_SEEDS = 1 << 16  # seeds of undecrypted rounds a key holder keeps at most
 
 
 def check_int(name: str, v: object, lo: int = 0) -> int:
@@ -81,6 +83,28 @@ def unbundle(data: bytes) -> tuple[bytes, bytes]:
     return bytes(data[head:]), key
 
 
+class TagKeyRequest:
+    """A client's request for the session tag key (:mod:`secagg.he_tags`) of the key holder whose public
+    ``bundle`` it holds: send :attr:`payload` to the key holder (relayed only if ``identity`` signs it), then
+    :meth:`open` its grant. The tag key is a client secret: never hand it to the aggregator."""
+
+    def __init__(self, bundle_bytes: bytes, client_id: int, identity: Ed25519PrivateKey | None = None) -> None:
+        _, self._seal_key = unbundle(bundle_bytes)
+        self.client_id, self.session = check_int("client_id", client_id), hashlib.sha256(bundle_bytes).digest()
+        self._eph, msg = request_tag_key(self.session, client_id, identity)
+        self.payload = msg.to_bytes()
+
+    def open(self, grant: bytes) -> bytes:
+        """The tag key in the key holder's ``grant`` (AuthenticationError/DecryptionError if it is not one)."""
+        return open_grant(grant, self._eph, self._seal_key, self.session, self.client_id)
+
+    def __getstate__(self) -> dict:  # a sealed snapshot (Flower node state) keeps the ephemeral key as raw bytes
+        return {**self.__dict__, "_eph": kex.private_bytes(self._eph)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _eph=kex.load_private(state["_eph"]))
+
+
 def ring_of(context: ts.Context, *, ntt: bool) -> tuple[rlwe.RingLayout, list[int]]:
     """The fresh-level ring layout of ``context`` and that level's parms_id."""
     data = context.seal_context().data.first_context_data()
@@ -92,11 +116,12 @@ def ring_of(context: ts.Context, *, ntt: bool) -> tuple[rlwe.RingLayout, list[in
 class HEClient(StagedRole, ABC):
     """Stages ``"ready"`` -> ``start`` -> ``"done"``; a refused input leaves the client ready to retry.
 
-    Subclasses set ``client_id``, ``round_id``, ``_layout``, ``_session_id``, ``_seal_key``, ``_identity`` (and
-    ``terms``, the digest of the round's public terms, when it has any) and implement :meth:`_encrypt` and
-    :meth:`_contribution`."""
+    Subclasses set ``client_id``, ``round_id``, ``_layout``, ``_session_id``, ``_seal_key``, ``_identity``,
+    ``_tag_key`` (the session tag key, :class:`TagKeyRequest`; without it ``start`` refuses) and ``terms`` (the
+    digest of the round's public terms, when it has any) and implement :meth:`_encrypt` and :meth:`_contribution`."""
 
     terms: bytes = NO_TERMS
+    _tag_key: bytes | None = None
     client_id: int
     round_id: int
     _layout: rlwe.RingLayout
@@ -108,6 +133,9 @@ class HEClient(StagedRole, ABC):
         """Encrypt and pad ``[weight * update, weight]``: the sealed seed to the key holder, then the contribution."""
         if self._stage != "ready":
             raise StageError(f"client {self.client_id} already submitted its contribution")
+        if self._tag_key is None:
+            raise ConfigurationError(f"client {self.client_id} has no tag key: request it from the key holder "
+                                     "(secagg.he_round.TagKeyRequest) before the first round")
         x = validate_update(update)
         w = check_weight(weight)
         serialized = self._encrypt(x, w)  # raises on out-of-range input before any randomness is spent
@@ -118,9 +146,12 @@ class HEClient(StagedRole, ABC):
         key = pad_key(seed, session_id=self._session_id, round_id=self.round_id, client_id=self.client_id,
                       terms=self.terms)
         rlwe.apply_pad(residues[:, 0], key, self._layout)
+        tags = compute_tags(residues, self._tag_key, self._layout, session_id=self._session_id,
+                            round_id=self.round_id)
         chunks = rlwe.pack(residues, self._layout)
         sealed = seal_seed(seed, self._seal_key, session_id=self._session_id, round_id=self.round_id,
-                           client_id=self.client_id, identity=self._identity, terms=self.terms)
+                           client_id=self.client_id, identity=self._identity, terms=self.terms,
+                           tags=tags.astype("<u8").tobytes())
         msg = self._contribution(int(x.shape[0]), tuple(chunks))
         self._stage = "done"
         return [Outbound(KEYHOLDER, sealed.to_bytes()), Outbound(AGGREGATOR, msg.to_bytes())]
@@ -249,121 +280,3 @@ class HEAggregator(StagedRole, ABC):
     @abstractmethod
     def _decode(self, msg: Any) -> tuple[np.ndarray, float]:
         """``(Σ w_i x_i, Σ w_i)`` from the key holder's result (already matched to the aggregate sent)."""
-
-
-class HEKeyHolder(ABC):
-    """Decrypts verified aggregates only; subclasses own the secret context, the chunk layout and the guard check."""
-
-    aggregate_type: ClassVar[type]
-    session_id: bytes
-    _public: bytes
-    _layout: rlwe.RingLayout
-
-    def _init_keyholder(self, min_contributors: int, max_contributors: int | None, max_dim: int,
-                        peer_identities: Mapping[int, Ed25519PublicKey] | None) -> None:
-        top = max_contributors if max_contributors is not None else math.inf
-        if isinstance(min_contributors, bool) or not isinstance(min_contributors, int) or \
-                not 2 <= min_contributors <= top:
-            bound = "" if max_contributors is None else f" and <= {max_contributors}"
-            raise ConfigurationError(f"min_contributors must be an int >= 2{bound} (a sum of one client is that "
-                                     f"client's update), got {min_contributors!r}")
-        self.min_contributors, self._max_contributors = min_contributors, max_contributors
-        self.max_dim = check_int("max_dim", max_dim, 1)
-        self._peers = dict(peer_identities) if peer_identities is not None else None
-        self._seal = kex.generate()
-        self.seal_key = kex.public_bytes(self._seal)
-        self._finalized: set[int] = set()
-        self._seeds: dict[int, dict[int, tuple[bytes, bytes]]] = {}  # round -> client -> (seed, terms digest)
-
-    def public_context(self) -> bytes:
-        """The public bundle: the context with the public key only (no secret, relinearization or Galois keys)
-        and the X25519 key clients seal their pad seeds to."""
-        return self._public
-
-    @property
-    def finalized_rounds(self) -> frozenset[int]:
-        """Round ids whose aggregate has been decrypted or refused (each is processed only once)."""
-        return frozenset(self._finalized)
-
-    def receive(self, sender: int, payload: bytes) -> list[Outbound]:
-        """A client's sealed pad seed, or an aggregate from the aggregator (answered with the verified sum)."""
-        msg = decode(payload)
-        if isinstance(msg, PadSeed):
-            return self._on_seed(sender, msg)
-        if sender != AGGREGATOR:
-            raise AuthenticationError(f"the key holder accepts aggregates from the aggregator only, not {sender}")
-        if not isinstance(msg, self.aggregate_type):
-            raise MalformedMessageError(f"the key holder decrypts {self.aggregate_type.__name__} only, "
-                                        f"got {type(msg).__name__}")
-        if self._session_of(msg) != self.session_id:
-            raise DecryptionError("aggregate was made under another session (another key holder or layout)")
-        if msg.dim > self.max_dim:
-            raise MalformedMessageError(f"aggregate of dim {msg.dim} exceeds this key holder's max_dim={self.max_dim}")
-        if len(msg.chunks) != self._chunk_count(msg.dim):
-            raise MalformedMessageError(f"aggregate has {len(msg.chunks)} chunks, dim {msg.dim} needs "
-                                        f"{self._chunk_count(msg.dim)}")
-        n = len(msg.contributors)
-        if n < self.min_contributors:
-            raise TooFewContributorsError(f"aggregate of {n} contributor(s); at least {self.min_contributors} required")
-        if self._max_contributors is not None and n > self._max_contributors:
-            raise MalformedMessageError(f"aggregate of {n} contributors exceeds max_cohort={self._max_contributors}: "
-                                        "lanes could carry into each other")
-        if msg.round_id in self._finalized:
-            raise DuplicateMessageError(f"an aggregate of round {msg.round_id} was already processed")
-        seeds = self._seeds.get(msg.round_id, {})
-        missing = [c for c in msg.contributors if c not in seeds]
-        if missing:
-            raise VerificationError(f"no pad seed from clients {missing} for round {msg.round_id}: not decrypted")
-        residues = rlwe.unpack(msg.chunks, self._layout)
-        self._finalized.add(msg.round_id)  # consumed from here on, released or not
-        del self._seeds[msg.round_id]
-        told = {seeds[c][1] for c in msg.contributors}
-        if len(told) != 1:
-            raise VerificationError(f"the contributors of round {msg.round_id} were told {len(told)} different sets "
-                                    "of round terms (a server may have lowered one client's noise terms): "
-                                    "nothing released")
-        for c in msg.contributors:
-            seed, terms = seeds[c]
-            key = pad_key(seed, session_id=self.session_id, round_id=msg.round_id, client_id=c, terms=terms)
-            rlwe.apply_pad(residues[:, 0], key, self._layout, subtract=True)
-        return [Outbound(AGGREGATOR, self._decrypt(msg, residues).to_bytes())]
-
-    def _on_seed(self, sender: int, msg: PadSeed) -> list[Outbound]:
-        if msg.session_id != self.session_id:
-            raise DecryptionError("pad seed for another session (another key holder)")
-        identity = None
-        if self._peers is not None:
-            if msg.client_id not in self._peers:
-                raise UnknownClientError(f"no identity key for client {msg.client_id}")
-            if sender not in (AGGREGATOR, msg.client_id):
-                raise AuthenticationError(f"sender {sender} relayed a seed naming client {msg.client_id}")
-            identity = self._peers[msg.client_id]
-        elif sender != msg.client_id:
-            raise AuthenticationError(f"without identities a seed must come from its client over an authenticated "
-                                      f"channel; sender {sender} named client {msg.client_id}")
-        if msg.round_id in self._finalized:
-            raise WrongRoundError(f"round {msg.round_id} was already processed")
-        pending = self._seeds.setdefault(msg.round_id, {})
-        if msg.client_id in pending:
-            raise DuplicateMessageError(f"client {msg.client_id} already sent its seed for round {msg.round_id}")
-        if sum(len(s) for s in self._seeds.values()) >= MAX_PENDING_SEEDS:
-            raise CapacityError(f"{MAX_PENDING_SEEDS} seeds of undecrypted rounds are pending")
-        pending[msg.client_id] = (open_seed(msg, self._seal, identity), msg.terms)
-        return []
-
-    def _guard_error(self, what: str) -> VerificationError:
-        return VerificationError(f"{what}: the aggregate is not the sum of the named contributions of this round "
-                                 "under this key (or it is corrupted); nothing released")
-
-    @staticmethod
-    def _session_of(msg: Any) -> bytes:
-        return msg.context_id if hasattr(msg, "context_id") else msg.session_id
-
-    @abstractmethod
-    def _chunk_count(self, dim: int) -> int:
-        """Ciphertexts an aggregate of ``dim`` values has (computed, never allocated)."""
-
-    @abstractmethod
-    def _decrypt(self, msg: Any, residues: np.ndarray) -> Any:
-        """The result message for the pad-free ``residues`` of ``msg``; VerificationError if a guard is not zero."""
-

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tenseal as ts
 
+from secagg.he_keyholder import granted_tag_key
 from secagg.ckks import CKKSAggregator, CKKSClient, KeyHolder
 from secagg.ckks.messages import CKKSAggregate, CKKSContribution, CKKSResult
 from secagg.errors import AuthenticationError, ConfigurationError, DecryptionError, DropoutError, \
@@ -41,7 +42,8 @@ def contributions(kh):
     for rid in (101, 102):
         out[rid] = {}
         for i in range(3):
-            seed, contribution = CKKSClient(i, kh.public_context(), round_id=rid).start(XS[i], WS[i])
+            seed, contribution = CKKSClient(i, kh.public_context(), round_id=rid,
+                                              tag_key=granted_tag_key(kh, i)).start(XS[i], WS[i])
             out[rid][i] = (seed.payload, contribution.payload)
     return out
 
@@ -69,7 +71,8 @@ def test_aggregator_refuses_bad_contributions_and_still_completes(kh, other, con
         kh.receive(i, seed)
     agg = CKKSAggregator(kh.public_context(), [0, 1, 2], dim=DIM, round_id=101)
     chunks = CKKSContribution.from_bytes(good[1]).chunks
-    foreign = CKKSClient(1, other.public_context(), round_id=101).start(XS[1], 1.0)[1].payload
+    foreign = CKKSClient(1, other.public_context(), round_id=101,
+                         tag_key=granted_tag_key(other, 1)).start(XS[1], 1.0)[1].payload
     unreduced = b"\xff" * len(chunks[0])  # every residue at 2^bits - 1 >= q
     bad = [
         (1, stale[1], WrongRoundError),
@@ -151,7 +154,8 @@ def _aggregate(kh: KeyHolder, rid: int, ids: list[int], dim: int = 3, seeds: boo
     agg = CKKSAggregator(kh.public_context(), ids, dim=dim, round_id=rid, min_contributors=1)
     outs = []
     for i in ids:
-        seed, contribution = CKKSClient(i, kh.public_context(), round_id=rid).start(np.full(dim, 0.5), 1.0)
+        seed, contribution = CKKSClient(i, kh.public_context(), round_id=rid,
+                                              tag_key=granted_tag_key(kh, i)).start(np.full(dim, 0.5), 1.0)
         if seeds:
             kh.receive(i, seed.payload)
         outs = agg.receive(i, contribution.payload)
@@ -196,7 +200,7 @@ def test_keyholder_needs_every_named_seed_and_a_missing_one_consumes_nothing(kh)
     seeds = {}
     outs = []
     for i in (0, 1):
-        seed, contribution = CKKSClient(i, ctx, round_id=rid).start(np.full(3, 0.25), 2.0)
+        seed, contribution = CKKSClient(i, ctx, round_id=rid, tag_key=granted_tag_key(kh, i)).start(np.full(3, 0.25), 2.0)
         seeds[i] = seed.payload
         outs = agg.receive(i, contribution.payload)
     kh.receive(0, seeds[0])
@@ -215,7 +219,7 @@ def test_keyholder_needs_every_named_seed_and_a_missing_one_consumes_nothing(kh)
 
 
 def test_client_rules(kh) -> None:
-    c = CKKSClient(0, kh.public_context())
+    c = CKKSClient(0, kh.public_context(), tag_key=granted_tag_key(kh, 0))
     for update, weight in [(np.array([1.0, np.nan]), 1.0), (np.array([np.inf]), 1.0), (np.zeros((2, 2)), 1.0),
                            (np.array([]), 1.0), (np.ones(3), 0.0), (np.ones(3), float("inf")),
                            (np.full(3, 1e15), 1.0), (np.ones(3), True), (np.ones(3), "1.0"),
@@ -223,7 +227,8 @@ def test_client_rules(kh) -> None:
         with pytest.raises(MalformedUpdateError):
             c.start(update, weight)
         assert c.stage == "ready"
-    pre = CKKSClient(0, KeyHolder("add-only").public_context(), max_cohort=1000)
+    small = KeyHolder("add-only")
+    pre = CKKSClient(0, small.public_context(), max_cohort=1000, tag_key=granted_tag_key(small, 0))
     with pytest.raises(MalformedUpdateError):  # 1000 such contributions could wrap the 2^18 sum bound
         pre.start(np.ones(3), 300.0)
     seed, out = c.start(np.ones(3), 1.0)

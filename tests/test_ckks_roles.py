@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import secagg
+from secagg.he_keyholder import granted_tag_key
 from secagg.ckks import PARAMS, CKKSAggregator, CKKSClient, KeyHolder
 from secagg.ckks.messages import CKKSAggregate, CKKSContribution
 from secagg.errors import ConfigurationError, DropoutError, SecAggError
@@ -54,7 +55,7 @@ def test_aggregate_equals_plaintext_weighted_mean(keyholders, case) -> None:
     rng = np.random.default_rng(seed)
     xs = [rng.uniform(-1, 1, dim) for _ in range(n)]
     ctx = kh.public_context()
-    clients = {i: CKKSClient(i, ctx, round_id=rid, max_cohort=n) for i in range(n)}
+    clients = {i: CKKSClient(i, ctx, round_id=rid, max_cohort=n, tag_key=granted_tag_key(kh, i)) for i in range(n)}
     agg = CKKSAggregator(ctx, range(n), dim=dim, round_id=rid)
     res = run_round(clients, agg, dict(enumerate(xs)), dict(enumerate(ws)), finalizer=kh,
                     drop_at={d: CKKSContribution.TAG for d in dropped})
@@ -84,7 +85,7 @@ def test_clients_preweight_so_the_aggregator_never_sees_a_weight(keyholders) -> 
     agg = CKKSAggregator(ctx, [0, 1], dim=3, round_id=rid)
     outs = []
     for i in range(2):
-        seed, contribution = CKKSClient(i, ctx, round_id=rid).start(xs[i], ws[i])
+        seed, contribution = CKKSClient(i, ctx, round_id=rid, tag_key=granted_tag_key(kh, i)).start(xs[i], ws[i])
         assert seed.to == KEYHOLDER and isinstance(decode(seed.payload), PadSeed)
         assert contribution.to == AGGREGATOR and isinstance(decode(contribution.payload), CKKSContribution)
         kh.receive(i, seed.payload)
@@ -126,7 +127,7 @@ def test_small_weights_decode_at_fresh_encryption_precision(keyholders) -> None:
     xs = [rng.uniform(0.5, 1, dim) for _ in range(n)]
     ws = [0.05, 0.07] + [20.0] * (n - 2)
     ctx = kh.public_context()
-    clients = {i: CKKSClient(i, ctx, round_id=rid) for i in range(n)}
+    clients = {i: CKKSClient(i, ctx, round_id=rid, tag_key=granted_tag_key(kh, i)) for i in range(n)}
     agg = CKKSAggregator(ctx, range(n), dim=dim, round_id=rid)
     res = run_round(clients, agg, dict(enumerate(xs)), dict(enumerate(ws)), finalizer=kh,
                     drop_at={d: CKKSContribution.TAG for d in range(2, n)})

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from secagg.he_keyholder import granted_tag_key
 from secagg.ckks import CKKSClient, KeyHolder
 from secagg.ckks.messages import CKKSAggregate, CKKSContribution, CKKSResult
 from secagg.errors import MalformedMessageError
@@ -65,7 +66,7 @@ def test_every_truncation_and_bit_flip_is_refused(msg) -> None:
 @pytest.fixture(scope="module")
 def real_contribution() -> bytes:
     kh = KeyHolder("add-only")
-    return CKKSClient(4, kh.public_context(), round_id=9).start(np.linspace(-1, 1, 10), 1.0)[1].payload
+    return CKKSClient(4, kh.public_context(), round_id=9, tag_key=granted_tag_key(kh, 4)).start(np.linspace(-1, 1, 10), 1.0)[1].payload
 
 
 @settings(max_examples=200, deadline=None)

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from secagg.he_keyholder import granted_tag_key
 from secagg.ckks import CKKSAggregator, CKKSClient, KeyHolder
 from secagg.ckks.messages import CKKSAggregate, CKKSResult
 from secagg.errors import DuplicateMessageError, MalformedMessageError, SecAggError, VerificationError
@@ -48,8 +49,8 @@ class Scheme:
     def client(self, i: int, rid: int, kh=None):
         ctx = self.ctx if kh is None else kh.public_context()
         if self.name == "ckks":
-            return CKKSClient(i, ctx, round_id=rid, max_cohort=8)
-        return PackedClient(i, ctx, self.params, weight_bound=2.0, round_id=rid)
+            return CKKSClient(i, ctx, round_id=rid, max_cohort=8, tag_key=granted_tag_key(kh or self.kh, i))
+        return PackedClient(i, ctx, self.params, weight_bound=2.0, round_id=rid, tag_key=granted_tag_key(kh or self.kh, i))
 
     def aggregator(self, ids, rid: int):
         if self.name == "ckks":
@@ -139,7 +140,8 @@ def test_a_client_encrypting_under_other_parameters_of_the_same_ring_gets_the_su
     wider = PackedKeyHolder(PackedParams(max_cohort=64))  # another lane layout and plaintext modulus, same ring
     rid = next(ROUNDS)
     agg = here.aggregator([0, 1], rid)
-    seed, odd = PackedClient(0, wider.public_context(), wider.params, round_id=rid).start(np.zeros(DIM), 1.0)
+    seed, odd = PackedClient(0, wider.public_context(), wider.params, round_id=rid,
+                             tag_key=granted_tag_key(wider, 0)).start(np.zeros(DIM), 1.0)
     forged = dataclasses.replace(decode(odd.payload), session_id=here.kh.session_id)
     assert agg.receive(0, forged.to_bytes()) == []  # indistinguishable to the aggregator
     honest = here.contribute(1, rid, XS[1])

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from secagg.he_keyholder import granted_tag_key
 from secagg.errors import AuthenticationError, ConfigurationError, DecryptionError, DropoutError, \
     DuplicateMessageError, KeyMisuseError, MalformedMessageError, MalformedUpdateError, StageError, \
     TooFewContributorsError, UnknownClientError, WrongRoundError
@@ -71,7 +72,8 @@ def session():
 def _contribution(session, cid: int, x=None, *, round_id: int = 0, seed: bool = True) -> bytes:
     """Client ``cid``'s contribution; its pad seed goes straight to the session's key holder."""
     params, kh = session
-    c = PackedClient(cid, kh.public_context(), params, weight_bound=2.0, round_id=round_id)
+    c = PackedClient(cid, kh.public_context(), params, weight_bound=2.0, round_id=round_id,
+                     tag_key=granted_tag_key(kh, cid))
     to_kh, contribution = c.start(np.linspace(-1, 1, 5) if x is None else x, 1.5)
     if seed:
         kh.receive(cid, to_kh.payload)
@@ -103,7 +105,7 @@ def test_key_holder_refuses_single_contributions_and_misuse(session) -> None:
     assert agg.receive(0, one) == [] and agg.stage == "collect"  # nothing goes out with one of three
     kh1 = PackedKeyHolder(params, min_contributors=2)
     agg1 = PackedAggregator(kh1.public_context(), params, [0, 1], dim=5, weight_bound=2.0, min_contributors=1)
-    c0 = PackedClient(0, kh1.public_context(), params, weight_bound=2.0)
+    c0 = PackedClient(0, kh1.public_context(), params, weight_bound=2.0, tag_key=granted_tag_key(kh1, 0))
     agg1.receive(0, c0.start(np.zeros(5), 1.0)[1].payload)
     (out,) = agg1.close_stage()
     with pytest.raises(TooFewContributorsError):
@@ -152,7 +154,7 @@ def test_dropout_below_minimum_raises(session) -> None:
 
 def test_bad_inputs_and_configurations_refused(session) -> None:
     params, kh = session
-    c = PackedClient(0, kh.public_context(), params, weight_bound=2.0)
+    c = PackedClient(0, kh.public_context(), params, weight_bound=2.0, tag_key=granted_tag_key(kh, 0))
     for x, w in ((np.array([0.0, np.nan]), 1.0), (np.array([1.0, 0.2]), 2.5), (np.array([0.9]), 0.0),
                  (np.array([[0.1]]), 1.0), (np.array([1.0001, 0.0]), 2.0), (np.array([0.5]), True),
                  (np.array([0.5]), "1")):
@@ -179,7 +181,8 @@ def test_corrupt_ciphertexts_inside_valid_messages_refused(session) -> None:
             agg.receive(0, bad.to_bytes())
     other = PackedKeyHolder(PackedParams(max_cohort=8))  # same layout, other key: session differs
     with pytest.raises(MalformedMessageError):
-        agg.receive(0, PackedClient(0, other.public_context(), params, weight_bound=2.0, round_id=21)
+        agg.receive(0, PackedClient(0, other.public_context(), params, weight_bound=2.0, round_id=21,
+                                    tag_key=granted_tag_key(other, 0))
                     .start(np.zeros(5), 1.0)[1].payload)
     assert agg.received == () and agg.receive(0, good.to_bytes()) == []
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from secagg.he_keyholder import granted_tag_key
 from secagg.errors import MalformedMessageError
 from secagg.messages import decode
 from secagg.packed import PackedAggregate, PackedClient, PackedContribution, PackedKeyHolder, PackedParams, \
@@ -60,7 +61,7 @@ def test_every_truncation_and_bit_flip_is_refused(msg) -> None:
 def real_contribution() -> bytes:
     params = PackedParams(max_cohort=4)
     kh = PackedKeyHolder(params)
-    return PackedClient(3, kh.public_context(), params, round_id=2).start(np.linspace(-1, 1, 10), 1.0)[1].payload
+    return PackedClient(3, kh.public_context(), params, round_id=2, tag_key=granted_tag_key(kh, 3)).start(np.linspace(-1, 1, 10), 1.0)[1].payload
 
 
 @settings(max_examples=150, deadline=None)

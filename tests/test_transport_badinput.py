@@ -24,6 +24,8 @@ from training.transport.wire import OversizeMessageError, TransportError, pack, 
 DIM = 12
 LIMIT = 1 << 20
 
+ANY_TAG_KEY = bytes(32)  # these contributions are refused by the aggregator; no key holder checks their tags
+
 
 class Rogue(ClientAgent):
     """Client 0, honest in the end: before each genuine message it sends ``craft(...)``'s bad envelopes."""
@@ -80,10 +82,10 @@ def _ckks_craft(agent: Rogue, rid: int, payload: bytes):
     h = {"client_id": 0, "round_id": rid}
     other = KeyHolder()  # same parameters, another key
     add_only = KeyHolder(params="add-only")
-    theirs = CKKSClient(0, other.public_context(), round_id=rid).start(np.zeros(DIM), 1.0)
-    small = CKKSClient(0, add_only.public_context(), round_id=rid).start(np.zeros(DIM), 1.0)
+    theirs = CKKSClient(0, other.public_context(), round_id=rid, tag_key=ANY_TAG_KEY).start(np.zeros(DIM), 1.0)
+    small = CKKSClient(0, add_only.public_context(), round_id=rid, tag_key=ANY_TAG_KEY).start(np.zeros(DIM), 1.0)
     forged = dataclasses.replace(decode(small[1].payload), context_id=decode(payload).context_id)
-    short = CKKSClient(0, agent.context(), round_id=rid).start(np.zeros(DIM - 2), 1.0)
+    short = CKKSClient(0, agent.context(), round_id=rid, tag_key=ANY_TAG_KEY).start(np.zeros(DIM - 2), 1.0)
     return [
         ("another key holder's context", E.MalformedMessageError, pack(h, theirs[1].payload)),
         ("ciphertext parameters differ from the session's", E.MalformedMessageError, pack(h, forged.to_bytes())),
@@ -100,8 +102,9 @@ def _packed_craft(agent: Rogue, rid: int, payload: bytes):
     params = PackedParams(max_cohort=3)  # the deployment's (its cohort bound)
     mine = decode(payload)
     other = PackedKeyHolder(params)  # same parameters, another key
-    theirs = PackedClient(0, other.public_context(), params, round_id=rid).start(np.zeros(DIM), 1.0)
-    short = PackedClient(0, agent.context(), params, weight_bound=4.0, round_id=rid).start(np.zeros(DIM - 2), 1.0)
+    theirs = PackedClient(0, other.public_context(), params, round_id=rid, tag_key=ANY_TAG_KEY).start(np.zeros(DIM), 1.0)
+    short = PackedClient(0, agent.context(), params, weight_bound=4.0, round_id=rid,
+                         tag_key=ANY_TAG_KEY).start(np.zeros(DIM - 2), 1.0)
     # (a ciphertext of another plaintext modulus on the same ring looks like any other to the aggregator: the key
     # holder refuses the sum it ends in, test_he_malicious)
     return [

@@ -239,7 +239,7 @@ class Federation:
         if self._peers is None and self.secure.signed:  # the cohort's verified keys, once per round
             self._peers = {i: self.secure.identity(i).key for i in params["cohort"]}
         role = scheme.client_role(c, params, self.secure.public, self.secure.signer(c), self._peers,
-                                  sessions=self.secure.sessions[c], noise=noise)
+                                  sessions=self.secure.sessions[c], noise=noise, tag_key=self.secure.tag_key(c))
         self._roles[c] = role
         self._emit(c, task.round_id, role.start(contrib.vector, contrib.weight))
 

@@ -74,6 +74,7 @@ class SecureSum:
             self.public = self._parse(self.context)
         self._keys: dict[int, Ed25519PrivateKey] = {}
         self._identities: dict[int, LocalIdentity] = {}
+        self._tag_keys: dict[int, bytes] = {}
         self.sessions: dict[int, set[bytes]] = defaultdict(set)  # client -> masking sessions it took part in
         self.next_round_id = 1  # round ids of this key holder's life (it finalizes each once, in order)
         self.last_roles: tuple | None = None  # (clients, aggregator, key holder) of the latest round, for audits
@@ -106,6 +107,17 @@ class SecureSum:
         if cid not in self._keys:
             self._keys[cid] = ed25519.generate()
         return self._keys[cid]
+
+    def tag_key(self, cid: int) -> bytes | None:
+        """Client ``cid``'s tag key, granted by the key holder over the direct in-process channel (None for
+        masking); asked once per client, kept in the client's place only."""
+        if self.keyholder is None:
+            return None
+        if cid not in self._tag_keys:
+            from secagg.he_keyholder import granted_tag_key
+
+            self._tag_keys[cid] = granted_tag_key(self.keyholder, cid)
+        return self._tag_keys[cid]
 
     def identity(self, cid: int) -> LocalIdentity | None:
         if cid not in self._identities:

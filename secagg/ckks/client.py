@@ -21,6 +21,7 @@ from secagg.ckks.messages import CKKSContribution
 from secagg.ckks.params import GUARD_SLOTS, PublicContext, load_public_context, np_chunks
 from secagg.errors import ConfigurationError, KeyMisuseError, MalformedUpdateError
 from secagg.terms import NO_TERMS, TERMS_BYTES
+from secagg.he_tags import TAG_KEY_BYTES
 from secagg.he_round import HEClient, check_int
 
 __all__ = ["CKKSClient", "DEFAULT_MAX_COHORT"]
@@ -34,7 +35,7 @@ class CKKSClient(HEClient):
 
     def __init__(self, client_id: int, public_context: bytes | PublicContext, *, round_id: int = 0,
                  max_cohort: int = DEFAULT_MAX_COHORT, identity: Ed25519PrivateKey | None = None,
-                 terms: bytes = NO_TERMS) -> None:
+                 terms: bytes = NO_TERMS, tag_key: bytes | None = None) -> None:
         self.client_id, self.round_id = check_int("client_id", client_id), check_int("round_id", round_id)
         check_int("max_cohort", max_cohort, 1)
         self._pc = public_context if isinstance(public_context, PublicContext) else \
@@ -45,6 +46,9 @@ class CKKSClient(HEClient):
             raise ConfigurationError("public context has no public key; clients cannot encrypt")
         self._layout, self._session_id, self._seal_key = self._pc.layout, self._pc.context_id, self._pc.seal_key
         self._identity = identity
+        if tag_key is not None and (not isinstance(tag_key, bytes) or len(tag_key) != TAG_KEY_BYTES):
+            raise ConfigurationError(f"tag_key must be {TAG_KEY_BYTES} bytes (the key holder's grant)")
+        self._tag_key = tag_key
         if not isinstance(terms, bytes) or len(terms) != TERMS_BYTES:
             raise ConfigurationError(f"terms must be a {TERMS_BYTES}-byte digest (secagg.terms.terms_digest)")
         self.terms = terms

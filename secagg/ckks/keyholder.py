@@ -7,10 +7,11 @@ scale, replay or forge ciphertexts. The key holder follows the protocol. ``recei
 sender (mutual TLS in a deployment).
 
 Invariants enforced here, through the only entry point :meth:`KeyHolder.receive`
-(:class:`secagg.he_round.HEKeyHolder`):
+(:class:`secagg.he_keyholder.HEKeyHolder`):
 
-* only a :class:`~secagg.ckks.messages.CKKSAggregate` is ever decrypted, and only after the pads of exactly its
-  named contributors (seeds sealed to this key holder for this round) are removed; a result is released only if
+* only a :class:`~secagg.ckks.messages.CKKSAggregate` is ever decrypted, only if its tags are the sum of its
+  named contributors' sealed tags (a term the aggregator added itself is refused; pass probability below
+  ``2^-128``, :func:`secagg.he_tags.soundness_bits`), and only after the pads of exactly its named contributors (seeds sealed to this key holder for this round) are removed; a result is released only if
   every guard slot decrypts to ``|g| <= GUARD_TOLERANCE`` and every value stays within ``fresh_value_bound``, so an
   aggregate that is not the exact sum of the named contributions of this round under this key is refused
   (``VerificationError``): soundness error below ``2^-128`` (:attr:`CKKSParams.guard_soundness_bits`);
@@ -19,8 +20,8 @@ Invariants enforced here, through the only entry point :meth:`KeyHolder.receive`
   is ever part of two released sums;
 * ``dim`` is bounded by ``max_dim`` and the chunk count checked arithmetically before anything is allocated.
 
-Limit: ciphertexts carry no proof that they are well formed, so a malicious client can add any value to the sum
-(up to the range check) and could probe the key through many rounds' results; rotate the key holder's key per
+Limit: ciphertexts carry no proof that they are well formed, so a malicious client (or the aggregator with a
+colluding client, which knows the tag key) can add any value to the sum (up to the range check) and could probe the key through many rounds' results; rotate the key holder's key per
 deployment.
 """
 
@@ -37,7 +38,8 @@ from secagg.ckks.messages import CKKSAggregate, CKKSResult
 from secagg.ckks.params import GUARD_SLOTS, GUARD_TOLERANCE, CKKSParams, chunk_count, chunk_lengths, resolve
 from secagg.errors import DecryptionError
 from secagg.hazmat import rlwe
-from secagg.he_round import DEFAULT_MAX_DIM, HEKeyHolder, bundle, ring_of
+from secagg.he_keyholder import HEKeyHolder
+from secagg.he_round import DEFAULT_MAX_DIM, bundle, ring_of
 
 __all__ = ["KeyHolder"]
 

@@ -10,6 +10,7 @@ from secagg.ckks.keyholder import KeyHolder
 from secagg.ckks.messages import CKKSContribution
 from secagg.ckks.params import CKKSParams, load_public_context
 from secagg.errors import ConfigurationError
+from secagg.he_keyholder import granted_tag_key
 from secagg.hazmat import sign as ed25519
 from secagg.roles import RoundSetup
 
@@ -33,8 +34,8 @@ def build_round(participants: Iterable[int], *, dim: int, weights: Mapping[int, 
     public_ids = {i: k.public_key() for i, k in keys.items()} if sign else None
     keyholder = KeyHolder(params, min_contributors=min_contributors, peer_identities=public_ids)
     public = load_public_context(keyholder.public_context(), need_public_key=True)  # parsed once, shared
-    clients = {i: CKKSClient(i, public, round_id=round_id, max_cohort=max(1, len(ids)), identity=keys.get(i))
-               for i in ids}
+    clients = {i: CKKSClient(i, public, round_id=round_id, max_cohort=max(1, len(ids)), identity=keys.get(i),
+                          tag_key=granted_tag_key(keyholder, i, keys.get(i))) for i in ids}
     aggregator = CKKSAggregator(public, ids, dim=dim, round_id=round_id, min_contributors=min_contributors)
     return RoundSetup(clients=dict(clients), aggregator=aggregator, finalizer=keyholder,
                       drop_tag=CKKSContribution.TAG)

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from secagg.errors import ConfigurationError, KeyMisuseError
 from secagg.terms import NO_TERMS, TERMS_BYTES
+from secagg.he_tags import TAG_KEY_BYTES
 from secagg.he_round import HEClient, check_int
 from secagg.packed.codec import PackedCodec
 from secagg.packed.messages import PackedContribution
@@ -30,7 +31,7 @@ class PackedClient(HEClient):
     def __init__(self, client_id: int, public_context: bytes | PublicBFV, params: PackedParams, *,
                  weight_bound: float = 1.0, clip: float = 1.0, rounding: str = "stochastic",
                  round_id: int = 0, identity: Ed25519PrivateKey | None = None,
-                 terms: bytes = NO_TERMS) -> None:
+                 terms: bytes = NO_TERMS, tag_key: bytes | None = None) -> None:
         self.client_id, self.round_id = check_int("client_id", client_id), check_int("round_id", round_id)
         self._pub = public_context if isinstance(public_context, PublicBFV) else \
             load_public_context(public_context, params, need_public_key=True)
@@ -42,6 +43,9 @@ class PackedClient(HEClient):
         self.codec = PackedCodec(params.value_bits, clip=clip, weight_bound=weight_bound, rounding=rounding)
         self._layout, self._session_id, self._seal_key = self._pub.layout, self._pub.session_id, self._pub.seal_key
         self._identity = identity
+        if tag_key is not None and (not isinstance(tag_key, bytes) or len(tag_key) != TAG_KEY_BYTES):
+            raise ConfigurationError(f"tag_key must be {TAG_KEY_BYTES} bytes (the key holder's grant)")
+        self._tag_key = tag_key
         if not isinstance(terms, bytes) or len(terms) != TERMS_BYTES:
             raise ConfigurationError(f"terms must be a {TERMS_BYTES}-byte digest (secagg.terms.terms_digest)")
         self.terms = terms

@@ -2,11 +2,12 @@
 
 Same trust model as :mod:`secagg.ckks.keyholder` (the aggregator may deviate arbitrarily; aggregator and key
 holder do not collude; ``receive`` takes the authenticated sender). Invariants enforced by the only entry point
-:meth:`PackedKeyHolder.receive` (:class:`secagg.he_round.HEKeyHolder`):
+:meth:`PackedKeyHolder.receive` (:class:`secagg.he_keyholder.HEKeyHolder`):
 
-* only a :class:`~secagg.packed.messages.PackedAggregate` is ever decrypted, after the pads of exactly its named
-  contributors are removed; a result is released only if every guard slot decrypts to exactly zero, so an
-  aggregate that is not the exact sum of the named contributions of this round under this key is refused
+* only a :class:`~secagg.packed.messages.PackedAggregate` is ever decrypted, only if its tags are the sum of its
+  named contributors' sealed tags (:mod:`secagg.he_tags`: a term the aggregator added itself passes with
+  probability below ``2^-128``), after the pads of exactly its named contributors are removed; a result is released only if every guard slot decrypts to exactly zero, so an
+  aggregate whose residual is not a clean encryption (a missing, doubled or foreign contribution) is refused
   (``VerificationError``) with probability ``1 - t^-guard_slots >= 1 - 2^-128``;
 * an aggregate names at least ``min_contributors`` (>= 2) clients (``TooFewContributorsError``) and at most
   ``params.max_cohort`` (``MalformedMessageError``: more could carry across lanes or exhaust the noise budget);
@@ -24,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from secagg.errors import ConfigurationError, DecryptionError
 from secagg.hazmat import rlwe
-from secagg.he_round import DEFAULT_MAX_DIM, HEKeyHolder, bundle, ring_of
+from secagg.he_keyholder import HEKeyHolder
+from secagg.he_round import DEFAULT_MAX_DIM, bundle, ring_of
 from secagg.packed.messages import PackedAggregate, PackedResult
 from secagg.packed.params import PackedParams, make_context, session_id
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from secagg.errors import ConfigurationError
+from secagg.he_keyholder import granted_tag_key
 from secagg.hazmat import sign as ed25519
 from secagg.packed.aggregator import PackedAggregator
 from secagg.packed.client import PackedClient
@@ -37,7 +38,8 @@ def build_round(participants: Iterable[int], *, dim: int, weights: Mapping[int, 
     public = load_public_context(keyholder.public_context(), params, need_public_key=True)  # parsed once, shared
     bound = max(float(weights[i]) for i in ids)
     common = dict(weight_bound=bound, clip=clip, rounding=rounding, round_id=round_id)
-    clients = {i: PackedClient(i, public, params, identity=keys.get(i), **common) for i in ids}
+    clients = {i: PackedClient(i, public, params, identity=keys.get(i), tag_key=granted_tag_key(keyholder, i, keys.get(i)),
+                            **common) for i in ids}
     aggregator = PackedAggregator(public, params, ids, dim=dim, min_contributors=min_contributors, **common)
     return RoundSetup(clients=dict(clients), aggregator=aggregator, finalizer=keyholder,
                       drop_tag=PackedContribution.TAG)

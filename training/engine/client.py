@@ -50,6 +50,7 @@ class ClientSession:
         self.trained: ClientUpdate | None = None  # asynchronous rounds: trained, waiting for a buffer
         self.sessions: set[bytes] = set()  # masking sessions (round nonces) this client took part in
         self.retired: Exception | None = None  # why this client withdrew for good (sent with its last check-in)
+        self.tag_key: bytes | None = None  # HE schemes: the key holder's tag key, granted to this client alone
 
     def checkin(self) -> dict[str, Any]:
         """The check-in header: public weight, pending privacy report, base version of a trained update; and,
@@ -125,4 +126,4 @@ class ClientSession:
         """This client's role for the task's ``params`` (``peers``: verified keys of a signed cohort; the
         source's own ``integer_noise``, if any, for a scheme that adds integer noise in the role)."""
         return self.scheme.client_role(self.client_id, params, context, signer, peers, sessions=self.sessions,
-                                       noise=getattr(self.source, "integer_noise", None))
+                                       noise=getattr(self.source, "integer_noise", None), tag_key=self.tag_key)

@@ -7,6 +7,8 @@ round, ciphertext parameters matching its session) before it decrypts anything. 
 * pad seeds are accepted only as :class:`~secagg.he_pads.PadSeed` messages sealed for this key holder's session
   (a seed for another key raises :class:`StaleKeyError`), from the client the driver authenticated as sender (or,
   relayed, signed by it: the role checks signatures when it was made with ``peer_identities``);
+* tag-key requests (:class:`~secagg.he_tags.TagRequest`) are granted for this session only, to the client the
+  driver authenticated (or, relayed, signed by it); the grant is sealed to the requesting client's key;
 * aggregates are finalized only for strictly increasing round ids that match the round id inside the aggregate,
   so a replay of an earlier round is refused (``WrongRoundError``); one made under another public key is refused as
   :class:`StaleKeyError`. A refused request changes nothing: the genuine aggregate of the round is still accepted.
@@ -14,8 +16,11 @@ round, ciphertext parameters matching its session) before it decrypts anything. 
 
 from __future__ import annotations
 
+import hashlib
+
 from secagg.errors import DecryptionError, MalformedMessageError, WrongRoundError
 from secagg.he_pads import PadSeed
+from secagg.he_tags import TagRequest
 from secagg.messages import decode
 from secagg.roles import AGGREGATOR, FinalizerRole, Outbound
 
@@ -54,6 +59,17 @@ class KeyHolderDesk:
             raise StaleKeyError("pad seed sealed for a key this key holder does not hold (it restarted with fresh "
                                 "keys); re-fetch the public context")
         self.kh.receive(sender, payload)  # the key holder checks the seed names its sender
+
+    def grant(self, sender: int, payload: bytes) -> bytes:
+        """The key holder's tag-key grant for a client's :class:`~secagg.he_tags.TagRequest` (``sender``: the
+        authenticated caller; a relayed request must be signed by the client it names)."""
+        msg = decode(payload)
+        if not isinstance(msg, TagRequest):
+            raise MalformedMessageError("tag-key requests only")
+        if msg.session_id != hashlib.sha256(self.context).digest():
+            raise StaleKeyError("tag-key request for a key this key holder does not hold; re-fetch the public context")
+        (out,) = self.kh.receive(sender, payload)
+        return out.payload
 
     def finalize(self, round_id: int, payload: bytes) -> list[Outbound]:
         msg = decode(payload)  # validates the whole message before any work

@@ -86,8 +86,9 @@ class Scheme:
 
     def client_role(self, client_id: int, params: dict[str, Any], context: object,
                     signer: Ed25519PrivateKey | None = None, peers: Mapping[int, Ed25519PublicKey] | None = None, *,
-                    sessions: set[bytes] | None = None, noise: Any = None) -> ClientRole:
-        """This client's role for the round (``context``: the key holder's public context, bytes or parsed);
+                    sessions: set[bytes] | None = None, noise: Any = None, tag_key: bytes | None = None) -> ClientRole:
+        """This client's role for the round (``context``: the key holder's public context, bytes or parsed;
+        ``tag_key``: the key holder's grant, :class:`secagg.he_round.TagKeyRequest`, for the HE schemes);
         for signed rounds ``signer`` (its signing key) and ``peers``: the
         verified key of every cohort member, resolved from the roster digest ``params["identities"]``;
         ``sessions``: the masking sessions this client already took part in (a reused one is refused);
@@ -181,7 +182,8 @@ class MaskingScheme(Scheme):
     def integer_noise(self) -> bool:
         return True
 
-    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None, noise=None):
+    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None, noise=None,
+                    tag_key=None):
         from secagg.masking import MaskingClient
 
         config = self._config(params)
@@ -234,13 +236,15 @@ class CKKSScheme(Scheme):
                              min_contributors=int(self.options.get("min_contributors", 2)))
         return params, agg
 
-    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None, noise=None):
+    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None, noise=None,
+                    tag_key=None):
         from secagg.ckks import CKKSClient
 
         if context is None:
             raise ConfigurationError("CKKS needs the key holder's public context")
         return CKKSClient(client_id, context, round_id=int(params["round_id"]),
-                          max_cohort=max(1, len(params["cohort"])), identity=signer, terms=terms_digest(params))
+                          max_cohort=max(1, len(params["cohort"])), identity=signer, terms=terms_digest(params),
+                          tag_key=tag_key)
 
 
 class PackedScheme(Scheme):
@@ -293,13 +297,15 @@ class PackedScheme(Scheme):
                                **common)
         return params, agg
 
-    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None, noise=None):
+    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None, noise=None,
+                    tag_key=None):
         from secagg.packed import PackedClient
 
         if context is None:
             raise ConfigurationError("the packed scheme needs the key holder's public context")
         packed, common, _, _ = self._parse(params)
-        return PackedClient(client_id, context, packed, identity=signer, terms=terms_digest(params), **common)
+        return PackedClient(client_id, context, packed, identity=signer, terms=terms_digest(params), tag_key=tag_key,
+                            **common)
 
 
 def make_keyholder(name: str, options: Mapping[str, Any] | None = None, *,

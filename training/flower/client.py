@@ -24,6 +24,8 @@ from typing import Any
 
 
 from secagg.errors import AuthenticationError, MalformedMessageError, SecAggError, StageError
+from secagg.he_round import TagKeyRequest
+from secagg.messages import decode
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
 from secagg.snapshot import SnapshotError, seal, unseal
 from training.engine.client import ClientSession
@@ -54,6 +56,7 @@ class NodeProcess:
         self.sessions: dict[int, ClientSession] = {}
         self.roles: dict[int, tuple[int, Any]] = {}  # client -> (round id, role)
         self.bundles: dict[int, bytes] = {}  # client -> the verified public context
+        self.asks: dict[int, TagKeyRequest] = {}  # client -> its open tag-key request (the grant opens with it)
         self.desk: KeyHolderDesk | None = None
 
     def work(self):
@@ -87,17 +90,17 @@ class NodeProcess:
         except (KeyError, TypeError) as exc:
             raise SnapshotError("the node state holds no sealed blob") from exc
         saved = unseal(blob, key, aad, allow=("training.", "privacy."))
-        for cid, (report, trained, sessions, carried) in saved["sessions"].items():
+        for cid, (report, trained, sessions, carried, tag_key) in saved["sessions"].items():
             s = self.sessions[cid] = ClientSession(cid, self.scheme, self.source(cid, carried))
-            s.report, s.trained, s.sessions = report, trained, sessions
-        self.roles, self.bundles, self.desk = saved["roles"], saved["bundles"], saved["desk"]
+            s.report, s.trained, s.sessions, s.tag_key = report, trained, sessions, tag_key
+        self.roles, self.bundles, self.desk, self.asks = saved["roles"], saved["bundles"], saved["desk"], saved["asks"]
 
     def save(self, state, key: bytes, aad: bytes) -> None:
         from flwr.app import ConfigRecord
 
-        saved = {"sessions": {c: (s.report, s.trained, s.sessions, _carried(s.source))
+        saved = {"sessions": {c: (s.report, s.trained, s.sessions, _carried(s.source), s.tag_key)
                               for c, s in self.sessions.items()},
-                 "roles": self.roles, "bundles": self.bundles, "desk": self.desk}
+                 "roles": self.roles, "bundles": self.bundles, "desk": self.desk, "asks": self.asks}
         state[STATE] = ConfigRecord({"blob": seal(saved, key, aad)})
 
     # ---- key holder ---------------------------------------------------------------------------------------
@@ -110,6 +113,14 @@ class NodeProcess:
                                                      peer_identities=roster))
         if op == "context":
             return pack("context", {"signature": self.trust.sign_context(self.desk.context).hex()}, self.desk.context)
+        if op == "grant":
+            grants, refused = [], []
+            for out, sender in zip(outs, field(head, "senders", list)):
+                try:
+                    grants.append(Outbound(decode(out.payload).client_id, self.desk.grant(int(sender), out.payload)))
+                except SecAggError as exc:
+                    refused.append(f"{type(exc).__name__}: {exc}")
+            return pack("grant", {"refused": refused}, outs=grants)
         if op == "seed":
             refused = []
             for out, sender in zip(outs, field(head, "senders", list)):
@@ -136,7 +147,13 @@ class NodeProcess:
         if op == "setup":
             self.trust.verify_context(body, _hex(head, "signature", 64))
             self.bundles[cid] = body
-            return pack("setup")
+            self.asks[cid] = TagKeyRequest(body, cid, self.trust.signer(cid))  # relayed: signed by this client
+            return pack("setup", {}, self.asks[cid].payload)
+        if op == "tagkey":
+            if cid not in self.asks:
+                raise StageError(f"client {cid} asked for no tag key")
+            session.tag_key = self.asks.pop(cid).open(body)
+            return pack("tagkey")
         if op == "checkin":
             if session.report is not None and head.get("acked") == session.report[0]:
                 session.acknowledged()

@@ -123,6 +123,18 @@ class FlowerAggregator:
             else:
                 self.nodes.setdefault(party, node)
 
+    def _grant_tag_keys(self, replies) -> None:
+        """Relay each client's signed tag-key request to the key holder and its sealed grant back (the server
+        can open neither: the request is signed by the client, the grant sealed to the client's key)."""
+        asks = [(self._client(node), body) for node, _, _, body, _ in replies if self._client(node) is not None]
+        if not asks:
+            return
+        ((_, _, head, _, grants),) = self._send([(self.keyholder, pack(
+            "grant", {"senders": [AGGREGATOR] * len(asks)}, outs=[Outbound(KEYHOLDER, body) for _, body in asks]))])
+        for refused in head.get("refused", []):
+            log.warning("the key holder refused a tag-key request: %s", refused)
+        self._send([(self.nodes[g.to], pack("tagkey", {}, g.payload)) for g in grants if g.to in self.nodes])
+
     # ---- the run ------------------------------------------------------------------------------------------
     def run(self) -> list[RoundMetrics]:
         self._discover()
@@ -130,7 +142,7 @@ class FlowerAggregator:
         if self.scheme.needs_keyholder:
             ((_, _, head, context, _),) = self._send([(self.keyholder, pack("context"))])
             setup = [(self.nodes[c], pack("setup", {"signature": head["signature"]}, context)) for c in self.nodes]
-            self._send(setup)
+            self._grant_tag_keys(self._send(setup))
         s = self.settings
         policy = RoundPolicy(s["rounds"], s["cohort_size"], s["min_clients"], checkin_timeout=1.0,
                              stage_timeout=1.0, max_closes=4, clients=len(self.nodes))

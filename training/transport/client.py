@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 
 from secagg.errors import MalformedMessageError, SecAggError
+from secagg.he_round import TagKeyRequest
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
 from training.transport.aggregator import POLL_SECONDS
 from training.pki.certs import Credentials
@@ -67,7 +68,8 @@ class ClientAgent:
     def context(self, expected: str | None = None) -> bytes:
         """The key holder's public context, fetched over an mTLS channel that verifies the key holder, and kept;
         re-fetched when ``expected`` (a task's ``context_id``) names another one (StaleKeyError if it still
-        differs: the task was made under a key the key holder does not serve)."""
+        differs: the task was made under a key the key holder does not serve). The session's tag key is asked
+        for with it, on the same verified channel, and replaced whenever the context is."""
         if self._context is not None and expected is not None and context_id(self._context) != expected:
             log.info("client %d: the round names another public context; re-fetching it", self.client_id)
             self._context = None
@@ -76,8 +78,11 @@ class ClientAgent:
                 raise TransportError("this scheme needs the key holder's address")
             channel = open_channel(self.creds, self.kh_address, KEYHOLDER)
             try:
-                _, self._context = unpack(Stub(channel, "secagg.KeyHolder", self.limit)
-                                          .unary_stream("Context", pack({}), 60.0))
+                stub = Stub(channel, "secagg.KeyHolder", self.limit)
+                _, context = unpack(stub.unary_stream("Context", pack({}), 60.0))
+                request = TagKeyRequest(context, self.client_id)  # direct mTLS channel: no signature needed
+                _, grant = unpack(stub.stream_unary("TagKey", pack({}, request.payload), 60.0))
+                self.session.tag_key, self._context = request.open(grant), context
             finally:
                 channel.close()
         if expected is not None and context_id(self._context) != expected:

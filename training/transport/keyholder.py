@@ -1,6 +1,7 @@
 """The CKKS key holder's gRPC service (``secagg.KeyHolder``): public context to anyone, decryption to one caller.
 
 * ``Context``  (unary→stream)  → the public bundle (context without secret key, sealing key), to any role;
+* ``TagKey``   (stream→unary)  a client's tag-key request → the grant sealed to that client's key (clients only);
 * ``Seed``     (stream→unary)  a client's sealed pad seed, from that client only (its certificate is the sender);
 * ``Finalize`` (stream→stream) ``{"round_id"}`` + an aggregate → the finalizer's outbound messages.
 
@@ -55,6 +56,16 @@ class KeyHolderService:
         yield from split(pack({"type": "context"}, self.desk.context))
 
     @guarded
+    def TagKey(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        sender = peer_identity(context)
+        if sender < 0:
+            raise AuthenticationError("only clients receive the tag key")
+        _, payload = unpack(join(request_iterator, self.limit))
+        with self.lock:
+            grant = self.desk.grant(sender, payload)
+        return pack({"type": "grant"}, grant)
+
+    @guarded
     def Seed(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         sender = peer_identity(context)
         if sender < 0:
@@ -76,6 +87,7 @@ class KeyHolderService:
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
             "Context": grpc.unary_stream_rpc_method_handler(self.Context),
+            "TagKey": grpc.stream_unary_rpc_method_handler(self.TagKey),
             "Seed": grpc.stream_unary_rpc_method_handler(self.Seed),
             "Finalize": grpc.stream_stream_rpc_method_handler(self.Finalize),
         })

@@ -90,7 +90,8 @@ class PlainScheme(Scheme):
         params = {"round_id": round_id, "cohort": sorted(cohort), "dim": dim, "strategy": dict(terms or {})}
         return params, _PlainServer(sorted(cohort), dim)
 
-    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None, noise=None):
+    def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None, noise=None,
+                    tag_key=None):
         return _PlainClient(client_id)
 
 

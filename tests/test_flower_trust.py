@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from secagg.errors import AuthenticationError, MalformedMessageError, StageError  # noqa: E402
-from secagg.roles import AGGREGATOR, KEYHOLDER  # noqa: E402
+from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound  # noqa: E402
 from training.engine import RoundEngine, RoundPolicy, ServerState, Task  # noqa: E402
 from training.engine.keyholder import StaleKeyError  # noqa: E402
 from training.flower.client import NodeProcess  # noqa: E402
@@ -51,7 +51,14 @@ def test_a_public_context_not_signed_by_the_trusted_key_holder_is_refused():
     with pytest.raises(AuthenticationError):  # the genuine signature on another bundle
         client.client(0, "setup", head, fcontext, [])
     assert 0 not in client.bundles
-    client.client(0, "setup", head, context, [])
+    _, _, ask, _ = unpack(client.client(0, "setup", head, context, []))
+    # the tag-key request travels through the server to the key holder and its grant back, sealed to client 0
+    _, answer, _, grants = unpack(kh.keyholder("grant", {"senders": [AGGREGATOR]}, b"", [Outbound(KEYHOLDER, ask)]))
+    assert answer["refused"] == [] and [g.to for g in grants] == [0]
+    with pytest.raises(StageError):  # client 1 asked for nothing
+        client.client(1, "tagkey", {}, grants[0].payload, [])
+    client.client(0, "tagkey", {}, grants[0].payload, [])
+    assert client.sessions[0].tag_key is not None
     # a task made under the forged key: the client never encrypts to it
     tasks = _tasks(client, context=fcontext)
     with pytest.raises(StaleKeyError):

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privacy.errors import ConfigurationError as PrivacyConfigurationError
+from secagg.he_keyholder import granted_tag_key
 from secagg.errors import AuthenticationError, ConfigurationError, SecAggError, VerificationError
 from secagg.hazmat import sign as ed25519
 from secagg.masking.messages import AdvertiseKeys, KeyRoster
@@ -129,7 +130,8 @@ def _he_round(he, rid: int, told: dict[int, dict] | None = None):
     told = told or {}
     out = None
     for c in IDS:
-        role = scheme.client_role(c, told.get(c, params) if not callable(told.get(c)) else told[c](params), ctx)
+        role = scheme.client_role(c, told.get(c, params) if not callable(told.get(c)) else told[c](params), ctx,
+                                  tag_key=granted_tag_key(kh, c))
         for o in role.start(np.full(DIM, 0.1 * (c + 1)), WEIGHTS[c]):
             if o.to == KEYHOLDER:
                 assert kh.receive(c, o.payload) == []

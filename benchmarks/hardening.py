@@ -1,6 +1,6 @@
 """What the malicious-server hardening costs: each protocol against its previous version, measured in one run.
 
-    python -m benchmarks.hardening [--baseline 218b637] [--dim 1000000] [--repeats 3] [--quick]
+    python -m benchmarks.hardening [--suite hardening|tags] [--baseline C] [--dim 1000000] [--repeats 3] [--quick]
 
 The previous protocol is the secagg of ``--baseline`` (the commit before issue 10), checked out with
 ``git worktree`` into a temporary folder; the current one is this tree. Every round runs in a fresh process
@@ -12,6 +12,9 @@ The previous protocol is the secagg of ``--baseline`` (the commit before issue 1
   pre-weighting (the same work: both encrypt [w*x, w]) and against the previous default for public weights
   (the aggregator multiplied ciphertexts by the weights);
 * packed BFV at n = 10.
+
+``--suite tags`` (issue 25): CKKS and packed at n = 10, this tree (exact-sum tags) against ``eaea019``, the commit
+before them; written to ``hardening_tags.json``/``.png``.
 
 Reported per case: client CPU seconds (median over clients), bytes up and down per client, server and key-holder
 CPU seconds; each as the median over repeats with min and max, and the ratio current / baseline of the medians.
@@ -49,6 +52,13 @@ def cases(dim: int) -> list[dict]:
          "base": {"weighting": "aggregator"}, "new": {}},
         {"label": "packed n=10", "scheme": "packed", "n": 10, "drop": 0.0, "base": {}, "new": {}},
     ]
+
+
+def tag_cases() -> list[dict]:
+    """Issue 25: the HE rounds with exact-sum tags against the same rounds just before them (``--suite tags``)."""
+    return [{"label": "CKKS n=10 (tags vs untagged)", "scheme": "ckks", "n": 10, "drop": 0.0, "base": {}, "new": {}},
+            {"label": "packed n=10 (tags vs untagged)", "scheme": "packed", "n": 10, "drop": 0.0, "base": {},
+             "new": {}}]
 
 
 def baseline_tree(commit: str) -> Path:
@@ -100,7 +110,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", default="218b637", help="commit of the previous protocol")
+    ap.add_argument("--suite", choices=["hardening", "tags"], default="hardening",
+                    help="hardening: against issue 10's baseline; tags: the HE tags against the commit before them")
+    ap.add_argument("--baseline", default=None, help="commit of the previous protocol (218b637; tags: eaea019)")
     ap.add_argument("--dim", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--quick", action="store_true")
@@ -108,9 +120,11 @@ def main() -> None:
     args = ap.parse_args()
     dim = args.dim or (100_000 if args.quick else 1_000_000)
     repeats = args.repeats or (1 if args.quick else 3)
+    args.baseline = args.baseline or ("eaea019" if args.suite == "tags" else "218b637")
+    name = "hardening" if args.suite == "hardening" else "hardening_tags"
     base = baseline_tree(args.baseline)
     rows = []
-    for case in cases(dim):
+    for case in (cases(dim) if args.suite == "hardening" else tag_cases()):
         if args.only and args.only not in case["label"]:
             continue
         got = {"base": [], "new": []}
@@ -132,9 +146,9 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "note": "shared machine"},
               "baseline_commit": args.baseline, "dim": dim, "repeats": repeats, "rows": rows}
-    (out_dir / "hardening.json").write_text(json.dumps(record, indent=2) + "\n")
-    plot(rows, out_dir / "hardening.png")
-    print(f"wrote {out_dir / 'hardening.json'} and .png")
+    (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    plot(rows, out_dir / f"{name}.png")
+    print(f"wrote {out_dir / name}.json and .png")
 
 
 if __name__ == "__main__":

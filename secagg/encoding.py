@@ -21,7 +21,9 @@ from secagg.hazmat.prg import U32Stream
 
 _ENCODE_BLOCK = 1 << 16  # values per block: the float64 buffers stay in L2
 
-__all__ = ["check_weight", "validate_update", "flatten", "unflatten", "FlatSpec", "FixedPoint", "ring_dtype"]
+__all__ = ["check_weight", "validate_update", "flatten", "unflatten", "FlatSpec", "FixedPoint", "ring_dtype", "MAX_DIM"]
+
+MAX_DIM = 1 << 28  # values one update may have in any scheme (a 134.5M-parameter model is 2^27.0); larger is refused
 
 
 def _shape_checked(x: object, dim: int | None = None) -> np.ndarray:

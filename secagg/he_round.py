@@ -40,7 +40,7 @@ import tenseal as ts
 import tenseal.sealapi  # noqa: F401  (registers SEAL's types, e.g. Modulus, with pybind)
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from secagg.encoding import check_weight, validate_update
+from secagg.encoding import MAX_DIM, check_weight, validate_update
 from secagg.errors import AuthenticationError, ConfigurationError, DropoutError, DuplicateMessageError, \
     MalformedMessageError, StageError, UnknownClientError, WrongRoundError
 from secagg.he_pads import fresh_seed, pad_key, seal_seed
@@ -53,7 +53,7 @@ __all__ = ["check_int", "bundle", "unbundle", "ring_of", "HEClient", "HEAggregat
            "TagKeyRequest", "DEFAULT_MAX_DIM"]
 
 _BUNDLE_MAGIC = b"SAHE\x01"
-DEFAULT_MAX_DIM = 1 << 28  # values per aggregate the key holder accepts unless told otherwise
+DEFAULT_MAX_DIM = MAX_DIM  # values per aggregate the key holder accepts unless told otherwise
 
 
 def check_int(name: str, v: object, lo: int = 0) -> int:
@@ -187,6 +187,8 @@ class HEAggregator(StagedRole, ABC):
             raise ConfigurationError(f"{len(ids)} participants exceed max_cohort={max_cohort}: their lane sums "
                                      "could carry into each other; use PackedParams(max_cohort=...) of the cohort")
         check_int("dim", dim, 1), check_int("round_id", round_id), check_int("min_contributors", min_contributors, 1)
+        if dim > MAX_DIM:
+            raise ConfigurationError(f"dim {dim} exceeds MAX_DIM = {MAX_DIM}")
         if min_contributors > len(ids):
             raise ConfigurationError(f"min_contributors={min_contributors} exceeds the {len(ids)} participants")
         self.participants, self.dim, self.round_id = tuple(sorted(ids)), dim, round_id

@@ -73,12 +73,12 @@ def test_async_buffers_size_the_cohort_and_bad_aggregator_options_are_refused_by
 
 
 def test_up_refuses_an_unknown_aggregator_by_name(tmp_path):
-    import typer
     from typer.testing import CliRunner
 
+    from training.errors import cli_app
     from training.transport.cli import mount
 
-    app = typer.Typer()
+    app = cli_app()  # what `secagg` mounts them on: named errors are one line and exit 2
     app.callback()(lambda: None)
     mount(app)
     result = CliRunner().invoke(app, ["up", "--aggregator", "median", "--out", str(tmp_path), "--trainer",

@@ -268,12 +268,12 @@ def test_signing_identities_chain_to_the_ca_and_name_their_client(tmp_path):
 def test_mounted_cli_reads_the_run_file(tmp_path):
     """`secagg certs init DIR` issues one certificate pair per client of the run file; `client run` takes the
     aggregator's address from the file's fixed port or refuses to guess it (exit 2)."""
-    import typer
     from typer.testing import CliRunner
 
+    from training.errors import cli_app
     from training.transport.cli import mount
 
-    app = typer.Typer()
+    app = cli_app()  # what `secagg` mounts them on: named errors are one line and exit 2
     app.callback()(lambda: None)
     mount(app)
     names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}

@@ -27,15 +27,26 @@ from typing import Optional
 import typer
 
 from training.config import RunConfig, demo_config, load_config
-from training.errors import ConfigError, TrainingError
+from training.errors import ConfigError, cli_app
 from training.flower.cli import mount as mount_flower
 from training.ledgers import default_ledger_dir, mount as mount_budget
 from training.transport.cli import mount
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no tokenizers thread pool: safe across fork()
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Federated training of a language model across clouds with secure aggregation and DP.")
+app = cli_app(no_args_is_help=True,
+              help="Federated training of a language model across clouds with secure aggregation and DP.")
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", help="print the traceback of an error too")) -> None:
+    if verbose:
+        os.environ["SECAGG_VERBOSE"] = "1"  # child processes (secagg up) inherit it
+
+
+def main() -> None:
+    """The ``secagg`` command: named errors are one line and exit status 2 (:func:`training.errors.cli_app`)."""
+    app()
 
 DEMO_PROMPT = "HAMLET\nTo be, or not to be, that is the question:\n"
 """The demo's sample prompt, in the corpus' layout (speaker line, verse); Hamlet is not one of the demo's plays."""
@@ -138,17 +149,6 @@ def _execute(cfg: RunConfig, out: Path, prompt: str | None = None) -> None:
     typer.echo(f"wrote {out / 'metrics.jsonl'}, loss.png, epsilon.png, model/ (total {time.perf_counter() - t0:.1f} s)")
 
 
-def _run_or_exit(cfg: RunConfig, out: Path, prompt: str | None = None) -> None:
-    from privacy.errors import PrivacyError
-    from secagg.errors import SecAggError
-
-    try:
-        _execute(cfg, out, prompt)
-    except (TrainingError, PrivacyError, SecAggError) as e:
-        typer.echo(f"error: {type(e).__name__}: {e}", err=True)
-        raise typer.Exit(2) from None
-
-
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="output directory"),
@@ -163,18 +163,14 @@ def demo(
 ) -> None:
     """3 clouds, Shakespeare split by play, DP-SGD on, CKKS by default: federated LoRA fine-tuning of the
     pretrained SmolLM2-135M (or --model tiny: a tiny GPT-2 from scratch)."""
-    try:
-        cfg = demo_config(model)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    cfg = demo_config(model)
     cfg.federation.scheme, cfg.federation.aggregator = scheme, aggregator
     cfg.train.seed = seed
     if rounds is not None:
         cfg.train.rounds = rounds
     cfg.dp.enabled = dp
     cfg.data.partition = partition
-    _run_or_exit(cfg, out, prompt)
+    _execute(cfg, out, prompt)
 
 
 @app.command()
@@ -184,12 +180,8 @@ def run(
     prompt: str = typer.Option("", help="greedy sample before and after training (samples.json)"),
 ) -> None:
     """Run the federation described by a TOML file (see examples/run.toml)."""
-    try:
-        cfg = load_config(config)
-    except TrainingError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    _run_or_exit(cfg, out or Path("runs") / config.stem, prompt)
+    cfg = load_config(config)
+    _execute(cfg, out or Path("runs") / config.stem, prompt)
 
 
 def available_benchmarks() -> list[str]:
@@ -213,11 +205,7 @@ def benchmark_module(name: str) -> str:
              help="Run benchmarks.NAME with ARGS (its own --help lists them). Benchmarks: " + ", ".join(BENCHMARKS)
              + ". Results go to benchmarks/results/.")
 def bench(ctx: typer.Context, name: str = typer.Argument(..., help="benchmark module name")) -> None:
-    try:
-        module = benchmark_module(name)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    module = benchmark_module(name)
     argv = sys.argv
     sys.argv = [module, *ctx.args]
     try:
@@ -231,4 +219,4 @@ mount_flower(app)  # flower sim
 mount_budget(app)  # budget show
 
 if __name__ == "__main__":
-    app()
+    main()

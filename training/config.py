@@ -18,7 +18,10 @@ from training.errors import ConfigError
 from training.platforms import PlatformProfile
 from training.secure import SCHEMES
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "FederationConfig", "DPConfig", "RunConfig", "load_config",
+MAX_CLIENTS = 4096  # clients of one federation (each has its own role, ledger and, under `secagg up`, process)
+MAX_ROUNDS = 1_000_000
+
+__all__ = ["MAX_CLIENTS", "MAX_ROUNDS", "DataConfig", "ModelConfig", "TrainConfig", "FederationConfig", "DPConfig", "RunConfig", "load_config",
            "demo_config", "DEMO_MODELS"]
 
 
@@ -155,6 +158,9 @@ class RunConfig:
             raise ConfigError("corpus 'wikitext' needs data.wikitext_dir (a local directory)")
         if f.clients < 2 or self.train.rounds < 1:
             raise ConfigError("need at least 2 clients and 1 round")
+        if f.clients > MAX_CLIENTS or self.train.rounds > MAX_ROUNDS:
+            raise ConfigError(f"at most {MAX_CLIENTS} clients and {MAX_ROUNDS} rounds (got {f.clients}, "
+                              f"{self.train.rounds})")
         if self.train.threads < 0:
             raise ConfigError(f"train.threads must be >= 0, got {self.train.threads}")
         if self.platforms is not None and len(self.platforms) != f.clients:

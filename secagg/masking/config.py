@@ -39,7 +39,7 @@ from functools import cached_property
 
 import numpy as np
 
-from secagg.encoding import FixedPoint
+from secagg.encoding import MAX_DIM, FixedPoint
 from secagg.errors import ConfigurationError
 from secagg.masking.graph import effective_degree, harary_graph
 from secagg.terms import NO_TERMS, TERMS_BYTES
@@ -114,6 +114,8 @@ class MaskingConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigurationError(f"{name} must be an int >= {lo}, got {v!r}")
+        if self.dim > MAX_DIM:  # before any party allocates dim + 1 values
+            raise ConfigurationError(f"dim {self.dim} exceeds MAX_DIM = {MAX_DIM}")
         if not isinstance(self.graph_seed, bytes) or len(self.graph_seed) != 16:
             raise ConfigurationError("graph_seed must be 16 bytes")
         if not isinstance(self.round_nonce, bytes) or len(self.round_nonce) != 32:

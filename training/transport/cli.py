@@ -18,15 +18,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from training.errors import TrainingError
+from training.errors import ConfigError, TrainingError, cli_app
 from training.transport.config import TransportConfig, load_transport_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Networked deployment over gRPC with mTLS.")
+app = cli_app(no_args_is_help=True, help="Networked deployment over gRPC with mTLS.")
 certs_app = typer.Typer(no_args_is_help=True, help="Certificates for mutual TLS.")
 keyholder_app = typer.Typer(no_args_is_help=True, help="The key holder (ckks, packed).")
 aggregator_app = typer.Typer(no_args_is_help=True, help="The aggregator.")
@@ -46,9 +47,10 @@ def _cfg(config: Optional[Path], resolved: Optional[Path] = None, **overrides) -
             cfg = TransportConfig(**json.loads(resolved.read_text())).validate()
             return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None}).validate()
         return load_transport_config(config, **overrides)
-    except (TrainingError, TypeError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    except TrainingError:
+        raise
+    except (TypeError, ValueError, OSError) as e:
+        raise ConfigError(f"transport settings {resolved or config}: {e}") from e
 
 
 def _address(flag: Optional[str], cfg: TransportConfig, port: int, what: str, needed: bool) -> Optional[str]:
@@ -58,8 +60,7 @@ def _address(flag: Optional[str], cfg: TransportConfig, port: int, what: str, ne
     if port:
         return f"{cfg.host}:{port}"
     if needed:
-        typer.echo(f"error: give --{what} HOST:PORT or set [transport] {what}_port in the config", err=True)
-        raise typer.Exit(2)
+        raise ConfigError(f"give --{what} HOST:PORT or set [transport] {what}_port in the config")
     return None
 
 
@@ -179,5 +180,6 @@ def mount(parent: typer.Typer) -> None:
     parent.registered_groups.extend(app.registered_groups)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # a child of `secagg up`: traceback and then its error line, in its log
+    os.environ["SECAGG_VERBOSE"] = "1"
     app()

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.config import FederationConfig, TrainConfig
+from secagg.encoding import MAX_DIM
+from training.config import MAX_CLIENTS, MAX_ROUNDS, FederationConfig, TrainConfig
 from training.errors import ConfigError
 
 __all__ = ["TransportConfig", "load_transport_config", "SCHEMES"]
@@ -97,6 +98,9 @@ class TransportConfig:
             raise ConfigError(f"unknown trainer {self.trainer!r}; expected 'synthetic' or 'local'")
         if self.clients < 1 or self.rounds < 1 or self.dim < 1:
             raise ConfigError("clients, rounds and dim must be positive")
+        if self.clients > MAX_CLIENTS or self.rounds > MAX_ROUNDS or self.dim > MAX_DIM:
+            raise ConfigError(f"at most {MAX_CLIENTS} clients, {MAX_ROUNDS} rounds and dim {MAX_DIM} (got "
+                              f"{self.clients}, {self.rounds}, {self.dim})")
         if not (self.stage_timeout > 0 and self.checkin_timeout >= 0 and self.train_timeout >= 0
                 and self.poll_seconds > 0):
             raise ConfigError("timeouts must be positive")

@@ -2,6 +2,9 @@
 
 Each child runs in its own process group (``start_new_session``) and logs to ``OUT/logs/<role>.log``; whatever
 happens (success, failure, timeout, Ctrl-C) every group is terminated, then killed, before :func:`launch` returns.
+The run file is parsed and validated before any process starts; a child that exits before it publishes its port
+raises :class:`~training.errors.LaunchError` with that child's own ``error:`` line (each child ends its log with
+one, :func:`training.errors.run_cli`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from training.errors import LaunchError
 from training.pki.certs import init_certs
 from training.transport.config import TransportConfig
 from training.transport.node import read_port_file
@@ -42,6 +46,23 @@ class Procs:
             log.close()
         self.children[name] = proc
         return proc
+
+    def failure(self, name: str, waited: float) -> LaunchError:
+        """Why child ``name`` did not come up: its exit status and the last ``error:`` line of its log."""
+        proc, log = self.children[name], self.logs / f"{name}.log"
+        if proc.poll() is None:
+            return LaunchError(f"{name} published no port within {waited:.0f} s (log: {log})")
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        said = next((ln.strip() for ln in reversed(lines) if ln.startswith("error:")),
+                    lines[-1].strip() if lines else "no output")
+        return LaunchError(f"{name} exited with status {proc.returncode}: {said} (log: {log})")
+
+    def port(self, name: str, path: Path, timeout: float) -> int:
+        """The port child ``name`` publishes in ``path``; LaunchError naming its own error if it exits first."""
+        try:
+            return read_port_file(path, timeout, lambda: self.children[name].poll() is None)
+        except TimeoutError:
+            raise self.failure(name, timeout) from None
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.children[name]
@@ -77,11 +98,11 @@ def launch(cfg: TransportConfig, *, timeout: float = 600.0, echo: Callable[[str]
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("aggregator.ckpt", "metrics.jsonl", "aggregator.port", "keyholder.port", "aggregator.status.json"):
         (out / stale).unlink(missing_ok=True)
+    from training.workload.local import run_config
+
+    run = run_config(cfg.run_config, cfg) if cfg.trainer == "local" else None  # the run file, checked up front
     init_certs(cfg.certs, cfg.clients)
     if cfg.ledger is None:  # every client's budget continues when `up` runs again with the same --out
-        from training.workload.local import run_config
-
-        run = run_config(cfg.run_config, cfg) if cfg.trainer == "local" else None
         cfg = dataclasses.replace(cfg, ledger=str(out / "ledger") if run is None or not run.dp.ledger
                                   else run.dp.ledger)
     resolved = out / "transport.json"
@@ -96,17 +117,17 @@ def launch(cfg: TransportConfig, *, timeout: float = 600.0, echo: Callable[[str]
         client_kh: list[str] = []
         needs_keyholder = cfg.scheme in ("ckks", "packed")
         if needs_keyholder:
-            kh = procs.start("keyholder", ["keyholder", "serve", *base, "--port-file", str(out / "keyholder.port")])
+            procs.start("keyholder", ["keyholder", "serve", *base, "--port-file", str(out / "keyholder.port")])
             client_kh = ["--keyholder-port-file", str(out / "keyholder.port")]
         for i in range(cfg.clients):
             procs.start(f"client-{i}", ["client", "run", "--id", str(i), *base, "--aggregator-port-file",
                                         str(out / "aggregator.port"), *client_kh])
         if needs_keyholder:
-            kh_port = read_port_file(out / "keyholder.port", _left(t0, timeout), lambda: kh.poll() is None)
+            kh_port = procs.port("keyholder", out / "keyholder.port", _left(t0, timeout))
             kh_args = ["--keyholder", f"{cfg.host}:{kh_port}"]
         agg = procs.start("aggregator", ["aggregator", "serve", *base, "--port-file", str(out / "aggregator.port"),
                                          "--checkpoint", str(out / "aggregator.ckpt"), *kh_args])
-        port = read_port_file(out / "aggregator.port", _left(t0, timeout), lambda: agg.poll() is None)
+        port = procs.port("aggregator", out / "aggregator.port", _left(t0, timeout))
         echo(f"up: aggregator on {cfg.host}:{port}, scheme {cfg.scheme}, {cfg.clients} client processes")
         clients = [p for n, p in procs.children.items() if n.startswith("client-")]
         seen, orphaned = 0, None
@@ -122,7 +143,7 @@ def launch(cfg: TransportConfig, *, timeout: float = 600.0, echo: Callable[[str]
         if agg.poll() is None:
             echo(f"up: timed out after {timeout:.0f} s")
         elif agg.returncode != 0:
-            echo(f"up: aggregator exited with {agg.returncode}; see {out / 'logs' / 'aggregator.log'}")
+            echo(f"up: {procs.failure('aggregator', 0).args[0]}")
     finally:
         procs.close()
     rows = _rows(out / "metrics.jsonl")

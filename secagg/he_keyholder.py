@@ -9,6 +9,7 @@ Invariants (every one checked before anything is decrypted, each failure a named
 * the aggregate's tags must be the sum of the named contributions' sealed tags (:mod:`secagg.he_tags`), so a term
   the aggregator added itself is refused (probability of a pass below 2^-128); then the pads are removed, and the
   scheme's guard check decides;
+* every release is Ed25519-signed with the session's release key (:mod:`secagg.he_release`);
 * the session tag key goes only to the client that asks, sealed to that request's ephemeral key (relayed requests
   must be signed by the client they name).
 """
@@ -22,13 +23,15 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from secagg.errors import AuthenticationError, CapacityError, ConfigurationError, DecryptionError, \
     DuplicateMessageError, MalformedMessageError, TooFewContributorsError, UnknownClientError, VerificationError, \
     WrongRoundError
-from secagg.hazmat import kex, rlwe
+from secagg.hazmat import kex, rlwe, sign
 from secagg.he_pads import PadSeed, open_seed, pad_key
+from secagg.he_release import sign_release
 from secagg.he_round import TagKeyRequest, check_int
 from secagg.he_tags import TagRequest, compute_tags, fresh_tag_key, grant_tag_key
 from secagg.messages import decode
@@ -71,6 +74,8 @@ class HEKeyHolder(ABC):
         self._finalized: set[int] = set()
         self._seeds: dict[int, dict[int, tuple[bytes, bytes, bytes]]] = {}  # round -> client -> (seed, terms, tags)
         self._tag_key = fresh_tag_key()  # the session's tag key: granted to clients only, never to the aggregator
+        self._release = sign.generate()  # signs every release (its public half is in the bundle)
+        self.release_key = self._release.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
     def public_context(self) -> bytes:
         """The public bundle: the context with the public key only (no secret, relinearization or Galois keys)
@@ -126,7 +131,8 @@ class HEKeyHolder(ABC):
             seed, terms, _ = seeds[c]
             key = pad_key(seed, session_id=self.session_id, round_id=msg.round_id, client_id=c, terms=terms)
             rlwe.apply_pad(residues[:, 0], key, self._layout, subtract=True)
-        return [Outbound(AGGREGATOR, self._decrypt(msg, residues).to_bytes())]
+        result = sign_release(self._release, hashlib.sha256(self._public).digest(), self._decrypt(msg, residues))
+        return [Outbound(AGGREGATOR, result.to_bytes())]
 
     def _identity_of(self, sender: int, client_id: int, what: str) -> Ed25519PublicKey | None:
         """The key a relayed ``what`` from ``client_id`` must be signed with (None: it must come directly)."""

@@ -49,10 +49,10 @@ from secagg.hazmat import kex, rlwe
 from secagg.terms import NO_TERMS
 from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, Outbound, StagedRole
 
-__all__ = ["check_int", "bundle", "unbundle", "ring_of", "HEClient", "HEAggregator", 
+__all__ = ["check_int", "bundle", "unbundle", "release_key", "ring_of", "HEClient", "HEAggregator", 
            "TagKeyRequest", "DEFAULT_MAX_DIM"]
 
-_BUNDLE_MAGIC = b"SAHE\x01"
+_BUNDLE_MAGIC = b"SAHE\x02"
 DEFAULT_MAX_DIM = MAX_DIM  # values per aggregate the key holder accepts unless told otherwise
 
 
@@ -63,24 +63,40 @@ def check_int(name: str, v: object, lo: int = 0) -> int:
     return v
 
 
-def bundle(context: bytes, seal_key: bytes) -> bytes:
-    """The public bundle: magic, the X25519 sealing key, then the serialized public TenSEAL context."""
-    return _BUNDLE_MAGIC + seal_key + bytes(context)
+def bundle(context: bytes, seal_key: bytes, release: bytes = bytes(32)) -> bytes:
+    """The public bundle: magic, the X25519 sealing key, the Ed25519 release key (:mod:`secagg.he_release`; all
+    zero: none), then the serialized public TenSEAL context."""
+    if len(release) != 32:
+        raise ConfigurationError("the release key must be 32 bytes")
+    return _BUNDLE_MAGIC + seal_key + release + bytes(context)
+
+
+def _split(data: bytes) -> tuple[bytes, bytes, bytes]:
+    if not isinstance(data, (bytes, bytearray)):
+        raise ConfigurationError(f"public context must be bytes, got {type(data).__name__}")
+    head = len(_BUNDLE_MAGIC) + kex.KEY_BYTES + 32
+    if len(data) <= head or bytes(data[:len(_BUNDLE_MAGIC)]) != _BUNDLE_MAGIC:
+        raise ConfigurationError("not a secagg public bundle (key holder context, sealing and release keys)")
+    start = len(_BUNDLE_MAGIC)
+    return bytes(data[head:]), bytes(data[start:start + kex.KEY_BYTES]), bytes(data[start + kex.KEY_BYTES:head])
 
 
 def unbundle(data: bytes) -> tuple[bytes, bytes]:
     """(context bytes, sealing key) of a bundle; anything else raises ConfigurationError."""
-    if not isinstance(data, (bytes, bytearray)):
-        raise ConfigurationError(f"public context must be bytes, got {type(data).__name__}")
-    head = len(_BUNDLE_MAGIC) + kex.KEY_BYTES
-    if len(data) <= head or bytes(data[:len(_BUNDLE_MAGIC)]) != _BUNDLE_MAGIC:
-        raise ConfigurationError("not a secagg public bundle (key holder context and sealing key)")
-    key = bytes(data[len(_BUNDLE_MAGIC):head])
+    context, key, _ = _split(data)
     try:
         kex.check_public(key)
     except MalformedMessageError as exc:
         raise ConfigurationError(f"the bundle's sealing key is unusable: {exc}") from exc
-    return bytes(data[head:]), key
+    return context, key
+
+
+def release_key(data: bytes) -> bytes:
+    """The key holder's Ed25519 release key (raw) in a bundle; AuthenticationError if the bundle has none."""
+    key = _split(data)[2]
+    if key == bytes(32):
+        raise AuthenticationError("this public bundle carries no release key: its sums cannot be verified")
+    return key
 
 
 class TagKeyRequest:
@@ -260,6 +276,7 @@ class HEAggregator(StagedRole, ABC):
         if msg.contributors != self._sent:
             raise MalformedMessageError("result names other contributors than the aggregate that was sent")
         weighted_sum, total = self._decode(msg)
+        self.release = payload  # the key holder's signed release, for clients to check (secagg.he_release)
         dropped = tuple(i for i in self.participants if i not in self._sent)
         self._result = AggregateResult(weighted_sum, total, self._sent, dropped)
         self._stage = "done"

@@ -61,7 +61,8 @@ class KeyHolder(HEKeyHolder):
                                    coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes))
         self._context.global_scale = p.scale
         self._public = bundle(self._context.serialize(save_public_key=True, save_secret_key=False,
-                                                      save_galois_keys=False, save_relin_keys=False), self.seal_key)
+                                                      save_galois_keys=False, save_relin_keys=False), self.seal_key,
+                              self.release_key)
         self.context_id = self.session_id = hashlib.sha256(self._public).digest()
         self._layout, self._parms_id = ring_of(self._context, ntt=True)
 
@@ -83,4 +84,5 @@ class KeyHolder(HEKeyHolder):
             raise self._guard_error(f"guard slots decrypt to {np.max(np.abs(guards)):.3g}")
         if not np.all(np.abs(values) <= self.params.fresh_value_bound):
             raise self._guard_error("a decrypted value exceeds the parameter set's range")
-        return CKKSResult(round_id=msg.round_id, contributors=msg.contributors, values=values[:msg.dim + 1])
+        return CKKSResult(round_id=msg.round_id, contributors=msg.contributors, values=values[:msg.dim + 1],
+                          signature=b"")

@@ -48,7 +48,8 @@ class PackedKeyHolder(HEKeyHolder):
         self._init_keyholder(min_contributors, self.params.max_cohort, max_dim, peer_identities)
         self._context = make_context(self.params)
         self._public = bundle(self._context.serialize(save_public_key=True, save_secret_key=False,
-                                                      save_galois_keys=False, save_relin_keys=False), self.seal_key)
+                                                      save_galois_keys=False, save_relin_keys=False), self.seal_key,
+                              self.release_key)
         self.session_id = session_id(self._public, self.params)
         self._layout, self._parms_id = ring_of(self._context, ntt=False)
         self._t = self.params.plain_modulus
@@ -69,4 +70,5 @@ class PackedKeyHolder(HEKeyHolder):
         g = self.params.guard_slots
         if np.any(slots[-g:] != 0):
             raise self._guard_error("guard slots are not zero")
-        return PackedResult(round_id=msg.round_id, contributors=msg.contributors, slots=slots[:-g])
+        return PackedResult(round_id=msg.round_id, contributors=msg.contributors, slots=slots[:-g],
+                            signature=b"")

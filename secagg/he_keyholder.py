@@ -16,6 +16,7 @@ Invariants (every one checked before anything is decrypted, each failure a named
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from abc import ABC, abstractmethod
@@ -131,7 +132,8 @@ class HEKeyHolder(ABC):
             seed, terms, _ = seeds[c]
             key = pad_key(seed, session_id=self.session_id, round_id=msg.round_id, client_id=c, terms=terms)
             rlwe.apply_pad(residues[:, 0], key, self._layout, subtract=True)
-        result = sign_release(self._release, hashlib.sha256(self._public).digest(), self._decrypt(msg, residues))
+        result = dataclasses.replace(self._decrypt(msg, residues), terms=told.pop())
+        result = sign_release(self._release, hashlib.sha256(self._public).digest(), result)
         return [Outbound(AGGREGATOR, result.to_bytes())]
 
     def _identity_of(self, sender: int, client_id: int, what: str) -> Ed25519PublicKey | None:

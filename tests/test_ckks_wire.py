@@ -32,7 +32,7 @@ seeds = st.builds(PadSeed, round_id=rounds, client_id=st.integers(0, 2**63 - 1),
                   signature=st.sampled_from([b"", bytes(64)]))
 results = st.builds(CKKSResult, round_id=rounds, contributors=ids,
                     values=st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=4).map(np.array),
-                    signature=st.sampled_from([b"", bytes(64)]))
+                    terms=st.sampled_from([b"", bytes(32)]), signature=st.sampled_from([b"", bytes(64)]))
 messages = st.one_of(contributions, aggregates, results, seeds)
 
 
@@ -97,7 +97,7 @@ def test_semantic_validation() -> None:
                    dict(contributors=(-1, 2)), dict(context_id=b""), dict(round_id=-5)]:
         with pytest.raises(MalformedMessageError):
             dataclasses.replace(good_a, **change)
-    good_r = CKKSResult(round_id=1, contributors=(0, 1), values=np.zeros(3), signature=b"")
+    good_r = CKKSResult(round_id=1, contributors=(0, 1), values=np.zeros(3), terms=b"", signature=b"")
     for change in [dict(values=np.zeros(0)), dict(values=np.array([1.0, np.nan])), dict(values=np.zeros(3, "<f4")),
                    dict(contributors=(2, 1))]:
         with pytest.raises(MalformedMessageError):

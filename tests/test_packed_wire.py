@@ -27,7 +27,7 @@ messages = st.one_of(
     st.builds(PackedAggregate, round_id=rounds, session_id=sids, dim=dims, contributors=ids, chunks=chunks),
     st.builds(PackedResult, round_id=rounds, contributors=ids,
               slots=st.lists(st.integers(0, 2**63), min_size=1, max_size=4).map(lambda v: np.array(v, "<u8")),
-              signature=st.sampled_from([b"", bytes(64)])),
+              terms=st.sampled_from([b"", bytes(32)]), signature=st.sampled_from([b"", bytes(64)])),
 )
 
 
@@ -85,8 +85,8 @@ def test_real_ciphertext_truncations_and_flips_refused(real_contribution, data) 
     lambda: PackedContribution(round_id=0, client_id=0, session_id=bytes(32), dim=1, chunks=(b"",)),
     lambda: PackedAggregate(round_id=0, session_id=bytes(32), dim=1, contributors=(2, 1), chunks=(b"x",)),
     lambda: PackedAggregate(round_id=0, session_id=bytes(32), dim=1, contributors=(), chunks=(b"x",)),
-    lambda: PackedResult(round_id=0, contributors=(1,), slots=np.zeros(2, "<f8"), signature=b""),
-    lambda: PackedResult(round_id=0, contributors=(1,), slots=np.zeros(0, "<u8"), signature=b""),
+    lambda: PackedResult(round_id=0, contributors=(1,), slots=np.zeros(2, "<f8"), terms=b"", signature=b""),
+    lambda: PackedResult(round_id=0, contributors=(1,), slots=np.zeros(0, "<u8"), terms=b"", signature=b""),
 ])
 def test_invalid_fields_refused(make) -> None:
     with pytest.raises(MalformedMessageError):

@@ -15,7 +15,6 @@ traceback is printed only with ``secagg --verbose`` (or ``SECAGG_VERBOSE=1``, wh
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 
 __all__ = ["TrainingError", "ConfigError", "DataError", "SessionError", "LaunchError", "cli_app", "error_line"]

@@ -19,6 +19,8 @@ float32, and the one-time HE public context) and each platform's round time is m
 
 from __future__ import annotations
 
+import copy
+
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from secagg.errors import SecAggError, StageError
 from secagg.roles import AGGREGATOR, KEYHOLDER, message_tag
 from training.aggregation.base import Strategy
 from training.engine.contribution import IntegerNoise, contribute
+from training.engine.audit import ModelAudit
 from training.engine.core import Mail, OpenFailed, RoundDone, RoundEngine, Task, ToKeyholder
 from training.engine.rounds import RoundPolicy, RoundRecord
 from training.engine.state import ServerState
@@ -103,6 +106,9 @@ class Federation:
         policy = RoundPolicy(rounds=2**62, cohort_size=min(k, len(self.clients)), min_clients=1,
                              checkin_timeout=1.0, stage_timeout=1.0, max_closes=16)
         state = ServerState(np.asarray(initial, dtype=np.float64).copy(), next_round_id=secure.next_round_id)
+        # each client's own replica of the server step, made before the strategy holds any state (.engine.audit)
+        self.audits = {c: ModelAudit(secure.roles, StrategyStep(copy.deepcopy(strategy)), state.model)
+                       for c in self.clients}
         self.engine = RoundEngine(secure.roles, state, policy,
                                   step=step, context=secure.context, public=secure.public)
         self._now = 0.0
@@ -129,7 +135,7 @@ class Federation:
             raise ConfigError(f"update from unknown client {c}")
         base = update.base_version if self.engine.cohorts.asynchronous else None
         if not self.engine.checkin(c, float(update.num_samples), self._now, base=base,
-                                   identity=self.secure.identity(c)):
+                                   identity=self.secure.identity(c), verified=self.audits[c].version):
             self.engine.drain()
             raise ConfigError(f"client {c}: its update from version {update.base_version} is too stale for "
                               f"version {self.version}; it must fetch the current model")
@@ -228,6 +234,8 @@ class Federation:
 
     def _start(self, task: Task) -> None:
         c, params = task.cid, task.header["params"]
+        if task.model is not None:  # the client's own check of the model its update answers
+            self.audits[c].check(task.header["round"], task.model, task.header.get("proofs"), self.secure.context)
         terms = params["strategy"]
         scheme = self.secure.roles
         noise = None if self.update_clip is None or not self.noise_multiplier else \

@@ -85,4 +85,4 @@ class KeyHolder(HEKeyHolder):
         if not np.all(np.abs(values) <= self.params.fresh_value_bound):
             raise self._guard_error("a decrypted value exceeds the parameter set's range")
         return CKKSResult(round_id=msg.round_id, contributors=msg.contributors, values=values[:msg.dim + 1],
-                          signature=b"")
+                          terms=b"", signature=b"")

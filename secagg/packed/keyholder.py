@@ -71,4 +71,4 @@ class PackedKeyHolder(HEKeyHolder):
         if np.any(slots[-g:] != 0):
             raise self._guard_error("guard slots are not zero")
         return PackedResult(round_id=msg.round_id, contributors=msg.contributors, slots=slots[:-g],
-                            signature=b"")
+                            terms=b"", signature=b"")

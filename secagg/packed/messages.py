@@ -78,11 +78,12 @@ class PackedResult(Message):
     round_id: int
     contributors: tuple[int, ...]
     slots: np.ndarray
+    terms: bytes  # the round-terms digest every contributor's pad seed named (empty: none)
     signature: bytes  # the key holder's Ed25519 release signature (secagg.he_release)
 
     def validate(self) -> None:
-        if len(self.signature) not in (0, 64):
-            raise MalformedMessageError("signature must be empty or 64 bytes")
+        if len(self.signature) not in (0, 64) or len(self.terms) not in (0, 32):
+            raise MalformedMessageError("signature must be empty or 64 bytes, terms empty or 32")
         _check_common(self.round_id, 1)
         _check_contributors(self.contributors)
         if self.slots.dtype != np.dtype("<u8") or self.slots.size == 0:

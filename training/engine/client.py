@@ -8,6 +8,8 @@ identity and does only the I/O. Invariants:
 * a task is used only if its round id matches its parameters and the cohort includes this client; the model must
   be a finite vector of the announced size; an asynchronous update joins one round at most, and only a task that
   states the version it was trained from;
+* a model is trained on only after :class:`~training.engine.audit.ModelAudit` accepted it (when the driver gave
+  the session one): it must follow from the key holder's signed sums under the rule;
 * the contribution is the engine's one :func:`~training.engine.contribution.contribute` (through the source), and
   the role is built from the task's public parameters by the one factory (:mod:`training.engine.roles`).
 """
@@ -22,6 +24,7 @@ import numpy as np
 from secagg.encoding import validate_update
 from secagg.errors import ConfigurationError, MalformedMessageError
 from secagg.roles import ClientRole
+from training.engine.audit import ModelAudit
 from training.engine.codec import field
 from training.engine.roles import Scheme
 from training.update import ClientUpdate
@@ -51,6 +54,7 @@ class ClientSession:
         self.sessions: set[bytes] = set()  # masking sessions (round nonces) this client took part in
         self.retired: Exception | None = None  # why this client withdrew for good (sent with its last check-in)
         self.tag_key: bytes | None = None  # HE schemes: the key holder's tag key, granted to this client alone
+        self.audit: ModelAudit | None = None  # checks every model it is sent (the driver sets it up)
 
     def checkin(self) -> dict[str, Any]:
         """The check-in header: public weight, pending privacy report, base version of a trained update; and,
@@ -69,6 +73,8 @@ class ClientSession:
         header |= self.report_header()
         if self.trained is not None:
             header["base"] = self.trained.base_version
+        if self.audit is not None and self.audit.version is not None:
+            header["verified"] = self.audit.version
         if self.retired is not None:
             header["retire"] = f"{type(self.retired).__name__}: {self.retired}"
         return header
@@ -87,20 +93,26 @@ class ClientSession:
         """The aggregator answered the check-in: its checkpointed ledger holds the report."""
         self.report = None
 
-    def on_model(self, version: int, model: np.ndarray) -> None:
-        """Asynchronous mode: train on the model version the aggregator sent (kept until a buffer takes it)."""
+    def on_model(self, version: int, model: np.ndarray, proofs: list | None = None,
+                 context: bytes | None = None) -> None:
+        """Asynchronous mode: train on the model version the aggregator sent (kept until a buffer takes it),
+        once the audit accepts it (``proofs``, checked against the key holder's public ``context``)."""
         if not isinstance(version, int) or version < 0:
             raise MalformedMessageError("the model reply has a bad version")
         model = validate_update(np.asarray(model, dtype=np.float64))
+        if self.audit is not None:
+            self.audit.check(version, model, proofs, context)
         train = getattr(self.source, "update", None)
         if train is None:
             raise ConfigurationError("an asynchronous strategy needs an update source that trains (update) and "
                                      "encodes (encode) separately")
         self.trained = train(model.copy(), version)
 
-    def on_task(self, header: dict, model: np.ndarray | None) -> tuple[int, dict, np.ndarray, float]:
+    def on_task(self, header: dict, model: np.ndarray | None,
+                context: bytes | None = None) -> tuple[int, dict, np.ndarray, float]:
         """Validate a task; (round id, its parameters, this client's vector and weight). ``model`` is None for
-        an asynchronous task (members trained already)."""
+        an asynchronous task (members trained already); a model is used only once the audit accepts it
+        (``context``: the key holder's public bundle this client trusts)."""
         trained, self.trained = self.trained, None  # an asynchronous update joins one round at most
         round_id = field(header, "round_id", int)
         params = field(header, "params", dict)
@@ -119,6 +131,9 @@ class ClientSession:
             if model is None:
                 raise MalformedMessageError("a task for a client without a trained update must carry the model")
             model = validate_update(np.asarray(model, dtype=np.float64), dim)
+            if self.audit is not None:
+                proofs = header.get("proofs")
+                self.audit.check(round_no, model, proofs if isinstance(proofs, list) else None, context)
             vector, weight = contribution(self.source, model.copy(), round_no, terms)
         return round_id, params, validate_update(np.asarray(vector), dim), float(weight)
 

@@ -18,6 +18,8 @@ Invariants (every driver inherits them):
   together before :class:`RoundDone`; a failed server step leaves the strategy's state as it was;
 * a round's public strategy terms are fixed when it opens, sent in its task (bound into what each client signs
   or seals: :func:`secagg.terms.terms_digest`), and used for its server step;
+* every applied step leaves a proof (its parameters and the key holder's signed release, :mod:`.audit`) in the
+  persisted state; each model sent to a client carries the proofs since the version it last verified;
 * privacy reports are composed into the client's ledger once (re-sent ids ignored), persisted before the answer.
 """
 
@@ -33,6 +35,7 @@ import numpy as np
 from secagg.errors import (ConfigurationError, MalformedMessageError, SecAggError, StageError, UnknownClientError,
                            WrongRoundError)
 from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, Outbound
+from training.engine.audit import MAX_PROOFS, proof
 from training.engine.cohort import Cohorts
 from training.engine.effects import Effect, Mail, ModelReply, OpenFailed, Persist, RoundDone, Task, ToKeyholder
 from training.engine.roles import Identity, Scheme
@@ -78,6 +81,7 @@ class RoundEngine:
         self.stopping = False
         self.stop_reason: str | None = None
         self.retired: dict[int, str] = {}  # clients that withdrew for good, and why (their own words)
+        self.verified: dict[int, int] = {}  # the model version each client says it verified last
         self._retry_at: float | None = None  # a cohort failed to open: wait until then
         self._pending_task_bytes = 0  # async model replies since the last round opened
         self._out: list[Effect] = []
@@ -114,14 +118,17 @@ class RoundEngine:
     # ---- events -----------------------------------------------------------------------------------------
     def checkin(self, cid: int, weight: float, now: float, *, base: int | None = None,
                 identity: Identity | None = None, privacy: list | None = None, report: str = "",
-                retire: str | None = None) -> bool:
+                retire: str | None = None, verified: int | None = None) -> bool:
         """Client ``cid`` asks for work; True when it now waits for a cohort. False when the federation is finished
         or (asynchronous) it is sent the current model (a :class:`ModelReply`). ``privacy``: the DP events of its
         training since its last check-in under the report id ``report`` (composed into its ledger once).
-        ``retire``: the client withdraws for good (its reason; e.g. its budget cannot afford a round)."""
+        ``retire``: the client withdraws for good (its reason; e.g. its budget cannot afford a round).
+        ``verified``: the model version the client last verified (its next model carries proofs from there)."""
         if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight > 0):
             raise MalformedMessageError(f"weight must be positive and finite, got {weight!r}")
         self.report(cid, privacy, report)
+        if isinstance(verified, int) and not isinstance(verified, bool) and 0 <= verified <= self.state.round:
+            self.verified[cid] = verified
         if identity is not None:
             self.identities[cid] = identity
         if retire is not None:
@@ -132,9 +139,14 @@ class RoundEngine:
             self.cohorts.withdraw(cid)
             return False
         if not self.cohorts.admit(cid, float(weight), base, self.state.round, now):
-            self._out.append(ModelReply(cid, self.state.round, self.state.model))
+            self._out.append(ModelReply(cid, self.state.round, self.state.model, self.proofs_for(cid)))
             return False
         return True
+
+    def proofs_for(self, cid: int) -> list[dict]:
+        """Proofs of the server steps since the version client ``cid`` last verified (:mod:`.audit`)."""
+        since = self.verified.get(cid)
+        return [] if since is None else [p for p in self.state.proofs if p["round"] >= since]
 
     def report(self, cid: int, privacy: list | None, report: str) -> None:
         """Compose client ``cid``'s privacy report (the DP events of its training under the id ``report``) into
@@ -292,7 +304,8 @@ class RoundEngine:
         log.info("round %d (id %d) opened with cohort %s", version, round_id, ids)
         model = None if bases is not None else self.state.model
         for c in ids:
-            self._out.append(Task(c, round_id, header, model))
+            self._out.append(Task(c, round_id, header if model is None else {**header, "proofs": self.proofs_for(c)},
+                                  model))
 
     def _advance(self, rnd: Round, outs: list[Outbound], now: float) -> None:
         """Route the role's messages; note stage progress; finish the round once the role is done."""
@@ -337,6 +350,8 @@ class RoundEngine:
         self.state.model = new
         self.state.round = rnd.round + 1
         self.state.strategy = self.step.state_dict()
+        step = proof(rnd.round, rnd.header["params"], getattr(rnd.role, "release", None))
+        self.state.proofs = [*self.state.proofs, step][-MAX_PROOFS:]
         self._out.append(Persist(self.state))
         log.info("round %d (id %d) applied: %d contributors, %d dropped", rnd.round, rnd.round_id,
                  len(result.contributors), len(result.dropped))

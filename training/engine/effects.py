@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +29,7 @@ class ModelReply:
     cid: int
     version: int
     model: np.ndarray
+    proofs: list = field(default_factory=list)  # the steps since the client's last verified version
 
 
 @dataclass(frozen=True)

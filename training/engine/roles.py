@@ -29,7 +29,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from secagg.errors import AuthenticationError, ConfigurationError, MalformedMessageError
-from secagg.roles import AggregatorRole, ClientRole, FinalizerRole
+from secagg.roles import AggregateResult, AggregatorRole, ClientRole, FinalizerRole
 from secagg.terms import terms_digest
 
 __all__ = ["Scheme", "MaskingScheme", "CKKSScheme", "PackedScheme", "make_scheme", "make_keyholder", "context_id",
@@ -94,6 +94,27 @@ class Scheme:
         ``sessions``: the masking sessions this client already took part in (a reused one is refused);
         ``noise``: the client's :class:`~training.engine.contribution.IntegerNoise`, for a scheme that adds its
         distributed noise on the integer grid itself (:attr:`integer_noise`); the others ignore it."""
+        raise NotImplementedError
+
+    def decode_release(self, params: dict[str, Any], context: bytes, payload: bytes) -> AggregateResult:
+        """The sum the key holder released for the round of ``params``, checked: signed with the release key of
+        ``context`` (the bundle this client trusts), of this round, over contributors of its cohort, under the
+        terms digest of exactly these ``params``; anything else raises a named error. Masking has no release."""
+        from secagg.he_release import verify_release
+
+        if not self.needs_keyholder:
+            raise ConfigurationError(f"{self.name} sums are unmasked by the server: there is no signed release")
+        msg = verify_release(context, payload, round_id=int(params["round_id"]))
+        cohort = [int(c) for c in params["cohort"]]
+        if not set(msg.contributors) <= set(cohort):
+            raise AuthenticationError("the release names contributors outside the round's cohort")
+        if msg.terms != terms_digest(params):
+            raise AuthenticationError("the release was made under other round terms than these parameters")
+        weighted, total = self._release_decoder(params, context)._decode(msg)
+        return AggregateResult(weighted, total, tuple(msg.contributors),
+                               tuple(c for c in cohort if c not in msg.contributors))
+
+    def _release_decoder(self, params: dict[str, Any], context: bytes) -> Any:
         raise NotImplementedError
 
     @property
@@ -236,6 +257,12 @@ class CKKSScheme(Scheme):
                              min_contributors=int(self.options.get("min_contributors", 2)))
         return params, agg
 
+    def _release_decoder(self, params, context):
+        from secagg.ckks import CKKSAggregator
+
+        return CKKSAggregator(context, [int(c) for c in params["cohort"]], dim=int(params["dim"]),
+                              round_id=int(params["round_id"]))
+
     def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None, noise=None,
                     tag_key=None):
         from secagg.ckks import CKKSClient
@@ -296,6 +323,12 @@ class PackedScheme(Scheme):
         agg = PackedAggregator(public if public is not None else context, packed, ids, dim=dim, min_contributors=int(opts.get("min_contributors", 2)),
                                **common)
         return params, agg
+
+    def _release_decoder(self, params, context):
+        from secagg.packed import PackedAggregator
+
+        packed, common, ids, dim = self._parse(params)
+        return PackedAggregator(context, packed, ids, dim=dim, **common)
 
     def client_role(self, client_id, params, context, signer=None, peers=None, *, sessions=None, noise=None,
                     tag_key=None):

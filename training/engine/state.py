@@ -6,7 +6,6 @@ says when (a ``Persist`` effect).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ class ServerState:
     ledgers: dict[str, Any] = field(default_factory=dict)
     reports: dict[str, str] = field(default_factory=dict)
     strategy: dict[str, np.ndarray] = field(default_factory=dict)
+    proofs: list[dict] = field(default_factory=list)  # the last applied steps' proofs (training.engine.audit)
 
     def record_privacy(self, cid: int, events: list, report: str, budget: tuple[float, float]) -> None:
         """Compose client ``cid``'s reported DP events (``PrivacyEvent.to_dict()`` forms) into its ledger (a new

@@ -28,6 +28,7 @@ from secagg.he_round import TagKeyRequest
 from secagg.messages import decode
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
 from secagg.snapshot import SnapshotError, seal, unseal
+from training.engine.audit import ModelAudit
 from training.engine.client import ClientSession
 from training.engine.codec import field, model_from
 from training.engine.keyholder import KeyHolderDesk, StaleKeyError
@@ -90,18 +91,26 @@ class NodeProcess:
         except (KeyError, TypeError) as exc:
             raise SnapshotError("the node state holds no sealed blob") from exc
         saved = unseal(blob, key, aad, allow=("training.", "privacy."))
-        for cid, (report, trained, sessions, carried, tag_key) in saved["sessions"].items():
+        for cid, (report, trained, sessions, carried, tag_key, audit) in saved["sessions"].items():
             s = self.sessions[cid] = ClientSession(cid, self.scheme, self.source(cid, carried))
             s.report, s.trained, s.sessions, s.tag_key = report, trained, sessions, tag_key
+            s.audit = self._audit()
+            s.audit.version, s.audit.model = audit[0], audit[1]
+            s.audit.step.load_state_dict(audit[2])
         self.roles, self.bundles, self.desk, self.asks = saved["roles"], saved["bundles"], saved["desk"], saved["asks"]
 
     def save(self, state, key: bytes, aad: bytes) -> None:
         from flwr.app import ConfigRecord
 
-        saved = {"sessions": {c: (s.report, s.trained, s.sessions, _carried(s.source), s.tag_key)
+        saved = {"sessions": {c: (s.report, s.trained, s.sessions, _carried(s.source), s.tag_key,
+                                  (s.audit.version, s.audit.model, s.audit.step.state_dict()))
                               for c, s in self.sessions.items()},
                  "roles": self.roles, "bundles": self.bundles, "desk": self.desk, "asks": self.asks}
         state[STATE] = ConfigRecord({"blob": seal(saved, key, aad)})
+
+    def _audit(self) -> ModelAudit:
+        """A client's check of every model it is sent (sealed between messages as version, model, rule state)."""
+        return ModelAudit(self.scheme, self.work()[0].step())
 
     # ---- key holder ---------------------------------------------------------------------------------------
     def keyholder(self, op: str, head: dict, body: bytes, outs: list[Outbound]):
@@ -142,6 +151,7 @@ class NodeProcess:
         session = self.sessions.get(cid)
         if session is None:
             session = self.sessions[cid] = ClientSession(cid, self.scheme, self.source(cid))
+            session.audit = self._audit()
         if op == "hello":
             return pack("hello", {"role": "client", "client_id": cid, "signature": self._hello(cid, head)})
         if op == "setup":
@@ -159,7 +169,8 @@ class NodeProcess:
                 session.acknowledged()
             return pack("checkin", session.checkin())
         if op == "model":
-            session.on_model(field(head, "version", int), model_from(body))
+            session.on_model(field(head, "version", int), model_from(body), field(head, "proofs", list, []),
+                             self.bundles.get(cid))
             return pack("model")
         if op == "task":
             return self._task(session, head, body)
@@ -173,13 +184,14 @@ class NodeProcess:
     def _task(self, session: ClientSession, head: dict, body: bytes):
         cid = session.client_id
         self.roles.pop(cid, None)
-        dim = field(field(head, "params", dict), "dim", int)
-        round_id, params, vector, weight = session.on_task(head, model_from(body, dim) if body else None)
+        params = field(head, "params", dict)
         context = None
         if self.scheme.needs_keyholder:
             context = self.bundles.get(cid)
             if context is None or context_id(context) != field(params, "context_id", str):
                 raise StaleKeyError("the task names a public context this client has not verified")
+        round_id, params, vector, weight = session.on_task(
+            head, model_from(body, field(params, "dim", int)) if body else None, context)
         cohort = [int(c) for c in field(params, "cohort", list)]
         signed = self.scheme.needs_identities or self.scheme.needs_keyholder
         peers = None

@@ -182,7 +182,7 @@ class FlowerAggregator:
             c = self._client(node)
             try:
                 eng.checkin(c, head.get("weight"), self.now, base=head.get("base"), privacy=head.get("privacy"),
-                            report=head.get("report", ""), retire=head.get("retire"),
+                            report=head.get("report", ""), retire=head.get("retire"), verified=head.get("verified"),
                             identity=self.trust.identity(c) if self.scheme.needs_identities else None)
                 if head.get("privacy"):
                     self.acked[c] = head["report"]
@@ -191,7 +191,7 @@ class FlowerAggregator:
         models = [e for e in eng.drain() if isinstance(e, ModelReply)]
         for e in models:
             eng.count_sent(e.cid, 4 * e.model.size)
-        self._send([(self.nodes[e.cid], pack("model", {"version": e.version}, model_bytes(e.model))) for e in models])
+        self._send([(self.nodes[e.cid], pack("model", {"version": e.version, "proofs": e.proofs}, model_bytes(e.model))) for e in models])
 
     def _round(self) -> None:
         eng, t0 = self.engine, time.perf_counter()

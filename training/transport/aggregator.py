@@ -79,6 +79,7 @@ class AggregatorService:
         report = field(header, "report", str, "")
         base = field(header, "base", int, None)
         retire = field(header, "retire", str, None)
+        verified = field(header, "verified", int, None)
         identity = None
         if self.coord.scheme.needs_identities:
             pem = field(header, "identity", str, None)
@@ -86,7 +87,7 @@ class AggregatorService:
                 raise AuthenticationError("this deployment signs masking rounds: check in with a signing certificate")
             identity = verify_signing_identity(self.ca, pem, cid)
         yield from split(self.coord.checkin(cid, float(weight), self.poll, context.is_active, privacy, report,
-                                            identity, base, retire))
+                                            identity, base, retire, verified))
 
     @guarded
     def Send(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:

@@ -31,7 +31,7 @@ def save(path: str | os.PathLike, state: ServerState) -> None:
     p = pathlib.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     meta = {"round": state.round, "next_round_id": state.next_round_id, "ledgers": state.ledgers,
-            "reports": state.reports}
+            "reports": state.reports, "proofs": state.proofs}
     buf = io.BytesIO()
     np.savez(buf, model=np.asarray(state.model, dtype=np.float64),
              meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
@@ -60,7 +60,8 @@ def load(path: str | os.PathLike) -> ServerState | None:
             meta = json.loads(bytes(z["meta"]).decode())
             strategy = {k[len(_STRATEGY):]: np.array(z[k]) for k in z.files if k.startswith(_STRATEGY)}
         state = ServerState(model, int(meta["round"]), int(meta["next_round_id"]), dict(meta["ledgers"]),
-                            {str(k): str(v) for k, v in meta.get("reports", {}).items()}, strategy)
+                            {str(k): str(v) for k, v in meta.get("reports", {}).items()}, strategy,
+                            list(meta.get("proofs", [])))
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise TrainingError(f"checkpoint {p} is damaged: {exc}") from exc
     finite = all(np.isfinite(v).all() for v in strategy.values() if v.dtype.kind in "fiu")

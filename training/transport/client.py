@@ -115,7 +115,9 @@ class ClientAgent:
                 break
             try:
                 if kind == "model":
-                    self.session.on_model(field(header, "version", int), model_from(body))
+                    ctx = self.context() if self.scheme.needs_keyholder else None
+                    self.session.on_model(field(header, "version", int), model_from(body),
+                                          field(header, "proofs", list, []), ctx)
                 elif kind == "task" and self.participate(header, body):
                     self.rounds_done += 1
             except SecAggError as exc:
@@ -127,9 +129,10 @@ class ClientAgent:
         """One round from its task envelope; True when this client's role finished."""
         if self.on_task is not None:
             self.on_task(header)
-        dim = field(field(header, "params", dict), "dim", int)
-        round_id, params, vector, weight = self.session.on_task(header, model_from(body, dim) if body else None)
+        params = field(header, "params", dict)
         ctx = self.context(field(params, "context_id", str, None)) if self.scheme.needs_keyholder else None
+        round_id, params, vector, weight = self.session.on_task(
+            header, model_from(body, field(params, "dim", int)) if body else None, ctx)
         peers = None
         if "identities" in params:
             peers = self.peers.resolve_roster(field(params, "cohort", list), field(params, "identities", str),

@@ -106,7 +106,7 @@ class Coordinator:
     # ---- handler side -------------------------------------------------------------------------------------
     def checkin(self, cid: int, weight: float, timeout: float, alive: Callable[[], bool] = lambda: True,
                 privacy: list | None = None, report: str = "", identity: SigningIdentity | None = None,
-                base: int | None = None, retire: str | None = None) -> bytes:
+                base: int | None = None, retire: str | None = None, verified: int | None = None) -> bytes:
         """Wait up to ``timeout`` s to be put in a cohort; the task envelope, or ``idle`` / ``finished`` (or, in
         asynchronous mode, ``model`` for a client whose ``base`` version is missing or too stale). ``privacy``
         is checkpointed before this returns (see :meth:`RoundEngine.checkin`)."""
@@ -115,12 +115,12 @@ class Coordinator:
             self.tasks.pop(cid, None)  # a new check-in voids a task it never fetched
             try:
                 waits = self.engine.checkin(cid, weight, time.monotonic(), base=base, identity=identity,
-                                            privacy=privacy, report=report, retire=retire)
+                                            privacy=privacy, report=report, retire=retire, verified=verified)
             finally:
                 replies = self._apply()
             for r in replies:
                 if r.cid == cid:
-                    reply = pack({"type": "model", "version": r.version}, model_bytes(r.model))
+                    reply = pack({"type": "model", "version": r.version, "proofs": r.proofs}, model_bytes(r.model))
                     self.engine.count_sent(cid, len(reply))
                     return reply
             while waits:

@@ -26,6 +26,7 @@ from training.transport.coordinator import Coordinator, RoundPolicy, RoundRecord
 from training.transport.keyholder import serve_keyholder
 from training.engine.central import central_account, central_of
 from training.engine.metrics import metrics_of
+from training.engine.audit import ModelAudit
 from training.engine.roles import make_keyholder, make_scheme
 from training.workload import make_workload
 
@@ -192,6 +193,7 @@ def run_client(cfg: TransportConfig, client_id: int, *, aggregator: str | None, 
     agent = (ClientAgent if exit_after is None else _Crashing)(
         creds, aggregator, make_scheme(cfg.scheme, cfg.scheme_options()), work.source(client_id),
         keyholder_address=keyholder, max_message_bytes=cfg.max_message_bytes, poll_seconds=cfg.poll_seconds, **kw)
+    agent.session.audit = ModelAudit(agent.scheme, work.step())  # checks every model it is sent
     _on_term(agent.stop.set)
     try:
         return agent.run()

@@ -40,6 +40,8 @@ def sign_release(key: Ed25519PrivateKey, session_id: bytes, result: Message) -> 
 def verify_release(public_bundle: bytes, payload: bytes, *, round_id: int | None = None) -> Message:
     """The result message in ``payload`` if the key holder of ``public_bundle`` signed it (and it answers
     ``round_id``, when given); anything else raises ``AuthenticationError`` or ``MalformedMessageError``."""
+    import secagg.ckks.messages  # noqa: F401  (register the result types: a fresh process, e.g. a Flower
+    import secagg.packed.messages  # noqa: F401  ClientApp, may verify before it ever ran a round)
     from secagg.he_round import release_key
 
     result = decode(payload)

@@ -2,7 +2,7 @@
 127.0.0.1 (the CA and server certificate from ``secagg certs init``), three client SuperNodes and a key-holder
 SuperNode (``--node-config "role='keyholder'"``), each with only its own signing key, then ``flwr run`` with a
 connection in a private ``FLWR_HOME``. No runtime dependency installation (nothing reaches the index). CKKS,
-2 rounds; the aggregate equals the in-process engine's. About 1.5 min here: every message is a fresh
+2 rounds; the aggregate equals the in-process engine's. About 2.3 min here: every message is a fresh
 ``flwr-clientapp`` process."""
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def test_flwr_run_against_superlink_and_supernodes_with_tls(tmp_path):
         run_config = (f"scheme='ckks' dim={DIM} seed=7 rounding='deterministic' rounds=2 clients={N} "
                       f"certs='{_node_dir(certs, nodes, None)}' out='{out}' timeout=60.0")
         res = subprocess.run([str(BIN / "flwr"), "run", str(APP), "local-tls", "--run-config", run_config,
-                              "--stream"], env=env, capture_output=True, text=True, timeout=420, cwd=tmp_path)
+                              "--stream"], env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
         assert res.returncode == 0, res.stdout + res.stderr
         assert (out / "model.npy").exists(), res.stdout[-3000:] + res.stderr[-2000:]
         rows = (out / "metrics.jsonl").read_text().splitlines()

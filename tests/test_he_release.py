@@ -76,3 +76,19 @@ def test_a_bundle_without_a_release_key_verifies_nothing(released) -> None:
     with pytest.raises(ConfigurationError):
         bundle(context, seal, b"short")
     assert np.frombuffer(release_key(s.ctx), np.uint8).any()
+
+
+def test_a_fresh_process_verifies_a_release_without_having_run_a_round(released, tmp_path) -> None:
+    """A Flower ClientApp is a fresh interpreter per message: verifying must not depend on what it imported before
+    (the result types were unregistered there, so every honest model was refused)."""
+    import subprocess
+    import sys
+
+    s, rid, payload = released
+    (tmp_path / "ctx").write_bytes(s.ctx)
+    (tmp_path / "payload").write_bytes(payload)
+    code = ("import sys, pathlib; from secagg.he_release import verify_release; d = pathlib.Path(sys.argv[1]); "
+            f"print(verify_release((d / 'ctx').read_bytes(), (d / 'payload').read_bytes(), round_id={rid}).round_id)")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == str(rid)

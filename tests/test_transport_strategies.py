@@ -201,12 +201,14 @@ def test_a_failed_server_step_leaves_model_round_and_strategy_state_untouched(tm
                         step=StrategyStep(GradientAggregation(lr=1e308, optimizer="adam")))
     coord.state.next_round_id = 3  # as _open would have left it (write-ahead round ids)
     with pytest.raises(E.MalformedMessageError, match="not finite"), np.errstate(over="ignore"):
-        coord.engine.commit(Round(1, 0, frozenset({0, 1}), None, {}, {}), AggregateResult(np.ones(4), 1.0, (0, 1)))
+        coord.engine.commit(Round(1, 0, frozenset({0, 1}), None, {"params": {}}, {}),
+                            AggregateResult(np.ones(4), 1.0, (0, 1)))
     assert coord.step.state_dict() == {} and coord.state.round == 0 and np.array_equal(coord.state.model, start)
     assert not path.exists()  # nothing was checkpointed
     coord.step.strategy.lr = 1e-3  # a sane step now commits model, round and the first moments together
     coord.state.model = np.zeros(4)
-    coord.engine.commit(Round(2, 0, frozenset({0, 1}), None, {}, {}), AggregateResult(np.ones(4), 1.0, (0, 1)))
+    coord.engine.commit(Round(2, 0, frozenset({0, 1}), None, {"params": {}}, {}),
+                        AggregateResult(np.ones(4), 1.0, (0, 1)))
     coord.save()  # what the driver does with the engine's Persist effect
     saved = checkpoint.load(path)
     assert saved.round == 1 and int(saved.strategy["t"]) == 1 and np.allclose(saved.model, coord.state.model)

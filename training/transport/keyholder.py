@@ -55,22 +55,24 @@ class KeyHolderService:
         peer_identity(context)
         yield from split(pack({"type": "context"}, self.desk.context))
 
-    @guarded
-    def TagKey(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+    def _from_client(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext, what: str
+                     ) -> tuple[int, bytes]:
+        """The sending client's id (from its certificate) and its payload; any other party is refused."""
         sender = peer_identity(context)
         if sender < 0:
-            raise AuthenticationError("only clients receive the tag key")
-        _, payload = unpack(join(request_iterator, self.limit))
+            raise AuthenticationError(f"only clients {what}")
+        return sender, unpack(join(request_iterator, self.limit))[1]
+
+    @guarded
+    def TagKey(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        sender, payload = self._from_client(request_iterator, context, "receive the tag key")
         with self.lock:
             grant = self.desk.grant(sender, payload)
         return pack({"type": "grant"}, grant)
 
     @guarded
     def Seed(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-        sender = peer_identity(context)
-        if sender < 0:
-            raise AuthenticationError("only clients send pad seeds")
-        _, payload = unpack(join(request_iterator, self.limit))
+        sender, payload = self._from_client(request_iterator, context, "send pad seeds")
         with self.lock:
             self.desk.seed(sender, payload)
         return pack({"ok": True})

@@ -15,14 +15,14 @@ import time
 import numpy as np
 import torch
 
-from training import data as D
+from training.workload import text as D
 from secagg.errors import MalformedMessageError
 from secagg.roles import AGGREGATOR, AggregateResult, Outbound
 from training.engine.roles import Scheme
 from training.config import DataConfig, RunConfig
-from training.corpus import prepare
-from training.local import ModelSpec, build_model, evaluate, set_flat
-from training.runner import Runner
+from training.workload.corpus import prepare
+from training.workload.trainer import ModelSpec, build_model, evaluate, set_flat
+from training.inprocess.simulation import Runner
 
 __all__ = ["PlainScheme", "make_runner", "next_token_accuracy", "final_eval", "documents", "pretrain", "clipped_signal"]
 
@@ -132,7 +132,7 @@ def final_eval(runner: Runner) -> dict:
 
 
 def documents(cfg: DataConfig, n_public: int) -> tuple[dict[str, str], dict[str, str]]:
-    """The clients' documents exactly as :func:`training.corpus.prepare` selects them (so the cached tokenizer is
+    """The clients' documents exactly as :func:`training.workload.corpus.prepare` selects them (so the cached tokenizer is
     the same) and up to ``n_public`` public documents disjoint from them (and so from the validation blocks)."""
     if cfg.corpus == "shakespeare":
         names = sorted(D.shakespeare_files())

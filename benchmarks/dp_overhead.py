@@ -45,7 +45,7 @@ def _model(name: str):
         cfg = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=512, n_positions=128, bos_token_id=0,
                          eos_token_id=0)
         return GPT2LMHeadModel(cfg), 512
-    from training.local import ModelSpec, build_model
+    from training.workload.trainer import ModelSpec, build_model
 
     model = build_model(ModelSpec(name=name, lora=False))
     return model, model.config.vocab_size

@@ -38,13 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-from training.aggregation import FedAvg
-from training.federation import Federation
+from training.engine.rules import FedAvg
+from training.inprocess.federation import Federation
 from training.flower.meter import MessageMeter, per_round
-from training.secure import SecureSum
-from training.transport.config import TransportConfig
-from training.transport.inproc import Deployment
-from training.workload import SyntheticWorkload
+from training.inprocess.secure_sum import SecureSum
+from training.deployment import TransportConfig
+from training.services.loopback import Deployment
+from training.services.workloads import SyntheticWorkload
 
 
 def _stats(xs: list[float]) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """The seed paper's experiment (its Tables 2 and 3) at a scale that fits 2 CPU cores, measured side by side.
 
-Setup (paper Table 1, scaled down): 3 heterogeneous clouds (``training.platforms.DEFAULT_CLOUDS``: compute speed
+Setup (paper Table 1, scaled down): 3 heterogeneous clouds (``training.workload.platforms.DEFAULT_CLOUDS``: compute speed
 1.0 / 0.6 / 1.5, up-links 1000 / 500 / 200 Mbit/s, latency 15 / 35 / 70 ms), a tiny GPT-2 trained from scratch
 on the embedded Shakespeare corpus (``--wikitext DIR`` for a local WikiText-103), every update through the real
 secure aggregation (CKKS by default), no DP (the paper's experiment has none). Grid: aggregator {FedAvg (formula 1),
@@ -47,9 +47,9 @@ import torch
 from benchmarks._lm import final_eval
 from benchmarks._paper_report import PAPER, across_seeds, differences, plot, seed_table, summarize, tables
 from training.config import RunConfig
-from training.local import build_model
-from training.platforms import DEFAULT_CLOUDS
-from training.runner import Runner
+from training.workload.trainer import build_model
+from training.workload.platforms import DEFAULT_CLOUDS
+from training.inprocess.simulation import Runner
 
 RESULTS = Path(__file__).resolve().parent / "results"
 AGGREGATORS = ("fedavg", "loss-weighted", "gradient", "gradient-adam")

@@ -44,7 +44,7 @@ import torch
 from benchmarks._lm import clipped_signal, final_eval, make_runner, pretrain
 from benchmarks._pu_report import GOAL_EPS, GOAL_RATIO, across_seeds, headline, plot, seed_table, summarize
 from training.config import RunConfig
-from training.corpus import prepare
+from training.workload.corpus import prepare
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EPSILONS = (1.0, 2.0, 4.0, 8.0, math.inf)

@@ -45,7 +45,7 @@ MAX_EXTENSIONS = 2
 
 def tuning_plays() -> list[str]:
     """The six plays after the demo's (which are the first ``n_documents`` by name): the lr-selection split."""
-    from training.data import shakespeare_files
+    from training.workload.text import shakespeare_files
 
     n = demo_config("smollm2-135m").data.n_documents
     return sorted(shakespeare_files())[n: 2 * n]
@@ -62,8 +62,8 @@ def _config(scheme: str, seed: int, threads: int, lr: float, tuning: bool) -> Ru
 def calibrate(cfg: RunConfig, eps: float) -> dict:
     """σ for which every client's ε after rounds x local_steps DP-SGD steps is <= ``eps``."""
     from privacy.accounting import noise_multiplier_for_epsilon
-    from training.corpus import prepare
-    from training.pretrained import tokenizer_dir
+    from training.workload.corpus import prepare
+    from training.workload.pretrained import tokenizer_dir
 
     data = prepare(cfg.data, cfg.federation.clients, np.random.default_rng(cfg.train.seed),
                    tokenizer_dir=tokenizer_dir(cfg.model.name, cfg.model.path, cfg.data.cache_dir))
@@ -75,7 +75,7 @@ def calibrate(cfg: RunConfig, eps: float) -> dict:
 
 def run_one(scheme: str, eps: float, seed: int, threads: int, lr: float = DEMO_LR, tuning: bool = False) -> dict:
     """One federation at ``lr``; ``tuning``: on the lr-selection split instead of the clients' plays."""
-    from training.runner import Runner
+    from training.inprocess.simulation import Runner
 
     cfg = _config(scheme, seed, threads, lr, tuning)
     row: dict = {"scheme": scheme, "seed": seed, "epsilon_target": None if math.isinf(eps) else eps, "lr": lr,

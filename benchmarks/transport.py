@@ -4,7 +4,7 @@ For n ∈ {3, 10, 100} clients (masking; CKKS for n ≤ 10 by default) and a sma
 
 * in-process: ``secagg.run_round`` on roles from ``build_round`` (every message passed as bytes; masking with
   Ed25519-signed advertisements and survivor lists, as over gRPC), seconds and protocol bytes (all payloads);
-* gRPC: a :class:`training.transport.inproc.Deployment` (aggregator, key holder and n client agents, each with its
+* gRPC: a :class:`training.services.loopback.Deployment` (aggregator, key holder and n client agents, each with its
   own mTLS channel, on threads of this process) running two rounds of the same updates; the second (steady state:
   connections open, peers' signing certificates cached) is reported: seconds (round opened → aggregate applied),
   protocol bytes (the same payloads, counted by the aggregator: must equal the in-process count), transport bytes
@@ -42,8 +42,8 @@ from secagg import run_round
 from secagg.errors import SecAggError
 from secagg.messages import decode
 from secagg.roles import Outbound
-from training.transport.inproc import Deployment, FixedSource
-from training.transport.wire import model_bytes, pack, unpack
+from training.services.loopback import Deployment, FixedSource
+from training.services.wire import model_bytes, pack, unpack
 
 
 def _lo_bytes() -> int:
@@ -248,8 +248,8 @@ def load_processes(n: int, dim: int, out: Path) -> dict:
     """`secagg up`: an aggregator process and n client processes (synthetic trainer of ``dim`` values)."""
     import threading
 
-    from training.transport.config import TransportConfig
-    from training.transport.launcher import launch
+    from training.deployment import TransportConfig
+    from training.services.launcher import launch
 
     cfg = TransportConfig(scheme="masking", trainer="synthetic", clients=n, rounds=1, dim=dim, out=str(out),
                           certs=str(out / "certs"),

@@ -1,4 +1,4 @@
-"""Federate an existing PyTorch training loop with a few lines (training.session).
+"""Federate an existing PyTorch training loop with a few lines (training.inprocess.session).
 
 Three "clouds" each hold one Shakespeare play; every round each cloud runs its own unchanged training loop
 inside ``with fed.client(i).round(model) as r:``; the updates are combined by secure aggregation (CKKS by
@@ -13,9 +13,9 @@ import argparse
 
 import torch
 
-from training.data import encode_documents, lm_blocks, load_shakespeare, train_tokenizer
-from training.local import ModelSpec, build_model, evaluate
-from training.session import FederatedSession
+from training.workload.text import encode_documents, lm_blocks, load_shakespeare, train_tokenizer
+from training.workload.trainer import ModelSpec, build_model, evaluate
+from training.inprocess.session import FederatedSession
 
 
 def main() -> None:

@@ -18,10 +18,10 @@ from training.config import RunConfig
 @settings(max_examples=25, deadline=None)
 @given(st.integers(2, 5), st.integers(1, 40), st.integers(0, 2**32 - 1))
 def test_plain_baseline_is_the_weighted_sum_of_the_survivors_through_the_engine(n, d, seed):
-    from training.aggregation import FedAvg
-    from training.federation import Federation
-    from training.secure import SecureSum
-    from training.update import ClientUpdate
+    from training.engine.rules import FedAvg
+    from training.inprocess.federation import Federation
+    from training.inprocess.secure_sum import SecureSum
+    from training.workload.client_update import ClientUpdate
 
     rng = np.random.default_rng(seed)
     vecs = rng.normal(size=(n, d))

@@ -16,12 +16,12 @@ from scipy.stats import chi2, norm
 from privacy.distributed import distributed_epsilon
 from privacy.errors import ConfigurationError
 from privacy.noise import noise_range, weighted_share
-from training.aggregation import FedAvg, LossWeighted
+from training.engine.rules import FedAvg, LossWeighted
 from training.errors import ConfigError
-from training.federation import Federation
-from training.runner import Runner
-from training.secure import SecureSum
-from training.update import ClientUpdate
+from training.inprocess.federation import Federation
+from training.inprocess.simulation import Runner
+from training.inprocess.secure_sum import SecureSum
+from training.workload.client_update import ClientUpdate
 from tests.test_training_runner import _tiny
 
 

@@ -1,7 +1,7 @@
 """One engine, two drivers: the in-process pump and the gRPC services on loopback compute the same model.
 
 The same workload (seeded synthetic clients), the same scheme options and the same strategy run through
-:class:`training.federation.Federation` (FIFO pump, simulated clock) and :class:`training.transport.inproc.Deployment`
+:class:`training.inprocess.federation.Federation` (FIFO pump, simulated clock) and :class:`training.services.loopback.Deployment`
 (real gRPC + mTLS, threads). Masking with ``rounding = "deterministic"`` is deterministic, so the models must be equal
 bit for bit; CKKS must agree within its error. The gRPC clients receive the model as float32 (what they train in),
 so the in-process clients are given the same float32-rounded model. Asynchronous cohorts depend on arrival order
@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.aggregation import BufferedAsync, FedAvg
-from training.federation import Federation
-from training.secure import SecureSum
-from training.transport.inproc import Deployment
-from training.workload import SyntheticWorkload
+from training.engine.rules import BufferedAsync, FedAvg
+from training.inprocess.federation import Federation
+from training.inprocess.secure_sum import SecureSum
+from training.services.loopback import Deployment
+from training.services.workloads import SyntheticWorkload
 
 DIM, N = 24, 3
 OPTIONS = {"masking": {"clip": 1.0, "rounding": "deterministic", "ring_bits": 32},

@@ -15,9 +15,9 @@ import pytest
 pytest.importorskip("flwr")
 
 from tests.test_engine_parity import DIM, N, _in_process  # noqa: E402
-from training.aggregation import BufferedAsync, FedAvg  # noqa: E402
+from training.engine.rules import BufferedAsync, FedAvg  # noqa: E402
 from training.flower.sim import simulate  # noqa: E402
-from training.transport.config import TransportConfig  # noqa: E402
+from training.deployment import TransportConfig  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower")]  # one Ray at a time on the machine
 
@@ -97,9 +97,9 @@ def test_flower_sim_ends_with_the_model_of_secagg_run_with_dp_off(tmp_path):
     """The issue's parity: one seed, DP off, a real (tiny) language model: `secagg run`'s in-process Runner and
     `secagg flower sim` (clients train in a Ray actor from float32 models) end within CKKS's error."""
     from training.config import load_config
-    from training.local import build_model, get_flat
-    from training.runner import Runner
-    from training.transport.config import load_transport_config
+    from training.workload.trainer import build_model, get_flat
+    from training.inprocess.simulation import Runner
+    from training.deployment import load_transport_config
 
     run = tmp_path / "run.toml"
     run.write_text("[data]\nplays = [\"the-tempest\", \"macbeth\", \"hamlet\"]\nvocab_size = 300\nblock_size = 16\n"

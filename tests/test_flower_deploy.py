@@ -14,15 +14,15 @@ from flwr.app import Context, RecordDict  # noqa: E402
 
 from secagg.errors import AuthenticationError  # noqa: E402
 from tests.test_engine_parity import DIM, N, _in_process  # noqa: E402
-from training.aggregation import FedAvg  # noqa: E402
+from training.engine.rules import FedAvg  # noqa: E402
 from training.errors import ConfigError  # noqa: E402
 from training.flower import client as flower_client  # noqa: E402
 from training.flower.deploy import client_app, config_of  # noqa: E402
 from training.flower.protocol import Trust  # noqa: E402
 from training.flower.server import FlowerAggregator  # noqa: E402
 from training.flower.sim import settings_of  # noqa: E402
-from training.pki.certs import init_certs  # noqa: E402
-from training.workload import make_workload  # noqa: E402
+from training.services.pki.certs import init_certs  # noqa: E402
+from training.services.workloads import make_workload  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("flower-deploy")  # no Ray: beside the simulation tests
 

@@ -22,8 +22,8 @@ import pytest
 pytest.importorskip("flwr")
 
 from tests.test_engine_parity import DIM, N, _in_process  # noqa: E402
-from training.aggregation import FedAvg  # noqa: E402
-from training.pki.certs import init_certs  # noqa: E402
+from training.engine.rules import FedAvg  # noqa: E402
+from training.services.pki.certs import init_certs  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower-process")]  # processes, no Ray
 

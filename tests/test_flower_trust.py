@@ -16,7 +16,7 @@ from training.engine import RoundEngine, RoundPolicy, ServerState, Task  # noqa:
 from training.engine.keyholder import StaleKeyError  # noqa: E402
 from training.flower.client import NodeProcess  # noqa: E402
 from training.flower.protocol import Trust, unpack  # noqa: E402
-from training.workload import SyntheticWorkload  # noqa: E402
+from training.services.workloads import SyntheticWorkload  # noqa: E402
 
 DIM, N = 8, 3
 

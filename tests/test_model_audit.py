@@ -19,12 +19,12 @@ from secagg.errors import AuthenticationError
 from secagg.hazmat import sign as ed25519
 from secagg.he_release import sign_release
 from secagg.messages import decode
-from training.aggregation import make_strategy
+from training.engine.rules import make_strategy
 from training.engine.audit import ModelAudit, UnverifiedModelError
 from training.engine.terms import StrategyStep
-from training.federation import Federation
-from training.secure import SecureSum
-from training.update import ClientUpdate
+from training.inprocess.federation import Federation
+from training.inprocess.secure_sum import SecureSum
+from training.workload.client_update import ClientUpdate
 
 DIM, N = 8, 3
 RULES = {"fedavg": {}, "gradient": {"optimizer": "adam", "lr": 0.1}, "loss-weighted": {}}
@@ -130,7 +130,7 @@ def test_a_flower_client_node_refuses_a_nudged_model() -> None:
     from training.engine.core import RoundDone, Task, ToKeyholder
     from training.flower.client import NodeProcess
     from training.flower.protocol import Trust, unpack
-    from training.workload import SyntheticWorkload
+    from training.services.workloads import SyntheticWorkload
 
     trust = Trust.generate(N)
     settings = {"run": "t", "scheme": "ckks", "scheme_options": {"params": "default"}, "clients": N}
@@ -172,3 +172,4 @@ def test_a_flower_client_node_refuses_a_nudged_model() -> None:
     task = next(e for e in eng.drain() if isinstance(e, Task))
     with pytest.raises(UnverifiedModelError):
         node.client(task.cid, "task", task.header, model_bytes(task.model), [])
+

@@ -26,10 +26,10 @@ from secagg.masking.messages import AdvertiseKeys, KeyRoster
 from secagg.messages import decode
 from secagg.roles import AGGREGATOR, KEYHOLDER
 from secagg.terms import NO_TERMS, terms_digest
-from training.aggregation import make_strategy
+from training.engine.rules import make_strategy
 from training.engine.contribution import contribute
 from training.engine.roles import make_keyholder, make_scheme
-from training.update import ClientUpdate
+from training.workload.client_update import ClientUpdate
 
 DIM, IDS = 8, [0, 1, 2, 3]
 WEIGHTS = {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0}

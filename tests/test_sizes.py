@@ -52,7 +52,7 @@ def test_an_he_aggregator_of_a_huge_dim_is_refused(scheme: str) -> None:
 
 @pytest.mark.parametrize("field,value", [("clients", 10**9), ("rounds", 10**12), ("dim", 1 << 40)])
 def test_transport_settings_with_huge_sizes_are_refused(field: str, value: int) -> None:
-    from training.transport.config import load_transport_config
+    from training.deployment import load_transport_config
 
     _refused_small(ConfigError, lambda: load_transport_config(None, **{field: value, "trainer": "synthetic"}))
 

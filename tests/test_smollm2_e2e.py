@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from training.config import demo_config
-from training.local import parameter_counts
-from training.runner import Runner
+from training.workload.trainer import parameter_counts
+from training.inprocess.simulation import Runner
 
 
 @pytest.mark.slow

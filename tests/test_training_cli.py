@@ -15,7 +15,7 @@ from training import cli
 from training.config import (DataConfig, DPConfig, FederationConfig, ModelConfig, RunConfig, TrainConfig,
                              load_config)
 from training.errors import ConfigError
-from training.platforms import PlatformProfile
+from training.workload.platforms import PlatformProfile
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "run.toml"
@@ -70,7 +70,7 @@ def test_example_run_file_sets_every_option_and_loads():
     assert cfg.data.partition == "capacity" and cfg.federation.aggregator == "gradient"
     assert cfg.aggregator_options["optimizer"] == "adam" and cfg.federation.dropouts == {"3": [1]}
     assert [p.name for p in cfg.platforms] == ["aws-us-east", "gcp-europe", "on-prem"]
-    from training.transport.config import load_transport_config
+    from training.deployment import load_transport_config
 
     assert load_transport_config(EXAMPLE).trainer == "local"  # the same file drives `secagg up`
 

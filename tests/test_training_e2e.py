@@ -9,7 +9,7 @@ import pytest
 
 from training.config import RunConfig, load_config
 from training.errors import ConfigError
-from training.runner import Runner
+from training.inprocess.simulation import Runner
 
 
 def _tiny(tmp_path, **fed) -> RunConfig:

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training import partition as P
+from training.workload import partition as P
 from training.errors import ConfigError
-from training.platforms import PlatformProfile
+from training.workload.platforms import PlatformProfile
 
 SET = settings(max_examples=60, deadline=None)
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from tests.fixtures.tiny_gguf import HIDDEN, HEADS, KV_HEADS, LAYERS, write_tiny_llama_gguf
-from training import pretrained
+from training.workload import pretrained
 from training.config import ModelConfig, RunConfig
 from training.errors import ConfigError
-from training.local import LocalTrainer, ModelSpec, build_model, parameter_counts
+from training.workload.trainer import LocalTrainer, ModelSpec, build_model, parameter_counts
 
 NAME = "tiny-llama-test"
 
@@ -53,7 +53,7 @@ def test_gguf_is_converted_once_to_float32_weights_equal_to_the_written_model(pa
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_conversion)
     assert pretrained.cached_model_dir(NAME, cache) == target
     assert pretrained.tokenizer_dir(NAME, None, cache) == target
-    from training.data import model_tokenizer
+    from training.workload.text import model_tokenizer
 
     tok, eos = model_tokenizer(target)
     assert eos == 0  # documents are separated by <|endoftext|> (as SmolLM2 was pretrained), not the chat end
@@ -119,7 +119,7 @@ def test_dp_per_sample_gradients_of_llama_lora_adapters_are_exact(packaged):
 
 
 def test_a_federated_dp_lora_run_sends_only_adapters_and_never_moves_the_base(packaged, tmp_path):
-    from training.runner import Runner
+    from training.inprocess.simulation import Runner
 
     model, cache = packaged
     cfg = RunConfig()
@@ -147,8 +147,8 @@ def test_a_federated_dp_lora_run_sends_only_adapters_and_never_moves_the_base(pa
 
 
 def test_greedy_generation_with_the_kv_cache_equals_recomputing_every_prefix(packaged):
-    from training.data import model_tokenizer
-    from training.generate import greedy
+    from training.workload.text import model_tokenizer
+    from training.workload.generate import greedy
 
     _, cache = packaged
     model = build_model(ModelSpec(name=NAME, cache_dir=str(cache), lora=True, lora_rank=2))

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from privacy.accounting import epsilon
-from training.aggregation import FedAvg
+from training.engine.rules import FedAvg
 from training.config import RunConfig
-from training.federation import Federation
-from training.partition import largest_remainder
-from training.platforms import PlatformProfile
-from training.runner import Runner
-from training.secure import SecureSum
-from training.update import ClientUpdate
+from training.inprocess.federation import Federation
+from training.workload.partition import largest_remainder
+from training.workload.platforms import PlatformProfile
+from training.inprocess.simulation import Runner
+from training.inprocess.secure_sum import SecureSum
+from training.workload.client_update import ClientUpdate
 
 
 def _tiny(tmp_path, **fed) -> RunConfig:

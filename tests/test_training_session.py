@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from training.errors import SessionError
-from training.local import get_flat, set_flat
-from training.session import FederatedSession
+from training.workload.trainer import get_flat, set_flat
+from training.inprocess.session import FederatedSession
 
 
 def _data(seed, n):
@@ -104,7 +104,7 @@ def test_threads_block_until_the_round_completes():
 
 
 def test_async_session_closes_a_round_per_buffer_and_discounts_stale_clients():
-    from training.aggregation import staleness_weight
+    from training.engine.rules import staleness_weight
 
     torch.manual_seed(2)
     models = [torch.nn.Linear(4, 1) for _ in range(3)]

@@ -10,10 +10,10 @@ import struct
 import numpy as np
 import pytest
 
-from training.aggregation import BufferedAsync, FedAvg, GradientAggregation, LossWeighted, RoundInfo, staleness_weight
-from training.federation import Federation
-from training.secure import SecureSum
-from training.update import ClientUpdate
+from training.engine.rules import BufferedAsync, FedAvg, GradientAggregation, LossWeighted, RoundInfo, staleness_weight
+from training.inprocess.federation import Federation
+from training.inprocess.secure_sum import SecureSum
+from training.workload.client_update import ClientUpdate
 
 DIM = 40
 ATOL = 2e-5

@@ -15,11 +15,11 @@ from secagg import errors as E
 from secagg.masking.messages import ConsistencyRequest, MaskedInput
 from secagg.messages import decode
 from secagg.roles import AGGREGATOR
-from training.pki.certs import Credentials
-from training.transport.client import ClientAgent
-from training.transport.inproc import Deployment, FixedSource
-from training.transport.rpc import Stub, open_channel
-from training.transport.wire import OversizeMessageError, TransportError, pack, unpack
+from training.services.pki.certs import Credentials
+from training.services.client import ClientAgent
+from training.services.loopback import Deployment, FixedSource
+from training.services.rpc import Stub, open_channel
+from training.services.wire import OversizeMessageError, TransportError, pack, unpack
 
 DIM = 12
 LIMIT = 1 << 20
@@ -162,7 +162,7 @@ def test_bad_messages_get_named_errors_and_the_round_continues(scheme, caplog):
     weights = [1.0, 2.0, 3.0]
     sources = {i: FixedSource(updates[i], weights[i]) for i in range(3)}
     craft = {"masking": _masking_craft, "ckks": _ckks_craft, "packed": _packed_craft}[scheme]
-    caplog.set_level(logging.WARNING, logger="training.transport")
+    caplog.set_level(logging.WARNING, logger="training.services")
     with Deployment(scheme, sources, DIM, stage_timeout=5.0, max_message_bytes=LIMIT) as dep:
         early = []
         with open_channel(Credentials.load(dep.certs, 2), dep.address, AGGREGATOR) as ch:

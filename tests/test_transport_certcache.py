@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg import errors as E
-from training.transport import wire
-from training.pki.certs import Credentials, SigningIdentity, init_certs, issue, verify_signing_identity
-from training.transport.inproc import Deployment, FixedSource
-from training.pki.peers import CertificateMismatchError, PeerCertificates, roster_digest
+from training.services import wire
+from training.services.pki.certs import Credentials, SigningIdentity, init_certs, issue, verify_signing_identity
+from training.services.loopback import Deployment, FixedSource
+from training.services.pki.peers import CertificateMismatchError, PeerCertificates, roster_digest
 
 N = 4
 

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from secagg.errors import SecAggError, WrongRoundError
 from tests.fixtures.transport import capture_finalize
-from training.transport.client import ClientAgent
-from training.transport.inproc import Deployment, FixedSource
-from training.transport.wire import TransportError, pack
+from training.services.client import ClientAgent
+from training.services.loopback import Deployment, FixedSource
+from training.services.wire import TransportError, pack
 
 MUTATION = st.one_of(
     st.tuples(st.just("flip"), st.integers(0, 1 << 20), st.integers(0, 7)),
@@ -174,11 +174,11 @@ def test_replays_of_an_earlier_round_are_refused(scheme):
 def idle_aggregator(tmp_path_factory):
     """An aggregator service with no round running, and a stub holding client 0's certificate."""
     from secagg.roles import AGGREGATOR
-    from training.transport.aggregator import serve_aggregator
-    from training.pki.certs import Credentials, init_certs
-    from training.transport.checkpoint import ServerState
-    from training.transport.coordinator import Coordinator, RoundPolicy
-    from training.transport.rpc import Stub, open_channel
+    from training.services.aggregator import serve_aggregator
+    from training.services.pki.certs import Credentials, init_certs
+    from training.services.checkpoint import ServerState
+    from training.services.coordinator import Coordinator, RoundPolicy
+    from training.services.rpc import Stub, open_channel
     from training.engine.roles import make_scheme
 
     d = tmp_path_factory.mktemp("fuzz-pki")
@@ -208,7 +208,7 @@ HEADERS = st.dictionaries(st.sampled_from(["weight", "client_id", "round_id", "p
        st.one_of(HEADERS.map(pack), st.binary(max_size=80), st.tuples(HEADERS, st.binary(min_size=1, max_size=8))
                  .map(lambda hb: pack(*hb))))
 def test_aggregator_control_methods_answer_any_request_without_crashing(idle_aggregator, method, request):
-    from training.transport.wire import unpack
+    from training.services.wire import unpack
 
     coord, stub = idle_aggregator
     try:

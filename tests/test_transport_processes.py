@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.transport import checkpoint
-from training.pki.certs import init_certs
-from training.transport.config import TransportConfig
-from training.transport.launcher import Procs, launch
-from training.transport.node import read_port_file
-from training.workload import SyntheticWorkload
+from training.services import checkpoint
+from training.services.pki.certs import init_certs
+from training.deployment import TransportConfig
+from training.services.launcher import Procs, launch
+from training.services.node import read_port_file
+from training.services.workloads import SyntheticWorkload
 
 DIM = 32
 
@@ -284,7 +284,7 @@ def test_secagg_up_trains_a_real_model_with_every_role_a_process(tmp_path):
     from privacy.durable import read_ledgers
     from privacy.events import PrivacyEvent
     from privacy.ledger import PrivacyLedger
-    from training.transport.cli import mount
+    from training.services.cli import mount
 
     run = tmp_path / "run.toml"
     run.write_text(RUN_TOML)
@@ -328,7 +328,7 @@ def test_secagg_up_twice_continues_each_clients_budget_and_refuses_before_releas
 
     from privacy.accounting import epsilon
     from training.ledgers import mount as mount_budget
-    from training.transport.cli import mount
+    from training.services.cli import mount
 
     q = 8 / 24
     e2, e3 = (epsilon(1.0, q, 2 * k, 1e-5, relation="replace-one") for k in (2, 3))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import secagg
-from training.transport.client import ClientAgent
-from training.transport.inproc import Deployment, FixedSource
+from training.services.client import ClientAgent
+from training.services.loopback import Deployment, FixedSource
 
 
 def _data(n: int, dim: int, seed: int):
@@ -122,7 +122,7 @@ def test_signed_masking_clients_refuse_keys_substituted_by_the_aggregator(caplog
 
     updates, weights = _data(4, 16, seed=4)
     sources = {i: FixedSource(u, w) for i, (u, w) in enumerate(zip(updates, weights))}
-    caplog.set_level(logging.WARNING, logger="training.transport.client")
+    caplog.set_level(logging.WARNING, logger="training.services.client")
     with Deployment("masking", sources, 16, stage_timeout=1.0) as dep:
         route, coord = dep.coordinator.engine._route, dep.coordinator
         attacker = kex.public_bytes(kex.generate())  # the aggregator's own key, to read client 0's shares

@@ -15,20 +15,20 @@ import secagg
 from secagg import errors as E
 from secagg.roles import KEYHOLDER
 from tests.fixtures.transport import capture_finalize
-from training.aggregation import GradientAggregation, LossWeighted
+from training.engine.rules import GradientAggregation, LossWeighted
 from training.config import RunConfig, load_config
 from training.errors import ConfigError
-from training.transport import checkpoint
-from training.pki.certs import Credentials
-from training.transport.config import TransportConfig, load_transport_config
+from training.services import checkpoint
+from training.services.pki.certs import Credentials
+from training.deployment import TransportConfig, load_transport_config
 from training.engine.roles import make_keyholder
-from training.transport.inproc import Deployment, FixedSource
-from training.transport.keyholder import serve_keyholder
-from training.workload.local import run_config
+from training.services.loopback import Deployment, FixedSource
+from training.services.keyholder import serve_keyholder
+from training.services.workloads.lm import run_config
 from training.engine.terms import StrategyStep, encode_update
-from training.workload import SyntheticWorkload
-from training.transport.wire import StaleKeyError
-from training.update import ClientUpdate
+from training.services.workloads import SyntheticWorkload
+from training.services.wire import StaleKeyError
+from training.workload.client_update import ClientUpdate
 
 
 def _data(n: int, dim: int, seed: int):
@@ -76,7 +76,7 @@ def test_up_refuses_an_unknown_aggregator_by_name(tmp_path):
     from typer.testing import CliRunner
 
     from training.errors import cli_app
-    from training.transport.cli import mount
+    from training.services.cli import mount
 
     app = cli_app()  # what `secagg` mounts them on: named errors are one line and exit 2
     app.callback()(lambda: None)
@@ -190,7 +190,7 @@ def test_adam_state_is_checkpointed_with_the_model_and_restored_into_a_fresh_str
 
 def test_a_failed_server_step_leaves_model_round_and_strategy_state_untouched(tmp_path):
     from secagg.roles import AggregateResult
-    from training.transport.coordinator import Coordinator, RoundPolicy
+    from training.services.coordinator import Coordinator, RoundPolicy
     from training.engine.rounds import Round
     from training.engine.roles import make_scheme
 
@@ -289,7 +289,7 @@ def _refinalize(dep: Deployment, payload: bytes) -> None:
 def test_async_buffers_apply_formula_4_with_the_staleness_of_a_late_client(scheme, tmp_path):
     """K = 2 of 3 clients per buffer. Client 2 joins while round 1 runs, trains on version 0 and so enters round 2
     one version stale; every step must equal formula 4 computed directly from the recorded buffers."""
-    from training.aggregation import BufferedAsync
+    from training.engine.rules import BufferedAsync
 
     dim, alpha = 12, 0.8
     work = SyntheticWorkload(dim, 3, seed=3, clip=1.0, strategy=lambda: BufferedAsync(buffer_size=2, alpha=alpha))

@@ -8,13 +8,13 @@ import pytest
 
 from secagg.errors import AuthenticationError
 from secagg.roles import AGGREGATOR, KEYHOLDER
-from training.transport.aggregator import KeyHolderLink, serve_aggregator, status_of
-from training.pki.certs import Credentials, init_certs
-from training.transport.checkpoint import ServerState
-from training.transport.coordinator import Coordinator, RoundPolicy
-from training.transport.rpc import Stub, open_channel
+from training.services.aggregator import KeyHolderLink, serve_aggregator, status_of
+from training.services.pki.certs import Credentials, init_certs
+from training.services.checkpoint import ServerState
+from training.services.coordinator import Coordinator, RoundPolicy
+from training.services.rpc import Stub, open_channel
 from training.engine.roles import make_scheme
-from training.transport.wire import TransportError, channel_options, pack, unpack
+from training.services.wire import TransportError, channel_options, pack, unpack
 
 LIMIT = 1 << 24
 
@@ -118,7 +118,7 @@ def test_client_refuses_a_server_with_the_wrong_role(certs, aggregator):
 def test_keyholder_decrypts_only_for_the_aggregator(certs):
     from secagg.ckks import KeyHolder
 
-    from training.transport.keyholder import serve_keyholder
+    from training.services.keyholder import serve_keyholder
 
     d, _ = certs
     server, port = serve_keyholder(KeyHolder(), Credentials.load(d, KEYHOLDER), "127.0.0.1", 0,
@@ -143,7 +143,7 @@ def test_keyholder_decrypts_only_for_the_aggregator(certs):
 def test_large_messages_stream_in_chunks_and_the_size_limit_holds(certs, aggregator):
     from secagg.errors import WrongRoundError
 
-    from training.transport.wire import OversizeMessageError
+    from training.services.wire import OversizeMessageError
 
     address, coord = aggregator
     with open_channel(Credentials.load(certs[0], 0), address, AGGREGATOR) as ch:

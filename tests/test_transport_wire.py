@@ -15,9 +15,9 @@ from hypothesis import given, settings, strategies as st
 from secagg import errors as E
 from secagg.roles import AGGREGATOR, KEYHOLDER
 from training.errors import ConfigError, TrainingError
-from training.transport import checkpoint, wire
-from training.pki.certs import Credentials, init_certs, parse_identity, role_name
-from training.transport.config import load_transport_config
+from training.services import checkpoint, wire
+from training.services.pki.certs import Credentials, init_certs, parse_identity, role_name
+from training.deployment import load_transport_config
 
 
 @settings(max_examples=40, deadline=None)
@@ -218,7 +218,7 @@ def test_privacy_reports_are_checkpointed_before_the_reply_and_composed_once(tmp
 
     from privacy.accounting import epsilon
     from privacy.ledger import PrivacyLedger
-    from training.transport.coordinator import Coordinator, RoundPolicy
+    from training.services.coordinator import Coordinator, RoundPolicy
     from training.engine.roles import make_scheme
 
     path = tmp_path / "agg.ckpt"
@@ -246,7 +246,7 @@ def test_privacy_reports_are_checkpointed_before_the_reply_and_composed_once(tmp
 def test_signing_identities_chain_to_the_ca_and_name_their_client(tmp_path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from training.pki.certs import verify_signing_cert
+    from training.services.pki.certs import verify_signing_cert
 
     init_certs(tmp_path / "a", 2)
     init_certs(tmp_path / "b", 2)
@@ -271,7 +271,7 @@ def test_mounted_cli_reads_the_run_file(tmp_path):
     from typer.testing import CliRunner
 
     from training.errors import cli_app
-    from training.transport.cli import mount
+    from training.services.cli import mount
 
     app = cli_app()  # what `secagg` mounts them on: named errors are one line and exit 2
     app.callback()(lambda: None)

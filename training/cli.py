@@ -5,7 +5,7 @@
   ε per client, bytes up/down, time), and write ``metrics.jsonl``, ``loss.png``, ``epsilon.png`` and
   ``config.json`` into ``--out``.
 * ``secagg certs init``, ``keyholder serve``, ``aggregator serve``, ``client run``, ``up`` — the networked
-  deployment, mounted from :mod:`training.transport.cli`.
+  deployment, mounted from :mod:`training.services.cli`.
 * ``secagg flower sim`` — the same federation on Flower's simulation runtime (:mod:`training.flower`).
 * ``secagg budget show PATH [--json]`` — each client's ε from its durable ledger (:mod:`training.ledgers`).
 * ``secagg bench NAME [ARGS...]`` — runs ``python -m benchmarks.NAME ARGS...``.
@@ -30,7 +30,7 @@ from training.config import RunConfig, demo_config, load_config
 from training.errors import ConfigError, cli_app
 from training.flower.cli import mount as mount_flower
 from training.ledgers import default_ledger_dir, mount as mount_budget
-from training.transport.cli import mount
+from training.services.cli import mount
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no tokenizers thread pool: safe across fork()
 
@@ -81,8 +81,8 @@ class _RoundBars:
 
 def _sample(runner, prompt: str | None) -> str | None:
     """The global model's greedy continuation of ``prompt`` (None without a prompt)."""
-    from training.generate import greedy
-    from training.local import set_flat
+    from training.workload.generate import greedy
+    from training.workload.trainer import set_flat
 
     if not prompt:
         return None
@@ -91,9 +91,9 @@ def _sample(runner, prompt: str | None) -> str | None:
 
 
 def _execute(cfg: RunConfig, out: Path, prompt: str | None = None) -> None:
-    from training.local import parameter_counts, set_flat
-    from training.report import final_table, human_bytes, plot, write_metrics
-    from training.runner import Runner
+    from training.workload.trainer import parameter_counts, set_flat
+    from training.inprocess.report import final_table, human_bytes, plot, write_metrics
+    from training.inprocess.simulation import Runner
 
     f = cfg.federation
     typer.echo(f"secagg: {f.clients} clouds, scheme={f.scheme}, aggregator={f.aggregator}, "

@@ -3,7 +3,7 @@
 A TOML file has the sections ``[data]``, ``[model]``, ``[train]``, ``[federation]``, ``[dp]``, an optional
 ``[aggregator_options]`` table passed to the strategy, and optional ``[[platforms]]`` entries
 (``name``, ``speed``, ``up_mbps``, ``down_mbps``, ``latency_ms``). A ``[transport]`` table (deployment settings for
-``secagg up`` and the services, read by :mod:`training.transport.config`) may be present; ``secagg run`` ignores
+``secagg up`` and the services, read by :mod:`training.deployment`) may be present; ``secagg run`` ignores
 it. Unknown sections and keys are refused (ConfigError). ``examples/run.toml`` sets every option.
 """
 
@@ -15,31 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.errors import ConfigError
-from training.platforms import PlatformProfile
-from training.secure import SCHEMES
+from training.engine.roles import SCHEMES
+from training.workload.corpus import DataConfig
+from training.workload.platforms import PlatformProfile
 
 MAX_CLIENTS = 4096  # clients of one federation (each has its own role, ledger and, under `secagg up`, process)
 MAX_ROUNDS = 1_000_000
 
 __all__ = ["MAX_CLIENTS", "MAX_ROUNDS", "DataConfig", "ModelConfig", "TrainConfig", "FederationConfig", "DPConfig", "RunConfig", "load_config",
            "demo_config", "DEMO_MODELS"]
-
-
-@dataclass
-class DataConfig:
-    corpus: str = "shakespeare"          # "shakespeare" (embedded) | "wikitext" (local directory)
-    wikitext_dir: str | None = None
-    plays: list[str] | None = None       # None: the first ``n_documents`` plays in name order
-    n_documents: int = 6
-    max_articles: int = 600              # WikiText: articles read from the train split
-    vocab_size: int = 2048
-    block_size: int = 64
-    partition: str = "by-document"       # by-document | iid | dirichlet | capacity
-    dirichlet_alpha: float = 0.5
-    max_blocks_per_client: int | None = 512
-    val_fraction: float = 0.1
-    max_val_blocks: int = 96
-    cache_dir: str | None = None
 
 
 @dataclass
@@ -56,7 +40,7 @@ class ModelConfig:
     freeze_embeddings: bool = False      # token embedding (tied to the output layer) not trained; for dp.mode ghost
 
     def __post_init__(self) -> None:
-        from training.pretrained import PACKAGED, TINY
+        from training.workload.pretrained import PACKAGED, TINY
 
         if self.name != TINY and self.name not in PACKAGED:
             raise ConfigError(f"unknown [model] name {self.name!r}; expected {TINY!r} or one of {sorted(PACKAGED)}")
@@ -165,7 +149,7 @@ class RunConfig:
             raise ConfigError(f"train.threads must be >= 0, got {self.train.threads}")
         if self.platforms is not None and len(self.platforms) != f.clients:
             raise ConfigError(f"{len(self.platforms)} [[platforms]] for {f.clients} clients")
-        from training.aggregation import make_strategy
+        from training.engine.rules import make_strategy
 
         make_strategy(f.aggregator, **self.aggregator_options)  # refuses options the aggregator does not take
         return self

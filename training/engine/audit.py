@@ -13,7 +13,7 @@ the last accepted model; each step's sum is the key holder's (signed under the b
 round, over that round's cohort, under exactly the parameters the replay uses (their digest is in the release); a
 version never goes back; a refused model leaves the replica as it was. The first model a client sees is its anchor
 (trusted; if it is version 0 and the client knows the initial model, it must be that). Masking sums are unmasked
-by the server itself: there is no release to replay, so the model is taken as sent (README: no integrity).
+by the server itself: there is no release to replay, so the model is taken as sent (docs/threat-model.md: no integrity).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from secagg.roles import ClientRole
 from training.engine.audit import ModelAudit
 from training.engine.codec import field
 from training.engine.roles import Scheme
-from training.update import ClientUpdate
+from training.workload.client_update import ClientUpdate
 
 __all__ = ["ClientSession", "contribution"]
 
@@ -45,7 +45,7 @@ def contribution(source, model: np.ndarray, round_no: int, terms: dict) -> tuple
 
 
 class ClientSession:
-    """Client ``client_id`` of ``scheme`` with its update ``source`` (a :mod:`training.workload` source)."""
+    """Client ``client_id`` of ``scheme`` with its update ``source`` (a :mod:`training.services.workloads` source)."""
 
     def __init__(self, client_id: int, scheme: Scheme, source) -> None:
         self.client_id, self.scheme, self.source = client_id, scheme, source

@@ -25,10 +25,10 @@ import numpy as np
 from privacy.clipping import clip_update
 from privacy.noise import weighted_share
 from secagg.errors import ConfigurationError
-from training.aggregation.base import Contribution, Strategy
+from training.engine.rules.base import Contribution, Strategy
 from training.engine.terms import encode_update
 from training.errors import ConfigError
-from training.update import ClientUpdate
+from training.workload.client_update import ClientUpdate
 
 __all__ = ["contribute", "IntegerNoise", "NoisyMaskingClient"]
 

@@ -1,6 +1,6 @@
 """The aggregator's durable state: model, rounds applied, next round id, privacy ledgers, strategy state.
 
-Persisting it is the driver's job (:mod:`training.transport.checkpoint` writes it atomically); the engine only
+Persisting it is the driver's job (:mod:`training.services.checkpoint` writes it atomically); the engine only
 says when (a ``Persist`` effect).
 """
 

@@ -1,6 +1,6 @@
 """Round terms: the server half of a strategy as the engine drives it, and the rule the client half encodes by.
 
-Every driver runs the same :class:`~training.aggregation.base.Strategy` objects as ``secagg run``: each client
+Every driver runs the same :class:`~training.engine.rules.base.Strategy` objects as ``secagg run``: each client
 process encodes with ``strategy.encode`` and the aggregator applies ``strategy.apply`` to the secure aggregate.
 What the two halves must agree on travels as public *round terms* in the task (``params["strategy"]``):
 
@@ -27,9 +27,9 @@ import numpy as np
 
 from secagg.errors import MalformedMessageError
 from secagg.roles import AggregateResult
-from training.aggregation import FedAvg
-from training.aggregation.base import Contribution, RoundInfo, Strategy
-from training.update import ClientUpdate
+from training.engine.rules import FedAvg
+from training.engine.rules.base import Contribution, RoundInfo, Strategy
+from training.workload.client_update import ClientUpdate
 
 __all__ = ["StrategyStep", "round_info", "encode_update"]
 

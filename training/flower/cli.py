@@ -29,7 +29,7 @@ def sim(
 ) -> None:
     """Run the federation on Flower's simulation runtime; write metrics.jsonl, plots and the final table."""
     from training.flower.sim import simulate, write_outputs
-    from training.transport.config import load_transport_config
+    from training.deployment import load_transport_config
 
     t0 = time.perf_counter()
     try:

@@ -37,8 +37,8 @@ from training.flower.client import _party, serve
 from training.flower.protocol import MESSAGE_TYPE, Trust, pack
 from training.flower.server import FlowerAggregator
 from training.flower.sim import settings_of
-from training.transport.config import TransportConfig, load_transport_config
-from training.workload import make_workload
+from training.deployment import TransportConfig, load_transport_config
+from training.services.workloads import make_workload
 
 __all__ = ["server_app", "client_app", "config_of"]
 

@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from secagg.errors import AuthenticationError, MalformedMessageError
 from secagg.roles import KEYHOLDER, Outbound
-from training.pki.certs import role_name
-from training.secure import LocalIdentity
+from training.services.pki.certs import role_name
+from training.inprocess.secure_sum import LocalIdentity
 
 __all__ = ["Trust", "pack", "unpack", "MESSAGE_TYPE", "CONTEXT_LABEL"]
 
@@ -73,7 +73,7 @@ class Trust:
         """A deployment's trust from a ``secagg certs init`` directory: every ``*.sign.pem`` is checked against
         ``ca.pem`` and the identity it is used for; ``own`` (a client id or KEYHOLDER) also loads that party's
         signing key (``None``: the ServerApp, public material only)."""
-        from training.pki.certs import Credentials, verify_signing_cert
+        from training.services.pki.certs import Credentials, verify_signing_cert
 
         d = Path(directory)
         try:

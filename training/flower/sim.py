@@ -1,6 +1,6 @@
 """``secagg flower sim``: the Flower driver on Flower's simulation runtime, on this machine.
 
-The run is configured exactly as a networked deployment (:class:`~training.transport.config.TransportConfig`:
+The run is configured exactly as a networked deployment (:class:`~training.deployment.TransportConfig`:
 the run file's model, data, strategy and DP, or the ``synthetic`` workload); ``clients`` virtual SuperNodes run
 the ClientApp, one more is the key holder (CKKS, packed). All virtual nodes share one Ray actor, so each node's
 masking keys stay in one process for the whole round (and nothing is run concurrently on a 2-core machine). The
@@ -19,8 +19,8 @@ from training.errors import ConfigError
 from training.flower.client import make_client_app
 from training.flower.protocol import Trust
 from training.flower.server import make_server_app
-from training.transport.config import TransportConfig
-from training.workload import make_workload
+from training.deployment import TransportConfig
+from training.services.workloads import make_workload
 
 __all__ = ["simulate", "settings_of"]
 
@@ -62,7 +62,7 @@ def simulate(cfg: TransportConfig, *, timeout: float = 300.0, mods: tuple = ()) 
 
 def write_outputs(result: dict[str, Any], out: str | Path) -> str:
     """``metrics.jsonl``, the plots and the final table (returned) under ``out``, as ``secagg run`` writes them."""
-    from training.report import final_table, plot, write_metrics
+    from training.inprocess.report import final_table, plot, write_metrics
 
     out = Path(out)
     rows = [r for r in result["rows"] if r.status == "done"]

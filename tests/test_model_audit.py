@@ -173,3 +173,28 @@ def test_a_flower_client_node_refuses_a_nudged_model() -> None:
     with pytest.raises(UnverifiedModelError):
         node.client(task.cid, "task", task.header, model_bytes(task.model), [])
 
+
+@pytest.mark.parametrize("scheme", ["ckks", "packed"])
+def test_an_async_client_refuses_a_nudged_model_it_fetches_between_buffers(scheme) -> None:
+    import torch
+
+    from training.inprocess.session import FederatedSession
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    options = {"max_cohort": N} if scheme == "packed" else None
+    fed = FederatedSession(model, clients=N, scheme=scheme, aggregator="async", update_clip=1.0,
+                           secure_options=options, aggregator_options={"buffer_size": 2})
+    for c in (0, 1):  # one buffer: version 1, applied by the aggregator
+        with fed.client(c).round(model) as r:
+            with torch.no_grad():
+                model.weight += 0.1 * (c + 1)
+            r.report(num_samples=10, loss=1.0)
+    assert fed.federation.version == 1
+    assert fed.federation.model_for(2)[1] == 1  # the honest model passes client 2's own audit
+    fed.federation.engine.state.model = fed.federation.engine.state.model + 1e-3  # a model of its own
+    with pytest.raises(UnverifiedModelError), fed.client(0).round(model):
+        pass  # client 0 fetches the model to train from: refused before any training
+    fed.federation.engine.state.proofs = []  # and a model it cannot prove
+    with pytest.raises(UnverifiedModelError):
+        fed.federation.model_for(2)

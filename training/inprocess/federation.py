@@ -127,6 +127,18 @@ class Federation:
 
     round = version  # rounds applied = the version of the global model
 
+    def model_for(self, c: int) -> tuple[np.ndarray, int]:
+        """Client ``c``'s copy of the current global model and its version, accepted only after the client's own
+        audit (:class:`~training.engine.audit.ModelAudit`, proofs since the version it last verified): what
+        every in-process client trains from, between rounds and mid-flight in an async run."""
+        if c not in self.audits:
+            raise ConfigError(f"model asked for by unknown client {c}")
+        since = self.audits[c].version
+        proofs = [p for p in self.engine.state.proofs if since is not None and p["round"] >= since]
+        model = self.global_vec.copy()
+        self.audits[c].check(self.version, model, proofs, self.secure.context)
+        return model, self.version
+
     def submit(self, update: ClientUpdate) -> RoundReport | None:
         """Client ``update.client_id`` checks in with its trained update; the round runs once the engine's cohort
         policy says the cohort is complete (its report is returned), else None."""

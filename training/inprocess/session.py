@@ -56,8 +56,8 @@ class RoundContext:
     def __enter__(self) -> RoundContext:
         s = self._h.session
         with s._lock:
-            self.base_version = s.federation.version
-            set_flat(self.model, s.federation.global_vec)
+            model, self.base_version = s.federation.model_for(self._h.client_id)
+            set_flat(self.model, model)
         self._t0 = time.perf_counter()
         return self
 
@@ -79,7 +79,7 @@ class RoundContext:
             self.report_result = s._completed.get(done_round)
         if self.report_result is not None:
             with s._lock:
-                set_flat(self.model, s.federation.global_vec)
+                set_flat(self.model, s.federation.model_for(self._h.client_id)[0])
         return False
 
 

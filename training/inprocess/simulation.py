@@ -180,7 +180,7 @@ class Runner:
             return None
         try:
             tr.round_fits()
-            return tr.train(self.fed.global_vec, self.fed.version)
+            return tr.train(*self.fed.model_for(tr.client_id))
         except BudgetExceededError as e:
             self.refused[tr.client_id] = str(e)
             return None

@@ -1,13 +1,18 @@
-"""The AES-CTR reference the masking client is measured against (:mod:`benchmarks.secagg_micro`)."""
+"""The units the masking client is measured against (:mod:`benchmarks.secagg_micro`): AES-CTR keystream and
+one Ed25519 verification, both in CPU seconds of this process."""
 
 from __future__ import annotations
 
 import os
 import time
 
+import statistics
+
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["CLOCK", "AesProbe"]
+from secagg.hazmat import sign as ed25519
+
+__all__ = ["CLOCK", "AesProbe", "verify_s"]
 
 CLOCK = time.process_time  # CPU time of this single-threaded process: other jobs on a shared machine barely move it
 
@@ -41,3 +46,16 @@ class AesProbe:
         best = min(self.samples[before:])
         del self.samples[before:]
         return self.nbytes / best
+
+
+def verify_s(count: int = 50) -> float:
+    """Median CPU seconds of one Ed25519 verification (``cryptography``) of a survivor-list-sized message."""
+    ident = ed25519.generate()
+    msg = os.urandom(864)
+    sig, vk = ed25519.sign(ident, msg), ident.public_key()
+    times = []
+    for _ in range(count):
+        t = CLOCK()
+        ed25519.verify(vk, sig, msg)
+        times.append(CLOCK() - t)
+    return statistics.median(times)

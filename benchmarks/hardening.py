@@ -1,6 +1,6 @@
 """What the malicious-server hardening costs: each protocol against its previous version, measured in one run.
 
-    python -m benchmarks.hardening [--suite hardening|tags] [--baseline C] [--dim 1000000] [--repeats 3] [--quick]
+    python -m benchmarks.hardening [--suite hardening|tags|kernels] [--baseline C] [--dim 1000000] [--repeats 3] [--quick]
 
 The previous protocol is the secagg of ``--baseline`` (the commit before issue 10), checked out with
 ``git worktree`` into a temporary folder; the current one is this tree. Every round runs in a fresh process
@@ -14,7 +14,9 @@ The previous protocol is the secagg of ``--baseline`` (the commit before issue 1
 * packed BFV at n = 10.
 
 ``--suite tags`` (issue 25): CKKS and packed at n = 10, this tree (exact-sum tags) against ``eaea019``, the commit
-before them; written to ``hardening_tags.json``/``.png``.
+before them; written to ``hardening_tags.json``/``.png``. ``--suite kernels`` (issue 28): masking at n = 10 and 100,
+CKKS and packed at n = 10, this tree (the fused encoding kernel, zlib-ng's CRC-32) against ``a5d03b4``, the commit
+before them, the same protocol on both sides; written to ``hardening_kernels.json``/``.png``.
 
 Reported per case: client CPU seconds (median over clients), bytes up and down per client, server and key-holder
 CPU seconds; each as the median over repeats with min and max, and the ratio current / baseline of the medians.
@@ -52,6 +54,12 @@ def cases(dim: int) -> list[dict]:
          "base": {"weighting": "aggregator"}, "new": {}},
         {"label": "packed n=10", "scheme": "packed", "n": 10, "drop": 0.0, "base": {}, "new": {}},
     ]
+
+
+def kernel_cases() -> list[dict]:
+    """Issue 28: the same rounds before and after the fused encoding kernel and the SIMD CRC (``--suite kernels``)."""
+    return [{"label": f"{scheme} n={n} (kernels)", "scheme": scheme, "n": n, "drop": 0.0, "base": {}, "new": {}}
+            for scheme, n in (("masking", 10), ("masking", 100), ("ckks", 10), ("packed", 10))]
 
 
 def tag_cases() -> list[dict]:
@@ -110,9 +118,11 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", choices=["hardening", "tags"], default="hardening",
-                    help="hardening: against issue 10's baseline; tags: the HE tags against the commit before them")
-    ap.add_argument("--baseline", default=None, help="commit of the previous protocol (218b637; tags: eaea019)")
+    ap.add_argument("--suite", choices=["hardening", "tags", "kernels"], default="hardening",
+                    help="hardening: against issue 10's baseline; tags: the HE tags against the commit before them; "
+                         "kernels: the fused encoding and SIMD CRC against the commit before them")
+    ap.add_argument("--baseline", default=None,
+                    help="commit of the previous protocol (218b637; tags: eaea019; kernels: a5d03b4)")
     ap.add_argument("--dim", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--quick", action="store_true")
@@ -120,11 +130,11 @@ def main() -> None:
     args = ap.parse_args()
     dim = args.dim or (100_000 if args.quick else 1_000_000)
     repeats = args.repeats or (1 if args.quick else 3)
-    args.baseline = args.baseline or ("eaea019" if args.suite == "tags" else "218b637")
-    name = "hardening" if args.suite == "hardening" else "hardening_tags"
+    args.baseline = args.baseline or {"tags": "eaea019", "kernels": "a5d03b4"}.get(args.suite, "218b637")
+    name = "hardening" if args.suite == "hardening" else f"hardening_{args.suite}"
     base = baseline_tree(args.baseline)
     rows = []
-    for case in (cases(dim) if args.suite == "hardening" else tag_cases()):
+    for case in {"hardening": cases, "tags": lambda _: tag_cases(), "kernels": lambda _: kernel_cases()}[args.suite](dim):
         if args.only and args.only not in case["label"]:
             continue
         got = {"base": [], "new": []}

@@ -9,7 +9,6 @@ is refused (``ConfigurationError``) when fewer than ``min_precision_bits`` bits 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -206,24 +205,24 @@ class FixedPoint:
     def _encode_fixed32(self, v: np.ndarray, factor: float, out: np.ndarray) -> None:
         """Stochastic rounding in integers: with ``F = ceil(factor * scale * x * 2^32)`` (exact in int64, as
         ``|F| < max_level * 2^32 < 2^63``) and a uniform 32-bit ``u``, the level is ``floor((F + u) / 2^32)``:
-        the high 32-bit word of ``F + u``, which is ``q + 1`` exactly when ``u >= 2^32 - ceil(f * 2^32)``."""
+        the high 32-bit word of ``F + u``, which is ``q + 1`` exactly when ``u >= 2^32 - ceil(f * 2^32)``.
+        One fused pass per block (:func:`secagg.kernels.encode_fixed32_block`); the block is refused after it
+        if it held a NaN/Inf or a value out of range (``out`` then holds a partial encoding)."""
+        from secagg.kernels import encode_fixed32_block
+
         step = min(v.size, _ENCODE_BLOCK)
-        scaled, fixed = np.empty(step), np.empty(step, dtype=np.int64)
-        high = fixed.view(np.uint32)[1 if sys.byteorder == "little" else 0::2]  # floor(F / 2^32) mod 2^32
         uniforms = U32Stream(step)
         mult = np.float64(factor * self.scale * 4294967296.0)  # exact power-of-two rescaling of factor * scale
         bound = self.clip * self.scale * 4294967296.0
+        clip = self.out_of_range == "clip"
         for lo in range(0, v.size, step):
             m = min(step, v.size - lo)
-            s, f, part = scaled[:m], fixed[:m], v[lo:lo + m]
-            self._check(part, v, factor)
-            np.multiply(part, mult, out=s)  # float64 product whatever v's dtype (np.float64 is strong)
-            if self.out_of_range == "clip":
-                np.clip(s, -bound, bound, out=s)
-            np.ceil(s, out=s)
-            np.copyto(f, s, casting="unsafe")  # exact: an integer below 2^63 in magnitude
-            np.add(f, uniforms.next(m), out=f)
-            np.copyto(out[lo:lo + m], high[:m], casting="unsafe")  # wraps into narrower rings
+            worst, bad = encode_fixed32_block(v[lo:lo + m], mult, bound, clip, uniforms.next(m), out[lo:lo + m])
+            if bad:
+                raise MalformedUpdateError(f"update holds {int(np.count_nonzero(~np.isfinite(v)))} NaN/Inf values")
+            if not clip and worst * abs(factor) > self.clip:
+                raise MalformedUpdateError(f"value {worst * abs(factor):.6g} outside the clip range "
+                                           f"[-{self.clip}, {self.clip}]")
 
     def _encode_float(self, v: np.ndarray, factor: float, out: np.ndarray) -> None:
         """Deterministic rounding, and stochastic rounding for rings wider than 32 bits, in float64 blocks."""

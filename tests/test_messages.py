@@ -148,3 +148,15 @@ def test_disallowed_dtype_refused_on_encode() -> None:
                  table={}, ratio=0.0)
     with pytest.raises(MalformedMessageError, match="not allowed"):
         msg.to_bytes()
+
+
+def test_frames_carry_the_standard_crc32() -> None:
+    """The frame checksum is zlib's CRC-32 (computed with zlib-ng's SIMD code): the standard check value, and a
+    frame whose trailer zlib itself computed decodes."""
+    import zlib
+
+    from secagg import messages
+
+    assert messages.crc32(b"123456789") == 0xCBF43926 == zlib.crc32(b"123456789")
+    payload = bytes(np.random.default_rng(3).integers(0, 256, 1 << 20, dtype=np.uint8))
+    assert messages.crc32(payload) == zlib.crc32(payload)

@@ -49,9 +49,11 @@ from privacy.errors import ConfigurationError, InsecureRNGWarning, PlanExceededE
 from privacy.events import PrivacyEvent
 from privacy.batches import Batch, PoissonBatchSampler, collate_or_none, unpack_batch
 from privacy.dp_inspect import GradientInspection
+from privacy.dp_rounds import RoundAccounting
 from privacy.hf import (LoraSettings, apply_lora, freeze_embeddings, position_ids_for, sequence_loss,
                         tied_embeddings, untie_embeddings)
 from privacy.noise import CSPRNG, gaussian
+from privacy.placement import DistributedNoise
 from privacy.opacus_ext import CsprngDPOptimizer, CsprngGhostDPOptimizer, register_model_layers
 
 __all__ = ["Mode", "TieStrategy", "NoiseSource", "DPTrainer", "make_private"]
@@ -72,87 +74,32 @@ def _warn_insecure() -> None:
                       InsecureRNGWarning, stacklevel=3)
 
 
-class DPTrainer(GradientInspection):
+class DPTrainer(RoundAccounting, GradientInspection):
     """A client's private model, optimizer and loader for its whole life; records its privacy events.
 
     Create with :func:`make_private`. Invariants: every optimizer update is one DP-SGD step of a Poisson batch of
     rate :attr:`sample_rate` with per-sequence gradients clipped to :attr:`max_grad_norm` and N(0, (σC)²) noise;
     each such step is counted exactly once in the current round; with a ledger, no step runs past the budget.
+    Under distributed placement (:attr:`placement`, :mod:`privacy.placement`) the step adds only this client's
+    share (multiplier :attr:`share_multiplier`), a round is one step, and :attr:`noise_multiplier` is the σ_eff
+    of the secure sum that the events record.
     """
 
     def __init__(self, *, model: nn.Module, optimizer: DPOptimizer, hooks: Any, data_loader: DataLoader,
                  noise_multiplier: float, max_grad_norm: float, sample_rate: float, mode: Mode,
                  tied_embeddings: str, noise: NoiseSource, max_physical_batch_size: int | None,
-                 ledger: PrivacyLedger | None) -> None:
+                 ledger: PrivacyLedger | None, placement: DistributedNoise | None = None) -> None:
         self.model, self.optimizer, self.data_loader = model, optimizer, data_loader
+        self.placement = placement
+        self.share_multiplier = noise_multiplier if placement is None else placement.share_multiplier
+        if placement is not None:
+            noise_multiplier, self.max_round_steps = placement.effective_multiplier, 1
         self._hooks = hooks
         self.noise_multiplier, self.max_grad_norm, self.sample_rate = noise_multiplier, max_grad_norm, sample_rate
         self.mode, self.tied_embeddings, self.noise = mode, tied_embeddings, noise
         self.max_physical_batch_size, self.ledger = max_physical_batch_size, ledger
-        self._history: list[PrivacyEvent] = []
-        self._releases: list[PrivacyEvent] = []  # the open round's loss releases
-        self._round_steps = 0
-        self._plan: tuple[int, list[tuple[float, int]]] | None = None  # open round: (steps, loss releases) reserved
+        self._init_rounds()
         optimizer.attach_step_hook(self._count_step)
-
-    # -- accounting --------------------------------------------------------------------------------------------
-    def _count_step(self, _optimizer: DPOptimizer) -> None:
-        self._round_steps += 1
-
-    @property
-    def round_steps(self) -> int:
-        """DP steps taken in the current (open) round."""
-        return self._round_steps
-
-    @property
-    def history(self) -> tuple[PrivacyEvent, ...]:
-        """The events of the closed rounds: per round its steps, then its loss releases."""
-        return tuple(self._history)
-
-    def pending_event(self) -> PrivacyEvent:
-        """The current round's steps so far as (σ, q, steps)."""
-        return PrivacyEvent(self.noise_multiplier, self.sample_rate, self._round_steps)
-
-    def plan_events(self, steps: int, loss_releases: Sequence[tuple[float, int]] = ()) -> list[PrivacyEvent]:
-        """The events of a round of ``steps`` DP-SGD steps and the loss releases ``(σ_L, batches)``."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ConfigurationError(f"steps must be an integer >= 0, got {steps!r}")
-        return [PrivacyEvent(self.noise_multiplier, self.sample_rate, steps),
-                *(PrivacyEvent(float(s), self.sample_rate, int(b)) for s, b in loss_releases)]
-
-    def begin_round(self, steps: int, *, loss_releases: Sequence[tuple[float, int]] = (),
-                    what: str = "round") -> float | None:
-        """Reserve the whole round before its first step: ``steps`` DP-SGD steps and each planned loss release
-        ``(σ_L, batches)``. With a ledger the reservation is spent on it first (a durable ledger writes it to
-        disk before this returns), so no step or release of the round can outrun the record; if the round does
-        not fit, BudgetExceededError (spent, needed, budget), nothing recorded and nothing run. Within the round,
-        steps and releases beyond the plan raise PlanExceededError. Returns the ledger's ε after the reservation
-        (None without a ledger)."""
-        if self._plan is not None:
-            raise ConfigurationError("a round is already open: end_round() first")
-        events = self.plan_events(steps, loss_releases)
-        after = None if self.ledger is None else self.ledger.spend_events(events, what)
-        self._plan = (steps, [(float(s), int(b)) for s, b in loss_releases])
-        return after
-
-    def end_round(self) -> tuple[PrivacyEvent, ...]:
-        """Close the round: return its events as taken (its steps, then its loss releases) and add them to
-        :attr:`history`. The ledger already holds the round's reservation (at least what was taken)."""
-        events = (self.pending_event(), *self._releases)
-        self._history.extend(events)
-        self._round_steps, self._plan, self._releases = 0, None, []
-        return events
-
-    def _check_plan(self) -> None:
-        """PlanExceededError unless one more step fits the open round's reservation (or, without a ledger and
-        outside a round, always)."""
-        if self._plan is None:
-            if self.ledger is not None:
-                raise PlanExceededError("with a ledger, every step is part of a round reserved by begin_round()")
-            return
-        if self._round_steps + 1 > self._plan[0]:
-            raise PlanExceededError(f"step {self._round_steps + 1} is beyond the {self._plan[0]} steps this round "
-                                    "reserved; the step was not taken")
 
     def release_loss(self, *, noise_multiplier: float, bound: float, batches: int = 1) -> float:
         """A DP estimate of the mean per-sequence training loss, and its cost recorded like a step's.
@@ -309,7 +256,8 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer | Callable[[
                  target_epsilon: float | None = None, delta: float = 1e-5, target_steps: int | None = None,
                  mode: Mode = "hooks", tied: TieStrategy | None = None, lora: LoraSettings | None = None,
                  max_physical_batch_size: int | None = None, noise: NoiseSource = "csprng",
-                 ledger: PrivacyLedger | None = None, accountant: Literal["prv", "rdp"] = "prv") -> DPTrainer:
+                 ledger: PrivacyLedger | None = None, accountant: Literal["prv", "rdp"] = "prv",
+                 placement: DistributedNoise | None = None) -> DPTrainer:
     """Make an HF causal LM, its optimizer and its data loader private; return the client's :class:`DPTrainer`.
 
     Call ONCE per client and keep the trainer across rounds (a second call on the same model is refused).
@@ -328,6 +276,9 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer | Callable[[
     * ``tied``: tied-embedding strategy, default "keep" (hooks) / "untie" (ghost); ghost + "keep" is refused.
     * ``max_physical_batch_size``: cap on rows per forward/backward (virtual batches); None = no cap.
     * ``noise``: "csprng" (AES-CTR, default) or "torch" (fast, insecure, warns once).
+    * ``placement``: a :class:`~privacy.placement.DistributedNoise`: the noise is split among the clients of a
+      secure sum (its ``noise_multiplier`` is σ; give no other); each step adds this client's share, the sum is
+      projected to ``sum_bound`` first, rounds are one step and record σ_eff.
     * ``ledger``: optional :class:`PrivacyLedger` (or :class:`~privacy.durable.ClientLedger`); each round is
       reserved on it by :meth:`DPTrainer.begin_round` before its first step. Spend it only through the trainer.
     """
@@ -339,6 +290,12 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer | Callable[[
         raise ConfigurationError(f"unknown noise source {noise!r}")
     if not (isinstance(max_grad_norm, (int, float)) and math.isfinite(max_grad_norm) and max_grad_norm > 0):
         raise ConfigurationError(f"max_grad_norm must be a finite number > 0, got {max_grad_norm!r}")
+    if placement is not None:
+        if noise != "csprng":
+            raise ConfigurationError("distributed placement needs noise='csprng' (the shares are the guarantee)")
+        if target_epsilon is not None or noise_multiplier not in (None, placement.noise_multiplier):
+            raise ConfigurationError("distributed placement: σ is the placement's noise_multiplier; give no other")
+        noise_multiplier = placement.noise_multiplier
     if (noise_multiplier is None) == (target_epsilon is None):
         raise ConfigurationError("give exactly one of noise_multiplier and target_epsilon")
     if max_physical_batch_size is not None and max_physical_batch_size < 1:
@@ -383,15 +340,17 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer | Callable[[
     else:
         cls = DPOptimizerFastGradientClipping if grad_mode == "ghost" else DPOptimizer
         _warn_insecure()
-    dp_opt = cls(base, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+    share = noise_multiplier if placement is None else placement.share_multiplier
+    dp_opt = cls(base, noise_multiplier=share, max_grad_norm=max_grad_norm,
                  expected_batch_size=batch_size, loss_reduction="mean")
     if noise == "csprng":
         dp_opt._rng = CSPRNG()
+    dp_opt.sum_bound = None if placement is None else placement.sum_bound
     loader = DataLoader(data_loader.dataset, batch_sampler=PoissonBatchSampler(n, sample_rate, steps_per_epoch),
                         collate_fn=collate_or_none(data_loader.collate_fn), num_workers=0)
     original._privacy_dp_trainer = model._privacy_dp_trainer = True
     return DPTrainer(model=model, optimizer=dp_opt, hooks=hooks, data_loader=loader,
                      noise_multiplier=float(noise_multiplier), max_grad_norm=float(max_grad_norm),
                      sample_rate=sample_rate, mode=mode, tied_embeddings=tie_used, noise=noise,
-                     max_physical_batch_size=max_physical_batch_size, ledger=ledger)
+                     max_physical_batch_size=max_physical_batch_size, ledger=ledger, placement=placement)
 

@@ -12,7 +12,12 @@ continues one budget. Invariants:
 * **never a silent reset**: a ledger that does not decode, is truncated or fails its checksum raises
   :class:`~privacy.errors.LedgerFormatError`; one of another client or data set, or written with another δ,
   budget, accountant or neighbouring relation raises :class:`~privacy.errors.LedgerMismatchError`. Both say what
-  to do and leave the file as it is. Only a missing file starts at ε = 0.
+  to do and leave the file as it is. Only a missing file starts at ε = 0;
+* **against whom**: ``adversary`` (default :data:`ANYONE`: every release is noised on the client itself) is a
+  term like the others, with one exception: a ledger against anyone may continue as one against a weaker
+  adversary (e.g. the server and c colluders under a secure sum, :mod:`privacy.placement`), because its
+  releases hold against that one too; the file is then stamped with the new adversary at the next spend and
+  never goes back.
 
 Written here because no maintained library keeps a DP budget on disk; the ε itself comes from ``dp_accounting``.
 """
@@ -34,9 +39,10 @@ from privacy.errors import ConfigurationError, LedgerFormatError, LedgerMismatch
 from privacy.events import PrivacyEvent
 from privacy.ledger import PrivacyLedger
 
-__all__ = ["ClientLedger", "FORMAT", "ledger_file", "read_ledgers", "summary"]
+__all__ = ["ClientLedger", "FORMAT", "ANYONE", "ledger_file", "read_ledgers", "summary"]
 
 FORMAT, VERSION = "secagg-privacy-ledger", 2
+ANYONE = "anyone"  # the adversary of a ledger whose every release was noised on the client itself
 MAX_BYTES = 64 << 20  # a ledger is a few KB per thousand rounds; anything this large is not one
 _NAME = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -87,8 +93,11 @@ class ClientLedger(PrivacyLedger):
     """
 
     def __init__(self, path: str | Path, *, client: str, data: str, epsilon_budget: float | None, delta: float,
-                 accountant: Accountant = "prv", relation: Relation = "add-remove") -> None:
+                 accountant: Accountant = "prv", relation: Relation = "add-remove", adversary: str = ANYONE) -> None:
         super().__init__(epsilon_budget, delta, accountant, relation)
+        if not isinstance(adversary, str) or not adversary or len(adversary) > 200:
+            raise ConfigurationError(f"adversary must be a non-empty string of at most 200 characters: {adversary!r}")
+        self.adversary = adversary
         if not isinstance(data, str) or not data:
             raise ConfigurationError("a ledger needs the fingerprint of the client's data")
         ledger_file(".", client)  # validates the identity
@@ -109,16 +118,20 @@ class ClientLedger(PrivacyLedger):
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _terms(self) -> dict[str, Any]:
-        return {"client": self.client, "data": self.data, "delta": self.delta, "epsilon_budget": self.epsilon_budget,
-                "accountant": self.accountant, "relation": self.relation}
+        terms = {"client": self.client, "data": self.data, "delta": self.delta, "epsilon_budget": self.epsilon_budget,
+                 "accountant": self.accountant, "relation": self.relation}
+        return terms if self.adversary == ANYONE else {**terms, "adversary": self.adversary}
 
     def _load(self) -> None:
         if not self.path.exists():
             self._releases, self._events, self._spent = [], [], 0.0
             return
         d = _read(self.path)
+        on_disk = d.get("adversary", ANYONE)
+        if on_disk != self.adversary and on_disk != ANYONE:
+            raise _mismatch(self.path, "adversary", on_disk, self.adversary)
         for key, want in self._terms().items():
-            if d.get(key) != want:
+            if key != "adversary" and d.get(key) != want:
                 raise _mismatch(self.path, key, d.get(key), want)
         self._releases, self._spent = _decode(self.path, d)
         self._events = [e for r in self._releases for e in r["events"]]
@@ -195,13 +208,14 @@ def _decode(path: Path, d: dict[str, Any]) -> tuple[list[dict[str, Any]], float]
 
 
 def summary(path: str | Path) -> dict[str, Any]:
-    """One ledger file as {client, epsilon, delta, budget, releases, relation, accountant, data, path},
+    """One ledger file as {client, epsilon, delta, budget, releases, relation, accountant, adversary, data, path},
     its checksum and composition verified (read only: no lock is taken, nothing is written)."""
     path = Path(path)
     d = _read(path)
     releases, spent = _decode(path, d)
     return {"client": d["client"], "epsilon": spent, "delta": d["delta"], "budget": d["epsilon_budget"],
             "releases": len(releases), "relation": d["relation"], "accountant": d["accountant"],
+            "adversary": str(d.get("adversary", ANYONE)),
             "data": d["data"], "path": str(path)}
 
 

@@ -37,14 +37,24 @@ def register_model_layers(model: nn.Module) -> None:
 
 # -- noise -------------------------------------------------------------------------------------------------------
 class _CsprngNoise:
-    """Mixin replacing Opacus' torch.normal noise by CSPRNG (AES-CTR Box–Muller) noise of the same std."""
+    """Mixin replacing Opacus' torch.normal noise by CSPRNG (AES-CTR Box–Muller) noise of the same std.
+
+    ``sum_bound`` (set by :func:`privacy.dpsgd.make_private` under distributed placement): the sum of clipped
+    per-example gradients, all parameters together, is first projected to L2 norm <= ``sum_bound`` (1-Lipschitz:
+    one example still moves it by <= C)."""
 
     _rng: CSPRNG
+    sum_bound: float | None = None
 
     def add_noise(self) -> None:
         params = self.params
         for p in params:
             _check_processed_flag(p.summed_grad)
+        if self.sum_bound is not None:
+            norm = float(torch.sqrt(sum(p.summed_grad.double().pow(2).sum() for p in params)))
+            if norm > self.sum_bound:
+                for p in params:
+                    p.summed_grad.mul_(self.sum_bound / norm)
         sizes = [p.summed_grad.numel() for p in params]
         noise = torch.from_numpy(gaussian(sum(sizes), self.noise_multiplier * self.max_grad_norm, rng=self._rng))
         for p, chunk in zip(params, noise.split(sizes)):

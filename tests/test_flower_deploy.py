@@ -208,3 +208,45 @@ def test_two_flower_runs_with_one_ledger_continue_one_budget_and_a_third_is_refu
     assert not (tmp_path / "server-chosen").exists()
     final = read_ledgers(ledger)
     assert all(r["epsilon"] == pytest.approx(e2, rel=1e-6) and r["epsilon"] <= r["budget"] for r in final)
+
+
+def test_distributed_placement_runs_on_flower_and_every_ledger_records_the_secure_sums_noise(tmp_path):
+    """`[dp] placement = "distributed"` through the Flower app (each message a fresh client process) and the
+    services' LM workload: CKKS, the gradient rule, one noisy step per round; every client's own ledger records
+    (σ_eff, q, 1) per round against the server and c colluders, and the aggregator composes the same ε."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from privacy.accounting import epsilon_of_events
+    from privacy.events import PrivacyEvent
+    from privacy.placement import DistributedNoise
+
+    run = tmp_path / "run.toml"
+    run.write_text("[data]\nplays = [\"the-tempest\", \"macbeth\", \"hamlet\"]\nvocab_size = 300\n"
+                   "block_size = 16\nmax_blocks_per_client = 48\n[model]\nn_layer = 1\nn_embd = 16\n[train]\n"
+                   "local_steps = 1\nbatch_size = 8\nthreads = 1\noptimizer = \"sgd\"\nlr = 0.5\n[dp]\n"
+                   "enabled = true\nnoise_multiplier = 1.0\nmax_grad_norm = 1.0\nplacement = \"distributed\"\n"
+                   "colluders = 0\n[federation]\nscheme = \"ckks\"\naggregator = \"gradient\"\n"
+                   f"min_contributors = {N}\nupdate_clip = 1.0\n")
+    certs = str(init_certs(tmp_path / "certs", N))
+    rc = {"scheme": "ckks", "clients": N, "rounds": 2, "trainer": "local", "config": str(run)}
+    pins = {"scheme": "ckks", "clients": N, "config": str(run)}
+    grid = FreshProcessGrid(rc, certs, {100 + c: {"client-id": c} | pins for c in range(N)}
+                            | {200: {"role": "keyholder"} | pins})
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1
+    cfg = config_of(rc)
+    work = make_workload(cfg)
+    agg = FlowerAggregator(grid, settings_of(cfg) | {"run": "flower-run-42"}, Trust.from_certs(certs, N), work,
+                           timeout=5)
+    rows = agg.run()
+    assert [r.status for r in rows] == ["done", "done"]
+    sigma_eff = DistributedNoise(1.0, N, 0, N).effective_multiplier
+    for c in range(N):
+        q = min(1.0, 8 / len(work.data.clients[c]))
+        want = epsilon_of_events([PrivacyEvent(sigma_eff, q, 2)], 1e-5, relation="replace-one")
+        assert rows[-1].epsilon_per_client[c] == pytest.approx(want, rel=1e-6)
+        flower_client._WORK.clear()
+        proc = flower_client.NodeProcess(agg.settings, Trust.from_certs(certs, N, own=c), lambda: make_workload(cfg))
+        proc.restore(grid.contexts[100 + c].state, proc.trust.state_key(c), f"42|flower-run-42|{c}".encode())
+        ledger = proc.sessions[c].source.trainer.ledger
+        assert [r["events"][0].steps for r in ledger.releases] == [1, 1]
+        assert ledger.summary()["adversary"].startswith("server + 0 colluding")

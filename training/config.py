@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from privacy.placement import DistributedNoise
 from training.errors import ConfigError
 from training.engine.roles import SCHEMES
 from training.workload.corpus import DataConfig
@@ -102,6 +103,8 @@ class DPConfig:
     ledger: str | None = None            # the clients' durable ledger directory (default: see training.ledgers)
     colluders: int | None = None         # distributed DP: clients colluding with the server (default: the bound
                                          # of the masking scheme for the cohort; 0 only when stated)
+    placement: str = "local"             # local: each client adds σC to its own steps | distributed: one step a
+                                         # round, each client adds a share, the secure sum carries σC (privacy.placement)
 
     def __post_init__(self) -> None:
         if self.enabled and not (self.noise_multiplier >= 0 and self.max_grad_norm > 0 and 0 < self.delta < 1):
@@ -114,6 +117,8 @@ class DPConfig:
             raise ConfigError(f"dp.colluders must be an integer >= 0, got {self.colluders!r}")
         if self.ledger is not None and (not isinstance(self.ledger, str) or not self.ledger):
             raise ConfigError("dp.ledger must be a directory path")
+        if self.placement not in ("local", "distributed"):
+            raise ConfigError(f"unknown dp.placement {self.placement!r}; expected 'local' or 'distributed'")
         if self.mode not in ("hooks", "ghost"):
             raise ConfigError(f"unknown dp.mode {self.mode!r}; expected 'hooks' or 'ghost' (LoRA: [model] lora)")
 
@@ -152,7 +157,47 @@ class RunConfig:
         from training.engine.rules import make_strategy
 
         make_strategy(f.aggregator, **self.aggregator_options)  # refuses options the aggregator does not take
+        self.placement_noise()  # refuses a distributed placement whose guarantee cannot be stated
         return self
+
+    def placement_noise(self) -> DistributedNoise | None:
+        """The example-level noise split of ``[dp] placement = "distributed"`` (None for local placement), from
+        this party's own configuration: σ = ``dp.noise_multiplier``, n = ``federation.clients``, c =
+        ``dp.colluders`` (default: the masking corruption bound for n), m_min = ``federation.min_contributors``
+        (the fewest contributions the key holder releases a sum of), the pre-noise bound
+        ``update_clip · batch_size / lr`` (so the contribution lr·g is within ``update_clip`` before its share).
+        ConfigError for every configuration whose guarantee it cannot state (:mod:`privacy.placement`)."""
+        d, f, t = self.dp, self.federation, self.train
+        if not d.enabled or d.placement != "distributed":
+            return None
+        refusals = [(not d.noise_multiplier > 0, "dp.noise_multiplier > 0 (the sum's σ)"),
+                    (f.aggregator != "gradient", "aggregator = 'gradient' (the server applies the noisy sum "
+                     "with its optimizer; other rules weight or buffer the release)"),
+                    (t.local_steps != 1, "train.local_steps = 1 (one noisy step per round: a second local step "
+                     "would depend on an individually un-noised gradient)"),
+                    (t.optimizer != "sgd", "train.optimizer = 'sgd' (the contribution must be linear in the "
+                     "noisy gradient so that the shares sum; AdamW's step is not)"),
+                    (f.scheme == "masking", "scheme 'ckks' or 'packed' (masking's integer shares are sized for "
+                     "update-level sensitivity only)"),
+                    (bool(f.noise_multiplier), "federation.noise_multiplier = 0 (update-level noise is the other "
+                     "placement's mechanism)"),
+                    (f.update_clip is None, "federation.update_clip (the bound of the encoded values)"),
+                    (self.data.partition == "capacity", "a partition other than 'capacity' (it changes the "
+                     "local steps)")]
+        missing = [why for bad, why in refusals if bad]
+        if missing:
+            raise ConfigError("dp.placement = 'distributed' needs " + "; ".join(missing))
+        from privacy.errors import ConfigurationError
+        from training.engine.central import default_colluders
+
+        c = default_colluders(f.clients, neighbors=f.neighbors, threshold=f.threshold,
+                              share_dropouts=f.share_dropouts, max_corrupt=f.max_corrupt) \
+            if d.colluders is None else d.colluders
+        try:
+            return DistributedNoise(d.noise_multiplier, f.clients, c, f.min_contributors,
+                                    f.update_clip * t.batch_size / t.lr)
+        except ConfigurationError as e:
+            raise ConfigError(f"dp.placement = 'distributed': {e}") from e
 
 
 DEMO_MODELS = ("smollm2-135m", "tiny")

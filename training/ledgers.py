@@ -53,7 +53,7 @@ def show(path: Path, as_json: bool = typer.Option(False, "--json", help="one JSO
             typer.echo(json.dumps(r, sort_keys=True))
         else:
             typer.echo(f"{r['client']}: ε={r['epsilon']:.4g} of budget {_fmt(r['budget'])} at δ={r['delta']:g} "
-                       f"({r['relation']}, {r['accountant']}), {r['releases']} releases, data {r['data'][:12]}, "
+                       f"({r['relation']}, {r['accountant']}, against {r['adversary']}), {r['releases']} releases, data {r['data'][:12]}, "
                        f"{r['path']}")
 
 

@@ -42,10 +42,15 @@ def check_cohort(cohort: int, noise_shares: int) -> None:
 
 def contribute(strategy: Strategy, update: ClientUpdate, round_no: int, terms: Mapping[str, Any], *,
                update_clip: float | None, noise_multiplier: float = 0.0, noise_shares: int = 1,
-               cohort: int | None = None, announced: float | None = None) -> Contribution:
+               cohort: int | None = None, announced: float | None = None, min_cohort: int = 1) -> Contribution:
     """This client's (vector, weight) for server step ``round_no`` under ``terms``; ``cohort`` is the size of the
     task's cohort, ``announced`` the public weight the client checked in with (a public-weight synchronous
-    strategy must encode exactly that weight)."""
+    strategy must encode exactly that weight). ``min_cohort``: the fewest contributions this client's
+    accounting assumes a released sum has (distributed placement: its ``min_survivors``); a task whose cohort
+    is smaller is refused before anything is encoded."""
+    if cohort is not None and cohort < min_cohort:
+        raise ConfigurationError(f"the round's cohort of {cohort} is smaller than the {min_cohort} contributions "
+                                 "this client's privacy accounting assumes a released sum has; refusing the round")
     c = encode_update(strategy, update, round_no, terms)
     weight = float(c.weight)
     if announced is not None and not strategy.private_weights and "base_versions" not in terms \

@@ -85,7 +85,7 @@ class Federation:
     def __init__(self, initial: np.ndarray, strategy: Strategy, secure: SecureSum, clients: Sequence[int], *,
                  platforms: Sequence[PlatformProfile] | None = None, update_clip: float | None = None,
                  noise_multiplier: float = 0.0, observer: Observer | None = None,
-                 noise_shares: int | None = None) -> None:
+                 noise_shares: int | None = None, min_cohort: int = 1) -> None:
         if update_clip is None and secure.scheme == "masking":
             raise ConfigError("masking needs a public value bound: set update_clip")
         if noise_multiplier and update_clip is None:
@@ -98,6 +98,7 @@ class Federation:
         self.clients = list(clients)
         self.platforms = dict(zip(self.clients, profiles_for(len(self.clients), platforms)))
         self.update_clip, self.noise_multiplier = update_clip, float(noise_multiplier)
+        self.min_cohort = int(min_cohort)
         self.observer = observer
         self.loss_reference: float | None = None  # public reference loss (the runner's validation loss)
         step = StrategyStep(strategy, reference=lambda _model: self.loss_reference)
@@ -255,7 +256,8 @@ class Federation:
         contrib = contribute(self.strategy, self._pending[c], task.header["round"], terms,
                              update_clip=self.update_clip,
                              noise_multiplier=0.0 if scheme.integer_noise else self.noise_multiplier,
-                             noise_shares=self.noise_shares, cohort=len(params["cohort"]))
+                             noise_shares=self.noise_shares, cohort=len(params["cohort"]),
+                             min_cohort=self.min_cohort)
         if self._peers is None and self.secure.signed:  # the cohort's verified keys, once per round
             self._peers = {i: self.secure.identity(i).key for i in params["cohort"]}
         role = scheme.client_role(c, params, self.secure.public, self.secure.signer(c), self._peers,

@@ -105,5 +105,7 @@ def final_table(rows: Sequence[RoundMetrics], initial_loss: float | None = None)
             lines.append(f"validation perplexity {start:.1f} -> {end:.1f} ({100 * (end / start - 1):+.1f}%)")
         per = ", ".join(f"client {c}: ε={e:.2f}" if e is not None else f"client {c}: no DP"
                         for c, e in sorted(last.epsilon_per_client.items()))
-        lines.append(f"privacy spent: {per}")
+        relation = getattr(last, "epsilon_relation", None) or ""
+        against = f" ({relation})" if "against" in relation else ""  # distributed placement names its adversary
+        lines.append(f"privacy spent{against}: {per}")
     return "\n".join(lines)

@@ -68,9 +68,11 @@ class Runner:
         self.spec = ModelSpec.from_config(m, self.data.vocab_size, cfg.data.block_size, t.seed, cfg.data.cache_dir)
         self.eval_model = build_model(self.spec)
         dp = cfg.dp if cfg.dp.enabled else None
+        self.placement = placement = cfg.placement_noise()
         self.trainers = [LocalTrainer(i, self.spec, self.data.clients[i], batch_size=t.batch_size, lr=t.lr,
                                       local_steps=self._steps(i), optimizer=t.optimizer, dp=dp, seed=t.seed,
-                                      release_loss=f.aggregator == "loss-weighted", ledger_dir=cfg.dp.ledger)
+                                      release_loss=f.aggregator == "loss-weighted", ledger_dir=cfg.dp.ledger,
+                                      placement=placement)
                          for i in range(f.clients)]
         self.refused: dict[int, str] = {}  # clients that withdrew because their next round does not fit
         clip = f.update_clip or 1.0
@@ -78,6 +80,8 @@ class Runner:
             if f.aggregator == "async" else f.clients  # the fewest noise shares a cohort splits into
         if f.noise_multiplier:  # the encoders' bound leaves room for each client's noise share
             clip = noise_range(clip, noise_multiplier=f.noise_multiplier, n_clients=self.shares)
+        if placement is not None:  # lr·(projected sum + share)/B: the share's 9σ tail on top of update_clip
+            clip += 9.0 * t.lr * placement.share_multiplier * cfg.dp.max_grad_norm / t.batch_size
         self.central = central_account(f.noise_multiplier, noise_shares=self.shares, delta=cfg.dp.delta,
                                        dim=get_flat(self.eval_model).size, colluders=cfg.dp.colluders,
                                        accountant=cfg.dp.accountant, scheme=f.scheme, neighbors=f.neighbors,
@@ -89,8 +93,9 @@ class Runner:
                            share_dropouts=f.share_dropouts, sign=f.sign)
         strategy = make_strategy(f.aggregator, **cfg.aggregator_options)
         self.fed = Federation(get_flat(self.eval_model), strategy, secure, list(range(f.clients)),
-                              platforms=self.platforms, update_clip=f.update_clip,
-                              noise_multiplier=f.noise_multiplier, observer=observer, noise_shares=self.shares)
+                              platforms=self.platforms, update_clip=None if placement else f.update_clip,
+                              noise_multiplier=f.noise_multiplier, observer=observer, noise_shares=self.shares,
+                              min_cohort=1 if placement is None else placement.min_survivors)
         self.initial_loss = self.evaluate()
         self.fed.loss_reference = self.initial_loss
 
@@ -124,7 +129,15 @@ class Runner:
                           modelled_seconds=max(rep.modelled_seconds.values()) + rep.secure_seconds,
                           sim_time=sim_time, staleness=staleness, comm_seconds_per_client=dict(rep.comm_seconds),
                           central_epsilon=central, colluders=None if self.central is None else self.central.c,
-                          central_relation=None if self.central is None else CLIENT_RELATION)
+                          central_relation=None if self.central is None else CLIENT_RELATION,
+                          **self._placement_relation(eps))
+
+    def _placement_relation(self, eps: dict[int, float | None]) -> dict:
+        """Under distributed placement each client's ε is example-level on the union of the clients' data,
+        against the placement's adversary: the row says so."""
+        if self.placement is None or not any(e is not None for e in eps.values()):
+            return {}
+        return {"epsilon_relation": f"replace-one record of the clients' union, against {self.placement.adversary}"}
 
     def rebalance(self, updates: dict[int, ClientUpdate]) -> None:
         """Capacity partitioning: fold each client's observed throughput (local steps per modelled compute

@@ -168,12 +168,18 @@ class LocalTrainer:
     ``client-<id>``, keyed by a fingerprint of its blocks; every driver passes one), else an in-memory ledger.
     Each round is reserved on it (write-ahead) before its first step; :meth:`round_fits` is the check a driver
     makes before it checks in. ε is labelled :data:`RELATION`.
+
+    ``placement`` (a :class:`privacy.placement.DistributedNoise`, from :meth:`training.config.RunConfig.placement_noise`):
+    the round is one SGD step whose noise is this client's share of the secure sum's; the ledger records σ_eff
+    against the placement's adversary, and the public weight is the expected batch (``batch_size``), the same
+    for every client, so the weighted mean the gradient rule applies is the noisy sum over the expected total
+    batch (q·N summed over the contributors).
     """
 
     def __init__(self, client_id: int, spec: ModelSpec, blocks: np.ndarray, *, batch_size: int = 8,
                  lr: float = 1e-3, local_steps: int = 4, optimizer: str = "adamw", dp=None, seed: int = 0,
                  model_factory: Callable[[ModelSpec], torch.nn.Module] = build_model,
-                 release_loss: bool = False, ledger_dir: str | Path | None = None) -> None:
+                 release_loss: bool = False, ledger_dir: str | Path | None = None, placement=None) -> None:
         if len(blocks) == 0:
             raise ConfigError(f"client {client_id} has no training data")
         if local_steps < 1 or batch_size < 1 or not lr > 0:
@@ -192,6 +198,9 @@ class LocalTrainer:
             raise ConfigError(f"unknown local optimizer {optimizer!r}; expected 'adamw' or 'sgd'")
         self._gen = torch.Generator().manual_seed(seed * 7919 + client_id)
         self.dp = dp if dp is not None and dp.enabled else None
+        self.placement = placement if self.dp is not None else None
+        if self.placement is not None and (optimizer != "sgd" or local_steps != 1):
+            raise ConfigError("distributed placement takes one SGD step per round (local_steps = 1, optimizer sgd)")
         self.private = None
         self.ledger = None
         if self.dp is not None:
@@ -213,9 +222,10 @@ class LocalTrainer:
         from privacy.errors import PrivacyError
 
         try:
+            against = {} if self.placement is None else {"adversary": self.placement.adversary}
             return ClientLedger(ledger_file(directory, self.identity), client=self.identity,
                                 data=data_fingerprint(self.blocks), epsilon_budget=d.epsilon_budget,
-                                delta=d.delta, accountant=d.accountant, relation=RELATION)
+                                delta=d.delta, accountant=d.accountant, relation=RELATION, **against)
         except OSError as e:
             raise ConfigError(f"cannot open the privacy ledger in {directory}: {e}") from e
         except PrivacyError as e:
@@ -246,11 +256,17 @@ class LocalTrainer:
         loader = DataLoader(TensorDataset(torch.from_numpy(blocks)), batch_size=min(self.batch_size, len(blocks)))
         return make_private(self.model, self.optimizer, loader, max_grad_norm=d.max_grad_norm,
                             noise_multiplier=d.noise_multiplier, delta=d.delta, ledger=self.ledger,
-                            accountant=d.accountant, mode=d.mode, tied=tied)
+                            accountant=d.accountant, mode=d.mode, tied=tied, placement=self.placement)
 
     @property
     def num_samples(self) -> int:
         return len(self.blocks)
+
+    @property
+    def public_weight(self) -> int:
+        """The weight this client announces and its updates carry: its example count, or under distributed
+        placement the expected batch every client shares (its example count then never leaves it)."""
+        return self.batch_size if self.placement is not None else self.num_samples
 
     def set_data(self, blocks: np.ndarray) -> None:
         """Replace this client's training blocks (capacity-aware re-partitioning between rounds).
@@ -305,7 +321,7 @@ class LocalTrainer:
         seconds = time.perf_counter() - start
         delta = get_flat(self.model) - global_vec
         mean_loss = float(np.mean(losses)) if losses else math.log(self.spec.vocab_size)
-        return ClientUpdate(self.client_id, delta, self.num_samples, mean_loss, base_version=version,
+        return ClientUpdate(self.client_id, delta, self.public_weight, mean_loss, base_version=version,
                             seconds=seconds, steps=self.local_steps, privacy=events)
 
     def state(self) -> bytes:

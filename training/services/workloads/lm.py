@@ -48,8 +48,8 @@ class _TrainerSource:
                                     lr=r.train.lr, local_steps=r.train.local_steps, optimizer=r.train.optimizer,
                                     dp=r.dp if r.dp.enabled else None, seed=r.train.seed,
                                     release_loss=r.federation.aggregator == "loss-weighted",
-                                    ledger_dir=work.ledger_dir)
-        self.weight = float(self.trainer.num_samples)
+                                    ledger_dir=work.ledger_dir, placement=r.placement_noise())
+        self.weight = float(self.trainer.public_weight)
         self.strategy = work.make_strategy()  # this client's own instance (encode side)
         self.events: tuple = ()
 
@@ -78,9 +78,11 @@ class _TrainerSource:
         """The engine's client-side contribution (as in-process): strategy encode, L2 clip, noise share."""
         f = self.work.run.federation
         z = 0.0 if self.integer_noise is not None else f.noise_multiplier  # masking: the role adds it
-        c = contribute(self.strategy, update, round_no, terms, update_clip=f.update_clip,
+        distributed = self.trainer.placement is not None  # the share is in the update: no clip after it
+        c = contribute(self.strategy, update, round_no, terms, update_clip=None if distributed else f.update_clip,
                        noise_multiplier=z, noise_shares=self.work.cohort,
-                       cohort=terms.get("cohort_size"), announced=self.weight)
+                       cohort=terms.get("cohort_size"), announced=self.weight,
+                       min_cohort=self.trainer.placement.min_survivors if distributed else 1)
         return c.vector, c.weight
 
     @property

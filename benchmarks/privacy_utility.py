@@ -92,6 +92,7 @@ def calibrate(cfg: RunConfig, eps: float, loss_releases: bool) -> dict:
     q = batch/N and so binds)."""
     from privacy.accounting import noise_multiplier_for_epsilon
     from privacy.events import PrivacyEvent
+    from training.ledgers import RELATION
 
     data = prepare(cfg.data, cfg.federation.clients, np.random.default_rng(cfg.train.seed))
     n_min = min(len(c) for c in data.clients)
@@ -99,7 +100,8 @@ def calibrate(cfg: RunConfig, eps: float, loss_releases: bool) -> dict:
     steps = cfg.train.rounds * cfg.train.local_steps
     releases = [PrivacyEvent(cfg.dp.loss_noise_multiplier, q, cfg.train.rounds * cfg.dp.loss_batches)] \
         if loss_releases else []
-    sigma = noise_multiplier_for_epsilon(eps, q, steps, cfg.dp.delta, accountant="prv", history=releases)
+    sigma = noise_multiplier_for_epsilon(eps, q, steps, cfg.dp.delta, accountant="prv", history=releases,
+                                         relation=RELATION)
     return {"sigma": sigma, "sample_rate": q, "steps": steps, "client_blocks": [len(c) for c in data.clients],
             "loss_releases": releases[0].steps if releases else 0,
             "loss_noise_multiplier": cfg.dp.loss_noise_multiplier if releases else None}

@@ -6,7 +6,8 @@
 
 Each point is the ``secagg demo`` run (``training.config.demo_config("smollm2-135m")``: 3 clouds with two plays
 each, LoRA rank 1 on q/v, 3 rounds x 3 local steps, expected batch 16 x 32 tokens, clip 0.3) with σ calibrated
-so that every client's ε after the 9 steps is at most the target (δ = 1e-5; the smallest client has the largest
+so that every client's ε after the 9 steps (replace-one, what its ledger records) is at most the target
+(δ = 1e-5; the smallest client has the largest
 sample rate and binds); ε = ∞ is the same run without DP. DP and non-DP runs share rounds, steps and batch.
 Validation perplexity is on the held-out tail of every play, before training and after every round.
 
@@ -62,6 +63,7 @@ def _config(scheme: str, seed: int, threads: int, lr: float, tuning: bool) -> Ru
 def calibrate(cfg: RunConfig, eps: float) -> dict:
     """σ for which every client's ε after rounds x local_steps DP-SGD steps is <= ``eps``."""
     from privacy.accounting import noise_multiplier_for_epsilon
+    from training.ledgers import RELATION
     from training.workload.corpus import prepare
     from training.workload.pretrained import tokenizer_dir
 
@@ -69,7 +71,7 @@ def calibrate(cfg: RunConfig, eps: float) -> dict:
                    tokenizer_dir=tokenizer_dir(cfg.model.name, cfg.model.path, cfg.data.cache_dir))
     q = min(1.0, cfg.train.batch_size / min(len(c) for c in data.clients))
     steps = cfg.train.rounds * cfg.train.local_steps
-    sigma = noise_multiplier_for_epsilon(eps, q, steps, cfg.dp.delta, accountant="prv")
+    sigma = noise_multiplier_for_epsilon(eps, q, steps, cfg.dp.delta, accountant="prv", relation=RELATION)
     return {"sigma": sigma, "sample_rate": q, "steps": steps, "client_blocks": [len(c) for c in data.clients]}
 
 

@@ -309,7 +309,8 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer | Callable[[
         history = list(ledger.events) if ledger is not None else []
         noise_multiplier = noise_multiplier_for_epsilon(target_epsilon, sample_rate, target_steps or steps_per_epoch,
                                                         ledger.delta if ledger else delta, accountant=accountant,
-                                                        history=history)
+                                                        history=history,
+                                                        relation=ledger.relation if ledger else "add-remove")
     PrivacyEvent(noise_multiplier, sample_rate, 0)  # validate σ
 
     original, tie_used = model, "n/a"

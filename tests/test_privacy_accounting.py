@@ -157,3 +157,17 @@ def test_distributed_noise_central_guarantee_and_dropouts():
     assert central_noise_multiplier(2.0, n_clients=4, survivors=4, sensitivity_inflation=2.0) == pytest.approx(1.0)
     with pytest.raises(ConfigurationError):
         central_noise_multiplier(1.0, n_clients=4, survivors=5)
+
+
+@settings(max_examples=8, deadline=None)
+@given(sigma=st.floats(0.3, 0.6), q=st.floats(0.003, 0.02), steps=st.integers(3, 30))
+def test_replace_one_is_the_pld_even_where_its_group_privacy_rdp_bound_is_loose(sigma, q, steps):
+    """Low σ and small q (the SmolLM2 job: σ = 0.37, q = 0.007, 9 steps): the replace-one RDP bound (group
+    privacy over add/remove) is many times the PLD's ε; the default must still be the PLD, not that bound."""
+    ref = pld_epsilon([(sigma, q, steps)], DELTA, relation="replace-one")
+    ours = epsilon(sigma, q, steps, DELTA, relation="replace-one")
+    assert ref - 1e-3 <= ours <= ref * 1.01 + 2e-3
+
+
+def test_the_smollm2_eps8_point_reads_8_under_replace_one():
+    assert epsilon(0.37258944379232556, 16 / 2200, 9, 1e-5, relation="replace-one") == pytest.approx(8.01, abs=0.02)

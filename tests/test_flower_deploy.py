@@ -129,6 +129,23 @@ def test_a_node_refuses_a_run_config_that_differs_from_its_pins(tmp_path, caplog
         config_of({"scheme": "ckks", "clients": 3}, {"client-id": 0})
 
 
+def _lm_federation(tmp_path, run, scheme: str):
+    """A 2-round Flower federation of the LM workload of run file ``run``, every node a fresh process per
+    message (and a key holder node for the HE schemes): (aggregator, grid, transport config, certs)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    certs = str(init_certs(tmp_path / "certs", N))
+    rc = {"scheme": scheme, "clients": N, "rounds": 2, "trainer": "local", "config": str(run)}
+    pins = {"scheme": scheme, "clients": N, "config": str(run)}
+    nodes = {100 + c: {"client-id": c} | pins for c in range(N)}
+    grid = FreshProcessGrid(rc, certs, nodes if scheme == "masking" else nodes | {200: {"role": "keyholder"} | pins})
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1
+    cfg = config_of(rc)
+    agg = FlowerAggregator(grid, settings_of(cfg) | {"run": "flower-run-42"}, Trust.from_certs(certs, N),
+                           make_workload(cfg), timeout=5)
+    return agg, grid, cfg, certs
+
+
 def test_lm_clients_carry_their_dp_ledger_across_fresh_processes(tmp_path):
     """A DP language-model client in a fresh process per message: its durable ledger (the SuperNode's state
     directory) holds every round, its optimizer and unreported events come back from the sealed node state, so
@@ -142,17 +159,8 @@ def test_lm_clients_carry_their_dp_ledger_across_fresh_processes(tmp_path):
                    "local_steps = 2\nbatch_size = 8\nthreads = 1\n[dp]\nenabled = true\nnoise_multiplier = 1.0\n"
                    "max_grad_norm = 1.0\nepsilon_budget = 50.0\n[federation]\nscheme = \"masking\"\n"
                    "update_clip = 1.0\n")
-    certs = str(init_certs(tmp_path / "certs", N))
-    rc = {"scheme": "masking", "clients": N, "rounds": 2, "trainer": "local", "config": str(run)}
-    pins = {"scheme": "masking", "clients": N, "config": str(run)}
-    grid = FreshProcessGrid(rc, certs, {100 + c: {"client-id": c} | pins for c in range(N)})
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1
-    cfg = config_of(rc)
-    work = make_workload(cfg)
-    agg = FlowerAggregator(grid, settings_of(cfg) | {"run": "flower-run-42"}, Trust.from_certs(certs, N), work,
-                           timeout=5)
+    agg, grid, cfg, certs = _lm_federation(tmp_path, run, "masking")
+    work = agg.work
     rows = agg.run()
     assert [r.status for r in rows] == ["done", "done"] and rows[-1].loss < agg.initial_loss
     for c in range(N):  # ε composed by the aggregator = every step of both rounds (none lost with a process)
@@ -214,8 +222,6 @@ def test_distributed_placement_runs_on_flower_and_every_ledger_records_the_secur
     """`[dp] placement = "distributed"` through the Flower app (each message a fresh client process) and the
     services' LM workload: CKKS, the gradient rule, one noisy step per round; every client's own ledger records
     (σ_eff, q, 1) per round against the server and c colluders, and the aggregator composes the same ε."""
-    from flwr.supercore.task_identity import TaskIdentity
-
     from privacy.accounting import epsilon_of_events
     from privacy.events import PrivacyEvent
     from privacy.placement import DistributedNoise
@@ -227,16 +233,8 @@ def test_distributed_placement_runs_on_flower_and_every_ledger_records_the_secur
                    "enabled = true\nnoise_multiplier = 1.0\nmax_grad_norm = 1.0\nplacement = \"distributed\"\n"
                    "colluders = 0\n[federation]\nscheme = \"ckks\"\naggregator = \"gradient\"\n"
                    f"min_contributors = {N}\nupdate_clip = 1.0\n")
-    certs = str(init_certs(tmp_path / "certs", N))
-    rc = {"scheme": "ckks", "clients": N, "rounds": 2, "trainer": "local", "config": str(run)}
-    pins = {"scheme": "ckks", "clients": N, "config": str(run)}
-    grid = FreshProcessGrid(rc, certs, {100 + c: {"client-id": c} | pins for c in range(N)}
-                            | {200: {"role": "keyholder"} | pins})
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1
-    cfg = config_of(rc)
-    work = make_workload(cfg)
-    agg = FlowerAggregator(grid, settings_of(cfg) | {"run": "flower-run-42"}, Trust.from_certs(certs, N), work,
-                           timeout=5)
+    agg, grid, cfg, certs = _lm_federation(tmp_path, run, "ckks")
+    work = agg.work
     rows = agg.run()
     assert [r.status for r in rows] == ["done", "done"]
     sigma_eff = DistributedNoise(1.0, N, 0, N).effective_multiplier

@@ -146,3 +146,18 @@ def test_a_cohort_below_the_accounted_minimum_is_refused_before_encoding():
     update = ClientUpdate(0, np.ones(4), 8, 1.0)
     with pytest.raises(SecaggConfigurationError, match="privacy accounting assumes"):
         contribute(make_strategy("gradient"), update, 1, {}, update_clip=None, cohort=2, min_cohort=3)
+
+
+def test_a_deployment_leaves_room_in_the_value_bound_for_the_shares(tmp_path):
+    """`secagg up` and Flower encode against the run file's bound: update_clip plus 9 standard deviations of
+    one client's share lr·σC/(B·√(n − c)) per coordinate."""
+    from training.deployment import load_transport_config
+
+    run = tmp_path / "run.toml"
+    run.write_text("[train]\nlocal_steps = 1\noptimizer = \"sgd\"\nlr = 0.5\nbatch_size = 8\n[dp]\nplacement = "
+                   "\"distributed\"\ncolluders = 1\nnoise_multiplier = 2.0\nmax_grad_norm = 0.5\n[federation]\n"
+                   "scheme = \"packed\"\naggregator = \"gradient\"\nclients = 5\nmin_contributors = 4\n"
+                   "update_clip = 1.0\n")
+    cfg = load_transport_config(run)
+    assert cfg.value_bound == pytest.approx(1.0 + 9 * 0.5 * 2.0 * 0.5 / (8 * math.sqrt(5 - 1)))
+    assert cfg.scheme_options()["clip"] == cfg.value_bound

@@ -160,6 +160,14 @@ class RunConfig:
         self.placement_noise()  # refuses a distributed placement whose guarantee cannot be stated
         return self
 
+    def placement_margin(self, tail: float = 9.0) -> float:
+        """Room the encoders' L∞ value bound leaves above ``update_clip`` for a distributed-placement share:
+        ``tail`` standard deviations of lr·σC/(B·√(n − c)) per coordinate (0 for local placement)."""
+        p = self.placement_noise()
+        if p is None:
+            return 0.0
+        return tail * self.train.lr * p.share_multiplier * self.dp.max_grad_norm / self.train.batch_size
+
     def placement_noise(self) -> DistributedNoise | None:
         """The example-level noise split of ``[dp] placement = "distributed"`` (None for local placement), from
         this party's own configuration: σ = ``dp.noise_multiplier``, n = ``federation.clients``, c =

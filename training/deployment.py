@@ -86,6 +86,7 @@ class TransportConfig:
     min_contributors: int = _RUN["min_contributors"]
     min_value_bits: int = 14              # packed: smallest quantized value width (lanes per slot follow from it)
     run_config: str | None = None         # the run file itself (the ``local`` trainer reads its sections)
+    placement_margin: float = 0.0         # value-bound room for [dp] placement = "distributed" shares (from the run file)
     ledger: str | None = None             # clients' privacy ledgers (default: [dp] ledger, else `up`: OUT/ledger,
                                           # a standalone client: the user's state dir; see training.ledgers)
 
@@ -124,9 +125,10 @@ class TransportConfig:
 
     @property
     def value_bound(self) -> float:
-        """The masking/packed value bound: the clip, widened by each client's distributed-noise share."""
+        """The masking/packed value bound: the clip, widened by each client's distributed-noise share (the run
+        file's ``[dp] placement = "distributed"``: :meth:`training.config.RunConfig.placement_margin`)."""
         if not self.noise_multiplier:
-            return self.clip
+            return self.clip + self.placement_margin
         from privacy.noise import noise_range
 
         return noise_range(self.clip, noise_multiplier=self.noise_multiplier, n_clients=self.cohort_size)
@@ -147,6 +149,13 @@ class TransportConfig:
         from training.engine.rules import make_strategy
 
         return make_strategy(self.aggregator, **self.aggregator_options)
+
+
+def _placement_margin(path: str | Path) -> float:
+    """The run file's distributed-placement room in the value bound (0 without it; the file is validated)."""
+    from training.config import load_config
+
+    return load_config(path).placement_margin()
 
 
 def load_transport_config(path: str | Path | None = None, **overrides: Any) -> TransportConfig:
@@ -174,6 +183,8 @@ def load_transport_config(path: str | Path | None = None, **overrides: Any) -> T
         values["aggregator_options"] = dict(options)
         values |= transport
         values["run_config"] = str(Path(path).resolve())
+        if isinstance(raw.get("dp"), dict) and raw["dp"].get("placement") == "distributed":
+            values["placement_margin"] = _placement_margin(path)
     values |= {k: v for k, v in overrides.items() if v is not None}
     try:
         return TransportConfig(**values).validate()

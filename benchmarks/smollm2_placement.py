@@ -6,7 +6,7 @@
 
 The ``secagg demo`` federation (:func:`benchmarks.smollm2_privacy._config`: SmolLM2-135M, LoRA rank 1 on q/v,
 3 clouds, expected batch 16 x 32 tokens per client and step, C = 0.3, CKKS) with ``[dp] placement =
-"distributed"``: 9 rounds of one noisy step each (the local placement's 3 rounds x 3 local steps: the same 9
+"distributed"`` (:func:`training.config.distribute_noise`, what ``secagg demo`` runs): 9 rounds of one noisy step each (the local placement's 3 rounds x 3 local steps: the same 9
 steps and examples per client), each client adding a share N(0, (σC)²/(n − c)) to its clipped sum, the gradient
 rule applying the sum with the server's Adam (eps 1e-8, the local AdamW's). σ is calibrated so that every
 client's ledger ε after the 9 rounds, at σ_eff = σ·√((m_min − c)/(n − c)) and its own q, is at most the target;
@@ -22,7 +22,8 @@ way). ``--more-data`` (issue 27.3): the clients also train on every play neither
 placement, min-max over seeds); every run is one fresh process, ``--jobs`` at a time, saved to ``--out`` as soon
 as it finishes (a re-run with the same ``--out`` resumes: finished runs are kept), with a progress bar and the
 time left. ``--clients`` and ``--colluders`` pick the point of issue 27.4's grid, ``--batch`` the expected batch per
-client (one setting per ``--out``).
+client, ``--variant`` the diagnosis of issue 27.2 in this shape (``clip only``, ``non-private``: the same rounds,
+steps, batches and server Adam; ``--eps`` ignored); one setting per ``--out``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.smollm2_privacy import GOAL_GAIN_KEPT, GOAL_PPL_RATIO, _config, calibrate, tuning_plays
-from training.config import demo_config
+from training.config import demo_config, distribute_noise
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LR_GRID = (0.01, 0.03, 0.1)
@@ -72,11 +73,8 @@ def placement_config(eps: float, seed: int, lr: float, *, colluders: int, tuning
     cfg.federation.clients, cfg.train.batch_size = clients, batch
     if more_data:
         cfg.data.train_only_plays, cfg.data.max_blocks_per_client = more_plays(), None
-    f, t, d = cfg.federation, cfg.train, cfg.dp
-    t.rounds, t.local_steps, t.optimizer = STEPS, 1, "sgd"
-    f.aggregator, f.min_contributors = "gradient", f.clients
-    cfg.aggregator_options = {"optimizer": "adam", "lr": lr, "eps": 1e-8}
-    d.placement, d.colluders = "distributed", colluders
+    f, d = cfg.federation, distribute_noise(cfg, lr, colluders).dp
+    assert cfg.train.rounds == STEPS
     if variant != "dp":
         d.enabled, d.noise_multiplier = variant == "clip only", 1e-9
         return cfg.validate(), {"sigma": 1e-9 if d.enabled else None}

@@ -26,7 +26,7 @@ from typing import Optional
 
 import typer
 
-from training.config import RunConfig, demo_config, load_config
+from training.config import RunConfig, demo_config, distribute_noise, load_config
 from training.errors import ConfigError, cli_app
 from training.flower.cli import mount as mount_flower
 from training.ledgers import default_ledger_dir, mount as mount_budget
@@ -90,6 +90,14 @@ def _sample(runner, prompt: str | None) -> str | None:
     return greedy(runner.eval_model, runner.data.tokenizer, prompt, max_new_tokens=40, stop_id=runner.data.eos_id)
 
 
+def _dp_line(cfg: RunConfig) -> str:
+    noise = cfg.placement_noise()
+    if not cfg.dp.enabled or noise is None:
+        return "on (all the noise on every client)" if cfg.dp.enabled else "off"
+    return (f"on, noise under the secure sum (σ = {noise.noise_multiplier:g} on the sum, a share of "
+            f"{noise.share_multiplier:.3g} on each client; against {noise.adversary})")
+
+
 def _execute(cfg: RunConfig, out: Path, prompt: str | None = None) -> None:
     from training.workload.trainer import parameter_counts, set_flat
     from training.inprocess.report import final_table, human_bytes, plot, write_metrics
@@ -97,7 +105,7 @@ def _execute(cfg: RunConfig, out: Path, prompt: str | None = None) -> None:
 
     f = cfg.federation
     typer.echo(f"secagg: {f.clients} clouds, scheme={f.scheme}, aggregator={f.aggregator}, "
-               f"partition={cfg.data.partition}, DP-SGD={'on' if cfg.dp.enabled else 'off'}, rounds={cfg.train.rounds}")
+               f"partition={cfg.data.partition}, DP-SGD={_dp_line(cfg)}, rounds={cfg.train.rounds}")
     t0 = time.perf_counter()
     if cfg.dp.enabled:  # re-running with the same --out continues each client's budget
         cfg.dp.ledger = str(default_ledger_dir(cfg.dp.ledger, out))
@@ -154,23 +162,34 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="output directory"),
     model: str = typer.Option("smollm2-135m", help="smollm2-135m (pretrained, DP LoRA) | tiny (GPT-2 from scratch)"),
     scheme: str = typer.Option("ckks", help="secure aggregation: ckks | masking | packed"),
-    aggregator: str = typer.Option("fedavg", help="fedavg | loss-weighted | gradient | async"),
-    rounds: Optional[int] = typer.Option(None, help="server steps (default: 3 for smollm2-135m, 6 for tiny)"),
+    aggregator: Optional[str] = typer.Option(None, help="fedavg | loss-weighted | gradient | async (default: "
+                                             "gradient under distributed placement, else fedavg)"),
+    rounds: Optional[int] = typer.Option(None, help="server steps (default: 9 for smollm2-135m's distributed "
+                                         "placement, 3 for its local one, 6 for tiny)"),
     dp: bool = typer.Option(True, "--dp/--no-dp", help="DP-SGD on every client"),
+    placement: str = typer.Option("distributed", help="smollm2-135m's DP-SGD noise: distributed (split among the "
+                                  "clients under the secure sum: 9 rounds of one step, the gradient rule with the "
+                                  "server's Adam) | local (all of it on every client: 3 rounds of 3 steps)"),
     partition: str = typer.Option("by-document", help="by-document | iid | dirichlet | capacity"),
     prompt: str = typer.Option(DEMO_PROMPT, help="greedy sample before and after training ('' for none)"),
     seed: int = typer.Option(0),
 ) -> None:
     """3 clouds, Shakespeare split by play, DP-SGD on, CKKS by default: federated LoRA fine-tuning of the
-    pretrained SmolLM2-135M (or --model tiny: a tiny GPT-2 from scratch)."""
+    pretrained SmolLM2-135M with the noise under the secure sum (or --model tiny: a tiny GPT-2 from scratch)."""
     cfg = demo_config(model)
-    cfg.federation.scheme, cfg.federation.aggregator = scheme, aggregator
-    cfg.train.seed = seed
+    if placement not in ("local", "distributed"):
+        raise ConfigError(f"unknown placement {placement!r}; expected 'local' or 'distributed'")
+    cfg.federation.scheme, cfg.train.seed, cfg.dp.enabled, cfg.data.partition = scheme, seed, dp, partition
+    if dp and placement == "distributed" and model != "tiny":
+        if aggregator not in (None, "gradient"):
+            raise ConfigError(f"distributed placement applies the noisy sum with the gradient rule, not "
+                              f"{aggregator!r}: pass --placement local for another rule")
+        distribute_noise(cfg)
+    else:
+        cfg.federation.aggregator = aggregator or "fedavg"
     if rounds is not None:
         cfg.train.rounds = rounds
-    cfg.dp.enabled = dp
-    cfg.data.partition = partition
-    _execute(cfg, out, prompt)
+    _execute(cfg.validate(), out, prompt)
 
 
 @app.command()

@@ -51,6 +51,8 @@ class RoundMetrics:
     staleness: dict[int, int]
     comm_seconds_per_client: dict[int, float] = field(default_factory=dict)
     epsilon_relation: str | None = None  # the neighbouring relation of ``epsilon`` (record-level, per client)
+    exposed_epsilon_per_client: dict[int, float | None] = field(default_factory=dict)  # distributed placement:
+    # this run's releases if the secure sum were broken (each carries only the client's own share σ/√(n − c))
     central_epsilon: float | None = None  # distributed DP: client-level ε of every sum released so far, ...
     colluders: int | None = None  # ... against this many clients colluding with the server (their shares known)
     central_relation: str | None = None  # ... for this relation (one client's update present or absent)

@@ -108,4 +108,8 @@ def final_table(rows: Sequence[RoundMetrics], initial_loss: float | None = None)
         relation = getattr(last, "epsilon_relation", None) or ""
         against = f" ({relation})" if "against" in relation else ""  # distributed placement names its adversary
         lines.append(f"privacy spent{against}: {per}")
+        exposed = getattr(last, "exposed_epsilon_per_client", None)
+        if exposed:  # the per-client guarantee of distributed placement: one contribution seen alone
+            lines.append("per client, if the secure sum were broken (its own share alone, this run): " + ", ".join(
+                f"client {c}: ε={e:.2f}" for c, e in sorted(exposed.items()) if e is not None))
     return "\n".join(lines)

@@ -136,7 +136,8 @@ class Runner:
         against the placement's adversary: the row says so."""
         if self.placement is None or not any(e is not None for e in eps.values()):
             return {}
-        return {"epsilon_relation": f"replace-one record of the clients' union, against {self.placement.adversary}"}
+        return {"epsilon_relation": f"replace-one record of the clients' union, against {self.placement.adversary}",
+                "exposed_epsilon_per_client": {tr.client_id: tr.exposed_epsilon() for tr in self.trainers}}
 
     def rebalance(self, updates: dict[int, ClientUpdate]) -> None:
         """Capacity partitioning: fold each client's observed throughput (local steps per modelled compute

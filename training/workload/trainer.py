@@ -345,3 +345,17 @@ class LocalTrainer:
     def epsilon(self) -> float | None:
         """The client's privacy spent so far per its ledger, at the configured δ (None without DP)."""
         return None if self.ledger is None else self.ledger.spent()
+
+    def exposed_epsilon(self) -> float | None:
+        """Distributed placement: the ε of this trainer's closed rounds against anyone who sees its contribution
+        alone (the secure sum broken, e.g. the key holder colluding), where each release carries only this
+        client's share σ/√(n − c): the per-client guarantee beside the ledger's central one. None otherwise."""
+        if self.placement is None or self.ledger is None:
+            return None
+        from privacy.accounting import epsilon_of_events
+        from privacy.events import PrivacyEvent
+
+        share = self.placement.share_multiplier
+        events = [PrivacyEvent(share, e.sample_rate, e.steps) for e in self.private.history]
+        return epsilon_of_events(events, self.ledger.delta, accountant=self.dp.accountant, relation=RELATION) \
+            if events else 0.0

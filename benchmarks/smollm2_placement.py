@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--more-data", action="store_true", help="the clients also train on every unused play")
     ap.add_argument("--lr-from", type=Path, default=None,
                     help="take each ε's server lr from this result file instead of tuning again")
+    ap.add_argument("--lr", type=float, default=None, help="this server lr for every point, no tuning (a "
+                    "diagnostic at the lr a DP point picked)")
     ap.add_argument("--variant", choices=VARIANTS, default="dp",
                     help="issue 27.2's diagnosis in the same shape: clipping only, or no DP (--eps is ignored)")
     ap.add_argument("--out", type=Path, default=RESULTS / "smollm2_placement.json")
@@ -238,7 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
                                         "wall_s": prior["wall_s"] + time.perf_counter() - t}, indent=2))
 
     n, c, more, b, v = args.clients, args.colluders, args.more_data, args.batch, args.variant
-    if args.lr_from is not None:
+    if args.lr is not None:
+        tuning, best = [], {e: args.lr for e in args.eps}
+    elif args.lr_from is not None:
         chosen = json.loads(args.lr_from.read_text())["lr_per_epsilon"]
         tuning, best = [], {e: chosen[_label(e)] for e in args.eps}
     else:
@@ -253,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"command": " ".join(["python -m benchmarks.smollm2_placement", *(argv or sys.argv[1:])]), "machine": {"platform": platform.platform()},
               "setting": setting,
               "note": "shared 2-core machine; server lr per ε picked on the tuning split", "jobs": args.jobs,
-              "lr_grid": args.lr_grid, "lr_per_epsilon": {_label(e): lr for e, lr in best.items()},
+              "lr_grid": args.lr_grid if tuning else None, "lr_per_epsilon": {_label(e): lr for e, lr in best.items()},
               "wall_s": prior["wall_s"] + time.perf_counter() - t, "tuning_wall_s": tuned_s,
               "point_wall_s": _spread([r["wall_s"] for r in runs]), "runs": runs, **summary}
     args.out.write_text(json.dumps(record, indent=2) + "\n")

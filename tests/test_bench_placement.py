@@ -72,6 +72,7 @@ def test_a_rerun_resumes_from_the_runs_already_saved(tmp_path, monkeypatch):
     assert second["wall_s"] >= first["wall_s"]  # a resumed grid keeps the wall time already spent
     with pytest.raises(SystemExit, match="choose another --out"):
         bench.main(argv + ["--colluders", "1"])
-    diag = bench.main(["--variant", "clip only", "--seeds", "0", "--lr-grid", "0.03", "--out", str(tmp_path / "c.json")])
+    diag = bench.main(["--variant", "clip only", "--seeds", "0", "--lr", "0.03", "--out", str(tmp_path / "c.json")])
+    assert calls[4:] == [(None, 0, 0.03, False)]  # --lr: no tuning run
     assert diag["distributed"] == {"none": {"mean": 90.03, "min": 90.03, "max": 90.03, "seeds": 1}}
     assert diag["goal"] == {} and diag["variant"] == "clip only" and (tmp_path / "c.png").stat().st_size > 0

@@ -72,15 +72,24 @@ def test_the_one_round_example_gives_the_weighted_mean_it_promises():
 
 
 def test_the_printed_table_is_what_the_demo_formats():
+    """README's table is a real `make demo` run's metrics.jsonl, formatted by the demo's own code."""
     from training.inprocess.report import final_table
 
-    eps = {0: 2.10, 1: 1.98, 2: 2.05}
-    rows = [SimpleNamespace(round=r, loss=loss, perplexity=ppl, epsilon=e, bytes_up=9_600_000, bytes_down=down,
-                            seconds=s, modelled_seconds=m, sim_time=64.3, epsilon_per_client=eps)
-            for r, loss, ppl, e, down, s, m in [(1, 4.991, 147.1, 1.65, 1_800_000, 37.54, 17.75),
-                                                 (2, 4.667, 106.4, 1.93, 691_200, 43.52, 24.77),
-                                                 (3, 4.652, 104.84, 2.10, 691_200, 43.84, 21.81)]]
-    assert final_table(rows, initial_loss=float(np.log(164.16))) == _blocks("text")[0].rstrip("\n")
+    relation = "replace-one record of the clients' union, against server + 0 colluding clients (secure sum of >= 3)"
+    rows = [SimpleNamespace(round=r, loss=loss, perplexity=ppl, epsilon=e, bytes_up=9_585_900, bytes_down=down,
+                            seconds=s, modelled_seconds=m, sim_time=39.38, epsilon_per_client=eps,
+                            epsilon_relation=relation, exposed_epsilon_per_client=exposed)
+            for r, loss, ppl, e, down, s, m in [(1, 5.0757, 160.08, 1.236, 1_782_057, 9.574, 6.627),
+                                                 (2, 5.0343, 153.60, 1.503, 691_200, 7.145, 3.316),
+                                                 (3, 4.9805, 145.55, 1.664, 691_200, 5.821, 3.6147),
+                                                 (4, 4.9151, 136.33, 1.779, 691_200, 5.955, 4.869),
+                                                 (5, 4.8386, 126.29, 1.869, 691_200, 8.527, 5.360),
+                                                 (6, 4.7611, 116.88, 1.944, 691_200, 6.929, 3.402),
+                                                 (7, 4.6869, 108.52, 2.007, 691_200, 8.063, 4.474),
+                                                 (8, 4.6272, 102.23, 2.062, 691_200, 6.835, 3.798),
+                                                 (9, 4.5860, 98.104, 2.111, 691_200, 7.099, 3.922)]
+            for eps, exposed in [({0: 2.111, 1: 1.995, 2: 2.069}, {0: 9.459, 1: 9.231, 2: 9.375})]]
+    assert final_table(rows, initial_loss=5.100944) == _blocks("text")[0].rstrip("\n")
 
 
 @pytest.mark.parametrize("link", sorted(set(re.findall(r"\]\(([^)#]+)\)", README))))

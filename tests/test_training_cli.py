@@ -133,9 +133,9 @@ epsilon_budget = {(one + two) / 2}
 
 
 def test_the_smollm2_example_is_the_demo_run():
-    from training.config import demo_config
+    from training.config import demo_config, distribute_noise
 
-    assert load_config(EXAMPLE.with_name("smollm2_lora.toml")) == demo_config("smollm2-135m")
+    assert load_config(EXAMPLE.with_name("smollm2_lora.toml")) == distribute_noise(demo_config("smollm2-135m"))
     cfg = demo_config("smollm2-135m")
     assert cfg.model.use_lora and cfg.dp.enabled and cfg.federation.scheme == "ckks"
     assert demo_config("tiny") == RunConfig()

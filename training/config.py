@@ -214,7 +214,8 @@ DEMO_MODELS = ("smollm2-135m", "tiny")
 def demo_config(model: str = "smollm2-135m") -> RunConfig:
     """The ``secagg demo`` run: 3 clouds, each holding different Shakespeare plays (two each), DP-SGD on every
     client, CKKS. ``smollm2-135m``: federated DP LoRA fine-tuning of the packaged pretrained SmolLM2-135M
-    (``examples/smollm2_lora.toml`` is the same run as a file); ``tiny``: a tiny GPT-2 trained from scratch (the
+    (``secagg demo`` then places the noise under the secure sum, :func:`distribute_noise`; that run as a file is
+    ``examples/smollm2_lora.toml``); ``tiny``: a tiny GPT-2 trained from scratch (the
     seconds-long protocol demo).
 
     Why the SmolLM2 settings: DP-SGD's noise on the mean clipped gradient has norm σ·C·√d/B against a signal of

@@ -169,15 +169,16 @@ def summarise(runs: list[dict], local: dict) -> dict:
             "goal": goal}
 
 
-def _plot(summary: dict, path: Path) -> None:
+def _plot(summary: dict, path: Path, batch: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, pts, colour in (("local (noise on every client)", summary["local"], "C0"),
-                              ("distributed (noise under the secure sum)", summary["distributed"], "C3")):
+    for name, pts, colour in (("local (noise on every client), batch 16", summary["local"], "C0"),
+                              (f"distributed (noise under the secure sum), batch {batch}", summary["distributed"],
+                               "C3")):
         eps = sorted(float(e) for e in pts if e not in ("inf", "none"))
         p = [pts[f"{e:g}"] for e in eps]
         if not p:
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
               "wall_s": prior["wall_s"] + time.perf_counter() - t, "tuning_wall_s": tuned_s,
               "point_wall_s": _spread([r["wall_s"] for r in runs]), "runs": runs, **summary}
     args.out.write_text(json.dumps(record, indent=2) + "\n")
-    _plot(summary, args.out.with_suffix(".png"))
+    _plot(summary, args.out.with_suffix(".png"), args.batch)
     for e, p in summary["distributed"].items():
         if e == "none":
             print(f"{v}, distributed shape: {p['mean']:.1f} [{p['min']:.1f}, {p['max']:.1f}]  (non-private, local "

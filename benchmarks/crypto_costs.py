@@ -71,6 +71,8 @@ class _Timed:
         outs = fn(*args)
         dt = time.perf_counter() - t
         self.seconds += dt
+        if not isinstance(outs, list):  # a streamed answer: each message timed as it is taken
+            return self._timed(iter(outs))  # type: ignore[return-value]
         for o in outs:
             self.bytes_out += len(o.payload)
             self.bytes_to[o.to] = self.bytes_to.get(o.to, 0) + len(o.payload)
@@ -80,6 +82,17 @@ class _Timed:
 
     def start(self, update, weight):
         return self._call(self.role.start, update, weight)
+
+    def stream(self, update, weight, *, part_chunks):
+        """The role's streamed messages, each one's making timed and counted as it is taken."""
+        return self._call(lambda: self.role.stream(update, weight, part_chunks=part_chunks))
+
+    def _timed(self, parts):
+        while True:
+            got = self._call(lambda: [o] if (o := next(parts, None)) is not None else [])
+            if not got:
+                return
+            yield from got
 
     def receive(self, *args):
         return self._call(self.role.receive, *args)

@@ -196,7 +196,7 @@ def client_parts(n: int, dim: int, repeats: int = 7) -> tuple[dict[str, float], 
     parts = {"encode": lambda: cfg.value_codec.encode(x, factor=0.7, out=enc[:-1]),
              "rounding stream (in encode)": rounding_stream,
              "masks": lambda: add_masks(enc, seeds[:k // 2 + 1], seeds[k // 2 + 1:]),
-             "serialise": lambda: MaskedInput(round_id=0, client_id=0, masked=enc).to_bytes(),
+             "serialise": lambda: MaskedInput(round_id=0, client_id=0, first=0, masked=enc).to_bytes(),
              "key agreement": lambda: [kex.mask_seed(sk, pk, session=bytes(32), u=0, v=1) for _ in range(2 * k)],
              "signature checks": lambda: [ed25519.verify(vk, sig, signed) for _ in range(checks)]}
     times: dict[str, list[float]] = defaultdict(list)

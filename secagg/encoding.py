@@ -20,7 +20,8 @@ from secagg.hazmat.prg import U32Stream
 
 _ENCODE_BLOCK = 1 << 16  # values per block: the float64 buffers stay in L2
 
-__all__ = ["check_weight", "validate_update", "flatten", "unflatten", "FlatSpec", "FixedPoint", "ring_dtype", "MAX_DIM"]
+__all__ = ["check_weight", "validate_update", "update_length", "update_slice", "flatten", "unflatten", "FlatSpec",
+           "FixedPoint", "ring_dtype", "MAX_DIM"]
 
 MAX_DIM = 1 << 28  # values one update may have in any scheme (a 134.5M-parameter model is 2^27.0); larger is refused
 
@@ -68,6 +69,23 @@ def validate_update(x: object, dim: int | None = None) -> np.ndarray:
     v = _shape_checked(x, dim)
     _extremes(v, v)
     return v.astype(np.float64, copy=False)
+
+
+def update_length(x: object) -> int:
+    """Length of an update that may be streamed: a 1-D numeric numpy array, or any object with a 1-D ``shape``
+    whose slices ``x[a:b]`` are such arrays (e.g. a ``np.memmap`` or a lazily generated update)."""
+    if isinstance(x, np.ndarray):
+        return int(_shape_checked(x).shape[0])
+    shape = getattr(x, "shape", None)
+    if not (isinstance(shape, tuple) and len(shape) == 1 and isinstance(shape[0], int) and shape[0] > 0
+            and hasattr(x, "__getitem__")):
+        raise MalformedUpdateError(f"update must be a numpy array or a sliceable 1-D source, got {type(x).__name__}")
+    return shape[0]
+
+
+def update_slice(x: object, lo: int, hi: int) -> np.ndarray:
+    """``x[lo:hi]`` validated as :func:`validate_update` does (finite, numeric, exactly ``hi - lo`` values)."""
+    return validate_update(x[lo:hi], hi - lo)  # type: ignore[index]
 
 
 @dataclass(frozen=True)
@@ -250,12 +268,17 @@ class FixedPoint:
             np.copyto(out[lo:lo + m], ints[:m], casting="unsafe")  # wraps mod 2^bits (two's complement)
 
     def decode_sum(self, total: np.ndarray) -> np.ndarray:
-        """Interpret a ring element (a sum of at most ``n_clients`` encodings) as a signed float vector."""
-        t = np.asarray(total).astype(np.uint64)
-        if self.ring_bits < 64:
-            t &= np.uint64((1 << self.ring_bits) - 1)
-        signed = t.astype(np.int64)  # two's complement reinterpretation for 64-bit rings
-        if self.ring_bits < 64:
-            half = np.int64(1 << (self.ring_bits - 1))
-            signed = np.where(signed >= half, signed - np.int64(1 << self.ring_bits), signed)
-        return signed.astype(np.float64) / self.scale
+        """Interpret a ring element (a sum of at most ``n_clients`` encodings) as a signed float vector, block by
+        block: nothing but the float64 result is the size of the whole."""
+        total = np.asarray(total)
+        out = np.empty(total.shape[0], dtype=np.float64)
+        mask, half = np.uint64((1 << self.ring_bits) - 1 if self.ring_bits < 64 else 0), 1 << (self.ring_bits - 1)
+        for lo in range(0, total.shape[0], _ENCODE_BLOCK):
+            t = total[lo:lo + _ENCODE_BLOCK].astype(np.uint64)
+            if self.ring_bits < 64:
+                t &= mask
+            signed = t.view(np.int64)  # two's complement reinterpretation for 64-bit rings
+            if self.ring_bits < 64:
+                signed = np.where(signed >= np.int64(half), signed - np.int64(1 << self.ring_bits), signed)
+            np.divide(signed, self.scale, out=out[lo:lo + _ENCODE_BLOCK])
+        return out

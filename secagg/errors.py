@@ -9,6 +9,7 @@
     │   ├── TooFewContributorsError an aggregate with fewer contributors than the key holder's minimum
     │   └── VerificationError       an aggregate or a revealed share that is not what its contributors committed to
     ├── CapacityError               a bounded store (pending seeds) is full; nothing was accepted
+    │   └── BackpressureError       a streamed part ahead of the receiver's window; resend it later
     ├── AuthenticationError         bad signature or wrong sender identity
     ├── MalformedUpdateError        bad input vector: wrong shape/dtype, NaN/Inf, out of the encodable range
     └── MalformedMessageError       bytes that do not decode to a valid message (truncated, bit-flipped, bad sizes)
@@ -30,6 +31,7 @@ __all__ = [
     "TooFewContributorsError",
     "VerificationError",
     "CapacityError",
+    "BackpressureError",
     "ReplayError",
     "AuthenticationError",
     "MalformedUpdateError",
@@ -75,6 +77,10 @@ class VerificationError(DecryptionError):
 
 class CapacityError(SecAggError):
     """A bounded store (for instance the key holder's pending pad seeds) is full; the message was not accepted."""
+
+
+class BackpressureError(CapacityError):
+    """A streamed part arrived too far ahead of the receiver's window; nothing changed: resend it later."""
 
 
 class AuthenticationError(SecAggError):

@@ -4,11 +4,15 @@ Invariants (every one checked before anything is decrypted, each failure a named
 
 * only the aggregator's aggregate of this session is decrypted, of ``min_contributors..max_contributors`` named
   clients, with ``dim <= max_dim`` and the chunk count checked arithmetically before any allocation;
-* one aggregate per round: the round's seeds are consumed whether it is released or refused;
+* an aggregate may arrive in parts (contiguous chunk ranges in order, :mod:`secagg.he_stream`); each part is
+  decrypted into one plaintext buffer as it comes (the tags accumulate over it), and nothing is released before
+  the last part, which carries the contributors' sealed tags, passed every check below; a part that does not
+  continue the open stream (round, contributors, next chunk) is refused, and a part that fails a check ends it;
+* one aggregate per round: the round's seeds are consumed by its first part whether it is released or refused;
 * every named contributor's sealed pad seed must be here and name the same round-terms digest;
-* the aggregate's tags must be the sum of the named contributions' sealed tags (:mod:`secagg.he_tags`), so a term
-  the aggregator added itself is refused (probability of a pass below 2^-128); then the pads are removed, and the
-  scheme's guard check decides;
+* the aggregate's tags must be the sum of the named contributions' tags (:mod:`secagg.he_tags`), each sealed under
+  its contributor's pad seed, so a term the aggregator added itself is refused (probability of a pass below
+  2^-128); the pads are removed, and the scheme's guard check decides;
 * every release is Ed25519-signed with the session's release key (:mod:`secagg.he_release`);
 * the session tag key goes only to the client that asks, sealed to that request's ephemeral key (relayed requests
   must be signed by the client they name).
@@ -31,14 +35,14 @@ from secagg.errors import AuthenticationError, CapacityError, ConfigurationError
     DuplicateMessageError, MalformedMessageError, TooFewContributorsError, UnknownClientError, VerificationError, \
     WrongRoundError
 from secagg.hazmat import kex, rlwe, sign
-from secagg.he_pads import PadSeed, open_seed, pad_key
+from secagg.he_pads import PadSeed, open_seed, open_tags, pad_key
 from secagg.he_release import sign_release
 from secagg.he_round import TagKeyRequest, check_int
-from secagg.he_tags import TagRequest, compute_tags, fresh_tag_key, grant_tag_key
+from secagg.he_tags import TagAccumulator, TagRequest, fresh_tag_key, grant_tag_key
 from secagg.messages import decode
 from secagg.roles import AGGREGATOR, Outbound
 
-__all__ = ["HEKeyHolder", "granted_tag_key", "MAX_PENDING_SEEDS"]
+__all__ = ["HEKeyHolder", "AggregateStream", "granted_tag_key", "MAX_PENDING_SEEDS"]
 
 MAX_PENDING_SEEDS = 1 << 16  # seeds of undecrypted rounds a key holder keeps at most
 
@@ -73,7 +77,8 @@ class HEKeyHolder(ABC):
         self._seal = kex.generate()
         self.seal_key = kex.public_bytes(self._seal)
         self._finalized: set[int] = set()
-        self._seeds: dict[int, dict[int, tuple[bytes, bytes, bytes]]] = {}  # round -> client -> (seed, terms, tags)
+        self._seeds: dict[int, dict[int, tuple[bytes, bytes]]] = {}  # round -> client -> (seed, terms)
+        self._stream: AggregateStream | None = None  # the aggregate being received part by part
         self._tag_key = fresh_tag_key()  # the session's tag key: granted to clients only, never to the aggregator
         self._release = sign.generate()  # signs every release (its public half is in the bundle)
         self.release_key = self._release.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -88,8 +93,14 @@ class HEKeyHolder(ABC):
         """Round ids whose aggregate has been decrypted or refused (each is processed only once)."""
         return frozenset(self._finalized)
 
+    @property
+    def streaming_round(self) -> int | None:
+        """The round whose aggregate is arriving in parts (its first part in, its last not yet), or None."""
+        return None if self._stream is None else self._stream.round_id
+
     def receive(self, sender: int, payload: bytes) -> list[Outbound]:
-        """A client's sealed pad seed, or an aggregate from the aggregator (answered with the verified sum)."""
+        """A client's sealed pad seed, or an aggregate (part) from the aggregator (answered with the verified sum
+        after its last part)."""
         msg = decode(payload)
         if isinstance(msg, PadSeed):
             return self._on_seed(sender, msg)
@@ -104,37 +115,67 @@ class HEKeyHolder(ABC):
             raise DecryptionError("aggregate was made under another session (another key holder or layout)")
         if msg.dim > self.max_dim:
             raise MalformedMessageError(f"aggregate of dim {msg.dim} exceeds this key holder's max_dim={self.max_dim}")
-        if len(msg.chunks) != self._chunk_count(msg.dim):
-            raise MalformedMessageError(f"aggregate has {len(msg.chunks)} chunks, dim {msg.dim} needs "
-                                        f"{self._chunk_count(msg.dim)}")
+        total = self._chunk_count(msg.dim)
+        if msg.first + len(msg.chunks) > total:
+            raise MalformedMessageError(f"aggregate part [{msg.first}, {msg.first + len(msg.chunks)}) passes the "
+                                        f"{total} chunks dim {msg.dim} needs")
         n = len(msg.contributors)
         if n < self.min_contributors:
             raise TooFewContributorsError(f"aggregate of {n} contributor(s); at least {self.min_contributors} required")
         if self._max_contributors is not None and n > self._max_contributors:
             raise MalformedMessageError(f"aggregate of {n} contributors exceeds max_cohort={self._max_contributors}: "
                                         "lanes could carry into each other")
+        last = msg.first + len(msg.chunks) == total
+        if bool(msg.tags) != last:
+            raise MalformedMessageError("the contributors' sealed tags belong in the aggregate's last part only")
+        residues = rlwe.unpack(msg.chunks, self._layout)  # every chunk checked before the round is consumed
+        stream = self._stream_for(msg, total)
+        try:
+            stream.tags.add(residues)
+            for key in stream.pads:
+                rlwe.apply_pad(residues[:, 0], key, self._layout, subtract=True, first=msg.first)
+            self._decrypt_part(stream, msg.first, residues)
+            stream.next = msg.first + residues.shape[0]
+            if not last:
+                return []
+            self._check_tags(msg, stream)
+            result = dataclasses.replace(self._finish(msg, stream), terms=stream.terms)
+        finally:
+            if stream.next != msg.first + residues.shape[0] or last:
+                self._stream = None  # refused, or finished: the round stays consumed
+        result = sign_release(self._release, hashlib.sha256(self._public).digest(), result)
+        return [Outbound(AGGREGATOR, result.to_bytes())]
+
+    def _stream_for(self, msg: Any, total: int) -> AggregateStream:
+        """The open stream this part continues, or (first part) a new one after every check on its round."""
+        if msg.first:
+            s = self._stream
+            if s is None or s.round_id != msg.round_id or s.contributors != msg.contributors or s.next != msg.first:
+                raise MalformedMessageError(f"aggregate part from chunk {msg.first} of round {msg.round_id} does not "
+                                            "continue the open stream (its round, contributors and next chunk)")
+            return s
         if msg.round_id in self._finalized:
             raise DuplicateMessageError(f"an aggregate of round {msg.round_id} was already processed")
         seeds = self._seeds.get(msg.round_id, {})
         missing = [c for c in msg.contributors if c not in seeds]
         if missing:
             raise VerificationError(f"no pad seed from clients {missing} for round {msg.round_id}: not decrypted")
-        residues = rlwe.unpack(msg.chunks, self._layout)
         self._finalized.add(msg.round_id)  # consumed from here on, released or not
         del self._seeds[msg.round_id]
+        self._stream = None
         told = {seeds[c][1] for c in msg.contributors}
         if len(told) != 1:
             raise VerificationError(f"the contributors of round {msg.round_id} were told {len(told)} different sets "
                                     "of round terms (a server may have lowered one client's noise terms): "
                                     "nothing released")
-        self._check_tags(msg, residues, [seeds[c][2] for c in msg.contributors])
-        for c in msg.contributors:
-            seed, terms, _ = seeds[c]
-            key = pad_key(seed, session_id=self.session_id, round_id=msg.round_id, client_id=c, terms=terms)
-            rlwe.apply_pad(residues[:, 0], key, self._layout, subtract=True)
-        result = dataclasses.replace(self._decrypt(msg, residues), terms=told.pop())
-        result = sign_release(self._release, hashlib.sha256(self._public).digest(), result)
-        return [Outbound(AGGREGATOR, result.to_bytes())]
+        terms = told.pop()
+        pads = [pad_key(seeds[c][0], session_id=self.session_id, round_id=msg.round_id, client_id=c, terms=terms)
+                for c in msg.contributors]
+        tags = TagAccumulator(self._tag_key, self._layout, chunks=total, session_id=self.session_id,
+                              round_id=msg.round_id)
+        self._stream = AggregateStream(msg.round_id, msg.contributors, terms, [seeds[c][0] for c in msg.contributors],
+                               pads, tags, self._buffer(msg.dim))
+        return self._stream
 
     def _identity_of(self, sender: int, client_id: int, what: str) -> Ed25519PublicKey | None:
         """The key a relayed ``what`` from ``client_id`` must be signed with (None: it must come directly)."""
@@ -153,12 +194,16 @@ class HEKeyHolder(ABC):
         identity = self._identity_of(sender, msg.client_id, "tag-key request")
         return grant_tag_key(msg, self._tag_key, self._seal, hashlib.sha256(self._public).digest(), identity).to_bytes()
 
-    def _check_tags(self, msg: Any, residues: np.ndarray, sealed: list[bytes]) -> None:
-        """VerificationError unless the aggregate's tags are the sum of the named contributions' tags."""
-        want = compute_tags(residues, self._tag_key, self._layout, session_id=self.session_id,
-                            round_id=msg.round_id)
+    def _check_tags(self, msg: Any, stream: AggregateStream) -> None:
+        """VerificationError unless the aggregate's tags are the sum of the named contributions' sealed tags."""
+        want = stream.tags.tags()
         total = [0] * want.size
-        for tags in sealed:
+        for c, seed, sealed in zip(stream.contributors, stream.seeds, msg.tags):
+            try:
+                tags = open_tags(seed, sealed, session_id=self.session_id, round_id=msg.round_id, client_id=c,
+                                 terms=stream.terms)
+            except DecryptionError as exc:
+                raise self._guard_error(f"client {c}'s sealed tags do not open ({exc})") from exc
             if len(tags) != 8 * want.size:
                 raise self._guard_error(f"a contributor sealed {len(tags) // 8} tags, {want.size} expected")
             for k, v in enumerate(np.frombuffer(tags, dtype="<u8")):
@@ -178,8 +223,7 @@ class HEKeyHolder(ABC):
             raise DuplicateMessageError(f"client {msg.client_id} already sent its seed for round {msg.round_id}")
         if sum(len(s) for s in self._seeds.values()) >= MAX_PENDING_SEEDS:
             raise CapacityError(f"{MAX_PENDING_SEEDS} seeds of undecrypted rounds are pending")
-        seed, tags = open_seed(msg, self._seal, identity)
-        pending[msg.client_id] = (seed, msg.terms, tags)
+        pending[msg.client_id] = (open_seed(msg, self._seal, identity), msg.terms)
         return []
 
     def _guard_error(self, what: str) -> VerificationError:
@@ -195,6 +239,28 @@ class HEKeyHolder(ABC):
         """Ciphertexts an aggregate of ``dim`` values has (computed, never allocated)."""
 
     @abstractmethod
-    def _decrypt(self, msg: Any, residues: np.ndarray) -> Any:
-        """The result message for the pad-free ``residues`` of ``msg``; VerificationError if a guard is not zero."""
+    def _buffer(self, dim: int) -> np.ndarray:
+        """The plaintext buffer one aggregate of ``dim`` values decrypts into (allocated once per round)."""
 
+    @abstractmethod
+    def _decrypt_part(self, stream: AggregateStream, first: int, residues: np.ndarray) -> None:
+        """Decrypt the pad-free ``residues`` (chunks ``first, ...``) into ``stream.plain``."""
+
+    @abstractmethod
+    def _finish(self, msg: Any, stream: AggregateStream) -> Any:
+        """The result message from ``stream.plain``; VerificationError if a guard is not zero."""
+
+
+@dataclasses.dataclass
+class AggregateStream:
+    """One round's aggregate being received: its contributors, their seeds and pads, the running tags and the
+    plaintext decrypted so far (never released before the last part's checks)."""
+
+    round_id: int
+    contributors: tuple[int, ...]
+    terms: bytes
+    seeds: list[bytes]
+    pads: list[bytes]
+    tags: TagAccumulator
+    plain: np.ndarray
+    next: int = 0

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -40,11 +40,12 @@ import tenseal as ts
 import tenseal.sealapi  # noqa: F401  (registers SEAL's types, e.g. Modulus, with pybind)
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from secagg.encoding import MAX_DIM, check_weight, validate_update
+from secagg.encoding import MAX_DIM, check_weight, update_length
 from secagg.errors import AuthenticationError, ConfigurationError, DropoutError, DuplicateMessageError, \
     MalformedMessageError, StageError, UnknownClientError, WrongRoundError
-from secagg.he_pads import fresh_seed, pad_key, seal_seed
-from secagg.he_tags import compute_tags, open_grant, request_tag_key
+from secagg.he_pads import fresh_seed, pad_key, seal_seed, seal_tags
+from secagg.he_stream import DEFAULT_WINDOW_BYTES, StreamedSum, window_chunks
+from secagg.he_tags import TagAccumulator, open_grant, request_tag_key
 from secagg.hazmat import kex, rlwe
 from secagg.terms import NO_TERMS
 from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, Outbound, StagedRole
@@ -54,6 +55,7 @@ __all__ = ["check_int", "bundle", "unbundle", "release_key", "ring_of", "HEClien
 
 _BUNDLE_MAGIC = b"SAHE\x02"
 DEFAULT_MAX_DIM = MAX_DIM  # values per aggregate the key holder accepts unless told otherwise
+DEFAULT_PART_CHUNKS = 16  # ciphertexts per streamed part (a few MiB)
 
 
 def check_int(name: str, v: object, lo: int = 0) -> int:
@@ -146,31 +148,53 @@ class HEClient(StagedRole, ABC):
     _identity: Ed25519PrivateKey | None
 
     def start(self, update: np.ndarray, weight: float) -> list[Outbound]:
-        """Encrypt and pad ``[weight * update, weight]``: the sealed seed to the key holder, then the contribution."""
+        """Encrypt and pad ``[weight * update, weight]``: the sealed seed to the key holder, then the contribution
+        in one part (:meth:`stream` with every chunk in one part)."""
+        return list(self.stream(update, weight, part_chunks=None))
+
+    def stream(self, update: Any, weight: float, *, part_chunks: int | None = DEFAULT_PART_CHUNKS
+               ) -> Iterator[Outbound]:
+        """The round's messages, made one at a time as they are consumed: the sealed seed to the key holder, then
+        the contribution in parts of ``part_chunks`` ciphertexts (None: one part), the last with the sealed tags.
+
+        ``update`` is a numpy array or a sliceable source (:func:`secagg.encoding.update_length`), read one chunk
+        at a time. Every value is checked before anything is drawn or sent: a refused input leaves the client
+        ready to retry (the check reads the source once more)."""
         if self._stage != "ready":
             raise StageError(f"client {self.client_id} already submitted its contribution")
         if self._tag_key is None:
             raise ConfigurationError(f"client {self.client_id} has no tag key: request it from the key holder "
                                      "(secagg.he_round.TagKeyRequest) before the first round")
-        x = validate_update(update)
+        if part_chunks is not None:
+            check_int("part_chunks", part_chunks, 1)
+        dim = update_length(update)
         w = check_weight(weight)
-        serialized = self._encrypt(x, w)  # raises on out-of-range input before any randomness is spent
-        seed = fresh_seed()
-        residues = np.empty((len(serialized), *self._layout.shape), dtype=np.uint64)
-        for k, raw in enumerate(serialized):
-            residues[k] = rlwe.extract(raw, self._layout)
-        key = pad_key(seed, session_id=self._session_id, round_id=self.round_id, client_id=self.client_id,
-                      terms=self.terms)
-        rlwe.apply_pad(residues[:, 0], key, self._layout)
-        tags = compute_tags(residues, self._tag_key, self._layout, session_id=self._session_id,
-                            round_id=self.round_id)
-        chunks = rlwe.pack(residues, self._layout)
-        sealed = seal_seed(seed, self._seal_key, session_id=self._session_id, round_id=self.round_id,
-                           client_id=self.client_id, identity=self._identity, terms=self.terms,
-                           tags=tags.astype("<u8").tobytes())
-        msg = self._contribution(int(x.shape[0]), tuple(chunks))
+        for _ in self._lanes(update, dim, w):  # raises on out-of-range input before any randomness is spent
+            pass
         self._stage = "done"
-        return [Outbound(KEYHOLDER, sealed.to_bytes()), Outbound(AGGREGATOR, msg.to_bytes())]
+        return self._parts(update, dim, w, part_chunks)
+
+    def _parts(self, update: Any, dim: int, w: float, part_chunks: int | None) -> Iterator[Outbound]:
+        seed = fresh_seed()
+        binding = dict(session_id=self._session_id, round_id=self.round_id, client_id=self.client_id,
+                       terms=self.terms)
+        yield Outbound(KEYHOLDER, seal_seed(seed, self._seal_key, identity=self._identity, **binding).to_bytes())
+        key = pad_key(seed, **binding)
+        chunks = self._chunk_count(dim)
+        tags = TagAccumulator(self._tag_key, self._layout, chunks=chunks, session_id=self._session_id,  # type: ignore[arg-type]
+                              round_id=self.round_id)
+        lanes, step = self._lanes(update, dim, w), part_chunks or chunks
+        for first in range(0, chunks, step):
+            residues = np.empty((min(step, chunks - first), *self._layout.shape), dtype=np.uint64)
+            for k in range(residues.shape[0]):
+                residues[k] = rlwe.extract(self._encrypt_one(next(lanes)), self._layout)
+            rlwe.apply_pad(residues[:, 0], key, self._layout, first=first)
+            tags.add(residues)
+            last = first + residues.shape[0] == chunks
+            sealed = seal_tags(seed, tags.tags().astype("<u8").tobytes(), **binding) if last else b""
+            msg = self._contribution(dim, first, tuple(rlwe.pack(residues, self._layout)), sealed)
+            del residues
+            yield Outbound(AGGREGATOR, msg.to_bytes())
 
     def receive(self, payload: bytes) -> list[Outbound]:
         """HE clients are sent nothing: always raises StageError."""
@@ -178,12 +202,21 @@ class HEClient(StagedRole, ABC):
                          f"(stage {self._stage!r})")
 
     @abstractmethod
-    def _encrypt(self, x: np.ndarray, weight: float) -> list[bytes]:
-        """One serialized one-ciphertext TenSEAL vector per chunk of ``[w*x, w, guards]``."""
+    def _chunk_count(self, dim: int) -> int:
+        """Ciphertexts of a contribution of ``dim`` values."""
 
     @abstractmethod
-    def _contribution(self, dim: int, chunks: tuple[bytes, ...]) -> Any:
-        """The contribution message carrying the padded, packed ``chunks``."""
+    def _lanes(self, update: Any, dim: int, weight: float) -> Iterator[np.ndarray]:
+        """Each chunk's slot values of ``[w*x, w, guards]`` in order, read from ``update`` one chunk at a time;
+        MalformedUpdateError on a value the scheme cannot carry."""
+
+    @abstractmethod
+    def _encrypt_one(self, values: np.ndarray) -> bytes:
+        """One serialized one-ciphertext TenSEAL vector of one chunk's slot values."""
+
+    @abstractmethod
+    def _contribution(self, dim: int, first: int, chunks: tuple[bytes, ...], sealed_tags: bytes) -> Any:
+        """The contribution part carrying the padded, packed ``chunks`` from index ``first``."""
 
 
 class HEAggregator(StagedRole, ABC):
@@ -195,7 +228,7 @@ class HEAggregator(StagedRole, ABC):
     _chunks: int
 
     def _init_round(self, participants: Iterable[int], *, dim: int, round_id: int, min_contributors: int,
-                    max_cohort: int | None = None) -> None:
+                    max_cohort: int | None = None, window_bytes: int = DEFAULT_WINDOW_BYTES) -> None:
         ids = [int(p) for p in participants]
         if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
             raise ConfigurationError("participants must be distinct client ids >= 0, at least one")
@@ -203,25 +236,26 @@ class HEAggregator(StagedRole, ABC):
             raise ConfigurationError(f"{len(ids)} participants exceed max_cohort={max_cohort}: their lane sums "
                                      "could carry into each other; use PackedParams(max_cohort=...) of the cohort")
         check_int("dim", dim, 1), check_int("round_id", round_id), check_int("min_contributors", min_contributors, 1)
+        check_int("window_bytes", window_bytes, 1)
         if dim > MAX_DIM:
             raise ConfigurationError(f"dim {dim} exceeds MAX_DIM = {MAX_DIM}")
         if min_contributors > len(ids):
             raise ConfigurationError(f"min_contributors={min_contributors} exceeds the {len(ids)} participants")
         self.participants, self.dim, self.round_id = tuple(sorted(ids)), dim, round_id
         self.min_contributors = min_contributors
-        self._sum: np.ndarray | None = None
-        self._received: list[int] = []
+        self._sum = StreamedSum(self.participants, self._chunks, self._layout, window_chunks(self._layout,
+                                                                                              window_bytes))
         self._sent: tuple[int, ...] = ()
         self._result: AggregateResult | None = None
         self._stage = "collect"
 
     @property
     def received(self) -> tuple[int, ...]:
-        """Clients whose contribution is in the running sum, in arrival order."""
-        return tuple(self._received)
+        """Clients whose contribution is (at least in part) in the running sums, in arrival order."""
+        return self._sum.started
 
     def receive(self, sender: int, payload: bytes) -> list[Outbound]:
-        """A client's contribution, or the key holder's result."""
+        """A client's contribution part, or the key holder's result. A refused part changes nothing."""
         if sender == KEYHOLDER:
             return self._on_result(payload)
         if self._stage != "collect":
@@ -233,38 +267,56 @@ class HEAggregator(StagedRole, ABC):
             raise WrongRoundError(f"contribution for round {msg.round_id}; this is round {self.round_id}")
         if msg.client_id != sender:
             raise AuthenticationError(f"sender {sender} sent a contribution naming client {msg.client_id}")
-        if sender in self._received:
+        if sender in self._sum.tags:
             raise DuplicateMessageError(f"client {sender} already contributed to round {self.round_id}")
         self._check_header(msg)
-        if msg.dim != self.dim or len(msg.chunks) != self._chunks:
-            raise MalformedMessageError(f"contribution of dim {msg.dim} in {len(msg.chunks)} chunks; expected dim "
-                                        f"{self.dim} in {self._chunks}")
+        if msg.dim != self.dim:
+            raise MalformedMessageError(f"contribution of dim {msg.dim}; expected dim {self.dim}")
+        self._sum.check(sender, msg.first, len(msg.chunks), msg.sealed_tags)
         parts = rlwe.unpack(msg.chunks, self._layout)  # every chunk checked before any of it is added
-        if self._sum is None:
-            self._sum = parts
-        else:
-            rlwe.add_into(self._sum, parts, self._layout)
-        self._received.append(sender)
-        return self._send() if len(self._received) == len(self.participants) else []
+        self._sum.add(sender, msg.first, parts, msg.sealed_tags)
+        return self._forward()
 
     def close_stage(self) -> list[Outbound]:
-        """Deadline: aggregate whoever submitted (``DropoutError`` if too few). Waiting on the key holder: ``[]``."""
+        """Deadline. Before the contributors are fixed: fix them to the clients that started (``DropoutError`` if
+        too few); after: a contributor that has not finished fails the round (``DropoutError``: its residues are
+        in the sums). Waiting on the key holder: ``[]``."""
         if self._stage == "finalize":
             return []
         if self._stage != "collect":
             raise StageError(f"nothing to close in stage {self._stage!r}")
-        if len(self._received) < self.min_contributors:
-            self._stage, self._sum = "failed", None
-            raise DropoutError(f"only {len(self._received)} of {len(self.participants)} clients contributed to "
-                               f"round {self.round_id}; at least {self.min_contributors} needed")
-        return self._send()
+        if self._sum.contributors is None:
+            if len(self._sum.started) < self.min_contributors:
+                self._fail(f"only {len(self._sum.started)} of {len(self.participants)} clients contributed to "
+                           f"round {self.round_id}; at least {self.min_contributors} needed")
+            self._sum.fix()
+            return self._forward()
+        if self._sum.unfinished():
+            self._fail(f"clients {list(self._sum.unfinished())} stopped mid-stream in round {self.round_id}: their "
+                       "residues are in the running sums, so the round cannot finish")
+        return []
 
-    def _send(self) -> list[Outbound]:
-        assert self._sum is not None
-        self._sent = tuple(sorted(self._received))
-        chunks = tuple(rlwe.pack(self._sum, self._layout))
-        msg = self._aggregate(self._sent, chunks)
-        self._sum, self._stage = None, "finalize"
+    def _fail(self, why: str) -> None:
+        self._stage = "failed"
+        self._sum.clear()
+        raise DropoutError(why)
+
+    def _forward(self) -> list[Outbound]:
+        """The next aggregate part, if enough chunks are complete: all of them when the contribution fits the
+        window (one part), else at least half a window."""
+        s = self._sum
+        ready, left = s.ready(), self._chunks - s.frontier
+        if not ready or (ready < left and (self._chunks <= s.window or ready < max(1, s.window // 2))):
+            return []
+        assert s.contributors is not None
+        self._sent, first = s.contributors, s.frontier
+        residues = s.take(ready)
+        last = ready == left
+        tags = tuple(s.tags[c] for c in s.contributors) if last else ()
+        msg = self._aggregate(s.contributors, first, tuple(rlwe.pack(residues, self._layout)), tags)
+        del residues
+        if last:
+            self._stage = "finalize"
         return [Outbound(KEYHOLDER, msg.to_bytes())]
 
     def _on_result(self, payload: bytes) -> list[Outbound]:
@@ -293,8 +345,9 @@ class HEAggregator(StagedRole, ABC):
         """MalformedMessageError unless ``msg`` names this round's session (and layout)."""
 
     @abstractmethod
-    def _aggregate(self, contributors: tuple[int, ...], chunks: tuple[bytes, ...]) -> Any:
-        """The aggregate message for the key holder."""
+    def _aggregate(self, contributors: tuple[int, ...], first: int, chunks: tuple[bytes, ...],
+                   tags: tuple[bytes, ...]) -> Any:
+        """The aggregate part for the key holder (``tags``: the contributors' sealed tags, last part only)."""
 
     @abstractmethod
     def _decode(self, msg: Any) -> tuple[np.ndarray, float]:

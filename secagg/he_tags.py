@@ -50,7 +50,8 @@ from secagg.hazmat.rlwe import RingLayout
 from secagg.messages import Message, message
 
 __all__ = ["TagRequest", "TagGrant", "TAG_KEY_BYTES", "SOUNDNESS_BITS", "MAX_TAG_WORDS", "request_tag_key",
-           "grant_tag_key", "open_grant", "tag_count", "soundness_bits", "compute_tags", "fresh_tag_key"]
+           "grant_tag_key", "open_grant", "tag_count", "soundness_bits", "compute_tags", "TagAccumulator",
+           "fresh_tag_key"]
 
 TAG_KEY_BYTES = 32
 SOUNDNESS_BITS = 128  # every layout gets enough tags for a forgery probability below 2^-128
@@ -173,34 +174,56 @@ def soundness_bits(layout: RingLayout, rows: int) -> float:
     return tag_count(layout, rows) * _per_tag_bits(layout, rows)
 
 
+class TagAccumulator:
+    """The tags of one contribution of ``chunks`` ciphertexts, fed in order one part at a time (:meth:`add`):
+    equal to :func:`compute_tags` of the whole, so neither a client nor the key holder ever holds all of it."""
+
+    def __init__(self, tag_key: bytes, layout: RingLayout, *, chunks: int, session_id: bytes, round_id: int) -> None:
+        if len(tag_key) != TAG_KEY_BYTES:
+            raise ConfigurationError(f"tag key must be {TAG_KEY_BYTES} bytes")
+        self._layout, self.chunks, self._next = layout, chunks, 0
+        primes, n, rows = len(layout.moduli), layout.degree, 2 * chunks
+        self._tags, (g, b) = tag_count(layout, rows), _widths(layout, rows)
+        seed = kex.derive_key(tag_key, info=_ROUND_LABEL + session_id + struct.pack("<q", round_id), length=32)
+        words = prg.keystream(seed, 4 * primes * self._tags * (n + rows))
+        rand = np.frombuffer(words, dtype="<u4").reshape(primes, self._tags, n + rows)
+        self._gamma = [(rand[j, :, :n] & np.uint32((1 << g) - 1)).astype(np.uint64).T.copy() for j in range(primes)]
+        self._beta = [(rand[j, :, n:] & np.uint32((1 << b) - 1)).astype(np.uint64).T.copy() for j in range(primes)]
+        self._acc = [[0] * self._tags for _ in range(primes)]
+
+    def add(self, residues: np.ndarray) -> "TagAccumulator":
+        """Feed the next ``residues`` (``(k, 2, L, N)``, reduced): chunks ``[fed, fed + k)``."""
+        k, polys, _, n = residues.shape
+        if self._next + k > self.chunks:
+            raise ConfigurationError(f"{self._next + k} chunks fed to tags of {self.chunks}")
+        rows, first = k * polys, 2 * self._next
+        limb = np.empty((rows, n), dtype=np.uint64)
+        low, sub_mask = np.uint64((1 << _LIMB) - 1), np.uint64((1 << _SUB) - 1)
+        for j, q in enumerate(self._layout.moduli):
+            beta, acc = self._beta[j][first:first + rows], self._acc[j]
+            rj = residues[:, :, j, :].reshape(rows, n)
+            for a in range(math.ceil(q.bit_length() / _LIMB)):
+                np.right_shift(rj, np.uint64(_LIMB * a), out=limb)
+                np.bitwise_and(limb, low, out=limb)
+                inner = limb @ self._gamma[j]  # exact: every partial sum < 2^64
+                for a2 in range(4):
+                    sub = (inner >> np.uint64(_SUB * a2)) & sub_mask
+                    col = (sub * beta).sum(axis=0)  # exact: < 2^64 (the β width is sized for all rows)
+                    for t in range(self._tags):
+                        acc[t] += int(col[t]) << (_LIMB * a + _SUB * a2)
+        self._next += k
+        return self
+
+    def tags(self) -> np.ndarray:
+        """``τ[j, l]`` (uint64, shape ``(L, tags)``) once every chunk was fed."""
+        if self._next != self.chunks:
+            raise ConfigurationError(f"tags asked after {self._next} of {self.chunks} chunks")
+        return np.array([[v % q for v in acc] for acc, q in zip(self._acc, self._layout.moduli)], dtype=np.uint64)
+
+
 def compute_tags(residues: np.ndarray, tag_key: bytes, layout: RingLayout, *, session_id: bytes,
                  round_id: int) -> np.ndarray:
     """The tags ``τ[j, l]`` (uint64, shape ``(L, tags)``) of ``residues`` (``(chunks, 2, L, N)``, reduced) for this
     session and round: see the module docstring."""
-    if len(tag_key) != TAG_KEY_BYTES:
-        raise ConfigurationError(f"tag key must be {TAG_KEY_BYTES} bytes")
-    chunks, polys, primes, n = residues.shape
-    rows = chunks * polys
-    tags, (g, b) = tag_count(layout, rows), _widths(layout, rows)
-    seed = kex.derive_key(tag_key, info=_ROUND_LABEL + session_id + struct.pack("<q", round_id), length=32)
-    words = prg.keystream(seed, 4 * primes * tags * (n + rows))
-    rand = np.frombuffer(words, dtype="<u4").reshape(primes, tags, n + rows)
-    out = np.empty((primes, tags), dtype=np.uint64)
-    limb = np.empty((rows, n), dtype=np.uint64)
-    low, sub_mask = np.uint64((1 << _LIMB) - 1), np.uint64((1 << _SUB) - 1)
-    for j, q in enumerate(layout.moduli):
-        gamma = (rand[j, :, :n] & np.uint32((1 << g) - 1)).astype(np.uint64).T.copy()  # (N, tags)
-        beta = (rand[j, :, n:] & np.uint32((1 << b) - 1)).astype(np.uint64).T  # (rows, tags)
-        rj = residues[:, :, j, :].reshape(rows, n)
-        acc = [0] * tags
-        for a in range(math.ceil(q.bit_length() / _LIMB)):
-            np.right_shift(rj, np.uint64(_LIMB * a), out=limb)
-            np.bitwise_and(limb, low, out=limb)
-            inner = limb @ gamma  # exact: every partial sum < 2^64
-            for a2 in range(4):
-                sub = (inner >> np.uint64(_SUB * a2)) & sub_mask
-                col = (sub * beta).sum(axis=0)  # exact: < 2^64
-                for t in range(tags):
-                    acc[t] += int(col[t]) << (_LIMB * a + _SUB * a2)
-        out[j] = [v % q for v in acc]
-    return out
+    acc = TagAccumulator(tag_key, layout, chunks=residues.shape[0], session_id=session_id, round_id=round_id)
+    return acc.add(residues).tags()

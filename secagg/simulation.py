@@ -8,14 +8,15 @@ when nothing is in flight and the aggregator is not done, declares the stage's d
 from __future__ import annotations
 
 import inspect
+import itertools
 import secrets
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from secagg.encoding import check_weight
-from secagg.errors import ConfigurationError, MalformedUpdateError, SecAggError, StageError
+from secagg.errors import BackpressureError, ConfigurationError, MalformedUpdateError, SecAggError, StageError
 from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, AggregatorRole, ClientRole, FinalizerRole, \
     Outbound, message_tag
 
@@ -32,6 +33,7 @@ def run_round(
     drop_at: Mapping[int, int] | None = None,
     max_deadlines: int = 16,
     rejected: list[tuple[int, SecAggError]] | None = None,
+    part_chunks: int | None = None,
 ) -> AggregateResult:
     """Run one round to completion and return the aggregator's result.
 
@@ -41,12 +43,22 @@ def run_round(
     the round goes on without it; a client that refuses a message leaves the round. ``rejected`` (if given)
     collects ``(party, error)``. Errors of the
     aggregator's own stage transitions (too few survivors, a dealer's inconsistent shares) end the round.
+
+    ``part_chunks``: clients stream (``client.stream``) their contributions in parts of that many ciphertexts (HE)
+    or ``PART_VALUES`` chunks (masking), made only when the driver takes them; the driver takes one message from every client in turn, and a part the
+    aggregator's window refuses (``BackpressureError``) is held and offered again after the others moved, so no
+    role ever holds a whole contribution. A turn in which nothing was accepted counts as a deadline.
     """
     drop_at = dict(drop_at or {})
     gone: set[int] = set()
+    streams: dict[int, Iterator[Outbound]] = {}
+    held: dict[int, Outbound] = {}
     queue: deque[tuple[int, Outbound]] = deque()
 
-    def emit(sender: int, outs: list[Outbound]) -> None:
+    def emit(sender: int, outs: Iterable[Outbound]) -> None:
+        if not isinstance(outs, list):  # a streamed answer: taken one message a turn
+            streams[sender] = itertools.chain(streams.get(sender, iter(())), outs)
+            return
         for out in outs:
             if sender in gone:
                 return
@@ -56,11 +68,25 @@ def run_round(
             queue.append((sender, out))
 
     for cid, client in clients.items():
-        emit(cid, client.start(updates[cid], weights[cid]))
+        if part_chunks is None:
+            emit(cid, client.start(updates[cid], weights[cid]))
+        else:
+            emit(cid, client.stream(updates[cid], weights[cid], part_chunks=part_chunks))  # type: ignore[attr-defined]
 
-    deadlines = 0
+    deadlines, accepted = 0, False
     while not aggregator.done:
+        if not queue and (streams or held) and (accepted or not held):
+            accepted = False  # a new turn: one message from every streaming client
+            for cid in list(streams) + [c for c in held if c not in streams]:
+                if cid in held:
+                    queue.append((cid, held.pop(cid)))
+                elif (out := next(streams[cid], None)) is None or cid in gone:
+                    del streams[cid]
+                else:
+                    emit(cid, [out])
+            continue
         if not queue:
+            accepted = True  # after the deadline, held parts are offered again
             deadlines += 1
             if deadlines > max_deadlines:
                 raise StageError(f"round stalled in stage {aggregator.stage!r}")
@@ -70,6 +96,10 @@ def run_round(
         if out.to == AGGREGATOR:
             try:
                 outs = aggregator.receive(sender, out.payload)
+                accepted = True
+            except BackpressureError:
+                held[sender] = out  # offered again next turn
+                continue
             except SecAggError as exc:
                 if sender < 0 or aggregator.stage == "failed":
                     raise
@@ -82,6 +112,7 @@ def run_round(
                 raise StageError("a message was addressed to the key holder but this scheme has none")
             try:
                 outs = finalizer.receive(sender, out.payload)
+                accepted = True
             except SecAggError as exc:
                 if sender < 0:
                     raise

@@ -86,21 +86,24 @@ def test_lr_selection_gives_each_side_its_best_grid_value(monkeypatch):
     assert [(r["epsilon_target"], r["lr"]) for r in chosen] == [(8.0, 3e-3), (None, 1e-3)]
 
 
-def test_full_model_benchmark_measures_masking_and_packed_and_marks_ckks_derived(tmp_path, monkeypatch):
+def test_full_model_benchmark_streams_every_scheme_and_resumes(tmp_path, monkeypatch):
     import json
-    import sys
 
     from benchmarks import full_model
 
-    monkeypatch.setattr(sys, "argv", ["full_model", "--dim", "20000", "--out", str(tmp_path)])
-    full_model.main()
+    full_model.main(["--dim", "150000", "--clients", "3", "--out", str(tmp_path), "--part-chunks", "2"])
     out = json.loads((tmp_path / "full_model.json").read_text())
     rows = {r["scheme"]: r for r in out["rows"]}
-    assert set(rows) == {"masking32", "packed", "ckks-default"} and out["dim"] == 20000
-    for s in ("masking32", "packed"):
-        assert rows[s]["source"] == "measured" and rows[s]["max_abs_error"] < 1e-4
-        assert rows[s]["peak_rss_bytes"] >= out["inputs_peak_rss_bytes"] > 0  # equal when imports dominate
-    assert rows["ckks-default"]["max_abs_error"] is None and rows["ckks-default"]["source"].startswith("derived")
+    assert set(rows) == {"masking32", "packed", "ckks-default"} and out["dim"] == 150000
+    for s, r in rows.items():
+        assert r["max_abs_error"] < 1e-4 and r["n"] == 3 and r["part_chunks"] == 2
+        assert r["peak_rss_bytes"] >= r["baseline_rss_bytes"] > 0 and r["goal_met"]
+        assert r["up_bytes_per_value"] >= 4  # at least the fp32 it hides
+    assert out["goal_met"]
+    ran = []
+    monkeypatch.setattr(full_model, "_child", lambda *a: ran.append(a) or {})
+    full_model.main(["--dim", "150000", "--clients", "3", "--out", str(tmp_path)])
+    assert ran == []  # every row was already there: nothing runs again
     assert (tmp_path / "full_model.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -25,8 +25,10 @@ rounds = st.integers(0, 2**63 - 1)
 dims = st.integers(1, 2**31)
 
 contributions = st.builds(CKKSContribution, round_id=rounds, client_id=st.integers(0, 2**63 - 1),
-                          context_id=ctx_ids, dim=dims, chunks=chunks)
-aggregates = st.builds(CKKSAggregate, round_id=rounds, context_id=ctx_ids, dim=dims, contributors=ids, chunks=chunks)
+                          context_id=ctx_ids, dim=dims, first=st.integers(0, 2**40), chunks=chunks,
+                          sealed_tags=st.binary(max_size=40))
+aggregates = st.builds(CKKSAggregate, round_id=rounds, context_id=ctx_ids, dim=dims, contributors=ids,
+                       first=st.integers(0, 9), chunks=chunks, tags=st.just(()))
 seeds = st.builds(PadSeed, round_id=rounds, client_id=st.integers(0, 2**63 - 1), session_id=ctx_ids, terms=ctx_ids,
                   ephemeral=ctx_ids, sealed=st.binary(min_size=60, max_size=60),
                   signature=st.sampled_from([b"", bytes(64)]))
@@ -87,13 +89,16 @@ def test_real_ciphertext_message_truncations_and_flips_refused(real_contribution
 
 
 def test_semantic_validation() -> None:
-    good_c = CKKSContribution(round_id=1, client_id=2, context_id=bytes(32), dim=3, chunks=(b"x",))
-    for change in [dict(round_id=-1), dict(client_id=-1), dict(context_id=bytes(31)), dict(dim=0),
+    good_c = CKKSContribution(round_id=1, client_id=2, context_id=bytes(32), dim=3, first=0, chunks=(b"x",),
+                              sealed_tags=b"")
+    for change in [dict(round_id=-1), dict(client_id=-1), dict(context_id=bytes(31)), dict(dim=0), dict(first=-1),
                    dict(chunks=()), dict(chunks=(b"x", b""))]:
         with pytest.raises(MalformedMessageError):
             dataclasses.replace(good_c, **change)
-    good_a = CKKSAggregate(round_id=1, context_id=bytes(32), dim=3, contributors=(0, 1), chunks=(b"x",))
-    for change in [dict(contributors=()), dict(contributors=(1, 0)), dict(contributors=(1, 1)),
+    good_a = CKKSAggregate(round_id=1, context_id=bytes(32), dim=3, contributors=(0, 1), first=0, chunks=(b"x",),
+                           tags=())
+    for change in [dict(contributors=()), dict(contributors=(1, 0)), dict(contributors=(1, 1)), dict(first=-2),
+                   dict(tags=(b"t",)),
                    dict(contributors=(-1, 2)), dict(context_id=b""), dict(round_id=-5)]:
         with pytest.raises(MalformedMessageError):
             dataclasses.replace(good_a, **change)

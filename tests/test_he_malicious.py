@@ -45,6 +45,7 @@ class Scheme:
             self.params = PackedParams(max_cohort=8)
             self.kh = PackedKeyHolder(self.params)
         self.ctx = self.kh.public_context()
+        self.sealed: dict[tuple[int, int], bytes] = {}  # (round, client) -> the sealed tags its contribution carried
 
     def client(self, i: int, rid: int, kh=None):
         ctx = self.ctx if kh is None else kh.public_context()
@@ -61,12 +62,19 @@ class Scheme:
         seed, contribution = self.client(i, rid).start(x, 1.0)
         if seed_to_kh:
             self.kh.receive(i, seed.payload)
-        return decode(contribution.payload)
+        msg = decode(contribution.payload)
+        self.sealed[(rid, i)] = msg.sealed_tags
+        return msg
 
-    def aggregate(self, rid: int, contributors, chunks):
+    def aggregate(self, rid: int, contributors, chunks, tags=None):
+        """An aggregate of one part; ``tags`` default to what the aggregator holds: each named contributor's sealed
+        tags of round ``rid`` (for a client it has none of, another contribution's)."""
         cls = CKKSAggregate if self.name == "ckks" else PackedAggregate
         sid = {"context_id": self.kh.context_id} if self.name == "ckks" else {"session_id": self.kh.session_id}
-        return cls(round_id=rid, dim=DIM, contributors=tuple(contributors), chunks=tuple(chunks), **sid)
+        if tags is None:
+            tags = tuple(self.sealed.get((rid, c), next(iter(self.sealed.values()))) for c in contributors)
+        return cls(round_id=rid, dim=DIM, contributors=tuple(contributors), first=0, chunks=tuple(chunks),
+                   tags=tuple(tags), **sid)
 
     def result(self, payload: bytes) -> np.ndarray:
         return CKKSResult.from_bytes(payload).values if self.name == "ckks" else PackedResult.from_bytes(payload).slots

@@ -19,7 +19,7 @@ from secagg.errors import AuthenticationError, DecryptionError, MalformedMessage
     VerificationError
 from secagg.hazmat import rlwe
 from secagg.hazmat import sign as ed25519
-from secagg.he_pads import open_seed, seal_seed
+from secagg.he_pads import open_seed, seal_tags
 from secagg.he_keyholder import HEKeyHolder, granted_tag_key
 from secagg.he_round import TagKeyRequest
 from secagg.he_tags import TagRequest, compute_tags, soundness_bits, tag_count
@@ -39,9 +39,14 @@ def _with_added_term(scheme: Scheme, rid: int, delta: np.ndarray) -> tuple[list,
     (public context only: the encryption every client runs, without a pad)."""
     cs = [scheme.contribute(i, rid, XS[i]) for i in range(3)]
     lay, acc = scheme.layout(), _residues(scheme, cs)
-    for k, raw in enumerate(scheme.client(0, rid)._encrypt(delta, 1.0)):
+    for k, raw in enumerate(_ciphertexts(scheme.client(0, rid), delta)):
         rlwe.add_into(acc[k:k + 1], rlwe.extract(raw, lay)[None], lay)
     return cs, acc
+
+
+def _ciphertexts(client, x: np.ndarray) -> list[bytes]:
+    """The client's unpadded ciphertexts of ``[x, 1, guards]`` (what anyone with the public key can make)."""
+    return [client._encrypt_one(lanes) for lanes in client._lanes(x, x.shape[0], 1.0)]
 
 
 def _released(scheme: Scheme, payload: bytes) -> np.ndarray:
@@ -94,21 +99,22 @@ def test_a_colluding_client_can_add_only_through_its_own_tags(scheme) -> None:
         seeds[i], _ = seed, cs.append(decode(contribution.payload))
     delta = np.zeros(DIM)
     delta[1] = 0.125
-    term = np.stack([rlwe.extract(raw, lay) for raw in scheme.client(1, rid)._encrypt(delta, 1.0)])
+    term = np.stack([rlwe.extract(raw, lay) for raw in _ciphertexts(scheme.client(1, rid), delta)])
     forged = _residues(scheme, cs)
     rlwe.add_into(forged, term, lay)
-    for i in (0, 2):
+    for i in range(3):
         kh.receive(i, seeds[i].payload)
-    # client 1 re-seals its seed with tags of (its contribution + δ): possible only with its own tag key
+    # client 1 seals tags of (its contribution + δ) under its seed: possible only with its own tag key
     own = rlwe.unpack(cs[1].chunks, lay)
     rlwe.add_into(own, term, lay)
     key = granted_tag_key(kh, 1)
-    sealed_seed, _ = open_seed(decode(seeds[1].payload), kh._seal, None)
+    raw_seed = open_seed(decode(seeds[1].payload), kh._seal, None)
     tags = compute_tags(own, key, lay, session_id=kh.session_id, round_id=rid)
-    resealed = seal_seed(sealed_seed, kh.seal_key, session_id=kh.session_id, round_id=rid, client_id=1,
-                         identity=None, tags=tags.astype("<u8").tobytes())
-    kh.receive(1, resealed.to_bytes())
-    (out,) = kh.receive(AGGREGATOR, scheme.aggregate(rid, (0, 1, 2), _packed(scheme, forged)).to_bytes())
+    resealed = seal_tags(raw_seed, tags.astype("<u8").tobytes(), session_id=kh.session_id, round_id=rid,
+                         client_id=1)
+    agg = scheme.aggregate(rid, (0, 1, 2), _packed(scheme, forged),
+                           tags=(cs[0].sealed_tags, resealed, cs[2].sealed_tags))
+    (out,) = kh.receive(AGGREGATOR, agg.to_bytes())
     if scheme.name == "ckks":
         got = _released(scheme, out.payload)
         assert abs(got[1] - sum(XS[i][1] for i in range(3)) - 0.125) < 1e-3
@@ -169,19 +175,19 @@ def test_the_tag_key_goes_to_the_requesting_client_only() -> None:
         req.open(grant.payload[:-20] + bytes(20))
 
 
-def test_a_contribution_without_its_tags_is_refused() -> None:
-    """A seed that seals no tags (an old client, or one that tried to skip them) makes the sum unverifiable."""
+@pytest.mark.parametrize("forge", ["empty", "other seed", "other client's"])
+def test_a_contribution_without_its_own_tags_is_refused(forge: str) -> None:
+    """Tags sealed empty (a client that tried to skip them), under a seed the key holder does not hold for that
+    client (what an aggregator could make), or another contributor's: the sum is not released."""
     s = Scheme("ckks")
     rid = next(ROUNDS)
-    cs = []
-    for i in range(2):
-        seed, contribution = s.client(i, rid).start(XS[i], 1.0)
-        cs.append(decode(contribution.payload))
-        msg = decode(seed.payload)
-        if i == 1:
-            raw, _ = open_seed(msg, s.kh._seal, None)
-            msg = seal_seed(raw, s.kh.seal_key, session_id=s.kh.session_id, round_id=rid, client_id=1,
-                            identity=None)
-        s.kh.receive(i, msg.to_bytes())
+    cs = [s.contribute(i, rid, XS[i]) for i in range(2)]
+    binding = dict(session_id=s.kh.session_id, round_id=rid, client_id=1)
+    sealed = {"empty": seal_tags(os.urandom(32), b"", **binding), "other seed": seal_tags(os.urandom(32), bytes(80),
+              **binding), "other client's": cs[0].sealed_tags}[forge]
+    if forge == "empty":  # the right seed, no tags
+        sealed = seal_tags(s.kh._seeds[rid][1][0], b"", **binding)
+    agg = s.aggregate(rid, (0, 1), _packed(s, _residues(s, cs)), tags=(cs[0].sealed_tags, sealed))
     with pytest.raises(VerificationError, match="tags"):
-        s.kh.receive(AGGREGATOR, s.aggregate(rid, (0, 1), _packed(s, _residues(s, cs))).to_bytes())
+        s.kh.receive(AGGREGATOR, agg.to_bytes())
+    assert rid in s.kh.finalized_rounds

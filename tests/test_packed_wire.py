@@ -23,8 +23,9 @@ dims = st.integers(1, 2**31)
 
 messages = st.one_of(
     st.builds(PackedContribution, round_id=rounds, client_id=st.integers(0, 2**63 - 1), session_id=sids, dim=dims,
-              chunks=chunks),
-    st.builds(PackedAggregate, round_id=rounds, session_id=sids, dim=dims, contributors=ids, chunks=chunks),
+              first=st.integers(0, 2**40), chunks=chunks, sealed_tags=st.binary(max_size=40)),
+    st.builds(PackedAggregate, round_id=rounds, session_id=sids, dim=dims, contributors=ids, first=st.integers(0, 9),
+              chunks=chunks, tags=st.just(())),
     st.builds(PackedResult, round_id=rounds, contributors=ids,
               slots=st.lists(st.integers(0, 2**63), min_size=1, max_size=4).map(lambda v: np.array(v, "<u8")),
               terms=st.sampled_from([b"", bytes(32)]), signature=st.sampled_from([b"", bytes(64)])),
@@ -79,12 +80,12 @@ def test_real_ciphertext_truncations_and_flips_refused(real_contribution, data) 
 
 
 @pytest.mark.parametrize("make", [
-    lambda: PackedContribution(round_id=-1, client_id=0, session_id=bytes(32), dim=1, chunks=(b"x",)),
-    lambda: PackedContribution(round_id=0, client_id=0, session_id=bytes(31), dim=1, chunks=(b"x",)),
-    lambda: PackedContribution(round_id=0, client_id=0, session_id=bytes(32), dim=0, chunks=(b"x",)),
-    lambda: PackedContribution(round_id=0, client_id=0, session_id=bytes(32), dim=1, chunks=(b"",)),
-    lambda: PackedAggregate(round_id=0, session_id=bytes(32), dim=1, contributors=(2, 1), chunks=(b"x",)),
-    lambda: PackedAggregate(round_id=0, session_id=bytes(32), dim=1, contributors=(), chunks=(b"x",)),
+    lambda: PackedContribution(round_id=-1, client_id=0, session_id=bytes(32), dim=1, first=0, sealed_tags=b"", chunks=(b"x",)),
+    lambda: PackedContribution(round_id=0, client_id=0, session_id=bytes(31), dim=1, first=0, sealed_tags=b"", chunks=(b"x",)),
+    lambda: PackedContribution(round_id=0, client_id=0, session_id=bytes(32), dim=0, first=0, sealed_tags=b"", chunks=(b"x",)),
+    lambda: PackedContribution(round_id=0, client_id=0, session_id=bytes(32), dim=1, first=0, sealed_tags=b"", chunks=(b"",)),
+    lambda: PackedAggregate(round_id=0, session_id=bytes(32), dim=1, contributors=(2, 1), first=0, tags=(), chunks=(b"x",)),
+    lambda: PackedAggregate(round_id=0, session_id=bytes(32), dim=1, contributors=(), first=0, tags=(), chunks=(b"x",)),
     lambda: PackedResult(round_id=0, contributors=(1,), slots=np.zeros(2, "<f8"), terms=b"", signature=b""),
     lambda: PackedResult(round_id=0, contributors=(1,), slots=np.zeros(0, "<u8"), terms=b"", signature=b""),
 ])

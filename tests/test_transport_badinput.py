@@ -61,7 +61,7 @@ def _masking_craft(agent: Rogue, rid: int, payload: bytes):
             ("sender identity in the envelope", E.AuthenticationError, pack(h | {"client_id": 1}, payload)),
             ("sender identity in the message", E.AuthenticationError,
              pack(h, dataclasses.replace(msg, client_id=2).to_bytes())),
-            ("stage", E.StageError, pack(h, MaskedInput(rid, 0, np.zeros(DIM + 1, np.uint32)).to_bytes())),
+            ("stage", E.StageError, pack(h, MaskedInput(rid, 0, 0, np.zeros(DIM + 1, np.uint32)).to_bytes())),
             ("truncated", E.MalformedMessageError, pack(h, payload[:-3])),
             ("not an envelope", E.MalformedMessageError, b"junk"),
             ("server-to-client message", E.MalformedMessageError,
@@ -70,9 +70,11 @@ def _masking_craft(agent: Rogue, rid: int, payload: bytes):
     if agent.stage == 1:  # ShareKeys, in stage "share"
         return [("duplicate", E.DuplicateMessageError, pack(h, agent.previous))]
     if agent.stage == 2:  # MaskedInput, in stage "masked"
-        return [("shape", E.MalformedMessageError, pack(h, MaskedInput(rid, 0, np.zeros(DIM, np.uint32)).to_bytes())),
+        return [("shape", E.MalformedMessageError, pack(h, MaskedInput(rid, 0, 0, np.zeros(DIM + 2, np.uint32)).to_bytes())),
+                ("a part that does not continue", E.MalformedMessageError,
+                 pack(h, MaskedInput(rid, 0, 4, np.zeros(DIM - 3, np.uint32)).to_bytes())),
                 ("dtype", E.MalformedMessageError,
-                 pack(h, MaskedInput(rid, 0, np.zeros(DIM + 1, np.uint64)).to_bytes()))]
+                 pack(h, MaskedInput(rid, 0, 0, np.zeros(DIM + 1, np.uint64)).to_bytes()))]
     return []
 
 

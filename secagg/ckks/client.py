@@ -1,8 +1,9 @@
 """CKKS client: encrypts ``[w*x, w]`` under the key holder's public key, pads it, and sends it once.
 
 Invariants: the client holds public material only (a context with a secret key raises ``KeyMisuseError``, so the
-key never spreads to clients). It sends the key holder one sealed pad seed and the aggregator exactly one
-:class:`~secagg.ckks.messages.CKKSContribution` (see :mod:`secagg.he_round`), and receives nothing. It always
+key never spreads to clients). It sends the key holder one sealed pad seed and the aggregator one
+:class:`~secagg.ckks.messages.CKKSContribution`, whole or streamed in parts (see :mod:`secagg.he_round`), and
+receives nothing. It always
 pre-weights: the aggregator only adds and never learns ``w``, and cannot re-weight a contribution without the key
 holder refusing the sum.
 
@@ -13,12 +14,16 @@ clients.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 import tenseal as ts
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from secagg.ckks.messages import CKKSContribution
-from secagg.ckks.params import GUARD_SLOTS, PublicContext, load_public_context, np_chunks
+from secagg.ckks.params import GUARD_SLOTS, PublicContext, chunk_count, load_public_context
+from secagg.encoding import update_slice
 from secagg.errors import ConfigurationError, KeyMisuseError, MalformedUpdateError
 from secagg.terms import NO_TERMS, TERMS_BYTES
 from secagg.he_tags import TAG_KEY_BYTES
@@ -55,15 +60,33 @@ class CKKSClient(HEClient):
         self.slot_bound = self._pc.params.fresh_value_bound / max_cohort
         self._stage = "ready"
 
-    def _encrypt(self, x: np.ndarray, weight: float) -> list[bytes]:
-        lanes = np.concatenate([weight * x, [weight], np.zeros(GUARD_SLOTS)])
-        peak = float(np.max(np.abs(lanes)))
-        if not peak <= self.slot_bound:
-            raise MalformedUpdateError(f"largest encrypted value {peak:.4g} exceeds {self.slot_bound:.4g}; the "
-                                       f"decrypted sum could overflow the {self._pc.params.name!r} parameter set")
-        ctx = self._pc.context
-        return [ts.ckks_vector(ctx, part).serialize() for part in np_chunks(lanes, self._pc.params.slots)]
+    def _chunk_count(self, dim: int) -> int:
+        return chunk_count(dim + 1 + GUARD_SLOTS, self._pc.params.slots)
 
-    def _contribution(self, dim: int, chunks: tuple[bytes, ...]) -> CKKSContribution:
+    def _lanes(self, update: Any, dim: int, weight: float) -> Iterator[np.ndarray]:
+        slots, total = self._pc.params.slots, dim + 1 + GUARD_SLOTS
+        if not weight <= self.slot_bound:
+            raise self._too_large(weight)
+        for lo in range(0, total, slots):
+            hi = min(total, lo + slots)
+            lanes = np.zeros(hi - lo)
+            top = min(hi, dim)
+            if top > lo:
+                np.multiply(update_slice(update, lo, top), weight, out=lanes[:top - lo])
+                peak = float(np.max(np.abs(lanes[:top - lo])))
+                if not peak <= self.slot_bound:
+                    raise self._too_large(peak)
+            if lo <= dim < hi:
+                lanes[dim - lo] = weight
+            yield lanes
+
+    def _too_large(self, peak: float) -> MalformedUpdateError:
+        return MalformedUpdateError(f"largest encrypted value {peak:.4g} exceeds {self.slot_bound:.4g}; the "
+                                    f"decrypted sum could overflow the {self._pc.params.name!r} parameter set")
+
+    def _encrypt_one(self, values: np.ndarray) -> bytes:
+        return ts.ckks_vector(self._pc.context, values.tolist()).serialize()
+
+    def _contribution(self, dim: int, first: int, chunks: tuple[bytes, ...], sealed_tags: bytes) -> CKKSContribution:
         return CKKSContribution(round_id=self.round_id, client_id=self.client_id, context_id=self._session_id,
-                                dim=dim, chunks=chunks)
+                                dim=dim, first=first, chunks=chunks, sealed_tags=sealed_tags)

@@ -35,10 +35,10 @@ import tenseal as ts
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from secagg.ckks.messages import CKKSAggregate, CKKSResult
-from secagg.ckks.params import GUARD_SLOTS, GUARD_TOLERANCE, CKKSParams, chunk_count, chunk_lengths, resolve
+from secagg.ckks.params import GUARD_SLOTS, GUARD_TOLERANCE, CKKSParams, chunk_count, resolve
 from secagg.errors import DecryptionError
 from secagg.hazmat import rlwe
-from secagg.he_keyholder import HEKeyHolder
+from secagg.he_keyholder import HEKeyHolder, AggregateStream
 from secagg.he_round import DEFAULT_MAX_DIM, bundle, ring_of
 
 __all__ = ["KeyHolder"]
@@ -69,20 +69,27 @@ class KeyHolder(HEKeyHolder):
     def _chunk_count(self, dim: int) -> int:
         return chunk_count(dim + 1 + GUARD_SLOTS, self.params.slots)
 
-    def _decrypt(self, msg: CKKSAggregate, residues: np.ndarray) -> CKKSResult:
-        lengths = chunk_lengths(msg.dim + 1 + GUARD_SLOTS, self.params.slots)
-        parts = []
-        for res, n in zip(residues, lengths):
-            raw = rlwe.to_tenseal(res, self._layout, parms_id=self._parms_id, scale=self.params.scale, length=n)
+    def _buffer(self, dim: int) -> np.ndarray:
+        return np.empty(dim + 1 + GUARD_SLOTS, dtype=np.float64)
+
+    def _decrypt_part(self, stream: AggregateStream, first: int, residues: np.ndarray) -> None:
+        slots, total = self.params.slots, stream.plain.shape[0]
+        for k, res in enumerate(residues, start=first):
+            lo, hi = k * slots, min(total, (k + 1) * slots)
+            raw = rlwe.to_tenseal(res, self._layout, parms_id=self._parms_id, scale=self.params.scale, length=hi - lo)
             try:
-                parts.append(np.asarray(ts.ckks_vector_from(self._context, raw).decrypt(), dtype=np.float64))
+                stream.plain[lo:hi] = ts.ckks_vector_from(self._context, raw).decrypt()
             except Exception as exc:  # SEAL refuses ciphertexts it cannot decrypt
                 raise DecryptionError(f"aggregate does not decrypt: {exc}") from exc
-        values = np.concatenate(parts)
+
+    def _finish(self, msg: CKKSAggregate, stream: AggregateStream) -> CKKSResult:
+        values = stream.plain
         guards = values[-GUARD_SLOTS:]
         if not np.all(np.abs(guards) <= GUARD_TOLERANCE):
             raise self._guard_error(f"guard slots decrypt to {np.max(np.abs(guards)):.3g}")
-        if not np.all(np.abs(values) <= self.params.fresh_value_bound):
+        block = 1 << 20  # |values| checked block by block: no temporary of the whole aggregate
+        if not all(np.max(np.abs(values[i:i + block])) <= self.params.fresh_value_bound
+                   for i in range(0, values.shape[0], block)):
             raise self._guard_error("a decrypted value exceeds the parameter set's range")
         return CKKSResult(round_id=msg.round_id, contributors=msg.contributors, values=values[:msg.dim + 1],
                           terms=b"", signature=b"")

@@ -34,6 +34,11 @@ def _check_chunks(context_id: bytes, chunks: tuple[bytes, ...]) -> None:
         raise MalformedMessageError("a CKKS message needs at least one chunk and no empty chunk")
 
 
+def _check_first(first: int) -> None:
+    if first < 0:
+        raise MalformedMessageError(f"first must be >= 0, got {first}")
+
+
 def _check_contributors(ids: tuple[int, ...]) -> None:
     if not ids or ids[0] < 0 or any(a >= b for a, b in zip(ids, ids[1:])):
         raise MalformedMessageError("contributors must be non-empty, non-negative and strictly increasing")
@@ -47,10 +52,13 @@ class CKKSContribution(Message):
     client_id: int
     context_id: bytes
     dim: int
+    first: int  # index of this part's first ciphertext in the contribution
     chunks: tuple[bytes, ...]
+    sealed_tags: bytes  # the last part only: the client's tags sealed under its pad seed (secagg.he_pads.seal_tags)
 
     def validate(self) -> None:
         _check_common(self.round_id, self.dim)
+        _check_first(self.first)
         if self.client_id < 0:
             raise MalformedMessageError(f"client_id must be >= 0, got {self.client_id}")
         _check_chunks(self.context_id, self.chunks)
@@ -64,12 +72,17 @@ class CKKSAggregate(Message):
     context_id: bytes
     dim: int
     contributors: tuple[int, ...]
+    first: int  # index of this part's first ciphertext in the aggregate
     chunks: tuple[bytes, ...]
+    tags: tuple[bytes, ...]  # the last part only: each contributor's sealed tags, in ``contributors`` order
 
     def validate(self) -> None:
         _check_common(self.round_id, self.dim)
+        _check_first(self.first)
         _check_chunks(self.context_id, self.chunks)
         _check_contributors(self.contributors)
+        if self.tags and len(self.tags) != len(self.contributors):
+            raise MalformedMessageError(f"{len(self.tags)} sealed tags for {len(self.contributors)} contributors")
 
 
 @message(0x12)

@@ -29,7 +29,7 @@ from secagg.hazmat.rlwe import RingLayout
 from secagg.he_round import ring_of, unbundle
 
 __all__ = ["CKKSParams", "PARAMS", "MAX_COEFF_BITS", "GUARD_SLOTS", "GUARD_TOLERANCE", "resolve", "PublicContext",
-           "load_public_context", "chunk_count", "chunk_lengths", "np_chunks", "params_of"]
+           "load_public_context", "chunk_count", "chunk_lengths", "params_of"]
 
 #: HomomorphicEncryption.org security standard (2018), Table 1: largest log2(q) for 128-bit security, ternary secret.
 MAX_COEFF_BITS: dict[int, int] = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
@@ -192,8 +192,3 @@ def chunk_lengths(length: int, slots: int) -> list[int]:
         raise MalformedMessageError(f"vector length must be >= 1, got {length}")
     full, rest = divmod(length, slots)
     return [slots] * full + ([rest] if rest else [])
-
-
-def np_chunks(values: np.ndarray, slots: int) -> list[list[float]]:
-    """``values`` split into the chunk layout, each as a list of Python floats (what TenSEAL encodes)."""
-    return [values[i:i + slots].tolist() for i in range(0, values.shape[0], slots)]

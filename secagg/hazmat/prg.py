@@ -65,16 +65,21 @@ class U32Stream:
         return self._words[:count]
 
 
-def add_masks(acc: np.ndarray, plus: Iterable[bytes] = (), minus: Iterable[bytes] = ()) -> None:
-    """In place: ``acc += Σ expand_mask(s) for s in plus − Σ expand_mask(s) for s in minus`` (mod 2^bits of dtype).
+def add_masks(acc: np.ndarray, plus: Iterable[bytes] = (), minus: Iterable[bytes] = (), *, first: int = 0) -> None:
+    """In place: ``acc += Σ expand_mask(s) for s in plus − Σ expand_mask(s) for s in minus`` (mod 2^bits of dtype),
+    where ``acc`` holds values ``first, first + 1, ...`` of the masked vector (``first * itemsize`` a multiple of
+    16: the AES-CTR counter starts at that block, so parts masked apart equal the whole masked at once).
 
     Same values as :func:`expand_mask` with ``acc``'s dtype, computed block by block so every block of ``acc``
     stays in cache while all streams are added to it. Reduce mod 2**ring_bits afterwards for narrower rings.
     """
     if acc.ndim != 1 or acc.dtype.kind != "u" or not acc.flags.c_contiguous or acc.dtype.byteorder == ">":
         raise ValueError("acc must be a contiguous 1-D little-endian unsigned array")
-    streams = [(Cipher(algorithms.AES(bytes(s)), modes.CTR(_ZERO_NONCE)).encryptor(), np.add) for s in plus]
-    streams += [(Cipher(algorithms.AES(bytes(s)), modes.CTR(_ZERO_NONCE)).encryptor(), np.subtract) for s in minus]
+    if first < 0 or (first * acc.dtype.itemsize) % 16:
+        raise ValueError(f"a part must start at a 16-byte boundary of the mask, not at value {first}")
+    nonce = (first * acc.dtype.itemsize // 16).to_bytes(16, "big")
+    streams = [(Cipher(algorithms.AES(bytes(s)), modes.CTR(nonce)).encryptor(), np.add) for s in plus]
+    streams += [(Cipher(algorithms.AES(bytes(s)), modes.CTR(nonce)).encryptor(), np.subtract) for s in minus]
     if not streams:
         return
     size = acc.dtype.itemsize

@@ -21,18 +21,22 @@ Invariants:
   does not name the client as dropped, holds at least ``t`` ids, and (with identities) carries valid signatures of
   that list from at least ``min_signers`` participants in it. Alive and dropped sets are disjoint (checked by the
   decoder), so no secret's two shares are ever revealed by this client;
-* a rejected message raises a named error and leaves the client's state unchanged.
+* a rejected message raises a named error and leaves the client's state unchanged;
+* streamed (:meth:`MaskingClient.stream`), the update is read slice by slice and the masked input leaves in parts,
+  each masked with the same keystream positions as the whole (so the server's sum is the same); the parts are
+  made only as the driver takes them, so the client never holds its whole encoding.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, MutableSet
+from collections.abc import Iterator, Mapping, MutableSet
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from secagg.encoding import check_weight
+from secagg.encoding import check_weight, update_length, update_slice
 from secagg.errors import AuthenticationError, ConfigurationError, DecryptionError, DropoutError, \
     DuplicateMessageError, MalformedMessageError, MalformedUpdateError, ReplayError, StageError, \
     UnknownClientError, WrongRoundError
@@ -45,7 +49,10 @@ from secagg.masking.messages import B_SHARE_BYTES, OPENING_BYTES, S_SHARE_BYTES,
 from secagg.messages import decode
 from secagg.roles import AGGREGATOR, Outbound, StagedRole
 
-__all__ = ["MaskingClient", "share_ad", "parse_share_pair"]
+__all__ = ["MaskingClient", "share_ad", "parse_share_pair", "PART_VALUES", "DEFAULT_PART_CHUNKS"]
+
+PART_VALUES = 1 << 16  # values per chunk of a streamed masked input (a multiple of 16 bytes in every ring)
+DEFAULT_PART_CHUNKS = 16  # chunks per streamed part (1 Mi values: 4 MiB in a 32-bit ring)
 
 _PLAIN_BYTES = B_SHARE_BYTES + S_SHARE_BYTES + 2 * OPENING_BYTES
 
@@ -96,6 +103,7 @@ class MaskingClient(StagedRole):
         self._neighbours = config.graph[client_id]
         self._stage = "init"
         self._seen: set[int] = set()
+        self._source: tuple[Any, int, float] | None = None  # a streamed update, its part size and weight
 
     def start(self, update: np.ndarray, weight: float) -> list[Outbound]:
         """Encode ``[w*x, w]`` and advertise two fresh X25519 public keys (signed when an identity is set)."""
@@ -108,6 +116,29 @@ class MaskingClient(StagedRole):
         enc = np.empty(cfg.dim + 1, dtype=cfg.dtype)
         cfg.value_codec.encode(update, factor=w, out=enc[:-1])  # validates (finite, numeric, 1-D, in range)
         return self._advertise(enc, w)
+
+    def stream(self, update: Any, weight: float, *, part_chunks: int | None = DEFAULT_PART_CHUNKS
+               ) -> Iterator[Outbound]:
+        """As :meth:`start`, but ``update`` (an array or a sliceable source, :func:`secagg.encoding.update_length`)
+        is never encoded whole: it is checked slice by slice now, and read again slice by slice when the share
+        delivery comes, whose answer is then an iterator of :class:`MaskedInput` parts of ``part_chunks *
+        PART_VALUES`` values (None: one part), each masked as it is taken."""
+        if self._stage != "init":
+            raise StageError(f"stream() called in stage {self._stage!r}")
+        cfg = self.config
+        w = check_weight(weight, cfg.weight_bound)
+        if update_length(update) != cfg.dim:
+            raise MalformedUpdateError(f"update has length {update_length(update)}, expected {cfg.dim}")
+        if part_chunks is not None and (isinstance(part_chunks, bool) or not isinstance(part_chunks, int)
+                                        or part_chunks < 1):
+            raise ConfigurationError(f"part_chunks must be an int >= 1 or None, got {part_chunks!r}")
+        step = cfg.dim + 1 if part_chunks is None else PART_VALUES * part_chunks
+        scratch = np.empty(min(step, cfg.dim), dtype=cfg.dtype)
+        for a in range(0, cfg.dim, step):  # every value checked before any key is made
+            b = min(cfg.dim, a + step)
+            cfg.value_codec.encode(update_slice(update, a, b), factor=w, out=scratch[:b - a])
+        self._source = (update, step, w)
+        return iter(self._advertise(None, w))
 
     def start_levels(self, levels: np.ndarray, weight: float) -> list[Outbound]:
         """As :meth:`start`, for a value lane the caller quantised itself: ``levels`` are the signed integers of
@@ -126,10 +157,11 @@ class MaskingClient(StagedRole):
         enc[:-1] = (levels.view(np.uint64) & np.uint64(cfg.ring_mask)).astype(cfg.dtype)  # two's complement
         return self._advertise(enc, w)
 
-    def _advertise(self, enc: np.ndarray, w: float) -> list[Outbound]:
+    def _advertise(self, enc: np.ndarray | None, w: float) -> list[Outbound]:
         cfg = self.config
-        enc[-1:] = cfg.weight_codec.encode(np.array([w]))
-        self._encoded = enc
+        if enc is not None:
+            enc[-1:] = cfg.weight_codec.encode(np.array([w]))
+            self._encoded = enc
         self._c_sk, self._s_sk = kex.generate(), kex.generate()
         c_pk, s_pk = kex.public_bytes(self._c_sk), kex.public_bytes(self._s_sk)
         sig = b"" if self._identity is None else \
@@ -216,14 +248,34 @@ class MaskingClient(StagedRole):
         for v in msg.ciphertexts:
             seed = kex.mask_seed(self._s_sk, self._roster[v][1], session=sid, u=u, v=v)
             (plus if v > u else minus).append(seed)
+        self._held.update(held)
+        del self._b, self._s_sk, self._channel  # secrets no longer needed (the mask seeds are derived)
+        self._stage = "masked"
+        if self._source is not None:
+            return self._masked_parts(plus, minus)  # type: ignore[return-value]
         y = self._encoded  # masked in place: the plain encoding must not outlive this stage
+        del self._encoded
         add_masks(y, plus, minus)
         if cfg.ring_bits < 8 * y.dtype.itemsize:
             y &= y.dtype.type(cfg.ring_mask)
-        self._held.update(held)
-        del self._encoded, self._b, self._s_sk, self._channel  # secrets no longer needed
-        self._stage = "masked"
-        return [Outbound(AGGREGATOR, MaskedInput(round_id=cfg.round_id, client_id=u, masked=y).to_bytes())]
+        return [Outbound(AGGREGATOR, MaskedInput(round_id=cfg.round_id, client_id=u, first=0, masked=y).to_bytes())]
+
+    def _masked_parts(self, plus: list[bytes], minus: list[bytes]) -> Iterator[Outbound]:
+        cfg, (update, step, w) = self.config, self._source  # type: ignore[misc]
+        self._source = None
+        for a in range(0, cfg.dim + 1, step):
+            b = min(cfg.dim + 1, a + step)
+            y = np.empty(b - a, dtype=cfg.dtype)
+            top = min(b, cfg.dim)
+            if top > a:
+                cfg.value_codec.encode(update_slice(update, a, top), factor=w, out=y[:top - a])
+            if b == cfg.dim + 1:
+                y[-1:] = cfg.weight_codec.encode(np.array([w]))
+            add_masks(y, plus, minus, first=a)
+            if cfg.ring_bits < 8 * y.dtype.itemsize:
+                y &= y.dtype.type(cfg.ring_mask)
+            yield Outbound(AGGREGATOR, MaskedInput(round_id=cfg.round_id, client_id=self.client_id, first=a,
+                                                   masked=y).to_bytes())
 
     def _on_consistency(self, msg: ConsistencyRequest) -> list[Outbound]:
         cfg, u = self.config, self.client_id

@@ -172,17 +172,21 @@ class ShareDelivery(Message):
 
 @message(0x24)
 class MaskedInput(Message):
-    """Stage 3, client -> server: ``[enc(w*x), enc(w)] + masks`` in the ring, packed in the ring dtype."""
+    """Stage 3, client -> server: ``[enc(w*x), enc(w)] + masks`` in the ring, packed in the ring dtype; whole
+    (``first = 0``) or one part of it, values ``first, first + 1, ...`` (streamed: parts in order)."""
 
     round_id: int
     client_id: int
+    first: int
     masked: np.ndarray
 
     def validate(self) -> None:
         _round(self.round_id)
         _client(self.client_id)
-        if self.masked.dtype.kind != "u" or self.masked.size < 2:
-            raise MalformedMessageError("masked input must be an unsigned ring vector of at least 2 lanes")
+        if self.first < 0:
+            raise MalformedMessageError(f"first must be >= 0, got {self.first}")
+        if self.masked.dtype.kind != "u" or self.masked.size < 1:
+            raise MalformedMessageError("masked input must be a non-empty unsigned ring vector")
 
 
 @message(0x25)

@@ -61,6 +61,7 @@ class MaskingServer(StagedRole):
         self._sets: dict[str, frozenset[int]] = {}
         self._excluded: dict[int, str] = {}
         self._acc = np.zeros(config.dim + 1, dtype=config.dtype)
+        self._parts: dict[int, int] = {}  # client -> values of its masked input received so far
         self._result: AggregateResult | None = None
 
     @property
@@ -98,7 +99,10 @@ class MaskingServer(StagedRole):
             raise StageError(f"{type(msg).__name__} from {sender} arrived in stage {self._stage!r}")
         if sender not in self._expected:
             raise StageError(f"client {sender} dropped out or was excluded and is not part of stage {stage!r}")
-        self._got[stage][sender] = getattr(self, f"_check_{stage}")(sender, msg)
+        got = getattr(self, f"_check_{stage}")(sender, msg)
+        if got is None:  # a part of a streamed masked input: the input is not complete yet
+            return []
+        self._got[stage][sender] = got
         if len(self._got[stage]) == len(self._expected):
             return self._advance()
         return []
@@ -129,15 +133,20 @@ class MaskingServer(StagedRole):
             raise UnknownClientError(f"client {u} shared with {sorted(msg.ciphertexts)}, expected {sorted(want)}")
         return msg.ciphertexts, msg.commitments, msg.seed_commitment
 
-    def _check_masked(self, u: int, msg: MaskedInput) -> bool:
+    def _check_masked(self, u: int, msg: MaskedInput) -> bool | None:
+        """Add one masked input, or one part of it (parts in order); True once the whole input is in."""
         cfg = self.config
-        y = msg.masked
-        if y.dtype != cfg.dtype or y.size != cfg.dim + 1:
-            raise MalformedMessageError(f"masked input must be {cfg.dim + 1} values of {cfg.dtype}")
+        y, first = msg.masked, msg.first
+        if first != self._parts.get(u, 0) or y.dtype != cfg.dtype or first + y.size > cfg.dim + 1:
+            raise MalformedMessageError(f"masked input of client {u} must continue at value {self._parts.get(u, 0)} "
+                                        f"with {cfg.dtype} values, {cfg.dim + 1} in all; got {y.size} "
+                                        f"{y.dtype} from {first}")
         if cfg.ring_bits < 8 * y.dtype.itemsize and int(y.max()) > cfg.ring_mask:
             raise MalformedMessageError(f"masked input holds values outside Z_2^{cfg.ring_bits}")
-        self._acc += y  # wraps mod 2^(8*itemsize); reduced mod 2^ring_bits at the end
-        return True
+        part = self._acc[first:first + y.size]
+        part += y  # wraps mod 2^(8*itemsize); reduced mod 2^ring_bits at the end
+        self._parts[u] = first + y.size
+        return True if self._parts[u] == cfg.dim + 1 else None
 
     def _check_consistency(self, u: int, msg: ConsistencyResponse) -> bytes:
         if self._peers is not None:
@@ -211,6 +220,11 @@ class MaskingServer(StagedRole):
             return [Outbound(u, ShareDelivery(round_id=rid, recipient=u, ciphertexts={
                 v: got[v][0][u] for v in sorted(self._graph[u] & u2)}).to_bytes()) for u in sorted(u2)]
         if stage == "masked":
+            partial = sorted(set(self._parts) - set(got))
+            if partial:  # their parts are in the sum and cannot be taken out
+                self._stage = "failed"
+                raise DropoutError(f"clients {partial} stopped mid-stream: their partial masked inputs are in the "
+                                   "sum, so the round cannot finish")
             u3 = frozenset(got)
             self._need(u3, "sent masked inputs", quorum)
             self._sets["U3"], self._stage, self._expected = u3, "consistency", u3

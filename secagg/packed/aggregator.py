@@ -21,7 +21,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from secagg.errors import ConfigurationError, KeyMisuseError, MalformedMessageError
-from secagg.he_round import HEAggregator
+from secagg.he_round import HEAggregator, check_int
+from secagg.he_stream import DEFAULT_WINDOW_BYTES
 from secagg.packed.codec import PackedCodec
 from secagg.packed.messages import PackedAggregate, PackedContribution, PackedResult
 from secagg.packed.params import PackedParams, PublicBFV, load_public_context, unpack
@@ -36,30 +37,37 @@ class PackedAggregator(HEAggregator):
 
     def __init__(self, public_context: bytes | PublicBFV, params: PackedParams, participants: Iterable[int], *,
                  dim: int, weight_bound: float = 1.0, clip: float = 1.0, rounding: str = "stochastic",
-                 round_id: int = 0, min_contributors: int = 2) -> None:
+                 round_id: int = 0, min_contributors: int = 2, window_bytes: int = DEFAULT_WINDOW_BYTES) -> None:
         self._pub = public_context if isinstance(public_context, PublicBFV) else \
             load_public_context(public_context, params, need_public_key=False)
         if self._pub.context.is_private() or self._pub.context.has_secret_key():
             raise KeyMisuseError("the aggregator must never hold the secret key")
         if self._pub.params != params:
             raise ConfigurationError("public context was loaded for other packed parameters")
+        self._layout = self._pub.layout
+        self._chunks = params.chunk_count(check_int("dim", dim, 1) + 1)
         self._init_round(participants, dim=dim, round_id=round_id, min_contributors=min_contributors,
-                         max_cohort=params.max_cohort)
+                         max_cohort=params.max_cohort, window_bytes=window_bytes)
         self.params = params
         self.codec = PackedCodec(params.value_bits, clip=clip, weight_bound=weight_bound, rounding=rounding)
-        self._layout = self._pub.layout
-        self._chunks = params.chunk_count(dim + 1)
 
     def _check_header(self, msg: PackedContribution) -> None:
         if msg.session_id != self._pub.session_id:
             raise MalformedMessageError("contribution was made under another session (other key or lane layout)")
 
-    def _aggregate(self, contributors: tuple[int, ...], chunks: tuple[bytes, ...]) -> PackedAggregate:
+    def _aggregate(self, contributors: tuple[int, ...], first: int, chunks: tuple[bytes, ...],
+                   tags: tuple[bytes, ...]) -> PackedAggregate:
         return PackedAggregate(round_id=self.round_id, session_id=self._pub.session_id, dim=self.dim,
-                               contributors=contributors, chunks=chunks)
+                               contributors=contributors, first=first, chunks=chunks, tags=tags)
 
     def _decode(self, msg: PackedResult) -> tuple[np.ndarray, float]:
         want = self.params.slots_for(self.dim + 1)
         if msg.slots.shape[0] != want:
             raise MalformedMessageError(f"result holds {msg.slots.shape[0]} slots, expected {want}")
-        return self.codec.decode(unpack(msg.slots, self.dim + 1, self.params), len(msg.contributors))
+        n, count, block = len(msg.contributors), self.dim + 1, 1 << 16
+        total = self.codec.decode_weight(unpack(msg.slots, count, self.params, self.dim, count), n)
+        out = np.empty(self.dim)
+        for lo in range(0, self.dim, block):  # block by block: no temporary the size of the whole
+            hi = min(self.dim, lo + block)
+            out[lo:hi] = self.codec.decode_values(unpack(msg.slots, count, self.params, lo, hi), n)
+        return out, total

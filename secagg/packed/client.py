@@ -1,6 +1,7 @@
 """Packed-BFV client: quantizes ``[w*x, w]``, packs ``params.lanes`` values per slot, appends the zero guard
 slots, encrypts under the key holder's public key and pads (see :mod:`secagg.he_round`); sends the key holder one
-sealed pad seed and the aggregator one :class:`~secagg.packed.messages.PackedContribution`, and receives nothing.
+sealed pad seed and the aggregator one :class:`~secagg.packed.messages.PackedContribution` (whole or in parts),
+and receives nothing.
 
 Invariants: the client holds public material only (a context holding the secret key raises ``KeyMisuseError``);
 every lane it sends lies in ``[1, 2^b - 1]`` (see :mod:`secagg.packed.codec`), so an honest cohort of at most
@@ -10,17 +11,21 @@ every lane it sends lies in ``[1, 2^b - 1]`` (see :mod:`secagg.packed.codec`), s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 import tenseal as ts
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from secagg.encoding import update_slice
 from secagg.errors import ConfigurationError, KeyMisuseError
 from secagg.terms import NO_TERMS, TERMS_BYTES
 from secagg.he_tags import TAG_KEY_BYTES
 from secagg.he_round import HEClient, check_int
 from secagg.packed.codec import PackedCodec
 from secagg.packed.messages import PackedContribution
-from secagg.packed.params import PackedParams, PublicBFV, load_public_context, pack
+from secagg.packed.params import PackedParams, PublicBFV, load_public_context
 
 __all__ = ["PackedClient"]
 
@@ -51,12 +56,34 @@ class PackedClient(HEClient):
         self.terms = terms
         self._stage = "ready"
 
-    def _encrypt(self, x: np.ndarray, weight: float) -> list[bytes]:
-        slots = np.concatenate([pack(self.codec.encode(x, weight), self.params),
-                                np.zeros(self.params.guard_slots, dtype=np.uint64)])
-        ctx, n = self._pub.context, self.params.slots
-        return [ts.bfv_vector(ctx, slots[i:i + n].tolist()).serialize() for i in range(0, slots.size, n)]
+    def _chunk_count(self, dim: int) -> int:
+        return self.params.chunk_count(dim + 1)
 
-    def _contribution(self, dim: int, chunks: tuple[bytes, ...]) -> PackedContribution:
+    def _lanes(self, update: Any, dim: int, weight: float) -> Iterator[np.ndarray]:
+        """Slots as :func:`secagg.packed.params.pack` lays out ``[w*x, w]`` (lane ``l`` of slot ``j`` holds value
+        ``l*S + j``), then the zero guards, one ciphertext's slots at a time."""
+        p = self.params
+        wlane, bits = self.codec.encode_weight(weight), np.uint64(p.lane_bits)
+        used = p.slots_for(dim + 1)
+        total = used + p.guard_slots
+        for a in range(0, total, p.slots):
+            b = min(total, a + p.slots)
+            out = np.zeros(b - a, dtype=np.uint64)
+            top = min(b, used)
+            for lane in range(p.lanes if top > a else 0):
+                lo, hi = lane * used + a, lane * used + top  # the values this lane holds in slots [a, top)
+                vals = np.zeros(top - a, dtype=np.uint64)
+                if min(hi, dim) > lo:
+                    vals[:min(hi, dim) - lo] = self.codec.encode_values(update_slice(update, lo, min(hi, dim)), weight)
+                if lo <= dim < hi:
+                    vals[dim - lo] = wlane
+                out[:top - a] |= vals << (bits * np.uint64(lane))
+            yield out
+
+    def _encrypt_one(self, values: np.ndarray) -> bytes:
+        return ts.bfv_vector(self._pub.context, values.tolist()).serialize()
+
+    def _contribution(self, dim: int, first: int, chunks: tuple[bytes, ...], sealed_tags: bytes
+                      ) -> PackedContribution:
         return PackedContribution(round_id=self.round_id, client_id=self.client_id, session_id=self._session_id,
-                                  dim=dim, chunks=chunks)
+                                  dim=dim, first=first, chunks=chunks, sealed_tags=sealed_tags)

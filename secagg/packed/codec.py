@@ -52,26 +52,34 @@ class PackedCodec:
     def offset(self) -> int:
         return 1 << (self.value_bits - 1)
 
-    def encode(self, x: np.ndarray, weight: float) -> np.ndarray:
-        """Lane values (uint64, each in ``[1, 2^b - 1]``) of ``[w*x, w]``; out-of-range input raises."""
+    def encode_weight(self, weight: float) -> int:
+        """The lane value (in ``[1, 2^b - 1]``) of the weight ``w``; a weight outside ``(0, weight_bound]`` raises."""
         if not (math.isfinite(weight) and 0 < weight <= self.weight_bound):
             raise MalformedUpdateError(f"weight {weight} is outside (0, {self.weight_bound}]")
-        off = np.uint64(self.offset)
-        mask = np.uint64((1 << self.value_bits) - 1)
-        vals = (self.values.encode(weight * x).astype(np.uint64) + off) & mask
-        w = (self.weights.encode(np.array([weight])).astype(np.uint64) + off) & mask
-        return np.concatenate([vals, w])
+        return int((int(self.weights.encode(np.array([weight]))[0]) + self.offset) & ((1 << self.value_bits) - 1))
 
-    def decode(self, lane_sums: np.ndarray, contributors: int) -> tuple[np.ndarray, float]:
-        """(Σ w_i x_i, Σ w_i) from the ``dim + 1`` lane sums of ``contributors`` contributions."""
+    def encode_values(self, x: np.ndarray, weight: float) -> np.ndarray:
+        """Lane values (uint64, each in ``[1, 2^b - 1]``) of ``w*x`` (any slice of an update); out-of-range raises."""
+        off, mask = np.uint64(self.offset), np.uint64((1 << self.value_bits) - 1)
+        return (self.values.encode(weight * x).astype(np.uint64) + off) & mask
+
+    def _centred(self, lane_sums: np.ndarray, contributors: int) -> np.ndarray:
         centred = lane_sums - np.int64(contributors) * np.int64(self.offset)
         limit = contributors * (self.offset - 1)
         if centred.size and int(np.max(np.abs(centred))) > limit:
             raise DecryptionError("a lane sum lies outside what the contributors can produce (carry or noise overflow)")
-        total = float(centred[-1]) / self.weights.scale
+        return centred
+
+    def decode_values(self, lane_sums: np.ndarray, contributors: int) -> np.ndarray:
+        """Σ w_i x_i from value lane sums (any block of them) of ``contributors`` contributions."""
+        return self._centred(lane_sums, contributors) / self.values.scale
+
+    def decode_weight(self, lane_sum: np.ndarray, contributors: int) -> float:
+        """Σ w_i from the weight lane's sum (a one-element array); DecryptionError unless it is positive."""
+        total = float(self._centred(lane_sum, contributors)[0]) / self.weights.scale
         if not total > 0:
             raise DecryptionError(f"decrypted total weight {total} is not positive")
-        return centred[:-1].astype(np.float64) / self.values.scale, total
+        return total
 
     def error_bound(self, contributors: int) -> tuple[float, float]:
         """Largest quantization error of (Σ w_i x_i, Σ w_i) over ``contributors`` clients."""

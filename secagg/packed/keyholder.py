@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from secagg.errors import ConfigurationError, DecryptionError
 from secagg.hazmat import rlwe
-from secagg.he_keyholder import HEKeyHolder
+from secagg.he_keyholder import HEKeyHolder, AggregateStream
 from secagg.he_round import DEFAULT_MAX_DIM, bundle, ring_of
 from secagg.packed.messages import PackedAggregate, PackedResult
 from secagg.packed.params import PackedParams, make_context, session_id
@@ -57,18 +57,23 @@ class PackedKeyHolder(HEKeyHolder):
     def _chunk_count(self, dim: int) -> int:
         return self.params.chunk_count(dim + 1)
 
-    def _decrypt(self, msg: PackedAggregate, residues: np.ndarray) -> PackedResult:
-        lengths = self.params.chunk_lengths(msg.dim + 1)
-        parts = []
-        for res, n in zip(residues, lengths):
-            raw = rlwe.to_tenseal(res, self._layout, parms_id=self._parms_id, scale=None, length=n)
+    def _buffer(self, dim: int) -> np.ndarray:
+        return np.empty(self.params.slots_for(dim + 1) + self.params.guard_slots, dtype=np.uint64)
+
+    def _decrypt_part(self, stream: AggregateStream, first: int, residues: np.ndarray) -> None:
+        slots, total, t = self.params.slots, stream.plain.shape[0], np.int64(self._t)
+        for k, res in enumerate(residues, start=first):
+            lo, hi = k * slots, min(total, (k + 1) * slots)
+            raw = rlwe.to_tenseal(res, self._layout, parms_id=self._parms_id, scale=None, length=hi - lo)
             try:
-                parts.append(np.asarray(ts.bfv_vector_from(self._context, raw).decrypt(), dtype=np.int64))
+                got = np.asarray(ts.bfv_vector_from(self._context, raw).decrypt(), dtype=np.int64)
             except Exception as exc:  # SEAL refuses ciphertexts it cannot decrypt
                 raise DecryptionError(f"aggregate does not decrypt: {exc}") from exc
-        slots = np.mod(np.concatenate(parts), np.int64(self._t)).astype(np.uint64)  # SEAL decodes t/2.. as negative
+            stream.plain[lo:hi] = np.mod(got, t)  # SEAL decodes t/2.. as negative
+
+    def _finish(self, msg: PackedAggregate, stream: AggregateStream) -> PackedResult:
         g = self.params.guard_slots
-        if np.any(slots[-g:] != 0):
+        if np.any(stream.plain[-g:] != 0):
             raise self._guard_error("guard slots are not zero")
-        return PackedResult(round_id=msg.round_id, contributors=msg.contributors, slots=slots[:-g],
+        return PackedResult(round_id=msg.round_id, contributors=msg.contributors, slots=stream.plain[:-g],
                             terms=b"", signature=b"")

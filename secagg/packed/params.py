@@ -147,14 +147,23 @@ def pack(lanes: np.ndarray, params: PackedParams) -> np.ndarray:
     return out
 
 
-def unpack(slots: np.ndarray, count: int, params: PackedParams) -> np.ndarray:
-    """Inverse of :func:`pack` for lane sums: the first ``count`` lane values (each ``< 2^L``) as int64."""
+def unpack(slots: np.ndarray, count: int, params: PackedParams, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """Inverse of :func:`pack` for lane sums: lane values ``[lo, hi)`` (default: all ``count``) of ``count``
+    packed values, each ``< 2^L``, as int64; reads only the slots holding them, so a caller can decode in blocks."""
     k, L = params.lanes, params.lane_bits
-    if slots.shape[0] != params.slots_for(count):
+    s = params.slots_for(count)
+    if slots.shape[0] != s:
         raise MalformedMessageError(f"{slots.shape[0]} slots cannot hold exactly {count} lanes")
-    mask = np.uint64((1 << L) - 1)
-    grid = np.stack([(slots >> np.uint64(lane * L)) & mask for lane in range(k)])
-    return grid.reshape(-1)[:count].astype(np.int64)
+    hi = count if hi is None else hi
+    if not 0 <= lo <= hi <= count:
+        raise MalformedMessageError(f"lanes [{lo}, {hi}) are not within {count}")
+    mask, out, pos = np.uint64((1 << L) - 1), np.empty(hi - lo, dtype=np.int64), lo
+    while pos < hi:
+        lane, j = divmod(pos, s)
+        end = min(hi, (lane + 1) * s)
+        out[pos - lo:end - lo] = (slots[j:j + end - pos] >> np.uint64(lane * L)) & mask
+        pos = end
+    return out
 
 
 @dataclass(frozen=True, eq=False)

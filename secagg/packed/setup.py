@@ -12,6 +12,7 @@ from secagg.packed.client import PackedClient
 from secagg.packed.keyholder import PackedKeyHolder
 from secagg.packed.messages import PackedContribution
 from secagg.packed.params import PackedParams, load_public_context
+from secagg.he_stream import DEFAULT_WINDOW_BYTES
 from secagg.roles import RoundSetup
 
 __all__ = ["build_round"]
@@ -20,12 +21,13 @@ __all__ = ["build_round"]
 def build_round(participants: Iterable[int], *, dim: int, weights: Mapping[int, float], graph_seed: bytes,
                 max_cohort: int | None = None, min_value_bits: int = 14, clip: float = 1.0,
                 rounding: str = "stochastic", min_contributors: int = 2, round_id: int = 0,
-                sign: bool = True) -> RoundSetup:
+                sign: bool = True, window_bytes: int = DEFAULT_WINDOW_BYTES) -> RoundSetup:
     """A fresh key holder, one client per participant and the aggregator, wired for one round.
 
     ``max_cohort`` defaults to the number of participants (the tightest lane layout); the public weight bound is
     ``max(weights)``. ``sign`` as in :func:`secagg.ckks.build_round` (pad seeds signed by client identities).
-    ``graph_seed`` is unused (no pairwise graph). A dropped client is one that never submits.
+    ``graph_seed`` is unused (no pairwise graph). A dropped client is one that never submits. ``window_bytes``
+    bounds the aggregator's running sums of a streamed round (:mod:`secagg.he_stream`).
     """
     ids = list(participants)
     if not weights or any(i not in weights for i in ids):
@@ -40,6 +42,7 @@ def build_round(participants: Iterable[int], *, dim: int, weights: Mapping[int, 
     common = dict(weight_bound=bound, clip=clip, rounding=rounding, round_id=round_id)
     clients = {i: PackedClient(i, public, params, identity=keys.get(i), tag_key=granted_tag_key(keyholder, i, keys.get(i)),
                             **common) for i in ids}
-    aggregator = PackedAggregator(public, params, ids, dim=dim, min_contributors=min_contributors, **common)
+    aggregator = PackedAggregator(public, params, ids, dim=dim, min_contributors=min_contributors,
+                                  window_bytes=window_bytes, **common)
     return RoundSetup(clients=dict(clients), aggregator=aggregator, finalizer=keyholder,
                       drop_tag=PackedContribution.TAG)

@@ -10,8 +10,10 @@ round, ciphertext parameters matching its session) before it decrypts anything. 
 * tag-key requests (:class:`~secagg.he_tags.TagRequest`) are granted for this session only, to the client the
   driver authenticated (or, relayed, signed by it); the grant is sealed to the requesting client's key;
 * aggregates are finalized only for strictly increasing round ids that match the round id inside the aggregate,
-  so a replay of an earlier round is refused (``WrongRoundError``); one made under another public key is refused as
-  :class:`StaleKeyError`. A refused request changes nothing: the genuine aggregate of the round is still accepted.
+  so a replay of an earlier round is refused (``WrongRoundError``); the one exception is the next part of an
+  aggregate the key holder is receiving in parts (:attr:`HEKeyHolder.streaming_round`), which continues it; one
+  made under another public key is refused as :class:`StaleKeyError`. A refused request changes nothing: the
+  genuine aggregate of the round is still accepted.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ class KeyHolderDesk:
         if theirs is not None and ours is not None and theirs != ours:
             raise StaleKeyError("aggregate was made under a public key this key holder does not hold (it restarted "
                                 "with fresh keys, or the aggregate is forged); re-fetch the public context")
-        if round_id <= self.last_round:
+        streaming = getattr(self.kh, "streaming_round", None)
+        if round_id < self.last_round or (round_id == self.last_round and streaming != round_id):
             raise WrongRoundError(f"round {round_id} is not after the last finalized round {self.last_round}")
         outs = self.kh.receive(AGGREGATOR, payload)
         self.last_round = round_id

@@ -254,7 +254,8 @@ class CKKSScheme(Scheme):
         params = {"round_id": round_id, "cohort": sorted(cohort), "dim": dim, "context_id": context_id(context),
                   "strategy": dict(terms or {})}
         agg = CKKSAggregator(public if public is not None else context, sorted(cohort), dim=dim, round_id=round_id,
-                             min_contributors=int(self.options.get("min_contributors", 2)))
+                             min_contributors=int(self.options.get("min_contributors", 2)),
+                             window_bytes=_window(self.options))
         return params, agg
 
     def _release_decoder(self, params, context):
@@ -320,7 +321,8 @@ class PackedScheme(Scheme):
             "round_id": round_id, "cohort": sorted(cohort), "dim": dim, "weight_bound": float(bound),
             "context_id": context_id(context), "strategy": dict(terms or {})}
         packed, common, ids, dim = self._parse(params)
-        agg = PackedAggregator(public if public is not None else context, packed, ids, dim=dim, min_contributors=int(opts.get("min_contributors", 2)),
+        agg = PackedAggregator(public if public is not None else context, packed, ids, dim=dim,
+                               min_contributors=int(opts.get("min_contributors", 2)), window_bytes=_window(opts),
                                **common)
         return params, agg
 
@@ -339,6 +341,13 @@ class PackedScheme(Scheme):
         packed, common, _, _ = self._parse(params)
         return PackedClient(client_id, context, packed, identity=signer, terms=terms_digest(params), tag_key=tag_key,
                             **common)
+
+
+def _window(options: Mapping[str, Any]) -> int:
+    """The aggregator's window of running sums (``window_bytes``, :mod:`secagg.he_stream`)."""
+    from secagg.he_stream import DEFAULT_WINDOW_BYTES
+
+    return int(options.get("window_bytes") or DEFAULT_WINDOW_BYTES)
 
 
 def make_keyholder(name: str, options: Mapping[str, Any] | None = None, *,

@@ -18,10 +18,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 
-from secagg.errors import MalformedMessageError, SecAggError
+from secagg.errors import BackpressureError, MalformedMessageError, SecAggError
 from secagg.he_round import TagKeyRequest
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
 from training.services.aggregator import POLL_SECONDS
@@ -43,8 +43,10 @@ class ClientAgent:
 
     def __init__(self, creds: Credentials, address: str, scheme: Scheme, source: UpdateSource, *,
                  keyholder_address: str | None = None, max_message_bytes: int = 256 << 20,
-                 poll_seconds: float = POLL_SECONDS, patience: float = 60.0, claim: int | None = None) -> None:
+                 poll_seconds: float = POLL_SECONDS, patience: float = 60.0, claim: int | None = None,
+                 part_chunks: int | None = None) -> None:
         self.creds, self.scheme, self.source = creds, scheme, source
+        self.part_chunks = part_chunks  # streamed parts' size (None: the role's default)
         self.client_id = creds.identity if claim is None else claim
         self.channel = open_channel(creds, address, AGGREGATOR)
         self.stub = Stub(self.channel, "secagg.Aggregator", max_message_bytes)
@@ -140,7 +142,9 @@ class ClientAgent:
                                               lambda ids: self._certificates(round_id, ids))
         role = self.session.role(params, ctx, self.creds.signer() if peers is not None else None, peers)
         self._report = self.session.report_header()  # rides on the round's first message to the aggregator
-        self._send(round_id, role.start(vector, weight))
+        stream = getattr(role, "stream", None)  # streamed: each part made as it is sent, never all at once
+        size = {} if self.part_chunks is None else {"part_chunks": self.part_chunks}
+        self._send(round_id, stream(vector, weight, **size) if stream is not None else role.start(vector, weight))
         while not role.done and not self.stop.is_set():
             env = self.stub.unary_stream("Receive", pack({"client_id": self.client_id, "round_id": round_id}),
                                          self._rpc_timeout())
@@ -176,9 +180,11 @@ class ClientAgent:
             raise MalformedMessageError("the certificate reply is not a mapping of client ids to strings")
         return {int(k): v for k, v in got.items()}
 
-    def _send(self, round_id: int, outs: list[Outbound]) -> None:
-        """Send the role's messages; a pending privacy report (``_report``) rides on the first to the aggregator,
-        so the round's metrics count this round's training (it stays pending until a check-in is answered)."""
+    def _send(self, round_id: int, outs: Iterable[Outbound]) -> None:
+        """Send the role's messages (a streamed answer: each as it is made); a pending privacy report
+        (``_report``) rides on the first to the aggregator, so the round's metrics count this round's training (it
+        stays pending until a check-in is answered). A part the aggregator's window refuses
+        (``BackpressureError``) is sent again, backing off, until the RPC timeout has passed."""
         for out in outs:
             if out.to not in (AGGREGATOR, KEYHOLDER):
                 raise MalformedMessageError(f"client roles talk to the aggregator or key holder, not {out.to}")
@@ -189,8 +195,17 @@ class ClientAgent:
             self.bytes_up += len(env)
             if out.to == KEYHOLDER:
                 self._keyholder_stub().stream_unary("Seed", env, self._rpc_timeout())
-            else:
-                self.stub.stream_unary("Send", env, self._rpc_timeout())
+                continue
+            deadline, wait = time.monotonic() + self._rpc_timeout(), 0.01
+            while True:
+                try:
+                    self.stub.stream_unary("Send", env, self._rpc_timeout())
+                    break
+                except BackpressureError:
+                    if time.monotonic() + wait > deadline or self.stop.is_set():
+                        raise
+                    time.sleep(wait)
+                    wait = min(2 * wait, 0.5)
 
     def _keyholder_stub(self) -> Stub:
         if self.kh_address is None:

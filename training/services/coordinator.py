@@ -57,7 +57,8 @@ class Coordinator:
         self.scheme, self.policy = scheme, policy
         self.checkpoint_path, self.finalize, self.on_round, self.refresh = checkpoint_path, finalize, on_round, refresh
         self.cond = threading.Condition()
-        self.tasks: dict[int, tuple[int, bytes]] = {}  # client -> (round id, task envelope) not yet fetched
+        self.tasks: dict[int, tuple[int, tuple[bytes, bytes]]] = {}  # client -> (round id, task envelope pieces)
+        self._body: tuple[tuple[int, int] | None, bytes] = (None, b"")  # (round, model id) -> its float32 bytes
         self.failure: BaseException | None = None
         self.rejections: dict[str, int] = {}
         self._keyholder: deque[ToKeyholder] = deque()
@@ -86,15 +87,20 @@ class Coordinator:
     def _effect(self, eff: Effect, replies: list[ModelReply]) -> None:
         if isinstance(eff, Persist):
             self._save()
-        elif isinstance(eff, Task):
-            self.tasks[eff.cid] = (eff.round_id, pack(eff.header, b"" if eff.model is None else
-                                                       model_bytes(eff.model)))
+        elif isinstance(eff, Task):  # the header, then the round's model bytes, made once for every member
+            body = b"" if eff.model is None else self._model_body(eff.round_id, eff.model)
+            self.tasks[eff.cid] = (eff.round_id, (pack(eff.header, b""), body))
         elif isinstance(eff, ModelReply):
             replies.append(eff)
         elif isinstance(eff, ToKeyholder):
             self._keyholder.append(eff)
         elif isinstance(eff, RoundDone):
             self._done.append(eff.record)
+
+    def _model_body(self, round_id: int, model: Any) -> bytes:
+        if self._body[0] != (round_id, id(model)):
+            self._body = ((round_id, id(model)), model_bytes(model))
+        return self._body[1]
 
     def _call(self, fn, *args, **kw):
         """An engine event under the lock; its effects are carried out even when it refuses (raises)."""
@@ -106,9 +112,11 @@ class Coordinator:
     # ---- handler side -------------------------------------------------------------------------------------
     def checkin(self, cid: int, weight: float, timeout: float, alive: Callable[[], bool] = lambda: True,
                 privacy: list | None = None, report: str = "", identity: SigningIdentity | None = None,
-                base: int | None = None, retire: str | None = None, verified: int | None = None) -> bytes:
+                base: int | None = None, retire: str | None = None, verified: int | None = None
+                ) -> bytes | tuple[bytes, bytes]:
         """Wait up to ``timeout`` s to be put in a cohort; the task envelope, or ``idle`` / ``finished`` (or, in
-        asynchronous mode, ``model`` for a client whose ``base`` version is missing or too stale). ``privacy``
+        asynchronous mode, ``model`` for a client whose ``base`` version is missing or too stale); a task comes as
+        its pieces (header, the model bytes all members share: :func:`~.wire.split` streams them). ``privacy``
         is checkpointed before this returns (see :meth:`RoundEngine.checkin`)."""
         end = time.monotonic() + timeout
         with self.cond:
@@ -127,7 +135,7 @@ class Coordinator:
                 if cid in self.tasks:
                     round_id, task = self.tasks.pop(cid)
                     if self.engine.current is not None and self.engine.current.round_id == round_id:
-                        self.engine.count_sent(cid, len(task))
+                        self.engine.count_sent(cid, sum(map(len, task)))
                         return task
                 if self.engine.finished:
                     break

@@ -54,13 +54,18 @@ def server_options() -> list[tuple[str, Any]]:
             ("grpc.max_send_message_length", MAX_GRPC_MESSAGE), ("grpc.so_reuseport", 0)]
 
 
-def split(data: bytes) -> Iterator[bytes]:
-    """Yield ``data`` in chunks of at most :data:`CHUNK` bytes (one empty chunk for empty data)."""
-    view = memoryview(data)
-    if not view:
+def split(data: bytes | tuple[bytes, ...]) -> Iterator[bytes]:
+    """Yield ``data`` in chunks of at most :data:`CHUNK` bytes (one empty chunk for empty data); a tuple of pieces
+    is streamed as their concatenation without making it (a task's header, then the model every member shares)."""
+    pieces = data if isinstance(data, tuple) else (data,)
+    sent = False
+    for piece in pieces:
+        view = memoryview(piece)
+        for i in range(0, len(view), CHUNK):
+            sent = True
+            yield bytes(view[i:i + CHUNK])
+    if not sent:
         yield b""
-    for i in range(0, len(view), CHUNK):
-        yield bytes(view[i:i + CHUNK])
 
 
 def join(chunks: Iterable[bytes], limit: int) -> bytes:

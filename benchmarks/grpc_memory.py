@@ -54,7 +54,7 @@ def measure(scheme: str, n: int, dim: int, work: Path) -> dict:
     out = work / f"{scheme}-{n}"
     cfg = TransportConfig(scheme=scheme, clients=n, rounds=1, trainer="synthetic", dim=dim, out=str(out),
                           certs=str(out / "certs"), aggregator="fedavg", max_message_bytes=4 << 30,
-                          stage_timeout=1800.0, train_timeout=1800.0, checkin_timeout=5.0, poll_seconds=5.0,
+                          stage_timeout=1800.0, train_timeout=1800.0, checkin_timeout=5.0, poll_seconds=300.0,
                           min_clients=n).validate()
     seen: dict[int, tuple[str, int]] = {}
     result: dict = {}

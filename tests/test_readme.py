@@ -102,3 +102,12 @@ def test_every_docs_page_links_only_to_what_exists(page):
     path = ROOT / "docs" / page
     links = set(re.findall(r"\]\(([^)#:]+)\)", path.read_text(encoding="utf-8")))
     assert [link for link in links if not (path.parent / link).exists()] == []
+
+
+def test_the_performance_table_is_made_from_the_result_files():
+    """README's table is exactly what benchmarks.readme_table makes of benchmarks/results/ (never typed)."""
+    from benchmarks.readme_table import BEGIN, END, table
+
+    text = (ROOT / "README.md").read_text()
+    assert text.split(BEGIN, 1)[1].split(END, 1)[0].strip() == table().strip()
+    assert "full_model.json" in table() and "| What | Goal | Measured | Verdict | From |" in table()

@@ -95,7 +95,7 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
     if scheme.needs_keyholder:
         if keyholder is None:
             raise ValueError(f"scheme {cfg.scheme} needs --keyholder HOST:PORT")
-        link = KeyHolderLink(creds, keyholder, cfg.max_message_bytes)
+        link = KeyHolderLink(creds, keyholder, cfg.max_message_bytes, timeout=max(60.0, cfg.poll_seconds + 30.0))
         context, finalize = link.context(), link.finalize
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

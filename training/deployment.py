@@ -72,6 +72,9 @@ class TransportConfig:
     train_timeout: float = 300.0          # extra time of a round's first stage, for the clients' local training
     poll_seconds: float = 10.0
     max_message_bytes: int = 256 << 20
+    part_chunks: int | None = None        # clients stream contributions in parts of this many ciphertexts (HE) or
+                                          # 64 Ki-value chunks (masking); default: the scheme's (16)
+    window_bytes: int | None = None       # HE aggregator: running sums it holds at most (default 256 MiB)
     clip: float = _RUN["clip"]            # L2 clip of every contribution, also the masking/packed value bound
     ring_bits: int = _RUN["ring_bits"]
     threshold: int | None = _RUN["threshold"]
@@ -105,6 +108,10 @@ class TransportConfig:
         if not (self.stage_timeout > 0 and self.checkin_timeout >= 0 and self.train_timeout >= 0
                 and self.poll_seconds > 0):
             raise ConfigError("timeouts must be positive")
+        for name in ("part_chunks", "window_bytes"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if not 1 <= self.cohort_size <= self.clients or not 1 <= self.min_cohort <= self.cohort_size:
             raise ConfigError("need 1 <= min_clients <= cohort <= clients")
         self.strategy()  # refuses an unknown aggregator or options it does not take (ConfigError)
@@ -135,11 +142,12 @@ class TransportConfig:
 
     def scheme_options(self) -> dict[str, Any]:
         if self.scheme == "ckks":
-            return {"params": self.ckks_params, "min_contributors": self.min_contributors}
+            return {"params": self.ckks_params, "min_contributors": self.min_contributors,
+                    "window_bytes": self.window_bytes}
         if self.scheme == "packed":
             return {"max_cohort": max(2, self.cohort_size), "min_value_bits": self.min_value_bits,
                     "clip": self.value_bound, "rounding": self.rounding, "weight_bound": self.weight_bound,
-                    "min_contributors": self.min_contributors}
+                    "min_contributors": self.min_contributors, "window_bytes": self.window_bytes}
         return {"clip": self.value_bound, "ring_bits": self.ring_bits, "threshold": self.threshold,
                 "neighbors": self.neighbors, "rounding": self.rounding, "weight_bound": self.weight_bound,
                 "signed": self.signed, "max_corrupt": self.max_corrupt, "share_dropouts": self.share_dropouts}

@@ -11,7 +11,6 @@ report re-sent after a crash is recognised and composed into the ledger exactly 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
@@ -32,13 +31,11 @@ def save(path: str | os.PathLike, state: ServerState) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     meta = {"round": state.round, "next_round_id": state.next_round_id, "ledgers": state.ledgers,
             "reports": state.reports, "proofs": state.proofs}
-    buf = io.BytesIO()
-    np.savez(buf, model=np.asarray(state.model, dtype=np.float64),
-             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-             **{_STRATEGY + k: np.asarray(v) for k, v in state.strategy.items()})
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
+    with open(tmp, "wb") as fh:  # written straight to the file: no in-memory copy of the model
+        np.savez(fh, model=np.asarray(state.model, dtype=np.float64),
+                 meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                 **{_STRATEGY + k: np.asarray(v) for k, v in state.strategy.items()})
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, p)

@@ -192,7 +192,8 @@ def run_client(cfg: TransportConfig, client_id: int, *, aggregator: str | None, 
     kw = {} if exit_after is None else {"exit_after": exit_after}
     agent = (ClientAgent if exit_after is None else _Crashing)(
         creds, aggregator, make_scheme(cfg.scheme, cfg.scheme_options()), work.source(client_id),
-        keyholder_address=keyholder, max_message_bytes=cfg.max_message_bytes, poll_seconds=cfg.poll_seconds, **kw)
+        keyholder_address=keyholder, max_message_bytes=cfg.max_message_bytes, poll_seconds=cfg.poll_seconds,
+        part_chunks=cfg.part_chunks, **kw)
     agent.session.audit = ModelAudit(agent.scheme, work.step())  # checks every model it is sent
     _on_term(agent.stop.set)
     try:

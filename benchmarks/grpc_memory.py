@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import tempfile
 import threading
 import time
@@ -77,7 +78,9 @@ def measure(scheme: str, n: int, dim: int, work: Path) -> dict:
     for role, hwm in seen.values():
         by_role.setdefault(role, []).append(hwm)
     rows = result.get("rows") or []
-    return {"scheme": scheme, "n": n, "dim": dim, "wall_s": wall, "error": result.get("error"),
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    return {"scheme": scheme, "n": n, "dim": dim, "commit": commit, "wall_s": wall, "error": result.get("error"),
             "rounds_done": len(rows), "aggregator_peak_rss_bytes": max(by_role.get("aggregator", [0])),
             "keyholder_peak_rss_bytes": max(by_role.get("keyholder", [0])),
             "client_peak_rss_bytes": max(by_role.get("client", [0])), "processes": len(seen)}

@@ -104,9 +104,10 @@ def main(argv: list[str] | None = None) -> None:
                 if any(r["scheme"] == scheme and r["n"] == n for r in rows):
                     continue
                 r = measure(scheme, n, args.dim, Path(tmp))
-                print(f"  {scheme:8} n={n:<3} aggregator {r['aggregator_peak_rss_bytes'] / 2**30:5.2f} GiB  key holder "
-                      f"{r['keyholder_peak_rss_bytes'] / 2**30:5.2f} GiB  client {r['client_peak_rss_bytes'] / 2**30:5.2f}"
-                      f" GiB  [{r['wall_s']:.0f} s]{'  ' + r['error'] if r['error'] else ''}", flush=True)
+                gib = {k: r[f"{k}_peak_rss_bytes"] / 2**30 for k in ("aggregator", "keyholder", "client")}
+                print(f"  {scheme:8} n={n:<3} aggregator {gib['aggregator']:5.2f} GiB  key holder "
+                      f"{gib['keyholder']:5.2f} GiB  client {gib['client']:5.2f} GiB  [{r['wall_s']:.0f} s]"
+                      f"{'  ' + r['error'] if r['error'] else ''}", flush=True)
                 if not r["error"]:
                     rows.append(r)
                 path.write_text(json.dumps({"command": "python -m benchmarks.grpc_memory", "note": NOTE,

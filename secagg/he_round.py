@@ -181,8 +181,8 @@ class HEClient(StagedRole, ABC):
         yield Outbound(KEYHOLDER, seal_seed(seed, self._seal_key, identity=self._identity, **binding).to_bytes())
         key = pad_key(seed, **binding)
         chunks = self._chunk_count(dim)
-        tags = TagAccumulator(self._tag_key, self._layout, chunks=chunks, session_id=self._session_id,  # type: ignore[arg-type]
-                              round_id=self.round_id)
+        tag_key: bytes = self._tag_key  # type: ignore[assignment]  # checked by stream()
+        tags = TagAccumulator(tag_key, self._layout, chunks=chunks, session_id=self._session_id, round_id=self.round_id)
         lanes, step = self._lanes(update, dim, w), part_chunks or chunks
         for first in range(0, chunks, step):
             residues = np.empty((min(step, chunks - first), *self._layout.shape), dtype=np.uint64)

@@ -102,7 +102,8 @@ def test_whole_and_streamed_contributions_mix_and_give_the_same_sum(scheme: str)
 def test_the_streamed_packed_layout_is_the_whole_layout() -> None:
     """Slot ``j`` lane ``l`` holds value ``l*S + j`` whether it is made whole (``pack``) or chunk by chunk."""
     dim = DIMS["packed"]
-    rnd = packed_round(list(range(2)), dim=dim, weights={0: 1.0, 1: 1.0}, graph_seed=bytes(16), rounding="deterministic")
+    rnd = packed_round(list(range(2)), dim=dim, weights={0: 1.0, 1: 1.0}, graph_seed=bytes(16),
+                       rounding="deterministic")
     c = rnd.clients[0]
     x = XS[0][:dim]
     streamed = np.concatenate(list(c._lanes(x, dim, 1.0)))

@@ -108,7 +108,8 @@ def test_key_holder_refuses_an_aggregate_beyond_max_cohort() -> None:
     kh = PackedKeyHolder(p)
     pub = load_public_context(kh.public_context(), p, need_public_key=True)
     ct = ts.bfv_vector(pub.context, [1, 2, 3]).serialize()
-    agg = PackedAggregate(round_id=0, session_id=kh.session_id, dim=1, contributors=tuple(range(5)), first=0, tags=(), chunks=(ct,))
+    agg = PackedAggregate(round_id=0, session_id=kh.session_id, dim=1, contributors=tuple(range(5)), first=0,
+                          tags=(), chunks=(ct,))
     with pytest.raises(MalformedMessageError, match="max_cohort"):
         kh.receive(AGGREGATOR, agg.to_bytes())
     assert kh.finalized_rounds == frozenset()

@@ -176,7 +176,8 @@ def test_corrupt_ciphertexts_inside_valid_messages_refused(session) -> None:
     good = PackedContribution.from_bytes(_contribution(session, 0, round_id=21, seed=False))
     chunk = good.chunks[0]
     for bad_chunks in ((chunk[: len(chunk) // 2],), (b"\x00" * 64,), (chunk, chunk), (b"\xff" * len(chunk),)):
-        bad = PackedContribution(round_id=21, client_id=0, session_id=good.session_id, dim=5, first=0, sealed_tags=b"", chunks=bad_chunks)
+        bad = PackedContribution(round_id=21, client_id=0, session_id=good.session_id, dim=5, first=0,
+                                 sealed_tags=b"", chunks=bad_chunks)
         with pytest.raises(MalformedMessageError):
             agg.receive(0, bad.to_bytes())
     other = PackedKeyHolder(PackedParams(max_cohort=8))  # same layout, other key: session differs

@@ -70,7 +70,8 @@ def _masking_craft(agent: Rogue, rid: int, payload: bytes):
     if agent.stage == 1:  # ShareKeys, in stage "share"
         return [("duplicate", E.DuplicateMessageError, pack(h, agent.previous))]
     if agent.stage == 2:  # MaskedInput, in stage "masked"
-        return [("shape", E.MalformedMessageError, pack(h, MaskedInput(rid, 0, 0, np.zeros(DIM + 2, np.uint32)).to_bytes())),
+        return [("shape", E.MalformedMessageError,
+                 pack(h, MaskedInput(rid, 0, 0, np.zeros(DIM + 2, np.uint32)).to_bytes())),
                 ("a part that does not continue", E.MalformedMessageError,
                  pack(h, MaskedInput(rid, 0, 4, np.zeros(DIM - 3, np.uint32)).to_bytes())),
                 ("dtype", E.MalformedMessageError,

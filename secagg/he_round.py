@@ -11,10 +11,15 @@ decrypts, and releases the sum only if every guard decrypts to zero: otherwise t
 exactly the named contributions under this key and this round (``VerificationError``), and nothing is released.
 Before its first round a client asks the key holder for the session tag key (:class:`TagKeyRequest`).
 
+Streamed (:meth:`HEClient.stream`): the seed goes first, then the contribution in parts of contiguous ciphertexts,
+the last carrying the client's tags sealed under its seed (:func:`secagg.he_pads.seal_tags`); the aggregator sums
+parts per chunk within a bounded window and forwards finished ranges (:mod:`secagg.he_stream`), and the key holder
+decrypts part by part, releasing only after the last. :meth:`HEClient.start` is the same round in one part.
+
 Invariants kept here for both schemes:
 
-* the aggregator checks every contribution (stage, participant, round, sender = the client it names, no duplicate,
-  session, layout, every residue reduced) before any of it touches the running sum;
+* the aggregator checks every contribution part (stage, participant, round, sender = the client it names, no
+  duplicate, session, layout, order, window, every residue reduced) before any of it touches the running sums;
 * fewer than ``min_contributors`` at the deadline raises ``DropoutError`` (stage ``"failed"``), nothing decrypted;
 * a client without the session tag key refuses to start (nothing it sent could be verified);
 * the key holder bounds every size field (``max_dim``, chunk count, contributors) before it allocates anything,

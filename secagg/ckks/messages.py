@@ -3,8 +3,10 @@ chunk in the raw form of :mod:`secagg.hazmat.rlwe` (see :mod:`secagg.ckks.params
 ``context_id`` is the SHA-256 of the key holder's public bundle, so a ciphertext for another key holder's key is
 refused before it is ever added. The client's pad seed travels separately (:class:`secagg.he_pads.PadSeed`).
 
-* :class:`CKKSContribution`  client -> aggregator: the client's padded encryption of ``[w*x, w, guards]``.
-* :class:`CKKSAggregate`     aggregator -> key holder: the padded sum and the ids of the clients in it.
+* :class:`CKKSContribution`  client -> aggregator: the client's padded encryption of ``[w*x, w, guards]``, whole
+  or one part of it (ciphertexts ``first, first + 1, ...``; the last part carries the sealed tags).
+* :class:`CKKSAggregate`     aggregator -> key holder: the padded sum (or one part of it, the last with every
+  contributor's sealed tags) and the ids of the clients in it.
 * :class:`CKKSResult`        key holder -> aggregator: the verified decrypted sum ``[Σ w*x, Σ w]``.
 """
 

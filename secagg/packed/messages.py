@@ -2,8 +2,10 @@
 per chunk of at most N slots. ``session_id`` is SHA-256(public context || packed parameters), so a ciphertext made
 under another key or another lane layout is refused before it is ever added.
 
-* :class:`PackedContribution`  client -> aggregator: the client's encrypted lanes of ``[w*x, w]``.
-* :class:`PackedAggregate`     aggregator -> key holder: the encrypted slot sums and the clients in them.
+* :class:`PackedContribution`  client -> aggregator: the client's encrypted lanes of ``[w*x, w]``, whole or one
+  part (ciphertexts ``first, ...``; the last part carries the sealed tags, :mod:`secagg.he_stream`).
+* :class:`PackedAggregate`     aggregator -> key holder: the encrypted slot sums (or one part of them) and the
+  clients in them.
 * :class:`PackedResult`        key holder -> aggregator: the decrypted slot sums (integers mod t, as uint64).
 """
 

@@ -48,10 +48,12 @@ def _grpc_rows() -> list[str]:
     rows = []
     for r in sorted(d["rows"], key=lambda r: (r["scheme"], r["n"])):
         servers = max(r["aggregator_peak_rss_bytes"], r["keyholder_peak_rss_bytes"])
+        kh = f"key holder {r['keyholder_peak_rss_bytes'] / GIB:.2f} GiB" if r["keyholder_peak_rss_bytes"] else \
+            "no key holder"
         rows.append(f"| `secagg up` (gRPC, one process per role): {r['scheme']}, n = {r['n']}, D = {r['dim']:,} | "
-                    f"each server ≤ 4 GiB | aggregator {r['aggregator_peak_rss_bytes'] / GIB:.2f} GiB, key holder "
-                    f"{r['keyholder_peak_rss_bytes'] / GIB:.2f} GiB, client {r['client_peak_rss_bytes'] / GIB:.2f} "
-                    f"GiB (holds the model and its update) | {_verdict(servers <= 4 * GIB)} | `grpc_memory.json` |")
+                    f"each server ≤ 4 GiB | aggregator {r['aggregator_peak_rss_bytes'] / GIB:.2f} GiB, {kh}, client "
+                    f"{r['client_peak_rss_bytes'] / GIB:.2f} GiB (holds the model and its update; commit "
+                    f"{r.get('commit', '?')}) | {_verdict(servers <= 4 * GIB)} | `grpc_memory.json` |")
     return rows
 
 

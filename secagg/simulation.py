@@ -45,9 +45,10 @@ def run_round(
     aggregator's own stage transitions (too few survivors, a dealer's inconsistent shares) end the round.
 
     ``part_chunks``: clients stream (``client.stream``) their contributions in parts of that many ciphertexts (HE)
-    or ``PART_VALUES`` chunks (masking), made only when the driver takes them; the driver takes one message from every client in turn, and a part the
-    aggregator's window refuses (``BackpressureError``) is held and offered again after the others moved, so no
-    role ever holds a whole contribution. A turn in which nothing was accepted counts as a deadline.
+    or ``PART_VALUES`` chunks (masking), made only when the driver takes them; the driver takes one message from
+    every client in turn, and a part the aggregator's window refuses (``BackpressureError``) is held and offered
+    again after the others moved, so no role ever holds a whole contribution. A turn in which nothing was accepted
+    counts as a deadline.
     """
     drop_at = dict(drop_at or {})
     gone: set[int] = set()

@@ -70,14 +70,15 @@ class StreamedSum:
                                     f"[{self.frontier}, {self.frontier + self.window}): resend it later")
 
     def add(self, client: int, first: int, residues: np.ndarray, sealed_tags: bytes) -> None:
-        """Add a part checked by :meth:`check` (``residues``: ``(k, 2, L, N)``, reduced)."""
+        """Add a part checked by :meth:`check` (``residues``: ``(k, 2, L, N)``, reduced, owned by this sum from
+        now on: a chunk that starts a running sum is kept, not copied)."""
         for i, res in enumerate(residues):
             k = first + i
             if k in self._sums:
                 rlwe.add_into(self._sums[k], res, self._layout)
                 self._count[k] += 1
-            else:
-                self._sums[k], self._count[k] = res.copy(), 1
+            else:  # the part is this role's own fresh array (rlwe.unpack): its chunks become the sums, uncopied
+                self._sums[k], self._count[k] = res, 1
         self._next[client] = first + residues.shape[0]
         if sealed_tags:
             self.tags[client] = sealed_tags
@@ -103,10 +104,10 @@ class StreamedSum:
             k += 1
         return k - self.frontier
 
-    def take(self, count: int) -> np.ndarray:
-        """The ``count`` complete sums from the frontier (``(count, 2, L, N)``); the frontier moves past them."""
+    def take(self, count: int) -> list[np.ndarray]:
+        """The ``count`` complete sums from the frontier (each ``(2, L, N)``); the frontier moves past them."""
         lo = self.frontier
-        out = np.stack([self._sums.pop(k) for k in range(lo, lo + count)])
+        out = [self._sums.pop(k) for k in range(lo, lo + count)]
         for k in range(lo, lo + count):
             del self._count[k]
         self.frontier += count

@@ -29,7 +29,7 @@ tags for its contribution plus any ``D`` (what it could add itself by encrypting
 aggregator can also forge rounds that client is not in. Tags leak nothing to the key holder: each is a linear
 function of a ciphertext's ``c1 = a·u + e``, a fresh RLWE sample the key holder never sees.
 
-Exact integer arithmetic in uint64 matrix products: residues are split into 20-bit limbs; ``limb · γ`` summed over
+Exact integer arithmetic in uint64 (the loop is :func:`secagg.kernels.tag_columns`): residues are split into 20-bit limbs; ``limb · γ`` summed over
 ``N`` stays below ``2^(20 + g + log2 N) ≤ 2^64`` and the ``β`` stage (16-bit limbs of those sums) likewise, so no
 product or partial sum wraps; the limbs recombine in Python integers before the reduction mod ``q_j``.
 """
@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from secagg.errors import AuthenticationError, ConfigurationError, MalformedMessageError
 from secagg.hazmat import aead, kex, prg, sign
 from secagg.hazmat.rlwe import RingLayout
+from secagg.kernels import tag_columns
 from secagg.messages import Message, message
 
 __all__ = ["TagRequest", "TagGrant", "TAG_KEY_BYTES", "SOUNDNESS_BITS", "MAX_TAG_WORDS", "request_tag_key",
@@ -187,7 +188,7 @@ class TagAccumulator:
         seed = kex.derive_key(tag_key, info=_ROUND_LABEL + session_id + struct.pack("<q", round_id), length=32)
         words = prg.keystream(seed, 4 * primes * self._tags * (n + rows))
         rand = np.frombuffer(words, dtype="<u4").reshape(primes, self._tags, n + rows)
-        self._gamma = [(rand[j, :, :n] & np.uint32((1 << g) - 1)).astype(np.uint64).T.copy() for j in range(primes)]
+        self._gamma = [(rand[j, :, :n] & np.uint32((1 << g) - 1)).astype(np.uint64) for j in range(primes)]  # (tags, N)
         self._beta = [(rand[j, :, n:] & np.uint32((1 << b) - 1)).astype(np.uint64).T.copy() for j in range(primes)]
         self._acc = [[0] * self._tags for _ in range(primes)]
 
@@ -196,21 +197,13 @@ class TagAccumulator:
         k, polys, _, n = residues.shape
         if self._next + k > self.chunks:
             raise ConfigurationError(f"{self._next + k} chunks fed to tags of {self.chunks}")
-        rows, first = k * polys, 2 * self._next
-        limb = np.empty((rows, n), dtype=np.uint64)
-        low, sub_mask = np.uint64((1 << _LIMB) - 1), np.uint64((1 << _SUB) - 1)
+        rows, first = k * polys, polys * self._next
         for j, q in enumerate(self._layout.moduli):
-            beta, acc = self._beta[j][first:first + rows], self._acc[j]
-            rj = residues[:, :, j, :].reshape(rows, n)
-            for a in range(math.ceil(q.bit_length() / _LIMB)):
-                np.right_shift(rj, np.uint64(_LIMB * a), out=limb)
-                np.bitwise_and(limb, low, out=limb)
-                inner = limb @ self._gamma[j]  # exact: every partial sum < 2^64
-                for a2 in range(4):
-                    sub = (inner >> np.uint64(_SUB * a2)) & sub_mask
-                    col = (sub * beta).sum(axis=0)  # exact: < 2^64 (the β width is sized for all rows)
-                    for t in range(self._tags):
-                        acc[t] += int(col[t]) << (_LIMB * a + _SUB * a2)
+            cols = tag_columns(residues, j, self._gamma[j], self._beta[j][first:first + rows],
+                               limbs=math.ceil(q.bit_length() / _LIMB), limb_bits=_LIMB, sub_bits=_SUB)
+            acc = self._acc[j]
+            for (a, a2, t), v in np.ndenumerate(cols):
+                acc[t] += int(v) << (_LIMB * a + _SUB * a2)
         self._next += k
         return self
 

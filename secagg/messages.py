@@ -77,10 +77,18 @@ def _enc_int(v: int) -> bytes:
     return _I64.pack(int(v))
 
 
-def _enc_bytes(v: bytes) -> bytes:
+def _enc_bytes(v: bytes | bytearray | memoryview) -> tuple[bytes, bytes | bytearray | memoryview]:
+    """(length prefix, the bytes themselves): parts that ``to_bytes`` joins once, so a large field (a ciphertext,
+    or a view of a packed buffer) is copied exactly once into the message."""
     if not isinstance(v, (bytes, bytearray, memoryview)):
         raise MalformedMessageError(f"expected bytes, got {type(v).__name__}")
-    return _U32.pack(len(v)) + bytes(v)
+    return _U32.pack(v.nbytes if isinstance(v, memoryview) else len(v)), v
+
+
+def _enc_bytes_tuple(v: tuple) -> tuple:
+    if not isinstance(v, tuple):
+        raise MalformedMessageError("expected a tuple of bytes")
+    return (_U32.pack(len(v)), *(p for x in v for p in _enc_bytes(x)))
 
 
 def _enc_array(v: np.ndarray) -> tuple[bytes, memoryview]:
@@ -111,11 +119,11 @@ def _dec_bytes_tuple(r: _Reader) -> tuple[bytes, ...]:
     return tuple(bytes(r.take(r.count(1))) for _ in range(r.count(4)))
 
 
-def _enc_bytes_map(v: dict) -> bytes:
+def _enc_bytes_map(v: dict) -> tuple:
     if not isinstance(v, dict):
         raise MalformedMessageError("expected dict[int, bytes]")
     keys = sorted(int(k) for k in v)
-    return _U32.pack(len(keys)) + b"".join(_enc_int(k) + _enc_bytes(v[k]) for k in keys)
+    return (_U32.pack(len(keys)), *(p for k in keys for p in (_enc_int(k), *_enc_bytes(v[k]))))
 
 
 def _dec_bytes_map(r: _Reader) -> dict[int, bytes]:
@@ -153,7 +161,7 @@ _KINDS: dict[Any, tuple[Any, Any]] = {
     bytes: (_enc_bytes, lambda r: bytes(r.take(r.count(1)))),
     np.ndarray: (_enc_array, _dec_array),
     tuple[int, ...]: (lambda v: _U32.pack(len(v)) + b"".join(_enc_int(x) for x in v), _dec_int_tuple),
-    tuple[bytes, ...]: (lambda v: _U32.pack(len(v)) + b"".join(_enc_bytes(x) for x in v), _dec_bytes_tuple),
+    tuple[bytes, ...]: (_enc_bytes_tuple, _dec_bytes_tuple),
     dict[int, bytes]: (_enc_bytes_map, _dec_bytes_map),
 }
 

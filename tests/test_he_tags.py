@@ -191,3 +191,34 @@ def test_a_contribution_without_its_own_tags_is_refused(forge: str) -> None:
     with pytest.raises(VerificationError, match="tags"):
         s.kh.receive(AGGREGATOR, agg.to_bytes())
     assert rid in s.kh.finalized_rounds
+
+
+@pytest.mark.parametrize("name", ["ckks", "packed"])
+def test_tags_equal_the_formula_in_python_integers(name: str) -> None:
+    """The uint64 kernel gives exactly ``τ_{j,l} = β_{j,l}ᵀ · R_j · γ_{j,l} mod q_j``, with γ and β drawn as the module
+    docstring states, computed here in Python integers; and a part-by-part accumulation equals the whole."""
+    import math
+    import struct
+
+    from secagg.hazmat import kex, prg
+    from secagg.he_tags import TagAccumulator, _widths
+
+    layout = Scheme(name).layout()
+    key, sid, rid, chunks = os.urandom(32), os.urandom(32), 11, 3
+    primes, n, rows = len(layout.moduli), layout.degree, 2 * chunks
+    res = np.random.default_rng(5).integers(0, 2**62, size=(chunks, 2, primes, n), dtype=np.uint64) % layout.q()
+    tags, (g, b) = tag_count(layout, rows), _widths(layout, rows)
+    seed = kex.derive_key(key, info=b"secagg/he/tag-round/v1" + sid + struct.pack("<q", rid), length=32)
+    words = np.frombuffer(prg.keystream(seed, 4 * primes * tags * (n + rows)), dtype="<u4")
+    words = words.reshape(primes, tags, n + rows).astype(object)
+    want = np.zeros((primes, tags), dtype=object)
+    for j, q in enumerate(layout.moduli):
+        r = res[:, :, j, :].reshape(rows, n).astype(object)
+        for t in range(tags):
+            gamma, beta = words[j, t, :n] % (1 << g), words[j, t, n:] % (1 << b)
+            want[j, t] = int(beta.dot(r.dot(gamma))) % q
+    got = compute_tags(res, key, layout, session_id=sid, round_id=rid)
+    assert got.dtype == np.uint64 and np.array_equal(got.astype(object), want)
+    acc = TagAccumulator(key, layout, chunks=chunks, session_id=sid, round_id=rid)
+    acc.add(res[:1]).add(res[1:])
+    assert np.array_equal(acc.tags(), got) and math.prod(got.shape) == primes * tags

@@ -65,6 +65,19 @@ def test_round_trip(msg: Sample) -> None:
     assert decode(data) == msg
 
 
+@settings(max_examples=30, deadline=None)
+@given(samples)
+def test_bytes_like_fields_encode_exactly_as_their_bytes(msg: Sample) -> None:
+    """Senders may hand views of one packed buffer (or bytearrays) for bytes fields: the same wire bytes, and the
+    decoded message holds bytes."""
+    views = Sample(round_id=msg.round_id, flag=msg.flag, name=msg.name, blob=bytearray(msg.blob), vec=msg.vec,
+                   ids=msg.ids, chunks=tuple(memoryview(np.frombuffer(c, dtype=np.uint8)) for c in msg.chunks),
+                   table={k: memoryview(v) for k, v in msg.table.items()}, ratio=msg.ratio)
+    assert views.to_bytes() == msg.to_bytes()
+    back = Sample.from_bytes(views.to_bytes())
+    assert type(back.blob) is bytes and all(type(c) is bytes for c in back.chunks) and back == msg
+
+
 @settings(max_examples=15, deadline=None)
 @given(samples)
 def test_every_truncation_and_bit_flip_rejected(msg: Sample) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import zstandard
 
 from secagg.errors import ConfigurationError, MalformedMessageError
+from secagg.kernels import pad_block
 
 __all__ = ["RingLayout", "extract", "pack", "pack_into", "unpack", "add_into", "apply_pad", "to_tenseal"]
 
@@ -87,35 +88,39 @@ def pack_into(row: np.ndarray, c0: np.ndarray, c1: np.ndarray, layout: RingLayou
             pos += n * nb
 
 
-def pack(residues: np.ndarray, layout: RingLayout) -> list[bytes]:
-    """Wire bytes of each ciphertext of ``residues`` (shape ``(chunks, 2, L, N)``, each residue ``< q_j``), as
-    :func:`pack_into` lays them out."""
-    if residues.ndim != 4 or residues.shape[1:] != layout.shape or residues.dtype != np.uint64:
-        raise ValueError(f"residues must be uint64 of shape (chunks, {layout.shape}), got {residues.shape}")
-    out = np.empty((residues.shape[0], layout.packed_bytes), dtype=np.uint8)
+def pack(residues: np.ndarray | list[np.ndarray], layout: RingLayout) -> list[memoryview]:
+    """Wire bytes of each ciphertext of ``residues`` (shape ``(chunks, 2, L, N)``, or a list of ``(2, L, N)``
+    arrays; each residue ``< q_j``), as :func:`pack_into` lays them out: read-only views of one buffer (a message
+    copies them once, when encoded)."""
+    if any(r.shape != layout.shape or r.dtype != np.uint64 for r in residues) or \
+            (isinstance(residues, np.ndarray) and residues.ndim != 4):
+        raise ValueError(f"residues must be uint64 of shape (chunks, {layout.shape})")
+    out = np.empty((len(residues), layout.packed_bytes), dtype=np.uint8)
     for row, res in zip(out, residues):
         pack_into(row, res[0], res[1], layout)
-    return [row.tobytes() for row in out]
+    out.flags.writeable = False
+    return [memoryview(row) for row in out]
 
 
 def unpack(data: list[bytes] | tuple[bytes, ...], layout: RingLayout) -> np.ndarray:
     """Inverse of :func:`pack`: residues of shape ``(chunks, 2, L, N)``. A chunk of the wrong size or a residue
-    ``>= q_j`` raises MalformedMessageError (sizes are checked before anything is allocated)."""
+    ``>= q_j`` raises MalformedMessageError (sizes are checked before anything is allocated). Each chunk is copied
+    once, straight from its bytes into the result."""
     if any(len(d) != layout.packed_bytes for d in data):
         bad = next(len(d) for d in data if len(d) != layout.packed_bytes)
         raise MalformedMessageError(f"ciphertext of {bad} bytes, expected {layout.packed_bytes}")
-    chunks = len(data)
-    raw = np.frombuffer(b"".join(data), dtype=np.uint8).reshape(chunks, -1)
+    chunks, n = len(data), layout.degree
     out = np.zeros((chunks, *layout.shape), dtype=np.uint64)
-    dst = out.view(np.uint8).reshape(chunks, 2, len(layout.moduli), layout.degree, 8)
-    pos = 0
+    dst = out.view(np.uint8).reshape(chunks, 2, len(layout.moduli), n, 8)
+    widths = [2 * n * _residue_bytes(b) for b in layout.bits]
+    starts = np.cumsum([0, *widths]).tolist()
+    for k, chunk in enumerate(data):
+        raw = np.frombuffer(chunk, dtype=np.uint8)
+        for j, (lo, width) in enumerate(zip(starts, widths)):
+            np.copyto(dst[k, :, j, :, :width // (2 * n)], raw[lo:lo + width].reshape(2, n, width // (2 * n)))
     for j, (b, q) in enumerate(zip(layout.bits, layout.moduli)):
-        nb = _residue_bytes(b)
-        width = 2 * layout.degree * nb
-        np.copyto(dst[:, :, j, :, :nb], raw[:, pos:pos + width].reshape(chunks, 2, layout.degree, nb))
         if chunks and int(out[:, :, j, :].max()) >= q:
             raise MalformedMessageError(f"a residue is not reduced mod the {b}-bit prime {j}")
-        pos += width
     return out
 
 
@@ -165,24 +170,19 @@ def apply_pad(c0: np.ndarray, key: bytes, layout: RingLayout, *, subtract: bool 
     buf = bytearray(8 * per * n + 15)  # update_into needs block_size - 1 spare bytes
     zeros = _ZEROS[:8 * per * n] if len(_ZEROS) >= 8 * per * n else bytes(8 * per * n)
     for j, (b, q) in enumerate(zip(layout.bits, layout.moduli)):
-        mask, bound = np.uint64((1 << b) - 1), np.uint64(q)
         for lo in range(0, chunks, per):
             hi = min(chunks, lo + per)
             count = (hi - lo) * n
             base = (first + lo) * n
             _pad_stream(key, j, 0, base).update_into(zeros[:8 * count], buf)
-            pad = np.frombuffer(buf, dtype="<u8", count=count).reshape(hi - lo, n)
-            pad &= mask
-            bad = np.flatnonzero(pad >= bound)
-            if bad.size:
-                pad.reshape(-1)[bad] = _redraw(key, j, bad + base, b, q)
             block = c0[lo:hi, j, :]
-            if subtract:
-                block += bound
-                block -= pad  # in [1, 2q)
-            else:
-                block += pad  # < 2q < 2^63
-            np.minimum(block, block - bound, out=block)  # block - q wraps around exactly when block < q
+            bad = pad_block(block, np.frombuffer(buf, dtype="<u8", count=count).reshape(hi - lo, n), b, q,
+                            subtract=subtract)
+            if bad.size:  # the draws >= q, redrawn from the next streams
+                rows, cols = np.divmod(bad, n)
+                p = _redraw(key, j, bad + base, b, q)
+                v = block[rows, cols] + (np.uint64(q) - p if subtract else p)  # < 2q < 2^63
+                block[rows, cols] = np.where(v >= np.uint64(q), v - np.uint64(q), v)
 
 
 def _varint(n: int) -> bytes:

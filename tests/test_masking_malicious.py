@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from secagg.errors import AuthenticationError, ConfigurationError, DropoutError, ReplayError, SecAggError, \
-    DuplicateMessageError, VerificationError
+    DuplicateMessageError, MalformedMessageError, VerificationError
 from secagg.hazmat import kex, shamir
 from secagg.hazmat import sign as ed25519
 from secagg.hazmat.prg import SEED_BYTES, expand_mask
@@ -176,6 +176,22 @@ def test_a_low_order_key_excludes_its_sender_and_the_round_goes_on() -> None:
     assert res.contributors == (0, 1, 3, 4, 5)
     ref = np.mean([xs[i] for i in res.contributors], axis=0)
     assert np.max(np.abs(res.mean - ref)) < 1e-6
+
+
+def test_a_roster_with_a_low_order_mask_key_is_refused_before_anything_is_shared() -> None:
+    """An unsigned round (the server's word is the only authority on keys): a roster whose mask key for one
+    neighbour is a low-order point is refused by the client before it makes or sends any share."""
+    clients, server, xs, ws = _round(5, sign=False)
+    outs = [(i, o) for i, c in clients.items() for o in c.start(xs[i], ws[i])]
+    rosters = [o for i, out in outs for o in server.receive(i, out.payload)]
+    o = next(o for o in rosters if o.to == 0)
+    msg = KeyRoster.from_bytes(o.payload)
+    evil = dataclasses.replace(msg, s_pks=(bytes(32), *msg.s_pks[1:]))  # the identity point for one neighbour
+    with pytest.raises(MalformedMessageError, match="X25519"):
+        clients[0].receive(evil.to_bytes())
+    assert clients[0].stage == "advertised" and not hasattr(clients[0], "_held")
+    (share,) = clients[0].receive(o.payload)  # the honest roster still goes through
+    assert ShareKeys.from_bytes(share.payload).client_id == 0
 
 
 def test_a_replayed_roster_of_an_earlier_round_and_a_reused_session_are_refused() -> None:

@@ -13,8 +13,9 @@ Invariants:
 * ``b`` and the mask secret ``s_sk`` are Shamir-shared t-of-(holders) among the roster and the client; each share
   travels AES-GCM-encrypted under a pairwise channel key with the session, sender and recipient bound as associated
   data, and every share is committed to (SHA-256 with a nonce, sent to the server) so a holder cannot reveal a
-  different one; ``c_sk`` is discarded once the shares are encrypted, and ``b``, ``s_sk``, the channel keys and
-  the plain encoding once the masked input is built;
+  different one; the pairwise mask seeds are derived before anything is shared (a low-order peer key fails
+  there), ``c_sk`` and ``s_sk`` are discarded once the shares are encrypted, and ``b``, the seeds, the channel
+  keys and the plain encoding once the masked input is built;
 * every signed or derived value binds the session id (nonce, cohort, parameters); with ``sessions`` given, a
   session the client already took part in is refused (``ReplayError``);
 * an unmask request is answered at most once, only if its alive set is the survivor list the client signed, it
@@ -206,8 +207,9 @@ class MaskingClient(StagedRole):
             for v, c_pk, s_pk, sig in zip(msg.client_ids, msg.c_pks, msg.s_pks, msg.signatures):
                 self._verify(v, sig, advertise_payload(sid, v, c_pk, s_pk))
         roster = {v: (c, s) for v, c, s in zip(msg.client_ids, msg.c_pks, msg.s_pks)}
-        for _, s_pk in roster.values():
-            kex.check_public(s_pk)  # a low-order mask key would fail only after this client shared its secrets
+        # the pairwise mask seeds now, before any secret is shared: a low-order mask key fails here (the exchange
+        # checks it), not after this client shared its secrets; and it is one X25519 per neighbour, not two
+        seeds = {v: kex.mask_seed(self._s_sk, s_pk, session=sid, u=u, v=v) for v, (_, s_pk) in roster.items()}
         keys = {v: kex.channel_key(self._c_sk, c_pk, session=sid, u=u, v=v) for v, (c_pk, _) in roster.items()}
         holders = sorted([*roster, u])
         b = os.urandom(SEED_BYTES)
@@ -223,8 +225,8 @@ class MaskingClient(StagedRole):
                 own = (b_open, s_open)
             else:
                 cts[h] = aead.encrypt(keys[h], b_open + s_open, share_ad(sid, u, h))
-        self._roster, self._channel, self._b, self._held = roster, keys, b, {u: own}
-        del self._c_sk  # the channel keys (one X25519 exchange per neighbour) serve both directions
+        self._roster, self._channel, self._b, self._held, self._seeds = roster, keys, b, {u: own}, seeds
+        del self._c_sk, self._s_sk  # channel keys serve both directions; the mask secret lives on in its shares
         self._stage = "shared"
         out = ShareKeys(round_id=cfg.round_id, client_id=u, ciphertexts=cts, commitments=commits,
                         seed_commitment=seed_commitment(sid, u, b))
@@ -246,10 +248,9 @@ class MaskingClient(StagedRole):
                 for v, ct in msg.ciphertexts.items()}
         plus, minus = [self._b], []
         for v in msg.ciphertexts:
-            seed = kex.mask_seed(self._s_sk, self._roster[v][1], session=sid, u=u, v=v)
-            (plus if v > u else minus).append(seed)
+            (plus if v > u else minus).append(self._seeds[v])
         self._held.update(held)
-        del self._b, self._s_sk, self._channel  # secrets no longer needed (the mask seeds are derived)
+        del self._b, self._seeds, self._channel  # secrets no longer needed
         self._stage = "masked"
         if self._source is not None:
             return self._masked_parts(plus, minus)  # type: ignore[return-value]

@@ -213,6 +213,15 @@ class FixedPoint:
             out &= out.dtype.type((1 << self.ring_bits) - 1)
         return out
 
+    def check(self, x: np.ndarray, factor: float = 1.0) -> None:
+        """Raise MalformedUpdateError exactly where :meth:`encode` of ``factor * x`` would (shape, NaN/Inf, range),
+        without encoding (no randomness drawn, no output), block by block."""
+        v = _shape_checked(x)
+        if not math.isfinite(factor):
+            raise MalformedUpdateError(f"factor {factor} is not finite")
+        for lo in range(0, v.size, _ENCODE_BLOCK):
+            self._check(v[lo:lo + _ENCODE_BLOCK], v, float(factor))
+
     def _check(self, block: np.ndarray, whole: np.ndarray, factor: float) -> None:
         lo, hi = _extremes(block, whole)
         if self.out_of_range == "raise":

@@ -174,8 +174,7 @@ class HEClient(StagedRole, ABC):
             check_int("part_chunks", part_chunks, 1)
         dim = update_length(update)
         w = check_weight(weight)
-        for _ in self._lanes(update, dim, w):  # raises on out-of-range input before any randomness is spent
-            pass
+        self._check_values(update, dim, w)  # raises on out-of-range input before any randomness is spent
         self._stage = "done"
         return self._parts(update, dim, w, part_chunks)
 
@@ -214,6 +213,11 @@ class HEClient(StagedRole, ABC):
     def _lanes(self, update: Any, dim: int, weight: float) -> Iterator[np.ndarray]:
         """Each chunk's slot values of ``[w*x, w, guards]`` in order, read from ``update`` one chunk at a time;
         MalformedUpdateError on a value the scheme cannot carry."""
+
+    def _check_values(self, update: Any, dim: int, weight: float) -> None:
+        """MalformedUpdateError where :meth:`_lanes` would raise on this input (default: run the lanes)."""
+        for _ in self._lanes(update, dim, weight):
+            pass
 
     @abstractmethod
     def _encrypt_one(self, values: np.ndarray) -> bytes:

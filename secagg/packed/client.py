@@ -80,6 +80,13 @@ class PackedClient(HEClient):
                 out[:top - a] |= vals << (bits * np.uint64(lane))
             yield out
 
+    def _check_values(self, update: Any, dim: int, weight: float) -> None:
+        """As the lanes check every value, without encoding (stochastic rounding would draw randomness twice)."""
+        self.codec.encode_weight(weight)
+        step = max(1, min(dim, self.params.slots))
+        for lo in range(0, dim, step):
+            self.codec.check_values(update_slice(update, lo, min(dim, lo + step)), weight)
+
     def _encrypt_one(self, values: np.ndarray) -> bytes:
         return ts.bfv_vector(self._pub.context, values.tolist()).serialize()
 

@@ -58,6 +58,10 @@ class PackedCodec:
             raise MalformedUpdateError(f"weight {weight} is outside (0, {self.weight_bound}]")
         return int((int(self.weights.encode(np.array([weight]))[0]) + self.offset) & ((1 << self.value_bits) - 1))
 
+    def check_values(self, x: np.ndarray, weight: float) -> None:
+        """MalformedUpdateError exactly where :meth:`encode_values` would raise, encoding nothing."""
+        self.values.check(weight * x)
+
     def encode_values(self, x: np.ndarray, weight: float) -> np.ndarray:
         """Lane values (uint64, each in ``[1, 2^b - 1]``) of ``w*x`` (any slice of an update); out-of-range raises."""
         off, mask = np.uint64(self.offset), np.uint64((1 << self.value_bits) - 1)

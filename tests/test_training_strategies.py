@@ -238,3 +238,26 @@ def test_packed_sum_needs_a_cohort_bound_and_uploads_a_fraction_of_ckks(ckks_sum
     assert rep.total_up < 0.3 * ckks.total_up
     with pytest.raises(MalformedUpdateError):  # what the lanes hold is w·x: within clip·weight_bound
         packed.aggregate({0: ClientUpdate(0, 4 * vecs[0], 1, 1.0, base_version=1), 1: updates[1]})
+
+
+def test_in_place_server_steps_equal_the_textbook_expressions_bit_for_bit() -> None:
+    """FedAvg, loss-weighted and gradient-SGD steps build the new model with one temporary (the mean, scaled and
+    added in place); the values are exactly those of ``w + lr * mean`` / ``w - lr * g``."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from secagg.roles import AggregateResult
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.integers(0, 2**32 - 1), st.integers(1, 300), st.floats(1e-3, 10.0), st.floats(0.1, 50.0))
+    def check(seed: int, dim: int, lr: float, total: float) -> None:
+        rng = np.random.default_rng(seed)
+        w, s = rng.normal(size=dim), rng.normal(size=dim) * total
+        agg = AggregateResult(weighted_sum=s, total_weight=total, contributors=(0, 1))
+        info = RoundInfo(round=0, version=0)
+        before = s.copy()
+        assert np.array_equal(FedAvg(server_lr=lr).apply(w, agg, info), w + lr * (s / total))
+        assert np.array_equal(FedAvg().apply(w, agg, info), w + s / total)
+        assert np.array_equal(GradientAggregation(lr=lr, optimizer="sgd").apply(w, agg, info), w - lr * (s / total))
+        assert np.array_equal(agg.weighted_sum, before)  # the aggregate itself is never written
+
+    check()

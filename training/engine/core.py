@@ -47,6 +47,14 @@ __all__ = ["RoundEngine", "Task", "ModelReply", "Mail", "ToKeyholder", "Persist"
            "Effect"]
 
 log = logging.getLogger("training.engine")
+_BLOCK = 1 << 20  # values per block of a model-sized check (no model-sized temporaries)
+
+
+def _finite(x: np.ndarray, divisor: float = 1.0, dtype: type = np.float64) -> bool:
+    """Whether every ``x[i] / divisor``, in ``dtype``, is finite (checked block by block)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return all(np.isfinite((x[lo:lo + _BLOCK] / np.float64(divisor)).astype(dtype, copy=False)).all()
+                   for lo in range(0, x.size, _BLOCK))
 
 
 def as_secagg(exc: Exception) -> SecAggError:
@@ -336,13 +344,13 @@ class RoundEngine:
 
     def commit(self, rnd: Round, result: AggregateResult) -> None:
         """Apply ``result`` as server step ``rnd.round`` (validated first; atomic with the strategy's state)."""
-        mean = np.asarray(result.mean, dtype=np.float64)
-        if mean.shape != self.state.model.shape or not np.isfinite(mean).all():
-            raise MalformedMessageError(f"aggregate of shape {mean.shape} is not a finite model-sized vector")
+        total = np.asarray(result.weighted_sum)
+        if total.shape != self.state.model.shape or not _finite(total, result.total_weight):
+            raise MalformedMessageError(f"aggregate of shape {total.shape} is not a finite model-sized vector")
         before = self.step.state_dict()
         try:
             new = np.asarray(self.step.apply(self.state.model, result, rnd.round, rnd.terms), dtype=np.float64)
-            if new.shape != self.state.model.shape or not np.isfinite(new.astype(np.float32)).all():
+            if new.shape != self.state.model.shape or not _finite(new, 1.0, np.float32):
                 raise MalformedMessageError("the updated model is not finite in float32")
         except Exception:
             self.step.load_state_dict(before)  # the strategy's state stays that of the persisted model

@@ -22,7 +22,17 @@ from secagg.roles import AggregateResult
 
 from training.workload.client_update import ClientUpdate
 
-__all__ = ["Contribution", "RoundInfo", "Strategy"]
+__all__ = ["Contribution", "RoundInfo", "Strategy", "mean_step"]
+
+
+def mean_step(global_vec: np.ndarray, agg: AggregateResult, scale: float) -> np.ndarray:
+    """``global_vec + scale * agg.mean`` with one model-sized temporary (the mean, scaled and added in place):
+    the same float64 values as the expression, which would hold three."""
+    new = agg.mean
+    if scale != 1.0:
+        new *= scale
+    new += global_vec
+    return new
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from secagg.roles import AggregateResult
 
-from training.engine.rules.base import Contribution, RoundInfo, Strategy
+from training.engine.rules.base import Contribution, RoundInfo, Strategy, mean_step
 from training.workload.client_update import ClientUpdate
 
 __all__ = ["FedAvg"]
@@ -28,4 +28,4 @@ class FedAvg(Strategy):
         return Contribution(update.delta, float(update.num_samples))
 
     def apply(self, global_vec: np.ndarray, agg: AggregateResult, info: RoundInfo) -> np.ndarray:
-        return global_vec + self.server_lr * agg.mean
+        return mean_step(global_vec, agg, self.server_lr)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from secagg.roles import AggregateResult
 
-from training.engine.rules.base import Contribution, RoundInfo, Strategy
+from training.engine.rules.base import Contribution, RoundInfo, Strategy, mean_step
 from training.errors import ConfigError
 from training.workload.client_update import ClientUpdate
 
@@ -55,9 +55,9 @@ class GradientAggregation(Strategy):
         return Contribution(-update.delta, float(update.num_samples))
 
     def apply(self, global_vec: np.ndarray, agg: AggregateResult, info: RoundInfo) -> np.ndarray:
-        g = agg.mean
         if self.optimizer == "sgd":
-            return global_vec - self.lr * g
+            return mean_step(global_vec, agg, -self.lr)  # global - lr * g, exactly
+        g = agg.mean
         b1, b2 = self.betas
         if self._m is None:
             self._m, self._v = np.zeros_like(g), np.zeros_like(g)

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from secagg.roles import AggregateResult
 
-from training.engine.rules.base import Contribution, RoundInfo, Strategy
+from training.engine.rules.base import Contribution, RoundInfo, Strategy, mean_step
 from training.errors import ConfigError
 from training.workload.client_update import ClientUpdate
 
@@ -77,4 +77,4 @@ class LossWeighted(Strategy):
     def apply(self, global_vec: np.ndarray, agg: AggregateResult, info: RoundInfo) -> np.ndarray:
         if agg.total_weight > 0 and agg.contributors:
             self.cohort_loss = self._shift(info) - self.temperature * math.log(agg.total_weight / len(agg.contributors))
-        return global_vec + self.server_lr * agg.mean
+        return mean_step(global_vec, agg, self.server_lr)

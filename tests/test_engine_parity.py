@@ -75,3 +75,17 @@ def test_buffered_async_gives_the_same_model_in_process_and_over_grpc():
     assert all(len(s) == 2 for s in schedule)
     local = _in_process("masking", make(), schedule)
     assert np.array_equal(local, grpc_model)
+
+
+def test_the_synthetic_evaluation_in_blocks_equals_the_whole_formula() -> None:
+    """The aggregator's evaluation never holds a target: block by block, drawn in step from each client's seeded
+    Generator; it equals the loss computed from the clients' whole targets (so the metrics did not change)."""
+    from training.services.workloads import synthetic
+
+    for dim, clients in ((5, 2), (1000, 3), (2 * synthetic._BLOCK + 17, 4)):
+        work = SyntheticWorkload(dim, clients, seed=3, clip=0.7)
+        model = np.random.default_rng(dim).normal(size=dim)
+        srcs = [work.source(i) for i in range(clients)]
+        mean = sum(s.weight * s.target for s in srcs) / sum(s.weight for s in srcs)
+        want = float(np.mean((mean - model) ** 2))
+        assert work.evaluate(model)["loss"] == pytest.approx(want, rel=1e-12)

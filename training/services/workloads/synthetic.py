@@ -21,6 +21,8 @@ from training.workload.client_update import ClientUpdate
 
 __all__ = ["SyntheticWorkload", "SyntheticSource"]
 
+_BLOCK = 1 << 18  # coordinates per block of the evaluation
+
 
 class _Memo:
     """Remembers the last model's evaluation (the aggregator evaluates each global model twice: for the metrics
@@ -30,7 +32,7 @@ class _Memo:
         self.fn, self.key, self.value = fn, None, None
 
     def __call__(self, model: np.ndarray) -> dict[str, float]:
-        key = hashlib.sha256(np.ascontiguousarray(model, dtype=np.float64).tobytes()).digest()
+        key = hashlib.sha256(memoryview(np.ascontiguousarray(model, dtype=np.float64)).cast("B")).digest()
         if key != self.key:
             self.key, self.value = key, self.fn(model)
         return dict(self.value)
@@ -65,15 +67,30 @@ class SyntheticWorkload:
         return self._memo(model)
 
     def _evaluate(self, model: np.ndarray) -> dict[str, float]:
-        acc, total = np.zeros(self.dim), 0.0  # one client's target at a time: memory does not grow with clients
-        for i in range(self.clients):
-            src = self.source(i)
-            acc += src.weight * src.target
-            total += src.weight
-            del src
-        acc /= total
-        acc -= model
-        return {"loss": float(np.dot(acc, acc) / self.dim)}
+        """Block by block over the coordinates, every client's target drawn in step from its own Generator (the
+        same values as :attr:`SyntheticSource.target`): nothing model-sized is held but the model."""
+        rngs = [target_stream(self.seed, i) for i in range(self.clients)]
+        weights = [client_weight(i) for i in range(self.clients)]
+        total, loss = sum(weights), 0.0
+        for lo in range(0, self.dim, _BLOCK):
+            m = min(_BLOCK, self.dim - lo)
+            acc = np.zeros(m)
+            for rng, w in zip(rngs, weights):
+                acc += w * (rng.uniform(-0.5, 0.5, m) * self.clip)
+            acc /= total
+            acc -= model[lo:lo + m]
+            loss += float(np.dot(acc, acc))
+        return {"loss": loss / self.dim}
+
+
+def target_stream(seed: int, client_id: int) -> np.random.Generator:
+    """The Generator client ``client_id``'s target is drawn from (test data, nothing secret)."""
+    return np.random.default_rng([seed, client_id])
+
+
+def client_weight(client_id: int) -> float:
+    """The synthetic client's sample count: ``1 + id % 3``."""
+    return float(1 + client_id % 3)
 
 
 class SyntheticSource:
@@ -86,10 +103,9 @@ class SyntheticSource:
 
     def __init__(self, client_id: int, dim: int, *, seed: int = 0, clip: float = 1.0,
                  strategy: Strategy | None = None) -> None:
-        rng = np.random.default_rng([seed, client_id])
         self.client_id = client_id
-        self.target = rng.uniform(-0.5, 0.5, dim) * clip
-        self.weight = float(1 + client_id % 3)
+        self.target = target_stream(seed, client_id).uniform(-0.5, 0.5, dim) * clip
+        self.weight = client_weight(client_id)
         self.clip = clip
         self.strategy = FedAvg() if strategy is None else strategy
 

@@ -104,6 +104,22 @@ def test_up_runs_every_role_as_a_process(tmp_path, scheme):
     assert all("round" in line or "up:" in line for line in lines)
 
 
+def test_up_sends_proofs_larger_than_a_header_in_the_body(tmp_path):
+    """CKKS over `secagg up` at a size whose signed release (8 bytes per value) exceeds the 1 MiB envelope header:
+    the second round's tasks carry the first step's proof for every client's audit. The releases travel as bytes
+    in the body (they used to be base64 in the JSON header, and the aggregator failed the round's tasks)."""
+    dim = 150_000
+    cfg = TransportConfig(scheme="ckks", trainer="synthetic", clients=3, rounds=2, dim=dim, out=str(tmp_path),
+                          certs=str(tmp_path / "certs"), stage_timeout=30.0, checkin_timeout=8.0, poll_seconds=1.0)
+    lines: list[str] = []
+    rows = launch(cfg.validate(), timeout=240, echo=lines.append)
+    assert [r["status"] for r in rows] == ["done", "done"], "\n".join(lines)
+    assert rows[1]["bytes_down"] > 3 * 8 * dim  # every client got the model and the 8-byte-per-value release
+    state = checkpoint.load(tmp_path / "aggregator.ckpt")
+    assert state.round == 2 and [p["round"] for p in state.proofs] == [0, 1]
+    assert all(isinstance(p["release"], bytes) and len(p["release"]) > 8 * dim for p in state.proofs)
+
+
 def test_client_crashing_mid_protocol_drops_out_and_rejoins_next_round(tmp_path, procs):
     cfg, resolved = _config(tmp_path)
     agg, port = _start_aggregator(procs, tmp_path, resolved)

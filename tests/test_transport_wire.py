@@ -185,6 +185,41 @@ def test_checkpoint_round_trip_and_atomic_replace(tmp_path, monkeypatch):
     assert checkpoint.load(path).round == 3
 
 
+_proofs = st.lists(st.fixed_dictionaries({"round": st.integers(0, 99), "params": st.fixed_dictionaries(
+    {"round_id": st.integers(0, 9)}), "release": st.one_of(st.none(), st.binary(max_size=64))}), max_size=4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(_proofs, st.binary(max_size=32))
+def test_proofs_travel_as_bytes_before_the_model_and_round_trip(proofs, model):
+    """The releases go in the body (not the 1 MiB JSON header), in order, before the model; a checkpoint keeps
+    them as binary entries."""
+    from training.engine.codec import proofs_in, proofs_out
+
+    heads, releases = proofs_out(proofs)
+    assert all("release" not in h for h in heads) and len(wire.pack({"proofs": heads})) < 200 + 120 * len(heads)
+    got, rest = proofs_in(heads, b"".join([*releases, model]))
+    assert got == proofs and bytes(rest) == model
+
+
+def test_malformed_proof_heads_are_refused():
+    from training.engine.codec import proofs_in
+
+    for heads, body in (("x", b""), ([1], b""), ([{"round": 0, "release_bytes": 5}], b"1234"),
+                        ([{"round": 0, "release_bytes": -1}], b"1"), ([{"round": 0, "release_bytes": True}], b"1"),
+                        ([{"round": 0, "release_bytes": 1.0}], b"1")):
+        with pytest.raises(E.MalformedMessageError):
+            proofs_in(heads, body)
+
+
+def test_checkpoint_keeps_binary_proofs(tmp_path):
+    path = tmp_path / "agg.ckpt"
+    proofs = [{"round": 0, "params": {"a": 1}, "release": os.urandom(1000)}, {"round": 1, "params": {}, "release": None},
+              {"round": 2, "params": {"b": [1, 2]}, "release": b""}, {"round": 3, "params": {}, "release": b"xyz"}]
+    checkpoint.save(path, checkpoint.ServerState(np.ones(3), 4, 5, proofs=proofs))
+    assert checkpoint.load(path).proofs == proofs
+
+
 def test_damaged_checkpoint_is_refused(tmp_path):
     path = tmp_path / "agg.ckpt"
     checkpoint.save(path, checkpoint.ServerState(np.ones(4), 1, 2))

@@ -60,4 +60,4 @@ class CKKSAggregator(HEAggregator):
         total = float(msg.values[self.dim])
         if not total > 0:
             raise DecryptionError(f"decrypted total weight {total} is not positive")
-        return msg.values[:self.dim].copy(), total
+        return msg.values[:self.dim], total  # a read-only view of the release (kept as the proof): no copy

@@ -18,7 +18,6 @@ by the server itself: there is no release to replay, so the model is taken as se
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,9 +37,9 @@ class UnverifiedModelError(VerificationError):
 
 
 def proof(round_no: int, params: dict[str, Any], release: bytes | None) -> dict[str, Any]:
-    """The JSON proof of server step ``round_no`` (its task parameters and the signed release, if any)."""
-    return {"round": int(round_no), "params": params,
-            "release": None if release is None else base64.b64encode(release).decode()}
+    """The proof of server step ``round_no``: its task parameters (JSON) and the signed release, if any, as bytes
+    (drivers send it in the body: :func:`training.engine.codec.proofs_out`)."""
+    return {"round": int(round_no), "params": params, "release": None if release is None else bytes(release)}
 
 
 class ModelAudit:
@@ -90,10 +89,10 @@ class ModelAudit:
             for p in sorted(proofs, key=lambda p: int(p.get("round", -1)) if isinstance(p, dict) else -1):
                 if not isinstance(p, dict) or int(p.get("round", -1)) < at:
                     continue
-                if int(p["round"]) != at or not isinstance(p.get("release"), str):
+                if int(p["round"]) != at or not isinstance(p.get("release"), (bytes, bytearray, memoryview)):
                     break
                 params = p["params"]
-                agg = self.scheme.decode_release(params, context, base64.b64decode(p["release"], validate=True))
+                agg = self.scheme.decode_release(params, context, bytes(p["release"]))
                 model = np.asarray(self.step.apply(model, agg, at, params.get("strategy", {})), dtype=np.float64)
                 at += 1
                 if at == version:

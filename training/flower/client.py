@@ -30,7 +30,7 @@ from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
 from secagg.snapshot import SnapshotError, seal, unseal
 from training.engine.audit import ModelAudit
 from training.engine.client import ClientSession
-from training.engine.codec import field, model_from
+from training.engine.codec import field, model_from, proofs_in
 from training.engine.keyholder import KeyHolderDesk, StaleKeyError
 from training.engine.roles import context_id, make_keyholder, make_scheme, roster_digest
 from training.flower.protocol import Trust, pack, unpack
@@ -169,8 +169,8 @@ class NodeProcess:
                 session.acknowledged()
             return pack("checkin", session.checkin())
         if op == "model":
-            session.on_model(field(head, "version", int), model_from(body), field(head, "proofs", list, []),
-                             self.bundles.get(cid))
+            proofs, model = proofs_in(field(head, "proofs", list, []), body)
+            session.on_model(field(head, "version", int), model_from(model), proofs, self.bundles.get(cid))
             return pack("model")
         if op == "task":
             return self._task(session, head, body)
@@ -190,8 +190,9 @@ class NodeProcess:
             context = self.bundles.get(cid)
             if context is None or context_id(context) != field(params, "context_id", str):
                 raise StaleKeyError("the task names a public context this client has not verified")
+        proofs, model = proofs_in(field(head, "proofs", list, []), body)
         round_id, params, vector, weight = session.on_task(
-            head, model_from(body, field(params, "dim", int)) if body else None, context)
+            {**head, "proofs": proofs}, model_from(model, field(params, "dim", int)) if len(model) else None, context)
         cohort = [int(c) for c in field(params, "cohort", list)]
         signed = self.scheme.needs_identities or self.scheme.needs_keyholder
         peers = None

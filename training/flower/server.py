@@ -24,7 +24,7 @@ from typing import Any
 
 from secagg.errors import AuthenticationError, SecAggError, StageError
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
-from training.engine.codec import model_bytes
+from training.engine.codec import model_bytes, proofs_out
 from training.engine.core import Mail, ModelReply, RoundDone, RoundEngine, Task, ToKeyholder
 from training.engine.central import central_account, central_of
 from training.engine.metrics import RoundMetrics, metrics_of
@@ -191,7 +191,8 @@ class FlowerAggregator:
         models = [e for e in eng.drain() if isinstance(e, ModelReply)]
         for e in models:
             eng.count_sent(e.cid, 4 * e.model.size)
-        self._send([(self.nodes[e.cid], pack("model", {"version": e.version, "proofs": e.proofs}, model_bytes(e.model))) for e in models])
+        self._send([(self.nodes[e.cid], _with_proofs("model", {"version": e.version}, e.proofs, model_bytes(e.model)))
+                    for e in models])
 
     def _round(self) -> None:
         eng, t0 = self.engine, time.perf_counter()
@@ -205,7 +206,7 @@ class FlowerAggregator:
                 if isinstance(e, Task):
                     body = b"" if e.model is None else model_bytes(e.model)
                     eng.count_sent(e.cid, len(body))
-                    batch.append((self.nodes[e.cid], pack("task", e.header, body)))
+                    batch.append((self.nodes[e.cid], _with_proofs("task", e.header, e.header.get("proofs", []), body)))
                 elif isinstance(e, Mail):
                     mail[e.cid].append(Outbound(e.cid, e.payload))
             batch += [(self.nodes[c], pack("mail", {"round_id": eng.current.round_id}, outs=m))
@@ -281,3 +282,9 @@ def make_server_app(settings: dict[str, Any], trust: Trust, workload, result: di
         result["stop_reason"] = agg.engine.stop_reason  # too few clients could afford another round
 
     return app
+
+
+def _with_proofs(op: str, head: dict, proofs: list, model: bytes):
+    """A record whose body is the proofs' releases, then the model (:func:`training.engine.codec.proofs_out`)."""
+    heads, releases = proofs_out(proofs)
+    return pack(op, {**head, "proofs": heads}, b"".join([*releases, model]))

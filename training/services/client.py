@@ -30,6 +30,7 @@ from training.services.pki.peers import PeerCertificates
 from training.services.rpc import Stub, open_channel
 from training.engine.client import ClientSession
 from training.engine.roles import Scheme
+from training.engine.codec import proofs_in
 from training.services.wire import StaleKeyError, TransportError, context_id, field, model_from, pack, unpack
 from training.services.workloads import UpdateSource
 
@@ -118,8 +119,8 @@ class ClientAgent:
             try:
                 if kind == "model":
                     ctx = self.context() if self.scheme.needs_keyholder else None
-                    self.session.on_model(field(header, "version", int), model_from(body),
-                                          field(header, "proofs", list, []), ctx)
+                    proofs, model = proofs_in(field(header, "proofs", list, []), body)
+                    self.session.on_model(field(header, "version", int), model_from(model), proofs, ctx)
                 elif kind == "task" and self.participate(header, body):
                     self.rounds_done += 1
             except SecAggError as exc:
@@ -133,8 +134,9 @@ class ClientAgent:
             self.on_task(header)
         params = field(header, "params", dict)
         ctx = self.context(field(params, "context_id", str, None)) if self.scheme.needs_keyholder else None
+        proofs, model = proofs_in(field(header, "proofs", list, []), body)
         round_id, params, vector, weight = self.session.on_task(
-            header, model_from(body, field(params, "dim", int)) if body else None, ctx)
+            {**header, "proofs": proofs}, model_from(model, field(params, "dim", int)) if len(model) else None, ctx)
         peers = None
         if "identities" in params:
             peers = self.peers.resolve_roster(field(params, "cohort", list), field(params, "identities", str),

@@ -31,6 +31,7 @@ from training.engine.state import ServerState
 from training.engine.terms import StrategyStep
 from training.services import checkpoint
 from training.services.pki.certs import SigningIdentity
+from training.engine.codec import proofs_out
 from training.services.wire import model_bytes, pack
 
 __all__ = ["RoundPolicy", "Coordinator", "RoundRecord"]
@@ -57,7 +58,7 @@ class Coordinator:
         self.scheme, self.policy = scheme, policy
         self.checkpoint_path, self.finalize, self.on_round, self.refresh = checkpoint_path, finalize, on_round, refresh
         self.cond = threading.Condition()
-        self.tasks: dict[int, tuple[int, tuple[bytes, bytes]]] = {}  # client -> (round id, task envelope pieces)
+        self.tasks: dict[int, tuple[int, tuple[bytes, ...]]] = {}  # client -> (round id, task envelope pieces)
         self._body: tuple[tuple[int, int] | None, bytes] = (None, b"")  # (round, model id) -> its float32 bytes
         self.failure: BaseException | None = None
         self.rejections: dict[str, int] = {}
@@ -89,7 +90,9 @@ class Coordinator:
             self._save()
         elif isinstance(eff, Task):  # the header, then the round's model bytes, made once for every member
             body = b"" if eff.model is None else self._model_body(eff.round_id, eff.model)
-            self.tasks[eff.cid] = (eff.round_id, (pack(eff.header, b""), body))
+            heads, releases = proofs_out(eff.header.get("proofs", []))  # the releases travel before the model
+            header = {**eff.header, "proofs": heads} if "proofs" in eff.header else eff.header
+            self.tasks[eff.cid] = (eff.round_id, (pack(header, b""), *releases, body))
         elif isinstance(eff, ModelReply):
             replies.append(eff)
         elif isinstance(eff, ToKeyholder):
@@ -113,10 +116,11 @@ class Coordinator:
     def checkin(self, cid: int, weight: float, timeout: float, alive: Callable[[], bool] = lambda: True,
                 privacy: list | None = None, report: str = "", identity: SigningIdentity | None = None,
                 base: int | None = None, retire: str | None = None, verified: int | None = None
-                ) -> bytes | tuple[bytes, bytes]:
+                ) -> bytes | tuple[bytes, ...]:
         """Wait up to ``timeout`` s to be put in a cohort; the task envelope, or ``idle`` / ``finished`` (or, in
-        asynchronous mode, ``model`` for a client whose ``base`` version is missing or too stale); a task comes as
-        its pieces (header, the model bytes all members share: :func:`~.wire.split` streams them). ``privacy``
+        asynchronous mode, ``model`` for a client whose ``base`` version is missing or too stale); a task or model
+        comes as its pieces (header, the proofs' releases, the model bytes all members share:
+        :func:`~.wire.split` streams them). ``privacy``
         is checkpointed before this returns (see :meth:`RoundEngine.checkin`)."""
         end = time.monotonic() + timeout
         with self.cond:
@@ -128,8 +132,10 @@ class Coordinator:
                 replies = self._apply()
             for r in replies:
                 if r.cid == cid:
-                    reply = pack({"type": "model", "version": r.version, "proofs": r.proofs}, model_bytes(r.model))
-                    self.engine.count_sent(cid, len(reply))
+                    heads, releases = proofs_out(r.proofs)
+                    reply = (pack({"type": "model", "version": r.version, "proofs": heads}), *releases,
+                             model_bytes(r.model))
+                    self.engine.count_sent(cid, sum(map(len, reply)))
                     return reply
             while waits:
                 if cid in self.tasks:

@@ -199,3 +199,23 @@ def test_the_cohort_policy_takes_the_first_arrivals_for_a_buffer_and_any_waiting
     first = [c for c, _ in order[:min(k, len(arrivals))]]
     assert sorted(got_async[0]) == sorted(first) and got_async[1] == {c: 0 for c in first}
     assert not set(cohort) & set(sync.waiting) and len(sync.waiting) == len(arrivals) - len(cohort)
+
+
+def test_a_placement_report_fills_the_rows_and_a_malformed_one_changes_nothing():
+    """A client's distributed-placement report (its exposed ε and its ledger's adversary) becomes the row's relation
+    and exposed ε; a malformed one is refused before its privacy report is composed."""
+    from training.engine.metrics import placement_of
+
+    eng = _engine()
+    events = [{"noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 1}]
+    for bad in ({"exposed_epsilon": float("nan"), "adversary": "server"}, {"exposed_epsilon": -1.0, "adversary": "s"},
+                {"exposed_epsilon": True, "adversary": "s"}, {"exposed_epsilon": 1.0, "adversary": "x" * 201}, [1.0]):
+        with pytest.raises(MalformedMessageError):
+            eng.checkin(0, 1.0, 0.0, privacy=events, report="report-one", placement=bad)
+        assert "0" not in eng.state.ledgers and not eng.placements
+    eng.checkin(0, 1.0, 0.0, privacy=events, report="report-one", placement={"exposed_epsilon": 9.4, "adversary": "server + 0"})
+    eng.checkin(1, 1.0, 0.0, placement={"exposed_epsilon": 9.2, "adversary": "server + 0"})
+    assert "0" in eng.state.ledgers
+    assert placement_of(eng.placements) == {"epsilon_relation": "replace-one record of the clients' union, against "
+                                            "server + 0", "exposed_epsilon_per_client": {0: 9.4, 1: 9.2}}
+    assert placement_of({}) == {}

@@ -238,10 +238,14 @@ def test_distributed_placement_runs_on_flower_and_every_ledger_records_the_secur
     rows = agg.run()
     assert [r.status for r in rows] == ["done", "done"]
     sigma_eff = DistributedNoise(1.0, N, 0, N).effective_multiplier
+    share = DistributedNoise(1.0, N, 0, N).share_multiplier
+    assert rows[-1].epsilon_relation.startswith("replace-one record of the clients' union, against server + 0")
     for c in range(N):
         q = min(1.0, 8 / len(work.data.clients[c]))
         want = epsilon_of_events([PrivacyEvent(sigma_eff, q, 2)], 1e-5, relation="replace-one")
         assert rows[-1].epsilon_per_client[c] == pytest.approx(want, rel=1e-6)
+        exposed = epsilon_of_events([PrivacyEvent(share, q, 2)], 1e-5, relation="replace-one")  # the sum broken
+        assert rows[-1].exposed_epsilon_per_client[c] == pytest.approx(exposed, rel=1e-6) and exposed > want
         flower_client._WORK.clear()
         proc = flower_client.NodeProcess(agg.settings, Trust.from_certs(certs, N, own=c), lambda: make_workload(cfg))
         proc.restore(grid.contexts[100 + c].state, proc.trust.state_key(c), f"42|flower-run-42|{c}".encode())

@@ -57,7 +57,8 @@ class ClientSession:
         self.audit: ModelAudit | None = None  # checks every model it is sent (the driver sets it up)
 
     def checkin(self) -> dict[str, Any]:
-        """The check-in header: public weight, pending privacy report, base version of a trained update; and,
+        """The check-in header: public weight, pending privacy report, base version of a trained update, the
+        source's distributed-placement report (exposed ε and adversary, for the aggregator's metrics); and,
         when the source's ledger cannot afford its next round (``source.ready()`` raises BudgetExceededError),
         ``retire`` with the reason: the client then takes no task and the driver raises :attr:`retired` once
         the check-in is answered (its last privacy report delivered)."""
@@ -77,6 +78,9 @@ class ClientSession:
             header["verified"] = self.audit.version
         if self.retired is not None:
             header["retire"] = f"{type(self.retired).__name__}: {self.retired}"
+        placement = getattr(self.source, "placement_report", lambda: {})()
+        if placement:  # distributed placement: the exposed ε and the adversary, for the aggregator's rows
+            header["placement"] = placement
         return header
 
     def report_header(self) -> dict[str, Any]:

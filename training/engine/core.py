@@ -37,6 +37,7 @@ from secagg.errors import (ConfigurationError, MalformedMessageError, SecAggErro
 from secagg.roles import AGGREGATOR, KEYHOLDER, AggregateResult, Outbound
 from training.engine.audit import MAX_PROOFS, proof
 from training.engine.cohort import Cohorts
+from training.engine.metrics import placement_report
 from training.engine.effects import Effect, Mail, ModelReply, OpenFailed, Persist, RoundDone, Task, ToKeyholder
 from training.engine.roles import Identity, Scheme
 from training.engine.rounds import Round, RoundPolicy
@@ -90,6 +91,7 @@ class RoundEngine:
         self.stop_reason: str | None = None
         self.retired: dict[int, str] = {}  # clients that withdrew for good, and why (their own words)
         self.verified: dict[int, int] = {}  # the model version each client says it verified last
+        self.placements: dict[int, tuple[float, str]] = {}  # client -> (exposed ε, adversary) it reported
         self._retry_at: float | None = None  # a cohort failed to open: wait until then
         self._pending_task_bytes = 0  # async model replies since the last round opened
         self._out: list[Effect] = []
@@ -126,15 +128,19 @@ class RoundEngine:
     # ---- events -----------------------------------------------------------------------------------------
     def checkin(self, cid: int, weight: float, now: float, *, base: int | None = None,
                 identity: Identity | None = None, privacy: list | None = None, report: str = "",
-                retire: str | None = None, verified: int | None = None) -> bool:
+                retire: str | None = None, verified: int | None = None, placement: dict | None = None) -> bool:
         """Client ``cid`` asks for work; True when it now waits for a cohort. False when the federation is finished
         or (asynchronous) it is sent the current model (a :class:`ModelReply`). ``privacy``: the DP events of its
         training since its last check-in under the report id ``report`` (composed into its ledger once).
         ``retire``: the client withdraws for good (its reason; e.g. its budget cannot afford a round).
-        ``verified``: the model version the client last verified (its next model carries proofs from there)."""
+        ``verified``: the model version the client last verified (its next model carries proofs from there).
+        ``placement``: its distributed-placement report (:func:`~.metrics.placement_report`; metrics only)."""
         if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight > 0):
             raise MalformedMessageError(f"weight must be positive and finite, got {weight!r}")
+        placed = None if placement is None else placement_report(placement)  # checked before anything changes
         self.report(cid, privacy, report)
+        if placed is not None:
+            self.placements[cid] = placed
         if isinstance(verified, int) and not isinstance(verified, bool) and 0 <= verified <= self.state.round:
             self.verified[cid] = verified
         if identity is not None:

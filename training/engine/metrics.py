@@ -11,9 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from collections.abc import Mapping
+
+from secagg.errors import MalformedMessageError
 from training.engine.rounds import RoundRecord
 
-__all__ = ["RoundMetrics", "metrics_of", "RECORD_RELATION", "CLIENT_RELATION"]
+__all__ = ["RoundMetrics", "metrics_of", "RECORD_RELATION", "CLIENT_RELATION", "placement_report", "placement_of"]
 
 # The example counts N_i are public (check-in weights), so a record-level ε holds for replace-one neighbours only;
 # the central ε of distributed DP is client-level: one client's clipped update in the sum or not (add-remove).
@@ -84,3 +87,28 @@ def metrics_of(rec: RoundRecord, *, loss: float | None, epsilon_per_client: dict
                staleness=rec.staleness if done else {}, round_id=rec.round_id, status=rec.status,
                cohort=list(rec.cohort), keyholder_bytes=rec.keyholder_bytes, reason=rec.reason)
     return RoundMetrics(**(row | measured))
+
+
+def placement_report(report: object) -> tuple[float, str]:
+    """A client's check-in report of its distributed-placement guarantee, ``{"exposed_epsilon": ε, "adversary":
+    who}``: the ε of its releases against anyone who sees its contribution alone, and the adversary its ledger's ε
+    holds against. The client's own ledger is the authority; this only fills the aggregator's metrics rows.
+    MalformedMessageError unless ε is a finite number >= 0 and the adversary a short string."""
+    if not isinstance(report, dict):
+        raise MalformedMessageError("a placement report must be an object")
+    eps, who = report.get("exposed_epsilon"), report.get("adversary")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise MalformedMessageError(f"exposed_epsilon must be a finite number >= 0, got {eps!r}")
+    if not isinstance(who, str) or not 0 < len(who) <= 200:
+        raise MalformedMessageError("adversary must be a string of 1 to 200 characters")
+    return float(eps), who
+
+
+def placement_of(reports: Mapping[int, tuple[float, str]]) -> dict:
+    """Row fields from the clients' placement reports ({} when none): the relation and adversary of the row's ε
+    (example-level on the clients' union) and each client's exposed ε, as the in-process driver writes them."""
+    if not reports:
+        return {}
+    against = " / ".join(sorted({who for _, who in reports.values()}))
+    return {"epsilon_relation": f"replace-one record of the clients' union, against {against}",
+            "exposed_epsilon_per_client": {c: eps for c, (eps, _) in sorted(reports.items())}}

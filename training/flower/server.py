@@ -27,7 +27,7 @@ from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
 from training.engine.codec import model_bytes, proofs_out
 from training.engine.core import Mail, ModelReply, RoundDone, RoundEngine, Task, ToKeyholder
 from training.engine.central import central_account, central_of
-from training.engine.metrics import RoundMetrics, metrics_of
+from training.engine.metrics import RoundMetrics, metrics_of, placement_of
 from training.engine.roles import make_scheme
 from training.engine.rounds import RoundPolicy
 from training.engine.state import ServerState
@@ -183,7 +183,7 @@ class FlowerAggregator:
             try:
                 eng.checkin(c, head.get("weight"), self.now, base=head.get("base"), privacy=head.get("privacy"),
                             report=head.get("report", ""), retire=head.get("retire"), verified=head.get("verified"),
-                            identity=self.trust.identity(c) if self.scheme.needs_identities else None)
+                            placement=head.get("placement"), identity=self.trust.identity(c) if self.scheme.needs_identities else None)
                 if head.get("privacy"):
                     self.acked[c] = head["report"]
             except SecAggError as exc:
@@ -258,7 +258,7 @@ class FlowerAggregator:
         eps = {int(c): ledger["spent"] for c, ledger in state.ledgers.items()}
         self.rows.append(metrics_of(rec, loss=loss, epsilon_per_client=eps, seconds=seconds, secure_seconds=seconds,
                                     language_model=self.settings.get("trainer") == "local",
-                                    **central_of(self.central, rec)))
+                                    **central_of(self.central, rec), **placement_of(self.engine.placements)))
         if rec.status != "done":
             log.warning("round %d (id %d) aborted: %s", rec.round, rec.round_id, rec.reason)
 

@@ -87,7 +87,7 @@ class AggregatorService:
                 raise AuthenticationError("this deployment signs masking rounds: check in with a signing certificate")
             identity = verify_signing_identity(self.ca, pem, cid)
         yield from split(self.coord.checkin(cid, float(weight), self.poll, context.is_active, privacy, report,
-                                            identity, base, retire, verified))
+                                            identity, base, retire, verified, field(header, "placement", dict, None)))
 
     @guarded
     def Send(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:

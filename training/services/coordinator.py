@@ -115,8 +115,8 @@ class Coordinator:
     # ---- handler side -------------------------------------------------------------------------------------
     def checkin(self, cid: int, weight: float, timeout: float, alive: Callable[[], bool] = lambda: True,
                 privacy: list | None = None, report: str = "", identity: SigningIdentity | None = None,
-                base: int | None = None, retire: str | None = None, verified: int | None = None
-                ) -> bytes | tuple[bytes, ...]:
+                base: int | None = None, retire: str | None = None, verified: int | None = None,
+                placement: dict | None = None) -> bytes | tuple[bytes, ...]:
         """Wait up to ``timeout`` s to be put in a cohort; the task envelope, or ``idle`` / ``finished`` (or, in
         asynchronous mode, ``model`` for a client whose ``base`` version is missing or too stale); a task or model
         comes as its pieces (header, the proofs' releases, the model bytes all members share:
@@ -127,7 +127,8 @@ class Coordinator:
             self.tasks.pop(cid, None)  # a new check-in voids a task it never fetched
             try:
                 waits = self.engine.checkin(cid, weight, time.monotonic(), base=base, identity=identity,
-                                            privacy=privacy, report=report, retire=retire, verified=verified)
+                                            privacy=privacy, report=report, retire=retire, verified=verified,
+                                            placement=placement)
             finally:
                 replies = self._apply()
             for r in replies:

@@ -25,7 +25,7 @@ from training.deployment import TransportConfig
 from training.services.coordinator import Coordinator, RoundPolicy, RoundRecord
 from training.services.keyholder import serve_keyholder
 from training.engine.central import central_account, central_of
-from training.engine.metrics import metrics_of
+from training.engine.metrics import metrics_of, placement_of
 from training.engine.audit import ModelAudit
 from training.engine.roles import make_keyholder, make_scheme
 from training.services.workloads import make_workload
@@ -108,7 +108,7 @@ def run_aggregator(cfg: TransportConfig, *, checkpoint: str, keyholder: str | No
         loss = work.evaluate(coord.state.model)["loss"] if rec.status == "done" else None
         eps = {int(c): ledger["spent"] for c, ledger in coord.state.ledgers.items()}
         row = metrics_of(rec, loss=loss, epsilon_per_client=eps, language_model=cfg.trainer == "local",
-                         **central_of(central, rec))
+                         **central_of(central, rec), **placement_of(coord.engine.placements))
         with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row.as_json(), sort_keys=True) + "\n")
         applied[0] += rec.status == "done"

@@ -202,6 +202,7 @@ class LocalTrainer:
         if self.placement is not None and (optimizer != "sgd" or local_steps != 1):
             raise ConfigError("distributed placement takes one SGD step per round (local_steps = 1, optimizer sgd)")
         self.private = None
+        self._exposed: list[tuple[float, int]] = []  # (q, steps) of each release under distributed placement
         self.ledger = None
         if self.dp is not None:
             self.ledger = self._ledger(ledger_dir)
@@ -309,6 +310,8 @@ class LocalTrainer:
                 losses = [self.private.release_loss(noise_multiplier=d.loss_noise_multiplier, bound=bound,
                                                     batches=d.loss_batches)]
             events = self.private.end_round()
+            if self.placement is not None:  # what exposed_epsilon() composes (carried in state(), like the rest)
+                self._exposed += [(float(e.sample_rate), int(e.steps)) for e in events]
         else:
             losses, batches = [], self._batches()
             for _ in range(self.local_steps):
@@ -328,11 +331,13 @@ class LocalTrainer:
         """What this client carries from round to round besides the global model and its ledger (the optimizer's
         moments, the shuffle generator), for a runtime that keeps no process alive between rounds;
         :meth:`load_state` in a fresh trainer of the same client takes it over. The DP history is not in it: the
-        ledger on the client's disk holds it."""
+        ledger on the client's disk holds it; the (q, steps) of this run's placed releases are, for
+        :meth:`exposed_epsilon`."""
         import io
 
         buf = io.BytesIO()
-        torch.save({"optimizer": self.optimizer.state_dict(), "generator": self._gen.get_state()}, buf)
+        torch.save({"optimizer": self.optimizer.state_dict(), "generator": self._gen.get_state(),
+                    "exposed": list(self._exposed)}, buf)
         return buf.getvalue()
 
     def load_state(self, raw: bytes) -> None:
@@ -340,6 +345,7 @@ class LocalTrainer:
 
         saved = torch.load(io.BytesIO(raw), weights_only=True)  # tensors and plain data only
         self.optimizer.load_state_dict(saved["optimizer"])
+        self._exposed = [(float(q), int(k)) for q, k in saved.get("exposed", [])]
         self._gen.set_state(saved["generator"])
 
     def epsilon(self) -> float | None:
@@ -356,6 +362,6 @@ class LocalTrainer:
         from privacy.events import PrivacyEvent
 
         share = self.placement.share_multiplier
-        events = [PrivacyEvent(share, e.sample_rate, e.steps) for e in self.private.history]
+        events = [PrivacyEvent(share, q, steps) for q, steps in self._exposed]
         return epsilon_of_events(events, self.ledger.delta, accountant=self.dp.accountant, relation=RELATION) \
             if events else 0.0

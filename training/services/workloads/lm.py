@@ -97,6 +97,14 @@ class _TrainerSource:
     def compute(self, model: np.ndarray, round_no: int) -> np.ndarray:
         return self.contribute(model, round_no, {})[0]
 
+    def placement_report(self) -> dict:
+        """Distributed placement: this client's exposed ε and its ledger's adversary, for the aggregator's rows
+        (``{}`` otherwise)."""
+        p = self.trainer.placement
+        if p is None or self.trainer.exposed_epsilon() is None:
+            return {}
+        return {"exposed_epsilon": float(self.trainer.exposed_epsilon()), "adversary": p.adversary}
+
 
 class LocalWorkload:
     """The run file's model (tiny GPT-2, packaged or local HF model) trained by every client; see the module

@@ -29,9 +29,10 @@ tags for its contribution plus any ``D`` (what it could add itself by encrypting
 aggregator can also forge rounds that client is not in. Tags leak nothing to the key holder: each is a linear
 function of a ciphertext's ``c1 = a·u + e``, a fresh RLWE sample the key holder never sees.
 
-Exact integer arithmetic in uint64 (the loop is :func:`secagg.kernels.tag_columns`): residues are split into 20-bit limbs; ``limb · γ`` summed over
-``N`` stays below ``2^(20 + g + log2 N) ≤ 2^64`` and the ``β`` stage (16-bit limbs of those sums) likewise, so no
-product or partial sum wraps; the limbs recombine in Python integers before the reduction mod ``q_j``.
+Exact integer arithmetic in uint64 (the loop is :func:`secagg.kernels.tag_columns`): residues are split into 20-bit
+limbs; ``limb · γ`` summed over ``N`` stays below ``2^(20 + g + log2 N) ≤ 2^64`` and the ``β`` stage (16-bit limbs
+of those sums) likewise, so no product or partial sum wraps; the limbs recombine in Python integers before the
+reduction mod ``q_j``.
 """
 
 from __future__ import annotations

@@ -213,7 +213,8 @@ def test_a_placement_report_fills_the_rows_and_a_malformed_one_changes_nothing()
         with pytest.raises(MalformedMessageError):
             eng.checkin(0, 1.0, 0.0, privacy=events, report="report-one", placement=bad)
         assert "0" not in eng.state.ledgers and not eng.placements
-    eng.checkin(0, 1.0, 0.0, privacy=events, report="report-one", placement={"exposed_epsilon": 9.4, "adversary": "server + 0"})
+    eng.checkin(0, 1.0, 0.0, privacy=events, report="report-one",
+                placement={"exposed_epsilon": 9.4, "adversary": "server + 0"})
     eng.checkin(1, 1.0, 0.0, placement={"exposed_epsilon": 9.2, "adversary": "server + 0"})
     assert "0" in eng.state.ledgers
     assert placement_of(eng.placements) == {"epsilon_relation": "replace-one record of the clients' union, against "

@@ -195,8 +195,8 @@ def test_a_contribution_without_its_own_tags_is_refused(forge: str) -> None:
 
 @pytest.mark.parametrize("name", ["ckks", "packed"])
 def test_tags_equal_the_formula_in_python_integers(name: str) -> None:
-    """The uint64 kernel gives exactly ``τ_{j,l} = β_{j,l}ᵀ · R_j · γ_{j,l} mod q_j``, with γ and β drawn as the module
-    docstring states, computed here in Python integers; and a part-by-part accumulation equals the whole."""
+    """The uint64 kernel gives exactly ``τ_{j,l} = β_{j,l}ᵀ · R_j · γ_{j,l} mod q_j``, with γ and β drawn as the
+    module docstring states, computed here in Python integers; and a part-by-part accumulation equals the whole."""
     import math
     import struct
 

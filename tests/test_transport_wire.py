@@ -214,7 +214,8 @@ def test_malformed_proof_heads_are_refused():
 
 def test_checkpoint_keeps_binary_proofs(tmp_path):
     path = tmp_path / "agg.ckpt"
-    proofs = [{"round": 0, "params": {"a": 1}, "release": os.urandom(1000)}, {"round": 1, "params": {}, "release": None},
+    proofs = [{"round": 0, "params": {"a": 1}, "release": os.urandom(1000)},
+              {"round": 1, "params": {}, "release": None},
               {"round": 2, "params": {"b": [1, 2]}, "release": b""}, {"round": 3, "params": {}, "release": b"xyz"}]
     checkpoint.save(path, checkpoint.ServerState(np.ones(3), 4, 5, proofs=proofs))
     assert checkpoint.load(path).proofs == proofs

@@ -40,12 +40,31 @@ def _round(fed: Federation, seed: int):
                           for c in range(N)})
 
 
+LAGGARD = 99  # a client that verified version 0 and has been away since: the engine keeps the proofs it needs
+
+
 @pytest.fixture(scope="module", params=[("ckks", r) for r in RULES] + [("packed", "fedavg")])
 def honest(request):
     fed = _federation(*request.param)
+    fed.engine.verified[LAGGARD] = 0
     for r in range(3):
         _round(fed, r)
     return fed
+
+
+def test_the_engine_keeps_only_the_proofs_a_known_client_still_needs() -> None:
+    """Every client verifies each model it trains on, so the proofs older than every known client's verified
+    version are dropped (a release is 8 bytes per value); a client away since version v keeps steps v.. alive."""
+    fed = _federation("ckks", "fedavg")
+    for r in range(4):
+        _round(fed, r)
+    assert [p["round"] for p in fed.engine.state.proofs] == [2, 3]  # the clients verified version 2 at check-in
+    assert fed.engine.state.verified == {str(c): 2 for c in range(N)}  # persisted with the state
+    away = _federation("ckks", "fedavg")
+    away.engine.verified[LAGGARD] = 1  # a client that verified version 1, then went away
+    for r in range(4):
+        _round(away, r)
+    assert [p["round"] for p in away.engine.state.proofs] == [1, 2, 3]  # what it needs to catch up to version 4
 
 
 def test_honest_rounds_of_every_rule_pass_every_clients_audit(honest) -> None:

@@ -29,7 +29,9 @@ from training.engine.terms import StrategyStep
 
 __all__ = ["ModelAudit", "UnverifiedModelError", "proof", "MAX_PROOFS"]
 
-MAX_PROOFS = 8  # server steps the aggregator keeps proofs of (a client further behind cannot verify and refuses)
+MAX_PROOFS = 8  # server steps the aggregator keeps proofs of at most (a client further behind cannot verify and
+# refuses); of those it keeps only the steps some client it knows still needs (from the version it last verified,
+# or, for one that has not said yet, the version it was last sent): a release is 8 bytes per model value
 
 
 class UnverifiedModelError(VerificationError):

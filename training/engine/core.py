@@ -19,7 +19,8 @@ Invariants (every driver inherits them):
 * a round's public strategy terms are fixed when it opens, sent in its task (bound into what each client signs
   or seals: :func:`secagg.terms.terms_digest`), and used for its server step;
 * every applied step leaves a proof (its parameters and the key holder's signed release, :mod:`.audit`) in the
-  persisted state; each model sent to a client carries the proofs since the version it last verified;
+  persisted state; each model sent to a client carries the proofs since the version it last verified; the state
+  keeps (at most ``MAX_PROOFS``) the proofs some known client still needs, and every client's verified version;
 * privacy reports are composed into the client's ledger once (re-sent ids ignored), persisted before the answer.
 """
 
@@ -90,7 +91,7 @@ class RoundEngine:
         self.stopping = False
         self.stop_reason: str | None = None
         self.retired: dict[int, str] = {}  # clients that withdrew for good, and why (their own words)
-        self.verified: dict[int, int] = {}  # the model version each client says it verified last
+        self.verified = {int(c): int(v) for c, v in state.verified.items()}  # each client's last verified version
         self.placements: dict[int, tuple[float, str]] = {}  # client -> (exposed ε, adversary) it reported
         self._retry_at: float | None = None  # a cohort failed to open: wait until then
         self._pending_task_bytes = 0  # async model replies since the last round opened
@@ -142,7 +143,7 @@ class RoundEngine:
         if placed is not None:
             self.placements[cid] = placed
         if isinstance(verified, int) and not isinstance(verified, bool) and 0 <= verified <= self.state.round:
-            self.verified[cid] = verified
+            self.verified[cid] = self.state.verified[str(cid)] = verified
         if identity is not None:
             self.identities[cid] = identity
         if retire is not None:
@@ -154,8 +155,15 @@ class RoundEngine:
             return False
         if not self.cohorts.admit(cid, float(weight), base, self.state.round, now):
             self._out.append(ModelReply(cid, self.state.round, self.state.model, self.proofs_for(cid)))
+            self._sent_model(cid)
             return False
         return True
+
+    def _sent_model(self, cid: int) -> None:
+        """A model of the current version goes to ``cid``: a client the engine knows no verified version of
+        anchors there, so the proofs it will need start at this version (until it reports its own)."""
+        if cid not in self.verified:
+            self.verified[cid] = self.state.verified[str(cid)] = self.state.round
 
     def proofs_for(self, cid: int) -> list[dict]:
         """Proofs of the server steps since the version client ``cid`` last verified (:mod:`.audit`)."""
@@ -320,6 +328,8 @@ class RoundEngine:
         for c in ids:
             self._out.append(Task(c, round_id, header if model is None else {**header, "proofs": self.proofs_for(c)},
                                   model))
+            if model is not None:
+                self._sent_model(c)
 
     def _advance(self, rnd: Round, outs: list[Outbound], now: float) -> None:
         """Route the role's messages; note stage progress; finish the round once the role is done."""
@@ -365,7 +375,8 @@ class RoundEngine:
         self.state.round = rnd.round + 1
         self.state.strategy = self.step.state_dict()
         step = proof(rnd.round, rnd.header["params"], getattr(rnd.role, "release", None))
-        self.state.proofs = [*self.state.proofs, step][-MAX_PROOFS:]
+        need = min(self.verified.values(), default=0)  # no client the engine knows needs an older step's proof
+        self.state.proofs = [p for p in [*self.state.proofs, step][-MAX_PROOFS:] if p["round"] >= need]
         self._out.append(Persist(self.state))
         log.info("round %d (id %d) applied: %d contributors, %d dropped", rnd.round, rnd.round_id,
                  len(result.contributors), len(result.dropped))

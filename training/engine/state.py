@@ -28,6 +28,7 @@ class ServerState:
     reports: dict[str, str] = field(default_factory=dict)
     strategy: dict[str, np.ndarray] = field(default_factory=dict)
     proofs: list[dict] = field(default_factory=list)  # the last applied steps' proofs (training.engine.audit)
+    verified: dict[str, int] = field(default_factory=dict)  # each client's last verified version (proofs kept)
 
     def record_privacy(self, cid: int, events: list, report: str, budget: tuple[float, float]) -> None:
         """Compose client ``cid``'s reported DP events (``PrivacyEvent.to_dict()`` forms) into its ledger (a new

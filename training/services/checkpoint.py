@@ -34,7 +34,7 @@ def save(path: str | os.PathLike, state: ServerState) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     heads, releases = proofs_out(state.proofs)  # releases as their own entries: binary, never in the JSON
     meta = {"round": state.round, "next_round_id": state.next_round_id, "ledgers": state.ledgers,
-            "reports": state.reports, "proofs": heads}
+            "reports": state.reports, "proofs": heads, "verified": state.verified}
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:  # written straight to the file: no in-memory copy of the model
         np.savez(fh, model=np.asarray(state.model, dtype=np.float64),
@@ -71,7 +71,8 @@ def load(path: str | os.PathLike) -> ServerState | None:
                     raise ValueError("a checkpoint release does not match its proof")
                 proofs += got
         state = ServerState(model, int(meta["round"]), int(meta["next_round_id"]), dict(meta["ledgers"]),
-                            {str(k): str(v) for k, v in meta.get("reports", {}).items()}, strategy, proofs)
+                            {str(k): str(v) for k, v in meta.get("reports", {}).items()}, strategy, proofs,
+                            {str(k): int(v) for k, v in meta.get("verified", {}).items()})
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, MalformedMessageError) as exc:
         raise TrainingError(f"checkpoint {p} is damaged: {exc}") from exc
     finite = all(np.isfinite(v).all() for v in strategy.values() if v.dtype.kind in "fiu")

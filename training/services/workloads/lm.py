@@ -100,10 +100,10 @@ class _TrainerSource:
     def placement_report(self) -> dict:
         """Distributed placement: this client's exposed ε and its ledger's adversary, for the aggregator's rows
         (``{}`` otherwise)."""
-        p = self.trainer.placement
-        if p is None or self.trainer.exposed_epsilon() is None:
+        p, exposed = self.trainer.placement, self.trainer.exposed_epsilon()  # one accountant run per check-in
+        if p is None or exposed is None:
             return {}
-        return {"exposed_epsilon": float(self.trainer.exposed_epsilon()), "adversary": p.adversary}
+        return {"exposed_epsilon": float(exposed), "adversary": p.adversary}
 
 
 class LocalWorkload:

@@ -38,15 +38,15 @@ def _over_grpc(scheme: str, work: SyntheticWorkload, rounds: int):
     return model, records
 
 
-def _in_process(scheme: str, strategy, schedule) -> np.ndarray:
+def _in_process(scheme: str, strategy, schedule, dim: int = DIM) -> np.ndarray:
     """``schedule``: per round, {client: base version} of the cohort (every client from the current version for a
     synchronous rule)."""
-    work = SyntheticWorkload(DIM, N, seed=7, clip=1.0)
+    work = SyntheticWorkload(dim, N, seed=7, clip=1.0)
     sources = {i: work.source(i) for i in range(N)}
     opts = dict(OPTIONS[scheme])
     secure = SecureSum(scheme, **({"clip": opts["clip"], "rounding": opts["rounding"], "ring_bits": opts["ring_bits"]}
                                   if scheme == "masking" else {"params": opts["params"]}))
-    fed = Federation(np.zeros(DIM), strategy, secure, list(range(N)), update_clip=1e9)  # L2 clip: no-op
+    fed = Federation(np.zeros(dim), strategy, secure, list(range(N)), update_clip=1e9)  # L2 clip: no-op
     versions = [fed.global_vec.copy()]
     for cohort in schedule:
         fed.aggregate({c: sources[c].update(_f32(versions[b]), b) for c, b in cohort.items()})

@@ -5,6 +5,10 @@ swapped node state is refused, never used."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+from uuid import uuid4
+
 import numpy as np
 import pytest
 
@@ -39,23 +43,29 @@ class FreshProcessGrid:
     def get_node_ids(self):
         return list(self.contexts)
 
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
+    def push_messages(self, messages):
+        """Each message answered at once (the replies wait for :meth:`pull_messages`, as in a SuperLink)."""
+        self.replies, ids = getattr(self, "replies", {}), []
         for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())  # what a SuperLink's push does
             flower_client._WORK.clear()  # a fresh flwr-clientapp process per message
             ctx = self.contexts[msg.metadata.dst_node_id]
             if self.tamper is not None:
                 self.tamper(ctx)
-            replies.append(self.app(message=msg, context=ctx))
-        return replies
+            self.replies[msg.metadata.message_id] = self.app(message=msg, context=ctx)
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
 
-def _run(tmp_path, scheme: str, tamper=None):
+def _run(tmp_path, scheme: str, tamper=None, dim: int = DIM):
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1  # what flwr-serverapp sets
     certs = str(init_certs(tmp_path / "certs", N))
-    rc = {"scheme": scheme, "clients": N, "rounds": 2, "trainer": "synthetic", "dim": DIM, "seed": 7, "clip": 1.0,
+    rc = {"scheme": scheme, "clients": N, "rounds": 2, "trainer": "synthetic", "dim": dim, "seed": 7, "clip": 1.0,
           "rounding": "deterministic", "aggregator": "fedavg"}
     pins = {"scheme": scheme, "clients": N}  # each node operator's own choice
     nodes = {100 + c: {"client-id": c} | pins for c in range(N)} | {200: {"role": "keyholder"} | pins}
@@ -79,6 +89,54 @@ def test_deployed_apps_with_a_fresh_process_per_message_give_the_in_process_mode
         np.testing.assert_allclose(agg.engine.state.model, local, atol=1e-5, rtol=0)
     used = [n for n in grid.contexts if n != 200 or scheme == "ckks"]
     assert all("secagg" in grid.contexts[n].state for n in used)  # every party's state lived only sealed there
+
+
+STREAMED = 2 * 65536 + 10  # three masking parts of one 64 Ki-value chunk
+
+
+def _spooled(monkeypatch, tmp_path) -> Path:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(flower_client, "PART_CHUNKS", 1)  # each client's own part size
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))  # where a node spools by default
+    return spool
+
+
+def test_a_fresh_process_serves_the_spooled_parts_and_the_model_is_the_in_process_one(tmp_path, monkeypatch):
+    """A streamed contribution across fresh processes: the parts after the first are on the client's disk and
+    each ``part`` request is answered by a new process from the sealed spool record."""
+    spool = _spooled(monkeypatch, tmp_path)
+    agg, grid = _run(tmp_path, "masking", dim=STREAMED)
+    rows = agg.run()
+    assert [r.status for r in rows] == ["done", "done"] and agg.parts == 2 * N * 2
+    local = _in_process("masking", FedAvg(), [{c: r for c in range(N)} for r in range(2)], dim=STREAMED)
+    assert np.array_equal(agg.engine.state.model, local)
+    assert not list(spool.iterdir())  # every round's spool removed at its end
+
+
+def test_a_spooled_part_is_served_only_as_written_and_in_order(tmp_path):
+    from secagg.errors import StageError
+    from secagg.snapshot import SnapshotError
+    from training.flower.spool import Spool
+
+    parts = [bytes([i]) * (10 + i) for i in range(4)]
+    spool = Spool.write(tmp_path, "run-c0", 5, iter(parts))
+    assert spool is not None and spool.total == 5 and Spool.write(tmp_path, "x", 5, iter([])) is None
+    with pytest.raises(StageError):
+        spool.read(2)  # part 1 is next
+    assert spool.read(1) == parts[0] and spool.read(1) == parts[0]  # a repeated request (lost reply): same bytes
+    data = bytearray(Path(spool.path).read_bytes())
+    data[len(parts[0])] ^= 1  # the first byte of part 2, changed on disk
+    Path(spool.path).write_bytes(bytes(data))
+    with pytest.raises(SnapshotError, match="not what this client wrote"):
+        spool.read(2)
+    Path(spool.path).write_bytes(b"".join(parts)[:-1])  # truncated
+    spool.served = 3
+    with pytest.raises(SnapshotError):
+        spool.read(4)
+    spool.remove()
+    with pytest.raises(SnapshotError, match="gone"):
+        spool.read(4)
 
 
 def test_a_swapped_node_state_is_refused_not_used(tmp_path):

@@ -112,13 +112,18 @@ def _discovering(nodes: dict, trust: Trust, scheme: str = "ckks"):
         def get_node_ids(self):
             return list(nodes)
 
-        def send_and_receive(self, messages, timeout=None):
-            out = []
-            for m in messages:
+        replies: dict = {}
+
+        def push_messages(self, messages):
+            for i, m in enumerate(messages):
+                m.metadata.__dict__["_message_id"] = f"m{len(self.replies)}-{i}"  # what a SuperLink's push does
                 _, head, _, _ = unpack(m.content)
-                out.append(Message(pack("hello", nodes[m.metadata.dst_node_id](bytes.fromhex(head["nonce"]))),
-                                   reply_to=m))
-            return out
+                self.replies[m.metadata.message_id] = Message(
+                    pack("hello", nodes[m.metadata.dst_node_id](bytes.fromhex(head["nonce"]))), reply_to=m)
+            return list(self.replies)
+
+        def pull_messages(self, message_ids):
+            return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1  # what flwr-serverapp sets
     settings = {"run": "r", "scheme": scheme, "scheme_options": {}, "clients": N}

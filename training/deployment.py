@@ -73,7 +73,7 @@ class TransportConfig:
     poll_seconds: float = 10.0
     max_message_bytes: int = 256 << 20
     part_chunks: int | None = None        # clients stream contributions in parts of this many ciphertexts (HE) or
-                                          # 64 Ki-value chunks (masking); default: the scheme's (16)
+                                          # 64 Ki-value chunks (masking); default: the scheme's (16; Flower 128)
     window_bytes: int | None = None       # HE aggregator: running sums it holds at most (default 256 MiB)
     clip: float = _RUN["clip"]            # L2 clip of every contribution, also the masking/packed value bound
     ring_bits: int = _RUN["ring_bits"]

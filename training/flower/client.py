@@ -19,7 +19,7 @@ the client they name (it was made with the trusted roster) and finalizes through
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -28,6 +28,7 @@ from secagg.he_round import TagKeyRequest
 from secagg.messages import decode
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
 from secagg.snapshot import SnapshotError, seal, unseal
+from training.flower.spool import Spool, spool_dir
 from training.engine.audit import ModelAudit
 from training.engine.client import ClientSession
 from training.engine.codec import field, model_from, proofs_in
@@ -40,6 +41,7 @@ __all__ = ["make_client_app", "NodeProcess", "serve"]
 log = logging.getLogger("training.flower.client")
 _WORK: dict[str, Any] = {}  # this process's workload and update sources (public code and data, not state)
 STATE = "secagg"  # the context.state ConfigRecord that holds this node's sealed state
+PART_CHUNKS = 128  # chunks per streamed part on Flower (≈ 32 MiB masking 32-bit, ≈ 27 MiB CKKS): fewer messages
 
 
 class NodeProcess:
@@ -58,6 +60,7 @@ class NodeProcess:
         self.roles: dict[int, tuple[int, Any]] = {}  # client -> (round id, role)
         self.bundles: dict[int, bytes] = {}  # client -> the verified public context
         self.asks: dict[int, TagKeyRequest] = {}  # client -> its open tag-key request (the grant opens with it)
+        self.spools: dict[int, Spool] = {}  # client -> the open round's parts not yet sent (on this node's disk)
         self.desk: KeyHolderDesk | None = None
 
     def work(self):
@@ -98,6 +101,7 @@ class NodeProcess:
             s.audit.version, s.audit.model = audit[0], audit[1]
             s.audit.step.load_state_dict(audit[2])
         self.roles, self.bundles, self.desk, self.asks = saved["roles"], saved["bundles"], saved["desk"], saved["asks"]
+        self.spools = saved["spools"]
 
     def save(self, state, key: bytes, aad: bytes) -> None:
         from flwr.app import ConfigRecord
@@ -105,7 +109,8 @@ class NodeProcess:
         saved = {"sessions": {c: (s.report, s.trained, s.sessions, _carried(s.source), s.tag_key,
                                   (s.audit.version, s.audit.model, s.audit.step.state_dict()))
                               for c, s in self.sessions.items()},
-                 "roles": self.roles, "bundles": self.bundles, "desk": self.desk, "asks": self.asks}
+                 "roles": self.roles, "bundles": self.bundles, "desk": self.desk, "asks": self.asks,
+                 "spools": self.spools}
         state[STATE] = ConfigRecord({"blob": seal(saved, key, aad)})
 
     def _audit(self) -> ModelAudit:
@@ -176,14 +181,18 @@ class NodeProcess:
             return self._task(session, head, body)
         if op == "mail":
             return self._mail(cid, field(head, "round_id", int), outs)
+        if op == "part":
+            return self._part(cid, field(head, "round_id", int), field(head, "index", int))
         if op == "end":
             self.roles.pop(cid, None)
+            self._drop_spool(cid)
             return pack("end")
         raise MalformedMessageError(f"a client has no op {op!r}")
 
     def _task(self, session: ClientSession, head: dict, body: bytes):
         cid = session.client_id
         self.roles.pop(cid, None)
+        self._drop_spool(cid)
         params = field(head, "params", dict)
         context = None
         if self.scheme.needs_keyholder:
@@ -202,10 +211,12 @@ class NodeProcess:
                 raise AuthenticationError("the task names signing identities that are not the trusted roster's")
             peers = {c: self.trust.public(c) for c in cohort}
         role = session.role(params, context, self.trust.signer(cid) if signed else None, peers)
-        outs = self._checked(role.start(vector, weight))
+        stream = getattr(role, "stream", None)  # streamed: parts made as they are spooled, never all at once
+        outs, parts = self._emit(cid, round_id, role.start(vector, weight) if stream is None else
+                                 stream(vector, weight, part_chunks=int(self.settings.get("part_chunks") or PART_CHUNKS)))
         if not role.done:  # masking: the role's keys and shares wait (sealed) for the round's next message
             self.roles[cid] = (round_id, role)
-        return pack("task", {"round_id": round_id}, outs=outs)
+        return pack("task", {"round_id": round_id, "parts": parts}, outs=outs)
 
     def _mail(self, cid: int, round_id: int, inbox: list[Outbound]):
         if cid not in self.roles or self.roles[cid][0] != round_id:
@@ -213,12 +224,46 @@ class NodeProcess:
         role, sent = self.roles[cid][1], []
         for msg in inbox:
             try:
-                sent += role.receive(msg.payload)
+                sent.append(role.receive(msg.payload))  # a streamed answer stays an iterator: made as it is spooled
             except SecAggError as exc:  # a bad message from the aggregator: refuse it, keep going
                 log.warning("client %d refused a message: %s: %s", cid, type(exc).__name__, exc)
+        outs, parts = self._emit(cid, round_id, (o for answer in sent for o in answer))
         if role.done:
             self.roles.pop(cid, None)
-        return pack("mail", {"round_id": round_id, "done": role.done}, outs=self._checked(sent))
+        return pack("mail", {"round_id": round_id, "done": role.done, "parts": parts}, outs=outs)
+
+    def _part(self, cid: int, round_id: int, index: int):
+        spool = self.spools.get(cid)
+        if spool is None or spool.round_id != round_id:
+            raise StageError(f"client {cid} has no spooled parts of round {round_id}")
+        return pack("part", {"round_id": round_id, "index": index}, outs=[Outbound(AGGREGATOR, spool.read(index))])
+
+    def _emit(self, cid: int, round_id: int, outs: Iterable[Outbound]) -> tuple[list[Outbound], int]:
+        """The reply's messages: every one up to and including the first to the aggregator; the later ones (the
+        parts of a streamed contribution) are spooled as they are made. Also the count of parts, the reply's own
+        aggregator message counted (1: nothing spooled)."""
+        it, reply = iter(outs), []
+        for out in it:
+            reply.append(out)
+            if out.to == AGGREGATOR:
+                break
+
+        def rest():
+            for out in it:
+                if out.to != AGGREGATOR:
+                    raise MalformedMessageError("a streamed contribution sends its parts to the aggregator only")
+                yield out.payload
+
+        self._drop_spool(cid)
+        spool = Spool.write(spool_dir(self.settings.get("spool")), f"{self.settings['run']}-c{cid}", round_id, rest())
+        if spool is not None:
+            self.spools[cid] = spool
+        return self._checked(reply), 1 if spool is None else spool.total
+
+    def _drop_spool(self, cid: int) -> None:
+        spool = self.spools.pop(cid, None)
+        if spool is not None:
+            spool.remove()
 
     @staticmethod
     def _checked(outs: list[Outbound]) -> list[Outbound]:

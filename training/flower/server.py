@@ -50,35 +50,59 @@ class FlowerAggregator:
         self.acked: dict[int, str] = {}
         self.rows: list[RoundMetrics] = []
         self.server_cpu: list[float] = []  # per round: this (ServerApp) thread's CPU seconds, waits excluded
+        self.parts = 0  # contribution parts asked for (``part``): the streamed ones past each reply's first
         self.now = 0.0
         self.engine: RoundEngine | None = None
         self.initial_loss = float(work.evaluate(work.initial_model())["loss"])
 
     # ---- messaging ----------------------------------------------------------------------------------------
     def _send(self, batch: list[tuple[int, Any]]) -> list[tuple[int, str, dict, bytes, list[Outbound]]]:
+        """The valid replies to ``batch`` (small messages; a round's contributions go through :meth:`_exchange`)."""
+        out: list = []
+        self._exchange(batch, lambda *reply: out.append(reply))
+        return out
+
+    def _exchange(self, batch: list[tuple[int, Any]], handle) -> None:
+        """Push ``batch`` and hand each valid reply to ``handle(node, op, head, body, outs)`` as it is pulled, so
+        the ServerApp holds the replies one pull at a time, not the whole batch's; stops when every reply is in
+        or ``timeout`` passed (a node that did not answer is a dropout of that stage)."""
         from flwr.app import Message
 
         if not batch:
-            return []
+            return
         group = "setup" if self.engine is None else str(len(self.rows) + 1)  # Flower's convention: the round
-        msgs = [Message(content, dst_node_id=node, message_type=MESSAGE_TYPE, group_id=group)
-                for node, content in batch]
-        out = []
-        for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
-            if reply.has_error():
-                log.warning("node %d failed: %s", reply.metadata.src_node_id, reply.error.reason)
-                continue
-            try:
-                op, head, body, outs = unpack(reply.content)
-            except SecAggError as exc:
-                log.warning("node %d sent %s", reply.metadata.src_node_id, exc)
-                continue
-            if op == "refused":
-                log.warning("node %d refused: %s: %s", reply.metadata.src_node_id, head.get("error"),
-                            head.get("reason"))
-                continue
-            out.append((reply.metadata.src_node_id, op, head, body, outs))
-        return out
+        ids = set(self.grid.push_messages([Message(content, dst_node_id=node, message_type=MESSAGE_TYPE,
+                                                   group_id=group) for node, content in batch]))
+        del batch
+        end = time.monotonic() + self.timeout
+        while ids and time.monotonic() < end:
+            pulled = False
+            for reply in self.grid.pull_messages(ids):
+                pulled = True
+                ids.discard(reply.metadata.reply_to_message_id)
+                parsed = self._parsed(reply)
+                del reply
+                if parsed is not None:
+                    handle(*parsed)
+                del parsed
+            if ids and not pulled:
+                time.sleep(0.02)
+
+    @staticmethod
+    def _parsed(reply) -> tuple[int, str, dict, bytes, list[Outbound]] | None:
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            log.warning("node %d failed: %s", node, reply.error.reason)
+            return None
+        try:
+            op, head, body, outs = unpack(reply.content)
+        except SecAggError as exc:
+            log.warning("node %d sent %s", node, exc)
+            return None
+        if op == "refused":
+            log.warning("node %d refused: %s: %s", node, head.get("error"), head.get("reason"))
+            return None
+        return node, op, head, body, outs
 
     def _client(self, node: int) -> int | None:
         return next((c for c, n in self.nodes.items() if n == node), None)
@@ -188,30 +212,45 @@ class FlowerAggregator:
                     self.acked[c] = head["report"]
             except SecAggError as exc:
                 log.warning("client %d: check-in refused: %s: %s", c, type(exc).__name__, exc)
-        models = [e for e in eng.drain() if isinstance(e, ModelReply)]
+        models, memo, batch = [e for e in eng.drain() if isinstance(e, ModelReply)], {}, []
         for e in models:
             eng.count_sent(e.cid, 4 * e.model.size)
-        self._send([(self.nodes[e.cid], _with_proofs("model", {"version": e.version}, e.proofs, model_bytes(e.model)))
-                    for e in models])
+            batch.append((self.nodes[e.cid], pack("model", *_with_proofs(memo, {"version": e.version}, e.proofs,
+                                                                            e.model))))
+        del memo, models
+        self._send(batch)
 
     def _round(self) -> None:
+        """The open round to its end. A streamed contribution's first part rides on the reply that made it; its
+        later parts are asked for one per client per step (``part``), in lockstep: the ServerApp holds at most one
+        part per client, and the HE window never refuses one (every client's part ``j`` is in before anyone is
+        asked for part ``j + 1``, so the forwarded frontier is at ``j + 1``'s start)."""
         eng, t0 = self.engine, time.perf_counter()
+        self.streams: dict[int, list[int]] = {}  # client -> [next part index, parts in all]
         while True:
             effects = eng.drain()
             done = next((e for e in effects if isinstance(e, RoundDone)), None)
             if done is not None:
+                self.streams.clear()
                 return self._done(done, time.perf_counter() - t0)
-            batch, mail = [], defaultdict(list)
+            batch, mail, bodies = [], defaultdict(list), {}
             for e in effects:
                 if isinstance(e, Task):
-                    body = b"" if e.model is None else model_bytes(e.model)
+                    proofs = e.header.get("proofs", [])
+                    head, body = _with_proofs(bodies, e.header, proofs, e.model)
                     eng.count_sent(e.cid, len(body))
-                    batch.append((self.nodes[e.cid], _with_proofs("task", e.header, e.header.get("proofs", []), body)))
+                    batch.append((self.nodes[e.cid], pack("task", head, body)))
                 elif isinstance(e, Mail):
                     mail[e.cid].append(Outbound(e.cid, e.payload))
+            del bodies
             batch += [(self.nodes[c], pack("mail", {"round_id": eng.current.round_id}, outs=m))
                       for c, m in mail.items()]
             finals = [e for e in effects if isinstance(e, ToKeyholder)]
+            del effects
+            asked = {c for c, (nxt, total) in self.streams.items() if nxt < total}
+            batch += [(self.nodes[c], pack("part", {"round_id": eng.current.round_id, "index": self.streams[c][0]}))
+                      for c in sorted(asked)]
+            self.parts += len(asked)
             if not batch and not finals:
                 deadline = eng.next_deadline(self.now)
                 if deadline is None:
@@ -219,27 +258,56 @@ class FlowerAggregator:
                 self.now = max(self.now, deadline)
                 eng.tick(self.now)
                 continue
-            self._deliver(self._send(batch))
+            self._collect(batch, asked)
             for e in finals:
                 self._finalize(e)
 
-    def _deliver(self, replies) -> None:
-        eng, seeds = self.engine, []
+    def _collect(self, batch, asked: set[int]) -> None:
+        """Exchange ``batch``; each reply's contribution goes to the engine as it is pulled, except behind pad
+        seeds: those replies' messages wait until the batch's seeds reached the key holder (one message), so a
+        seed is there before a contribution that may complete the sum (at most one part per client waits)."""
+        eng, seeds, behind = self.engine, [], []
         rid = eng.current.round_id if eng.current is not None else None
-        for node, _, _, _, outs in replies:
+
+        def handle(node, op, head, body, outs) -> None:
             c = self._client(node)
-            seeds += [(c, o.payload) for o in outs if o.to == KEYHOLDER]
-        if seeds:  # pad seeds reach the key holder before the contributions that may complete the sum
+            if c is None:
+                return
+            self._track(c, op, head)
+            if op == "part":
+                asked.discard(c)
+            mine = [(c, o.payload) for o in outs if o.to == KEYHOLDER]
+            seeds.extend(mine)
+            for o in outs:
+                if o.to == AGGREGATOR:
+                    (behind.append((c, o.payload)) if mine else self._offer(c, rid, o.payload))
+
+        self._exchange(batch, handle)
+        for c in asked:  # asked for a part and did not send it: its stream is over (the engine's deadline decides)
+            self.streams.pop(c, None)
+        if seeds:
             self._send([(self.keyholder, pack("seed", {"senders": [c for c, _ in seeds]},
                                               outs=[Outbound(KEYHOLDER, p) for _, p in seeds]))])
-        for node, _, _, _, outs in replies:
-            c = self._client(node)
-            for o in outs:
-                if o.to == AGGREGATOR and eng.current is not None and eng.current.round_id == rid:
-                    try:
-                        eng.deliver(c, rid, o.payload, self.now)
-                    except SecAggError as exc:
-                        log.warning("client %d: message refused: %s: %s", c, type(exc).__name__, exc)
+        for c, payload in behind:
+            self._offer(c, rid, payload)
+
+    def _track(self, c: int, op: str, head: dict) -> None:
+        """Note the parts client ``c`` announced (``task``/``mail``: ``parts``, 1 when nothing waits) or sent."""
+        if op == "part" and c in self.streams:
+            self.streams[c][0] += 1
+        elif op in ("task", "mail"):
+            parts = head.get("parts", 1)
+            if type(parts) is int and 1 < parts <= self.work.dim + 1:  # no more parts than values
+                self.streams[c] = [1, parts]
+
+    def _offer(self, c: int, rid: int | None, payload: bytes) -> None:
+        eng = self.engine
+        if eng.current is None or eng.current.round_id != rid:
+            return
+        try:
+            eng.deliver(c, rid, payload, self.now)
+        except SecAggError as exc:
+            log.warning("client %d: message refused: %s: %s", c, type(exc).__name__, exc)
 
     def _finalize(self, e: ToKeyholder) -> None:
         replies = self._send([(self.keyholder, pack("finalize", {"round_id": e.round_id}, e.payload))])
@@ -264,8 +332,8 @@ class FlowerAggregator:
 
 
 def make_server_app(settings: dict[str, Any], trust: Trust, workload, result: dict, *, timeout: float = 120.0):
-    """The ServerApp; ``result`` receives ``rows``, ``initial_loss``, ``model`` and ``server_cpu_seconds`` (per
-    round) when the run ends. Messages carry ``group_id`` = the round (``setup`` before the first)."""
+    """The ServerApp; ``result`` receives ``rows``, ``initial_loss``, ``model``, ``server_cpu_seconds`` (per
+    round) and ``parts`` when the run ends. Messages carry ``group_id`` = the round (``setup`` before the first)."""
     from flwr.serverapp import ServerApp
 
     app = ServerApp()
@@ -279,12 +347,19 @@ def make_server_app(settings: dict[str, Any], trust: Trust, workload, result: di
         agg.run()
         result["model"] = agg.engine.state.model.copy()
         result["server_cpu_seconds"] = agg.server_cpu
+        result["parts"] = agg.parts
         result["stop_reason"] = agg.engine.stop_reason  # too few clients could afford another round
 
     return app
 
 
-def _with_proofs(op: str, head: dict, proofs: list, model: bytes):
-    """A record whose body is the proofs' releases, then the model (:func:`training.engine.codec.proofs_out`)."""
-    heads, releases = proofs_out(proofs)
-    return pack(op, {**head, "proofs": heads}, b"".join([*releases, model]))
+def _with_proofs(memo: dict, head: dict, proofs: list, model) -> tuple[dict, bytes]:
+    """``head`` with the proofs' heads, and the body: their releases, then the model
+    (:func:`training.engine.codec.proofs_out`). One body per distinct (model, proofs) in ``memo``: the clients of
+    one batch share one bytes object, not one copy each."""
+    key = (id(model), tuple(id(p) for p in proofs))
+    if key not in memo:
+        heads, releases = proofs_out(proofs)
+        memo[key] = heads, b"".join([*releases, b"" if model is None else model_bytes(model)])
+    heads, body = memo[key]
+    return {**head, "proofs": heads}, body

@@ -29,14 +29,17 @@ def settings_of(cfg: TransportConfig) -> dict[str, Any]:
     """The public settings every party of a Flower run shares."""
     return {"run": secrets.token_hex(8), "scheme": cfg.scheme, "scheme_options": cfg.scheme_options(), "clients": cfg.clients,
             "rounds": cfg.rounds, "cohort_size": cfg.cohort_size, "min_clients": cfg.min_cohort,
-            "trainer": cfg.trainer, "noise_multiplier": cfg.noise_multiplier,
+            "trainer": cfg.trainer, "noise_multiplier": cfg.noise_multiplier, "part_chunks": cfg.part_chunks,
             "masking": {k: getattr(cfg, k) for k in ("neighbors", "threshold", "share_dropouts", "max_corrupt")}}
 
 
-def simulate(cfg: TransportConfig, *, timeout: float = 300.0, mods: tuple = ()) -> dict[str, Any]:
-    """Run ``cfg`` on Flower's simulation runtime (``mods``: Flower client mods on every node); ``rows`` (one
-    metrics row per attempt), ``initial_loss``, the final ``model`` and ``server_cpu_seconds`` per round. Raises
-    what the ServerApp raised."""
+def simulate(cfg: TransportConfig, *, timeout: float = 300.0, mods: tuple = (),
+             settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``cfg`` on Flower's simulation runtime (``mods``: Flower client mods on every node; ``settings``
+    added to the shared ones, e.g. ``spool``: where clients keep the parts of a streamed contribution, default
+    the temp directory); ``rows`` (one metrics row per attempt), ``initial_loss``, the final ``model``,
+    ``server_cpu_seconds`` per round and ``parts`` (contribution parts asked for). Raises what the ServerApp
+    raised."""
     try:
         from flwr.simulation import run_simulation
     except ImportError as exc:
@@ -44,7 +47,7 @@ def simulate(cfg: TransportConfig, *, timeout: float = 300.0, mods: tuple = ()) 
     import logging
     import warnings
 
-    settings, trust = settings_of(cfg), Trust.generate(cfg.clients)
+    settings, trust = settings_of(cfg) | (settings or {}), Trust.generate(cfg.clients)
     workload = functools.partial(make_workload, cfg)
     result: dict[str, Any] = {}
     nodes = cfg.clients + (1 if cfg.scheme in ("ckks", "packed") else 0)

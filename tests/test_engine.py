@@ -114,6 +114,52 @@ def test_a_silent_stage_is_closed_at_its_deadline_and_the_round_aborts_after_max
     assert eng.state.round == 0 and np.array_equal(eng.state.model, np.zeros(4))
 
 
+def _answer(eng, tasks, now):
+    """Every cohort member of the open round answers every message until the round is done."""
+    params = tasks[0].header["params"]
+    roles = {t.cid: eng.scheme.client_role(t.cid, params, None) for t in tasks}
+    for c, role in roles.items():
+        for out in role.start(np.full(4, 0.1), 1.0):
+            eng.deliver(c, tasks[0].round_id, out.payload, now=now)
+    while True:
+        effects = eng.drain()
+        done = [e for e in effects if isinstance(e, RoundDone)]
+        if done:
+            return done[0].record.status
+        for m in [e for e in effects if isinstance(e, Mail)]:
+            for out in roles[m.cid].receive(m.payload):
+                eng.deliver(m.cid, m.round_id, out.payload, now=now)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(1, 4))
+def test_the_federation_stops_after_max_aborts_attempts_in_a_row_and_names_the_last(bound):
+    """A cohort that checks in and then stays silent, every round, cannot keep the aggregator retrying forever:
+    after ``max_aborts`` aborted attempts in a row it stops and says why; an applied round resets the count."""
+    eng = RoundEngine(make_scheme("masking", {"clip": 1.0, "signed": False, "rounding": "deterministic"}),
+                      ServerState(np.zeros(4)), RoundPolicy(rounds=100, cohort_size=3, min_clients=3,
+                                                            stage_timeout=1.0, max_closes=0, max_aborts=bound))
+    now = 0.0
+    plan = ["silent"] * (bound - 1) + ["answer"] + ["silent"] * bound + ["silent"]  # the last: never opened
+    for i, what in enumerate(plan):
+        for c in range(3):
+            eng.checkin(c, 1.0, now=now)
+        eng.tick(now)
+        tasks = [e for e in eng.drain() if isinstance(e, Task)]
+        if i == len(plan) - 1:
+            assert tasks == [] and eng.current is None  # stopped: no further round opens
+            break
+        assert len(tasks) == 3 and not eng.finished
+        if what == "answer":
+            assert _answer(eng, tasks, now) == "done"
+            continue
+        now = eng.next_deadline(now)
+        eng.tick(now)
+        assert [e.record.status for e in eng.drain() if isinstance(e, RoundDone)] == ["aborted"]
+    assert eng.finished and eng.aborts == bound and eng.state.round == 1
+    assert eng.stop_reason.startswith(f"{bound} attempts in a row aborted; the last: StageError")
+
+
 def test_privacy_reports_compose_once_and_are_persisted_before_the_answer():
     eng = _engine()
     events = [{"noise_multiplier": 1.1, "sample_rate": 0.01, "steps": 10}]

@@ -12,7 +12,8 @@ Invariants (every driver inherits them):
   cohort; anything else raises a named ``SecAggError`` and changes nothing;
 * a stage without progress for ``stage_timeout`` (the first: plus ``train_timeout``) is closed: silent clients
   become dropouts; after ``max_closes`` fruitless closes, or too few survivors, the round is aborted (the next
-  gets a fresh cohort and round id); no stage is closed while the key holder works on the round;
+  gets a fresh cohort and round id); no stage is closed while the key holder works on the round; after
+  ``max_aborts`` aborted attempts in a row the federation stops, :attr:`~RoundEngine.stop_reason` naming the last;
 * round ids are written ahead (a :class:`Persist` before the round's tasks), so none is ever reused;
 * the model changes only after the result is validated; model, round counter and strategy state are persisted
   together before :class:`RoundDone`; a failed server step leaves the strategy's state as it was;
@@ -94,6 +95,7 @@ class RoundEngine:
         self.verified = {int(c): int(v) for c, v in state.verified.items()}  # each client's last verified version
         self.placements: dict[int, tuple[float, str]] = {}  # client -> (exposed ε, adversary) it reported
         self._retry_at: float | None = None  # a cohort failed to open: wait until then
+        self.aborts = 0  # aborted attempts since the last applied round
         self._pending_task_bytes = 0  # async model replies since the last round opened
         self._out: list[Effect] = []
 
@@ -394,4 +396,9 @@ class RoundEngine:
         self.current = None
         if err is not None:
             log.warning("round %d (id %d) aborted: %s", rnd.round, rnd.round_id, rnd.reason)
+        self.aborts = 0 if err is None else self.aborts + 1
+        bound = self.policy.max_aborts
+        if bound is not None and self.aborts >= bound and not self.finished:
+            self.stop_reason = f"{self.aborts} attempts in a row aborted; the last: {rnd.reason}"
+            self.stopping = True
         self._out.append(RoundDone(rnd.record(now, result), err))

@@ -26,6 +26,7 @@ class RoundPolicy:
     checkin_timeout: float = 5.0
     stage_timeout: float = 5.0
     max_closes: int = 4
+    max_aborts: int | None = 16  # consecutive aborted attempts after which the federation stops (None: never)
     train_timeout: float = 0.0  # extra time of a round's first stage: clients train before their first message
     clients: int | None = None  # the federation's population: once fewer than min_clients have not retired
                                 # (their privacy budget cannot afford a round), the federation stops

@@ -348,7 +348,7 @@ def make_server_app(settings: dict[str, Any], trust: Trust, workload, result: di
         result["model"] = agg.engine.state.model.copy()
         result["server_cpu_seconds"] = agg.server_cpu
         result["parts"] = agg.parts
-        result["stop_reason"] = agg.engine.stop_reason  # too few clients could afford another round
+        result["stop_reason"] = agg.engine.stop_reason  # too few clients could go on, or too many aborts
 
     return app
 

@@ -310,3 +310,60 @@ def test_distributed_placement_runs_on_flower_and_every_ledger_records_the_secur
         ledger = proc.sessions[c].source.trainer.ledger
         assert [r["events"][0].steps for r in ledger.releases] == [1, 1]
         assert ledger.summary()["adversary"].startswith("server + 0 colluding")
+
+
+def test_a_streaming_masking_client_keeps_its_update_encrypted_on_disk_not_in_the_sealed_state(tmp_path, monkeypatch):
+    """Between its task and its share delivery a masking client's update waits in an :class:`UpdateFile`: the
+    sealed node state stays far below the update's 8 bytes per value, and the file is gone with the round."""
+    spool = _spooled(monkeypatch, tmp_path)
+    agg, grid = _run(tmp_path, "masking", dim=STREAMED)
+    blobs, files = [], []
+
+    def look(ctx):
+        if "secagg" in ctx.state:
+            blobs.append(len(ctx.state["secagg"]["blob"]))
+        files.append(sorted(p.suffix for p in spool.iterdir()))
+
+    grid.tamper = look
+    assert [r.status for r in agg.run()] == ["done", "done"]
+    assert max(blobs) < STREAMED  # under 1 B/value: neither the update nor a model is sealed
+    assert any(".update" in f for f in files) and not list(spool.iterdir())
+
+
+def test_an_update_file_reads_back_exactly_and_refuses_a_changed_swapped_or_missing_block(tmp_path):
+    import pickle
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from secagg.snapshot import SnapshotError
+    from training.flower.spool import UpdateFile
+
+    x = np.random.default_rng(0).standard_normal(1000)
+    f = UpdateFile.write(tmp_path, "run-c0-r1", x, block=64)
+    assert Path(f.path).stat().st_mode & 0o077 == 0 and len(pickle.dumps(f)) < 400  # the key and path only
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(0, 1000), st.integers(0, 1000))
+    def slices(a, b):
+        assert np.array_equal(f[a:b], x[a:b])
+
+    slices()
+    assert Path(f.path).read_bytes().count(x[:64].tobytes()) == 0  # nothing in the clear
+    data = bytearray(Path(f.path).read_bytes())
+    width = 8 * 64 + 16
+    swapped = data[width:2 * width] + data[:width] + data[2 * width:]
+    for bad, where in [(data[:100] + bytes([data[100] ^ 1]) + data[101:], slice(0, 10)),
+                       (swapped, slice(0, 10)), (data[:-1], slice(990, 1000))]:
+        Path(f.path).write_bytes(bytes(bad))
+        with pytest.raises(SnapshotError, match="not what this client wrote"):
+            f[where]
+    other = UpdateFile.write(tmp_path, "run-c1-r1", x, block=64)  # same values, another key: not interchangeable
+    Path(f.path).write_bytes(Path(other.path).read_bytes())
+    with pytest.raises(SnapshotError):
+        f[0:1]
+    f.remove()
+    with pytest.raises(SnapshotError, match="gone"):
+        f[0:1]
+    with pytest.raises(TypeError):
+        other[::2]

@@ -284,6 +284,8 @@ class MaskingServer(StagedRole):
             total &= total.dtype.type(cfg.ring_mask)
         weighted = cfg.value_codec.decode_sum(total[:-1])
         weight = float(cfg.weight_codec.decode_sum(total[-1:])[0])
+        del total
+        self._acc = np.empty(0, dtype=cfg.dtype)  # decoded: the ring sum is not kept beside the result
         if not weight > 0:
             raise DropoutError("the unmasked total weight is not positive: the sum is inconsistent")
         return AggregateResult(weighted_sum=weighted, total_weight=weight, contributors=tuple(sorted(u3)),

@@ -56,8 +56,8 @@ class ModelAudit:
     def check(self, version: int, model: np.ndarray, proofs: Sequence[dict] | None, context: bytes | None) -> None:
         """Accept ``model`` as global ``version`` or raise :class:`UnverifiedModelError` (nothing changes)."""
         got = np.asarray(model, dtype=np.float64)
-        if not self.scheme.needs_keyholder:
-            self.version, self.model = version, got
+        if not self.scheme.needs_keyholder:  # nothing to replay: the version only, never a copy of the model
+            self.version = version
             return
         if self.version is None:
             if version == 0 and self.initial is not None and not _same(self.initial, got):

@@ -138,7 +138,8 @@ class ClientSession:
             if self.audit is not None:
                 proofs = header.get("proofs")
                 self.audit.check(round_no, model, proofs if isinstance(proofs, list) else None, context)
-            vector, weight = contribution(self.source, model.copy(), round_no, terms)
+            kept = self.audit is not None and self.audit.model is not None  # the audit's replica: not the source's
+            vector, weight = contribution(self.source, model.copy() if kept else model, round_no, terms)
         return round_id, params, validate_update(np.asarray(vector), dim), float(weight)
 
     def role(self, params: dict, context: object, signer=None, peers=None) -> ClientRole:

@@ -28,7 +28,7 @@ from secagg.he_round import TagKeyRequest
 from secagg.messages import decode
 from secagg.roles import AGGREGATOR, KEYHOLDER, Outbound
 from secagg.snapshot import SnapshotError, seal, unseal
-from training.flower.spool import Spool, spool_dir
+from training.flower.spool import Spool, UpdateFile, spool_dir
 from training.engine.audit import ModelAudit
 from training.engine.client import ClientSession
 from training.engine.codec import field, model_from, proofs_in
@@ -49,7 +49,7 @@ class NodeProcess:
 
     Flower's SuperNode may start a fresh process per message, so nothing but the sealed blob survives: the client
     sessions' pending privacy report, asynchronous update and masking sessions, the open round's role (a masking
-    client's keys and shares), the verified public bundle, and the key holder's desk (secret context, seal key,
+    client's keys and shares; its update waits encrypted on the node's disk, :class:`UpdateFile`), the verified public bundle, and the key holder's desk (secret context, seal key,
     pad seeds, finalized rounds). The blob is AES-GCM under this party's own key (:meth:`Trust.state_key`) bound
     to the run and the party (:mod:`secagg.snapshot`)."""
 
@@ -61,6 +61,7 @@ class NodeProcess:
         self.bundles: dict[int, bytes] = {}  # client -> the verified public context
         self.asks: dict[int, TagKeyRequest] = {}  # client -> its open tag-key request (the grant opens with it)
         self.spools: dict[int, Spool] = {}  # client -> the open round's parts not yet sent (on this node's disk)
+        self.updates: dict[int, UpdateFile] = {}  # client -> its masking update, encrypted on disk until masked
         self.desk: KeyHolderDesk | None = None
 
     def work(self):
@@ -101,7 +102,7 @@ class NodeProcess:
             s.audit.version, s.audit.model = audit[0], audit[1]
             s.audit.step.load_state_dict(audit[2])
         self.roles, self.bundles, self.desk, self.asks = saved["roles"], saved["bundles"], saved["desk"], saved["asks"]
-        self.spools = saved["spools"]
+        self.spools, self.updates = saved["spools"], saved.get("updates", {})
 
     def save(self, state, key: bytes, aad: bytes) -> None:
         from flwr.app import ConfigRecord
@@ -110,7 +111,7 @@ class NodeProcess:
                                   (s.audit.version, s.audit.model, s.audit.step.state_dict()))
                               for c, s in self.sessions.items()},
                  "roles": self.roles, "bundles": self.bundles, "desk": self.desk, "asks": self.asks,
-                 "spools": self.spools}
+                 "spools": self.spools, "updates": self.updates}
         state[STATE] = ConfigRecord({"blob": seal(saved, key, aad)})
 
     def _audit(self) -> ModelAudit:
@@ -186,6 +187,7 @@ class NodeProcess:
         if op == "end":
             self.roles.pop(cid, None)
             self._drop_spool(cid)
+            self._drop_update(cid)
             return pack("end")
         raise MalformedMessageError(f"a client has no op {op!r}")
 
@@ -193,6 +195,7 @@ class NodeProcess:
         cid = session.client_id
         self.roles.pop(cid, None)
         self._drop_spool(cid)
+        self._drop_update(cid)
         params = field(head, "params", dict)
         context = None
         if self.scheme.needs_keyholder:
@@ -212,8 +215,15 @@ class NodeProcess:
             peers = {c: self.trust.public(c) for c in cohort}
         role = session.role(params, context, self.trust.signer(cid) if signed else None, peers)
         stream = getattr(role, "stream", None)  # streamed: parts made as they are spooled, never all at once
-        outs, parts = self._emit(cid, round_id, role.start(vector, weight) if stream is None else
-                                 stream(vector, weight, part_chunks=int(self.settings.get("part_chunks") or PART_CHUNKS)))
+        if stream is not None and not self.scheme.needs_keyholder:  # masking: the update waits for the shares
+            vector = self.updates[cid] = UpdateFile.write(spool_dir(self.settings.get("spool")),
+                                                          f"{self.settings['run']}-c{cid}-r{round_id}", vector)
+        try:
+            outs, parts = self._emit(cid, round_id, role.start(vector, weight) if stream is None else stream(
+                vector, weight, part_chunks=int(self.settings.get("part_chunks") or PART_CHUNKS)))
+        except BaseException:  # a refused task leaves no file behind
+            self._drop_update(cid)
+            raise
         if not role.done:  # masking: the role's keys and shares wait (sealed) for the round's next message
             self.roles[cid] = (round_id, role)
         return pack("task", {"round_id": round_id, "parts": parts}, outs=outs)
@@ -230,6 +240,7 @@ class NodeProcess:
         outs, parts = self._emit(cid, round_id, (o for answer in sent for o in answer))
         if role.done:
             self.roles.pop(cid, None)
+            self._drop_update(cid)
         return pack("mail", {"round_id": round_id, "done": role.done, "parts": parts}, outs=outs)
 
     def _part(self, cid: int, round_id: int, index: int):
@@ -264,6 +275,11 @@ class NodeProcess:
         spool = self.spools.pop(cid, None)
         if spool is not None:
             spool.remove()
+
+    def _drop_update(self, cid: int) -> None:
+        update = self.updates.pop(cid, None)
+        if update is not None:
+            update.remove()
 
     @staticmethod
     def _checked(outs: list[Outbound]) -> list[Outbound]:

@@ -8,11 +8,18 @@ written, as they are made, to one file of the client's own (mode 0600); the seal
 back. Nothing secret is on disk: a part is what the client sends the aggregator anyway (padded ciphertexts or
 masked values).
 
+A masking client also waits between messages with its update (its role masks it only when the shares arrive):
+:class:`UpdateFile` keeps that update on the same disk, encrypted, so the sealed state holds a key and a path, not
+8 bytes per value.
+
 Invariants: a part is served only as written (its digest is checked; a changed, truncated or missing file is a
 :class:`~secagg.snapshot.SnapshotError`); parts are served in order (a request repeated after a lost reply gets the
 same bytes again; any other index is a ``StageError``); the file is removed when the round ends for this client
 (the ServerApp's ``end``, or the next task: :meth:`Spool.remove`). Memory: one part at a time.
-Written by hand: a file of parts with digests is all it needs.
+An update file is read
+only as written (AES-GCM per block under a fresh key that exists only in the sealed node state, the block's index
+and the file's length bound in: a changed, swapped, truncated or missing block is a ``SnapshotError``), and is
+removed with the role. Written by hand: a file of parts with digests is all it needs.
 """
 
 from __future__ import annotations
@@ -24,10 +31,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from secagg.errors import StageError
 from secagg.snapshot import SnapshotError
 
-__all__ = ["Spool", "spool_dir"]
+__all__ = ["Spool", "UpdateFile", "spool_dir"]
+
+UPDATE_LABEL = b"secagg/flower/update-file/v1"
+BLOCK_VALUES = 1 << 20  # float64 values per encrypted block (8 MiB): what one read decrypts at most per block
+TAG_BYTES = 16
 
 
 def spool_dir(configured: str | None) -> Path:
@@ -85,6 +100,82 @@ class Spool:
             raise SnapshotError(f"spooled part {index} is not what this client wrote")
         self.served = index
         return part
+
+    def remove(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+
+
+@dataclass
+class UpdateFile:
+    """A float64 update of ``dim`` values on this client's disk, encrypted block by block; sliced like an array
+    (``x[a:b]``, :func:`secagg.encoding.update_length`), reading and decrypting only the blocks it covers.
+    Pickled (into the sealed node state) it is the path and the key, never the values."""
+
+    path: str
+    dim: int
+    key: bytes
+    block: int = BLOCK_VALUES
+
+    @classmethod
+    def write(cls, directory: Path, tag: str, vector: np.ndarray, block: int = BLOCK_VALUES) -> UpdateFile:
+        """Encrypt ``vector`` (1-D float64, non-empty) to a fresh file under ``directory`` (mode 0600), ``block``
+        values per AES-GCM block."""
+        if not (isinstance(vector, np.ndarray) and vector.ndim == 1 and vector.size and vector.dtype == np.float64):
+            raise ValueError("an update file holds a non-empty 1-D float64 vector")
+        if not 1 <= block <= BLOCK_VALUES:
+            raise ValueError(f"block must be 1..{BLOCK_VALUES} values")
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=f"secagg-{tag}-", suffix=".update", dir=directory)
+        out = cls(path, int(vector.size), AESGCM.generate_key(bit_length=256), block)
+        aead = AESGCM(out.key)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for i, a in enumerate(range(0, out.dim, block)):
+                    block_values = np.ascontiguousarray(vector[a:a + block], dtype="<f8")
+                    f.write(aead.encrypt(out._nonce(i), memoryview(block_values).cast("B"), out._aad(i)))
+        except BaseException:
+            Path(path).unlink(missing_ok=True)
+            raise
+        return out
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.dim,)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("an update file is read by contiguous slices only")
+        a, b, _ = index.indices(self.dim)
+        if b <= a:
+            return np.empty(0)
+        first, last = a // self.block, (b - 1) // self.block
+        blocks = [self._block(i) for i in range(first, last + 1)]
+        values = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        return values[a - first * self.block:b - first * self.block]
+
+    def _block(self, i: int) -> np.ndarray:
+        n = min(self.block, self.dim - i * self.block)
+        size = 8 * n + TAG_BYTES
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(i * (8 * self.block + TAG_BYTES))
+                data = f.read(size)
+        except OSError as exc:
+            raise SnapshotError(f"the update file is gone: {exc}") from exc
+        try:
+            if len(data) != size:
+                raise InvalidTag
+            plain = AESGCM(self.key).decrypt(self._nonce(i), data, self._aad(i))
+        except InvalidTag as exc:
+            raise SnapshotError(f"block {i} of the update file is not what this client wrote") from exc
+        return np.frombuffer(plain, dtype="<f8")
+
+    @staticmethod
+    def _nonce(i: int) -> bytes:
+        return i.to_bytes(12, "big")  # one fresh key per file: every (key, nonce) pair is used once
+
+    def _aad(self, i: int) -> bytes:
+        return UPDATE_LABEL + b"".join(v.to_bytes(8, "big") for v in (self.dim, self.block, i))
 
     def remove(self) -> None:
         Path(self.path).unlink(missing_ok=True)

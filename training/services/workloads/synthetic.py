@@ -103,21 +103,35 @@ class SyntheticSource:
 
     def __init__(self, client_id: int, dim: int, *, seed: int = 0, clip: float = 1.0,
                  strategy: Strategy | None = None) -> None:
-        self.client_id = client_id
-        self.target = target_stream(seed, client_id).uniform(-0.5, 0.5, dim) * clip
+        self.client_id, self.dim, self.seed = client_id, dim, seed
         self.weight = client_weight(client_id)
         self.clip = clip
         self.strategy = FedAvg() if strategy is None else strategy
 
+    @property
+    def target(self) -> np.ndarray:
+        """The target vector, drawn again from its seed (not kept: a source holds nothing model-sized)."""
+        return target_stream(self.seed, self.client_id).uniform(-0.5, 0.5, self.dim) * self.clip
+
     def update(self, model: np.ndarray, round_no: int) -> ClientUpdate:
-        """The local step from ``model`` (a ClientUpdate, before any encoding)."""
-        delta = np.clip(0.5 * (self.target - model), -self.clip, self.clip)
-        return ClientUpdate(self.client_id, delta, int(self.weight), float(np.mean((model - self.target) ** 2)),
-                            base_version=round_no)
+        """The local step from ``model`` (a ClientUpdate, before any encoding), block by block: the target is
+        drawn as it is used, so the step holds only the model and the update."""
+        rng, delta, squares = target_stream(self.seed, self.client_id), np.empty(self.dim), 0.0
+        for lo in range(0, self.dim, _BLOCK):
+            m = min(_BLOCK, self.dim - lo)
+            d = rng.uniform(-0.5, 0.5, m) * self.clip
+            d -= model[lo:lo + m]  # target − model
+            squares += float(np.dot(d, d))
+            d *= 0.5
+            np.clip(d, -self.clip, self.clip, out=delta[lo:lo + m])
+        return ClientUpdate(self.client_id, delta, int(self.weight), squares / self.dim, base_version=round_no)
 
     def encode(self, update: ClientUpdate, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
+        """The contribution of ``update`` (consumed: the rules' vectors are its delta or fresh arrays, clipped in
+        place)."""
         c = contribute(self.strategy, update, round_no, terms, update_clip=None)
-        return np.clip(c.vector, -self.clip, self.clip), c.weight
+        x = c.vector if c.vector.flags.writeable else c.vector.copy()
+        return np.clip(x, -self.clip, self.clip, out=x), c.weight
 
     def contribute(self, model: np.ndarray, round_no: int, terms: dict) -> tuple[np.ndarray, float]:
         return self.encode(self.update(model, round_no), round_no, terms)

@@ -57,6 +57,20 @@ def _grpc_rows() -> list[str]:
     return rows
 
 
+def _flower_rows() -> list[str]:
+    d = _load("flower_memory.json")
+    if d is None:
+        return []
+    rows = []
+    for r in sorted(d["rows"], key=lambda r: (r["scheme"], r["n"])):
+        rows.append(f"| Flower simulation, streamed: {r['scheme']}, n = {r['n']}, D = {r['dim']:,} | each process "
+                    f"≤ 4 GiB | driver (ServerApp + SuperLink) {r['driver_peak_rss_bytes'] / GIB:.2f} GiB, ClientApp "
+                    f"actor {r['clientapp_peak_rss_bytes'] / GIB:.2f} GiB (round {r['round_s']:.0f} s, "
+                    f"{r['up_bytes_per_value']:.2f} B/value up; commit {r.get('commit', '?')}) | "
+                    f"{_verdict(r['goal_met'])} | `flower_memory.json` |")
+    return rows
+
+
 def _verdict_rows(name: str) -> list[str]:
     d = _load(name)
     if d is None:
@@ -87,8 +101,8 @@ def _hardening_rows() -> list[str]:
 def table() -> str:
     """The markdown table (header included) from the result files present."""
     head = ["| What | Goal | Measured | Verdict | From |", "|---|---|---|---|---|"]
-    body = (_memory_rows() + _grpc_rows() + _verdict_rows("secagg_micro.json") + _verdict_rows("secaggplus_whole.json")
-            + _hardening_rows())
+    body = (_memory_rows() + _grpc_rows() + _flower_rows() + _verdict_rows("secagg_micro.json")
+            + _verdict_rows("secaggplus_whole.json") + _hardening_rows())
     return "\n".join(head + body)
 
 

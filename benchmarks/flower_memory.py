@@ -26,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.crypto_costs import NOTE, RESULTS
+from benchmarks.crypto_costs import RESULTS
 from benchmarks.full_model import SMOLLM2_PARAMETERS
+from benchmarks.grpc_memory import kept_rows, write_rows
 
 SCHEMES = ("masking", "packed", "ckks")
 GIB = 2**30
@@ -126,8 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or (RESULTS if args.dim == SMOLLM2_PARAMETERS else Path(tempfile.gettempdir()) / "secagg-bench")
     out.mkdir(parents=True, exist_ok=True)
     path = out / "flower_memory.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
-    rows = [r for r in old.get("rows", []) if r.get("dim") == args.dim and not r.get("error")]
+    rows = kept_rows(path, args.dim)
     for n in args.clients:
         for scheme in args.schemes:
             have = sum(r["scheme"] == scheme and r["n"] == n for r in rows)
@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"  [{r.get('wall_s', 0):.0f} s]{'  ' + r['error'] if 'error' in r else ''}", flush=True)
                 if "error" not in r:
                     rows.append(r)
-                path.write_text(json.dumps({"command": "python -m benchmarks.flower_memory", "note": NOTE,
-                                            "dim": args.dim, "rows": rows}, indent=1) + "\n")
+                write_rows(path, "benchmarks.flower_memory", args.dim, rows)
     print(f"wrote {path}")
 
 

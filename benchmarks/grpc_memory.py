@@ -86,6 +86,17 @@ def measure(scheme: str, n: int, dim: int, work: Path) -> dict:
             "client_peak_rss_bytes": max(by_role.get("client", [0])), "processes": len(seen)}
 
 
+def kept_rows(path: Path, dim: int) -> list[dict]:
+    """The rows of ``path`` already measured at ``dim`` without error (a run resumes after them)."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    return [r for r in old.get("rows", []) if r.get("dim") == dim and not r.get("error")]
+
+
+def write_rows(path: Path, module: str, dim: int, rows: list[dict]) -> None:
+    path.write_text(json.dumps({"command": f"python -m {module}", "note": NOTE, "dim": dim, "rows": rows},
+                               indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
@@ -96,8 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or (RESULTS if args.dim == SMOLLM2_PARAMETERS else Path(tempfile.gettempdir()) / "secagg-bench")
     out.mkdir(parents=True, exist_ok=True)
     path = out / "grpc_memory.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
-    rows = [r for r in old.get("rows", []) if r.get("dim") == args.dim and not r.get("error")]
+    rows = kept_rows(path, args.dim)
     with tempfile.TemporaryDirectory(prefix="secagg-grpc-mem-") as tmp:
         for n in args.clients:
             for scheme in args.schemes:
@@ -110,8 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"{'  ' + r['error'] if r['error'] else ''}", flush=True)
                 if not r["error"]:
                     rows.append(r)
-                path.write_text(json.dumps({"command": "python -m benchmarks.grpc_memory", "note": NOTE,
-                                            "dim": args.dim, "rows": rows}, indent=1) + "\n")
+                write_rows(path, "benchmarks.grpc_memory", args.dim, rows)
     print(f"wrote {path}")
 
 

@@ -28,12 +28,15 @@ def _verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def _by_point(name: str) -> list[dict]:
+    """The rows of result file ``name`` by (scheme, n); none when the file is absent."""
+    d = _load(name)
+    return [] if d is None else sorted(d["rows"], key=lambda r: (r["scheme"], r["n"]))
+
+
 def _memory_rows() -> list[str]:
-    d = _load("full_model.json")
-    if d is None:
-        return []
     rows = []
-    for r in sorted(d["rows"], key=lambda r: (r["scheme"], r["n"])):
+    for r in _by_point("full_model.json"):
         rows.append(f"| whole round in one process, streamed: {r['scheme']}, n = {r['n']}, D = {r['dim']:,} | "
                     f"peak RSS ≤ 4 GiB | {r['peak_rss_bytes'] / GIB:.2f} GiB (client {r['client_s']:.1f} s, "
                     f"aggregator + key holder {r['round_server_s']:.1f} s, {r['up_bytes_per_value']:.2f} B/value up) | "
@@ -42,11 +45,8 @@ def _memory_rows() -> list[str]:
 
 
 def _grpc_rows() -> list[str]:
-    d = _load("grpc_memory.json")
-    if d is None:
-        return []
     rows = []
-    for r in sorted(d["rows"], key=lambda r: (r["scheme"], r["n"])):
+    for r in _by_point("grpc_memory.json"):
         servers = max(r["aggregator_peak_rss_bytes"], r["keyholder_peak_rss_bytes"])
         kh = f"key holder {r['keyholder_peak_rss_bytes'] / GIB:.2f} GiB" if r["keyholder_peak_rss_bytes"] else \
             "no key holder"
@@ -58,11 +58,8 @@ def _grpc_rows() -> list[str]:
 
 
 def _flower_rows() -> list[str]:
-    d = _load("flower_memory.json")
-    if d is None:
-        return []
     rows = []
-    for r in sorted(d["rows"], key=lambda r: (r["scheme"], r["n"])):
+    for r in _by_point("flower_memory.json"):
         rows.append(f"| Flower simulation, streamed: {r['scheme']}, n = {r['n']}, D = {r['dim']:,} | each process "
                     f"≤ 4 GiB | driver (ServerApp + SuperLink) {r['driver_peak_rss_bytes'] / GIB:.2f} GiB, ClientApp "
                     f"actor {r['clientapp_peak_rss_bytes'] / GIB:.2f} GiB (round {r['round_s']:.0f} s, "

@@ -49,8 +49,8 @@ class NodeProcess:
 
     Flower's SuperNode may start a fresh process per message, so nothing but the sealed blob survives: the client
     sessions' pending privacy report, asynchronous update and masking sessions, the open round's role (a masking
-    client's keys and shares; its update waits encrypted on the node's disk, :class:`UpdateFile`), the verified public bundle, and the key holder's desk (secret context, seal key,
-    pad seeds, finalized rounds). The blob is AES-GCM under this party's own key (:meth:`Trust.state_key`) bound
+    client's keys and shares; its update waits encrypted on the node's disk, :class:`UpdateFile`), the verified
+    public bundle, and the key holder's desk (secret context, seal key, pad seeds, finalized rounds). The blob is AES-GCM under this party's own key (:meth:`Trust.state_key`) bound
     to the run and the party (:mod:`secagg.snapshot`)."""
 
     def __init__(self, settings: dict[str, Any], trust: Trust, workload: Callable[[], Any], node_id: int = 0) -> None:

@@ -15,11 +15,11 @@ A masking client also waits between messages with its update (its role masks it 
 Invariants: a part is served only as written (its digest is checked; a changed, truncated or missing file is a
 :class:`~secagg.snapshot.SnapshotError`); parts are served in order (a request repeated after a lost reply gets the
 same bytes again; any other index is a ``StageError``); the file is removed when the round ends for this client
-(the ServerApp's ``end``, or the next task: :meth:`Spool.remove`). Memory: one part at a time.
-An update file is read
-only as written (AES-GCM per block under a fresh key that exists only in the sealed node state, the block's index
-and the file's length bound in: a changed, swapped, truncated or missing block is a ``SnapshotError``), and is
-removed with the role. Written by hand: a file of parts with digests is all it needs.
+(the ServerApp's ``end``, or the next task: :meth:`Spool.remove`). Memory: one part at a time. An update file is
+read only as written (AES-GCM per block under a fresh key that exists only in the sealed node state, the block's
+index and the file's length bound in: a changed, swapped, truncated or missing block is a ``SnapshotError``) and
+is removed with the role (round done, ``end``, or the next task). Written by hand: a file of parts with digests,
+and one of AES-GCM blocks, is all it needs.
 """
 
 from __future__ import annotations
